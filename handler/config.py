@@ -1,0 +1,185 @@
+"""All configuration, read from the environment in one place.
+
+Every module takes a `Settings` (or the part of it it needs); nothing else reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+
+def _bool(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- the HTTP service
+    host: str = "0.0.0.0"
+    port: int = 8080
+    log_level: str = "INFO"
+    request_timeout_s: float = 600.0  # default per-request deadline for /predict
+    max_request_timeout_s: float = 3600.0  # the most a caller may ask for
+    max_body_bytes: int = 64 * 1024 * 1024
+    warmup_workflow: Path | None = None
+    models_cache_ttl_s: float = 300.0
+    model_type: str = "base"
+    # Cloud Run sets K_SERVICE; cloud mode demands https URLs and verifies task tokens.
+    cloud_mode: bool = False
+
+    # --- ComfyUI, booted as a child process or attached to by URL
+    comfyui_path: Path | None = None
+    comfyui_python: str = sys.executable
+    comfyui_args: tuple[str, ...] = ()
+    comfyui_url: str | None = None
+    comfyui_port: int = 8188
+    comfy_log_level: str = "INFO"
+    state_dir: Path = Path(".state")
+    # Only used when attached by URL: where that ComfyUI keeps its files, if this machine sees them.
+    comfyui_input_dir: Path | None = None
+    comfyui_output_dir: Path | None = None
+    comfyui_temp_dir: Path | None = None
+    comfyui_startup_timeout_s: float = 600.0
+    comfyui_restart_backoff_s: float = 1.0
+    comfyui_restart_backoff_max_s: float = 30.0
+    ws_reconnect_attempts: int = 5
+    ws_reconnect_delay_s: float = 3.0
+    ws_trace: bool = False
+
+    # --- fetching input images by URL (and calling webhooks)
+    url_allowlist: tuple[str, ...] = ()  # hosts or CIDRs exempt from the private-address check
+    url_fetch_timeout_s: float = 30.0
+    max_input_bytes: int = 50 * 1024 * 1024
+
+    # --- async jobs
+    queue_backend: str = "local"  # local | cloudtasks
+    storage_backend: str = "local"  # local | gcs
+    gcs_bucket: str | None = None
+    gcp_project: str | None = None
+    tasks_location: str | None = None
+    tasks_queue_prefix: str = "comfyui"
+    tasks_service_account: str | None = None  # the OIDC identity Cloud Tasks calls us with
+    service_url: str | None = None  # our own URL: task target and OIDC audience
+    tasks_emulator_host: str | None = None
+    signed_url_ttl_s: int = 7 * 24 * 3600
+    inline_max_bytes: int = 4 * 1024 * 1024
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_max_attempts: int = 5
+    webhook_timeout_s: float = 10.0
+    webhook_backoff_s: float = 1.0
+
+    # --- named workflows
+    workflows_dir: Path = Path("workflows")
+
+    # --- models
+    models_file: Path = Path("models.txt")
+    models_source: str | None = None  # gs://bucket/prefix or a mounted folder, for runtime models
+    hf_token: str | None = field(default=None, repr=False)
+
+    @property
+    def comfyui_base_dir(self) -> Path:
+        """Folders the service owns for a ComfyUI it boots: input/, output/, temp/."""
+        return (self.state_dir / "comfyui").resolve()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str | None = None) -> str | None:
+            value = env.get(name)
+            return default if value is None or value == "" else value
+
+        def number(name: str, default: float, kind=float):
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+            if value < 0:
+                raise ConfigError(f"{name} must not be negative, got {raw!r}")
+            return value
+
+        def path(name: str, default: str | None = None) -> Path | None:
+            raw = get(name, default)
+            return Path(raw) if raw else None
+
+        gcs_bucket = get("GCS_BUCKET")
+        cloud_mode = _bool(get("CLOUD_MODE"), default=bool(get("K_SERVICE")))
+        queue_backend = get("QUEUE_BACKEND", "cloudtasks" if get("TASKS_LOCATION") else "local")
+        storage_backend = get("STORAGE_BACKEND", "gcs" if gcs_bucket else "local")
+        if queue_backend not in {"local", "cloudtasks"}:
+            raise ConfigError(f"QUEUE_BACKEND must be local or cloudtasks, got {queue_backend!r}")
+        if storage_backend not in {"local", "gcs"}:
+            raise ConfigError(f"STORAGE_BACKEND must be local or gcs, got {storage_backend!r}")
+        if storage_backend == "gcs" and not gcs_bucket:
+            raise ConfigError("STORAGE_BACKEND=gcs needs GCS_BUCKET")
+
+        return cls(
+            host=get("HOST", "0.0.0.0"),
+            port=int(number("PORT", 8080, int)),
+            log_level=get("LOG_LEVEL", "INFO").upper(),
+            request_timeout_s=number("REQUEST_TIMEOUT_S", 600.0),
+            max_request_timeout_s=number("MAX_REQUEST_TIMEOUT_S", 3600.0),
+            max_body_bytes=int(number("MAX_BODY_BYTES", 64 * 1024 * 1024, int)),
+            warmup_workflow=path("WARMUP_WORKFLOW"),
+            models_cache_ttl_s=number("MODELS_CACHE_TTL_S", 300.0),
+            model_type=get("MODEL_TYPE", "base"),
+            cloud_mode=cloud_mode,
+            comfyui_path=path("COMFYUI_PATH"),
+            comfyui_python=get("COMFYUI_PYTHON", sys.executable),
+            comfyui_args=tuple(shlex.split(get("COMFYUI_ARGS", ""))),
+            comfyui_url=(get("COMFYUI_URL") or "").rstrip("/") or None,
+            comfyui_port=int(number("COMFYUI_PORT", 8188, int)),
+            comfy_log_level=get("COMFY_LOG_LEVEL", "INFO").upper(),
+            state_dir=path("STATE_DIR", ".state"),
+            comfyui_input_dir=path("COMFYUI_INPUT_DIR"),
+            comfyui_output_dir=path("COMFYUI_OUTPUT_DIR"),
+            comfyui_temp_dir=path("COMFYUI_TEMP_DIR"),
+            comfyui_startup_timeout_s=number("COMFYUI_STARTUP_TIMEOUT_S", 600.0),
+            comfyui_restart_backoff_s=number("COMFYUI_RESTART_BACKOFF_S", 1.0),
+            comfyui_restart_backoff_max_s=number("COMFYUI_RESTART_BACKOFF_MAX_S", 30.0),
+            ws_reconnect_attempts=int(number("WEBSOCKET_RECONNECT_ATTEMPTS", 5, int)),
+            ws_reconnect_delay_s=number("WEBSOCKET_RECONNECT_DELAY_S", 3.0),
+            ws_trace=_bool(get("WEBSOCKET_TRACE")),
+            url_allowlist=_list(get("URL_ALLOWLIST")),
+            url_fetch_timeout_s=number("URL_FETCH_TIMEOUT_S", 30.0),
+            max_input_bytes=int(number("MAX_INPUT_BYTES", 50 * 1024 * 1024, int)),
+            queue_backend=queue_backend,
+            storage_backend=storage_backend,
+            gcs_bucket=gcs_bucket,
+            gcp_project=get("GOOGLE_CLOUD_PROJECT") or get("GCP_PROJECT"),
+            tasks_location=get("TASKS_LOCATION"),
+            tasks_queue_prefix=get("TASKS_QUEUE_PREFIX", "comfyui"),
+            tasks_service_account=get("TASKS_SERVICE_ACCOUNT"),
+            service_url=(get("SERVICE_URL") or "").rstrip("/") or None,
+            tasks_emulator_host=get("CLOUD_TASKS_EMULATOR_HOST"),
+            signed_url_ttl_s=int(number("SIGNED_URL_TTL_S", 7 * 24 * 3600, int)),
+            inline_max_bytes=int(number("INLINE_MAX_BYTES", 4 * 1024 * 1024, int)),
+            webhook_secret=get("WEBHOOK_SECRET"),
+            webhook_max_attempts=int(number("WEBHOOK_MAX_ATTEMPTS", 5, int)),
+            webhook_timeout_s=number("WEBHOOK_TIMEOUT_S", 10.0),
+            webhook_backoff_s=number("WEBHOOK_BACKOFF_S", 1.0),
+            workflows_dir=path("WORKFLOWS_DIR", "workflows"),
+            models_file=path("MODELS_FILE", "models.txt"),
+            models_source=get("MODELS_SOURCE"),
+            hf_token=get("HF_TOKEN"),
+        )

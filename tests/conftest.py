@@ -1,0 +1,5 @@
+"""Shared test wiring. Fixtures live in tests/fixtures/, one module per real component."""
+
+pytest_plugins = [
+    "tests.fixtures.comfy",
+]
