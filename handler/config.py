@@ -78,6 +78,9 @@ class Settings:
     tasks_service_account: str | None = None  # the OIDC identity Cloud Tasks calls us with
     service_url: str | None = None  # our own URL: task target and OIDC audience
     tasks_emulator_host: str | None = None
+    tasks_dispatch_deadline_s: int = 1800  # Cloud Tasks caps HTTP tasks at 30 minutes
+    storage_emulator_host: str | None = None  # fake-gcs-server etc.: anonymous, no signing
+    job_max_attempts: int = 5  # runs of one async job before a transient failure is final
     signed_url_ttl_s: int = 7 * 24 * 3600
     inline_max_bytes: int = 4 * 1024 * 1024
     webhook_secret: str | None = field(default=None, repr=False)
@@ -172,6 +175,9 @@ class Settings:
             tasks_service_account=get("TASKS_SERVICE_ACCOUNT"),
             service_url=(get("SERVICE_URL") or "").rstrip("/") or None,
             tasks_emulator_host=get("CLOUD_TASKS_EMULATOR_HOST"),
+            tasks_dispatch_deadline_s=int(number("TASKS_DISPATCH_DEADLINE_S", 1800, int)),
+            storage_emulator_host=get("STORAGE_EMULATOR_HOST"),
+            job_max_attempts=max(1, int(number("JOB_MAX_ATTEMPTS", 5, int))),
             signed_url_ttl_s=int(number("SIGNED_URL_TTL_S", 7 * 24 * 3600, int)),
             inline_max_bytes=int(number("INLINE_MAX_BYTES", 4 * 1024 * 1024, int)),
             webhook_secret=get("WEBHOOK_SECRET"),
