@@ -1,0 +1,196 @@
+"""The HTTP service: routes, lifespan and the mapping of errors to JSON responses."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from . import __version__
+from .comfy import Comfy
+from .config import Settings
+from .errors import BadRequest, PayloadTooLarge, ServiceError
+from .pipeline import Pipeline
+from .predict_request import parse_predict_body
+
+log = logging.getLogger("handler.app")
+
+
+@dataclass
+class Services:
+    """What the routes need, built once per process."""
+
+    settings: Settings
+    comfy: Comfy
+    pipeline: Pipeline
+    templates: Any = None  # handler.templates.Templates, when workflows are configured
+    jobs: Any = None  # handler.jobs.JobService, for async work
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+async def info(request: Request) -> JSONResponse:
+    services = services_of(request)
+    comfy = services.comfy
+    return JSONResponse({
+        "service": "comfyrun",
+        "version": __version__,
+        "model_type": services.settings.model_type,
+        "comfyui": {"version": comfy.version, "state": comfy.state, "ready": comfy.ready,
+                    "restarts": comfy.supervisor.restarts if comfy.supervisor else None},
+        "async": services.jobs is not None,
+        "endpoints": sorted({route.path for route in request.app.routes if hasattr(route, "path")}),
+    })
+
+
+async def healthz(request: Request) -> JSONResponse:
+    comfy = services_of(request).comfy
+    if comfy.ready:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": comfy.state}, status_code=503, headers={"Retry-After": "5"})
+
+
+async def models(request: Request) -> JSONResponse:
+    services = services_of(request)
+    refresh = request.query_params.get("refresh", "").lower() in {"1", "true", "yes"}
+    catalogue = await run_in_threadpool(services.comfy.models, refresh)
+    return JSONResponse({"model_type": services.settings.model_type, "models": catalogue})
+
+
+async def model_folder(request: Request) -> JSONResponse:
+    services = services_of(request)
+    refresh = request.query_params.get("refresh", "").lower() in {"1", "true", "yes"}
+    folder = request.path_params["folder"]
+    files = await run_in_threadpool(services.comfy.model_folder, folder, refresh)
+    return JSONResponse({"folder": folder, "models": files})
+
+
+def run_sync(services: Services, body: Any) -> dict[str, Any]:
+    predict_request = parse_predict_body(body, services.settings, services.templates)
+    return services.pipeline.run(predict_request).to_response()
+
+
+async def predict(request: Request) -> Response:
+    services = services_of(request)
+    body = await read_json(request, services.settings.max_body_bytes)
+    if services.jobs is not None and services.jobs.wants_async(body, request.headers):
+        return await services.jobs.accept(body, request)
+    return JSONResponse(await run_in_threadpool(run_sync, services, body))
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    if exc.status_code >= 500:
+        log.warning("%s %s → %d %s", request.method, request.url.path, exc.status_code, exc.message)
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    body = {"status": "error", "error": {"code": "http_error", "message": exc.detail}}
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    body = {"status": "error", "error": {"code": "internal_error", "message": "internal error"}}
+    return JSONResponse(body, status_code=500)
+
+
+# --- assembly --------------------------------------------------------------------------------
+
+
+def core_routes() -> list[BaseRoute]:
+    return [
+        Route("/", info),
+        Route("/healthz", healthz),
+        Route("/models", models),
+        Route("/models/{folder}", model_folder),
+        Route("/predict", predict, methods=["POST"]),
+    ]
+
+
+def extension_routes(services: Services) -> list[BaseRoute]:
+    """Routes of the optional parts: named workflows and async jobs."""
+    routes: list[BaseRoute] = []
+    with contextlib.suppress(ImportError):
+        from . import workflows_api
+
+        routes += workflows_api.routes(services)
+    with contextlib.suppress(ImportError):
+        from . import jobs_api
+
+        routes += jobs_api.routes(services)
+    return routes
+
+
+def build_services(settings: Settings) -> Services:
+    comfy = Comfy(settings)
+    pipeline = Pipeline(comfy)
+    comfy._warmup_runner = pipeline.warmup
+    services = Services(settings, comfy, pipeline)
+    with contextlib.suppress(ImportError):
+        from .templates import Templates
+
+        services.templates = Templates.from_settings(settings)
+    with contextlib.suppress(ImportError):
+        from .jobs import JobService
+
+        services.jobs = JobService.from_services(services)
+    return services
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    services = build_services(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        services.comfy.start()
+        if services.jobs is not None:
+            services.jobs.start()
+        try:
+            yield
+        finally:
+            if services.jobs is not None:
+                services.jobs.stop()
+            await run_in_threadpool(services.comfy.stop)
+
+    app = Starlette(
+        routes=core_routes() + extension_routes(services),
+        lifespan=lifespan,
+        exception_handlers={ServiceError: service_error, HTTPException: http_error, Exception: unexpected_error},
+    )
+    app.state.services = services
+    return app

@@ -1,0 +1,164 @@
+"""ComfyUI as the service sees it: booted or attached, connected, warmed up, ready or not.
+
+Ready means: ComfyUI listens, our websocket is connected, its node catalogue is loaded and the
+optional warmup workflow has run. Every step is triggered by the one before it (the "listening"
+log line, the websocket handshake), not by polling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .comfy_client import ComfyClient
+from .config import Settings
+from .errors import ComfyUnavailable, NotFound
+from .inputs import FolderInputs, InputSink, UploadedInputs
+from .outputs import FolderOutputs, OutputSource, ViewOutputs
+from .supervisor import ComfyFolders, ComfySupervisor
+
+log = logging.getLogger("handler.comfy")
+
+
+class Comfy:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.supervisor: ComfySupervisor | None = None
+        folders: ComfyFolders | None = None
+        if settings.comfyui_url:
+            base_url = settings.comfyui_url
+            if settings.comfyui_input_dir and settings.comfyui_output_dir:
+                temp = settings.comfyui_temp_dir or settings.comfyui_output_dir.parent / "temp"
+                folders = ComfyFolders(settings.comfyui_input_dir, settings.comfyui_output_dir, temp)
+        elif settings.comfyui_path:
+            self.supervisor = ComfySupervisor(settings, self._on_listening, self._on_exit)
+            base_url = self.supervisor.url
+            folders = self.supervisor.folders
+        else:
+            raise ValueError("set COMFYUI_PATH (boot ComfyUI) or COMFYUI_URL (attach to one)")
+        self.client = ComfyClient(base_url, settings, supervised=self.supervisor is not None)
+        self.folders = folders
+        self.inputs: InputSink
+        self.outputs: OutputSource
+        if folders:
+            self.inputs = FolderInputs(folders.input, settings)
+            self.outputs = FolderOutputs({"input": folders.input, "output": folders.output, "temp": folders.temp})
+        else:
+            self.inputs = UploadedInputs(self.client, settings)
+            self.outputs = ViewOutputs(self.client)
+        self._booted = threading.Event()
+        self._boot_lock = threading.Lock()
+        self.boots = 0
+        self.state = "starting"
+        self.output_classes: frozenset[str] = frozenset()
+        self.object_info: dict[str, Any] = {}
+        self.version: str | None = None
+        self.started_at = time.monotonic()
+        self.ready_after_s: float | None = None
+        self._models: tuple[float, dict[str, list[str]]] | None = None
+        self._warmup_runner = None  # set by the app: runs the warmup workflow through the pipeline
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._booted.is_set() and self.client.connected
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.ready:
+                return True
+            self._booted.wait(0.05)
+        return self.ready
+
+    def start(self) -> None:
+        self.client.on_connect = self._on_connect
+        self.client.start()
+        if self.supervisor:
+            self.supervisor.start()
+
+    def stop(self) -> None:
+        self.state = "stopping"
+        self._booted.clear()
+        if self.supervisor:
+            self.supervisor.stop()
+        self.client.close()
+
+    def _on_listening(self) -> None:
+        self.client.comfy_listening()
+
+    def _on_exit(self, code: int) -> None:
+        if self.state != "stopping":
+            self.state = "restarting"
+        self._booted.clear()
+        self.client.comfy_exited()
+
+    def _on_connect(self) -> None:
+        if self._booted.is_set():
+            return  # a websocket reconnect, not a new ComfyUI
+        threading.Thread(target=self._boot, name="comfyui-boot", daemon=True).start()
+
+    def _boot(self) -> None:
+        with self._boot_lock:
+            while not self._booted.is_set() and self.state != "stopping" and self.client.connected:
+                try:
+                    self._boot_checks()
+                except Exception as exc:
+                    log.error("ComfyUI boot checks failed (%s); retrying", exc)
+                    time.sleep(2)
+                    continue
+                self.boots += 1
+                self.state = "ready"
+                self.ready_after_s = time.monotonic() - self.started_at
+                self._booted.set()
+                log.info("ComfyUI %s is ready (%.1f s after start)", self.version or "?", self.ready_after_s)
+
+    def _boot_checks(self) -> None:
+        self.object_info = self.client.get_json("/object_info", timeout_s=120)
+        self.output_classes = frozenset(
+            name for name, info in self.object_info.items() if isinstance(info, dict) and info.get("output_node")
+        )
+        stats = self.client.get_json("/system_stats")
+        self.version = (stats.get("system") or {}).get("comfyui_version")
+        self._models = None
+        if self.settings.warmup_workflow and self._warmup_runner:
+            self._warmup()
+
+    def _warmup(self) -> None:
+        path = Path(self.settings.warmup_workflow)
+        workflow = json.loads(path.read_text())
+        started = time.monotonic()
+        self._warmup_runner(workflow)
+        log.info("warmup workflow %s ran in %.1f s", path.name, time.monotonic() - started)
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise ComfyUnavailable(f"ComfyUI is not ready ({self.state}); retry shortly")
+
+    # --- models ----------------------------------------------------------------------------
+
+    def models(self, refresh: bool = False) -> dict[str, list[str]]:
+        cached = self._models
+        if cached and not refresh and time.monotonic() - cached[0] < self.settings.models_cache_ttl_s:
+            return cached[1]
+        self.require_ready()
+        folders = self.client.get_json("/models")
+        catalogue: dict[str, list[str]] = {}
+        for folder in folders:
+            try:
+                catalogue[folder] = sorted(self.client.get_json(f"/models/{folder}"))
+            except Exception:
+                catalogue[folder] = []
+        self._models = (time.monotonic(), catalogue)
+        return catalogue
+
+    def model_folder(self, folder: str, refresh: bool = False) -> list[str]:
+        catalogue = self.models(refresh)
+        if folder not in catalogue:
+            raise NotFound(f"no model folder named {folder!r}", folders=sorted(catalogue))
+        return catalogue[folder]

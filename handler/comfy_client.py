@@ -1,0 +1,369 @@
+"""The one connection to ComfyUI: a pooled HTTP session and a single long-lived websocket.
+
+The websocket uses a fixed client id for the life of the process. A listener thread routes
+events by `prompt_id` to `PromptWatch`es. After any reconnect it re-checks `/history` for every
+prompt in flight, because ComfyUI drops the messages sent while a client was away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import requests
+import websocket
+
+from .config import Settings
+from .errors import ComfyUnavailable, ExecutionFailed, ServiceError, WorkflowInvalid
+
+log = logging.getLogger("handler.comfy")
+
+FEATURE_FLAGS = json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
+
+# Binary websocket frames: a 4-byte big-endian event type first.
+PREVIEW_IMAGE = 1
+PREVIEW_IMAGE_WITH_METADATA = 4
+IMAGE_FORMATS = {1: "image/jpeg", 2: "image/png"}
+
+
+class Interrupted(ServiceError):
+    """ComfyUI reported `execution_interrupted` for the prompt."""
+
+    status_code = 500
+    code = "interrupted"
+
+
+@dataclass
+class BinaryImage:
+    node_id: str | None
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class PromptWatch:
+    """Everything ComfyUI tells us about one prompt, and a way to wait for its end."""
+
+    prompt_id: str
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    binary_images: list[BinaryImage] = field(default_factory=list)
+    cached_nodes: list[str] = field(default_factory=list)
+    error: ServiceError | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    # True if the websocket was down while this prompt was in flight: events may be missing.
+    missed_events: bool = False
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout_s: float | None) -> bool:
+        return self._done.wait(timeout_s)
+
+    def finish(self, error: ServiceError | None = None) -> None:
+        if self._done.is_set():
+            return
+        self.error = error
+        self.finished_at = time.monotonic()
+        self._done.set()
+
+    def add_output(self, node_id: str, output: dict[str, Any]) -> None:
+        # A node may report more than once (lists grow); keep everything it said.
+        current = self.outputs.setdefault(node_id, {})
+        for key, value in output.items():
+            if isinstance(value, list) and isinstance(current.get(key), list):
+                current[key] = current[key] + [item for item in value if item not in current[key]]
+            else:
+                current[key] = value
+
+    def apply_history(self, entry: dict[str, Any]) -> None:
+        """Fill in from a `/history/<id>` entry (what the websocket may have missed)."""
+        for node_id, output in (entry.get("outputs") or {}).items():
+            self.add_output(node_id, output)
+        status = entry.get("status") or {}
+        if status.get("status_str") == "success" or status.get("completed"):
+            self.finish()
+        elif status.get("status_str") == "error":
+            for event, data in status.get("messages") or []:
+                if event == "execution_error":
+                    self.finish(execution_failed(data))
+                    return
+                if event == "execution_interrupted":
+                    self.finish(Interrupted("the job was interrupted", node_id=data.get("node_id")))
+                    return
+            self.finish(ExecutionFailed("ComfyUI reported an error for this job"))
+
+
+def execution_failed(data: dict[str, Any]) -> ExecutionFailed:
+    node_type = data.get("node_type")
+    node_id = data.get("node_id")
+    message = str(data.get("exception_message") or "execution failed").strip()
+    return ExecutionFailed(
+        f"{node_type} (node {node_id}) failed: {message}",
+        node_id=node_id,
+        node_type=node_type,
+        exception_type=data.get("exception_type"),
+        exception_message=message,
+    )
+
+
+class ComfyClient:
+    def __init__(self, base_url: str, settings: Settings, *, supervised: bool):
+        self.base_url = base_url.rstrip("/")
+        self.ws_url = "ws" + self.base_url[len("http"):] + "/ws"
+        self.settings = settings
+        self.supervised = supervised
+        self.client_id = uuid.uuid4().hex
+        self.http = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+        self.http.mount("http://", adapter)
+        self.http.mount("https://", adapter)
+        self._watches: dict[str, PromptWatch] = {}
+        self._lock = threading.Lock()
+        self._ws: websocket.WebSocket | None = None
+        self._connected = threading.Event()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        # While ComfyUI is known to be down (supervised), failed connects are expected.
+        self._comfy_down = supervised
+        self._thread: threading.Thread | None = None
+        self._progress_owner: tuple[str | None, str | None] = (None, None)
+        self.connects = 0
+        self.on_connect: Callable[[], None] | None = None  # called after every (re)connect
+        if settings.ws_trace:
+            websocket.enableTrace(True)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._listen_forever, name="comfyui-ws", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._wake.set()
+        self._drop_socket()
+        if self._thread:
+            self._thread.join(5)
+        self.fail_all(ComfyUnavailable("the service is shutting down"))
+        self.http.close()
+
+    def comfy_listening(self) -> None:
+        """The supervisor saw ComfyUI start listening: connect now."""
+        self._comfy_down = False
+        self._wake.set()
+
+    def comfy_exited(self) -> None:
+        """The supervisor saw ComfyUI exit: every prompt in flight fails at once."""
+        self._comfy_down = True
+        self._connected.clear()
+        self._drop_socket()
+        self.fail_all(ComfyUnavailable("ComfyUI stopped while running the job; it is restarting"))
+
+    def fail_all(self, error: ServiceError) -> None:
+        with self._lock:
+            watches = list(self._watches.values())
+        for watch in watches:
+            watch.finish(error)
+
+    def _drop_socket(self) -> None:
+        ws = self._ws
+        if ws is not None:
+            try:
+                ws.abort() if hasattr(ws, "abort") else ws.close()
+            except Exception:  # already closed
+                pass
+
+    # --- the listener ----------------------------------------------------------------------
+
+    def _listen_forever(self) -> None:
+        failures = 0
+        while not self._closing.is_set():
+            try:
+                ws = websocket.create_connection(
+                    f"{self.ws_url}?clientId={self.client_id}", timeout=10, enable_multithread=True
+                )
+            except Exception as exc:
+                if not self._comfy_down:
+                    failures += 1
+                    log.debug("websocket connect failed (%d): %s", failures, exc)
+                    if failures == self.settings.ws_reconnect_attempts:
+                        log.error("cannot reach ComfyUI's websocket after %d attempts", failures)
+                        self.fail_all(ComfyUnavailable("lost the connection to ComfyUI"))
+                delay = 0.5 if self._comfy_down else self.settings.ws_reconnect_delay_s
+                self._wake.wait(delay)
+                self._wake.clear()
+                continue
+            failures = 0
+            self._on_connected(ws)
+            self._receive(ws)
+            self._connected.clear()
+            self._ws = None
+            with self._lock:
+                for watch in self._watches.values():
+                    watch.missed_events = True
+            if not self._closing.is_set() and not self._comfy_down:
+                log.warning("websocket to ComfyUI closed; reconnecting")
+
+    def _on_connected(self, ws: websocket.WebSocket) -> None:
+        ws.settimeout(None)
+        ws.send(FEATURE_FLAGS)
+        self._ws = ws
+        self.connects += 1
+        if self.connects > 1:
+            # Messages sent while we were away are gone: ask /history about prompts in flight.
+            threading.Thread(target=self._recheck_in_flight, name="comfyui-recheck", daemon=True).start()
+        self._connected.set()
+        log.info("connected to ComfyUI's websocket (client id %s)", self.client_id)
+        if self.on_connect:
+            self.on_connect()
+
+    def _receive(self, ws: websocket.WebSocket) -> None:
+        while not self._closing.is_set():
+            try:
+                opcode, payload = ws.recv_data()
+            except Exception:
+                return
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                try:
+                    message = json.loads(payload)
+                except ValueError:
+                    continue
+                self._route(message)
+            elif opcode == websocket.ABNF.OPCODE_BINARY:
+                self._route_binary(payload)
+            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                return
+
+    def _watch_for(self, prompt_id: str | None) -> PromptWatch | None:
+        if prompt_id is None:
+            return None
+        with self._lock:
+            return self._watches.get(prompt_id)
+
+    def _route(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        data = message.get("data") or {}
+        if kind == "progress":
+            self._progress_owner = (data.get("prompt_id"), data.get("node"))
+        watch = self._watch_for(data.get("prompt_id"))
+        if watch is None:
+            return
+        if kind == "execution_start":
+            watch.started_at = time.monotonic()
+        elif kind == "execution_cached":
+            watch.cached_nodes = list(data.get("nodes") or [])
+        elif kind == "executed" and isinstance(data.get("output"), dict):
+            watch.add_output(str(data.get("node")), data["output"])
+        elif kind == "execution_success":
+            watch.finish()
+        elif kind == "executing" and data.get("node") is None:
+            watch.finish()
+        elif kind == "execution_error":
+            log.warning("job %s failed in node %s (%s): %s", watch.prompt_id, data.get("node_id"),
+                        data.get("node_type"), data.get("exception_message"))
+            watch.finish(execution_failed(data))
+        elif kind == "execution_interrupted":
+            watch.finish(Interrupted("the job was interrupted", node_id=data.get("node_id")))
+
+    def _route_binary(self, payload: bytes) -> None:
+        if len(payload) < 8:
+            return
+        (event,) = struct.unpack(">I", payload[:4])
+        if event == PREVIEW_IMAGE_WITH_METADATA:
+            (size,) = struct.unpack(">I", payload[4:8])
+            try:
+                meta = json.loads(payload[8 : 8 + size])
+            except ValueError:
+                return
+            watch = self._watch_for(meta.get("prompt_id"))
+            if watch is not None:
+                image = BinaryImage(meta.get("node_id"), meta.get("image_type") or "image/png", payload[8 + size :])
+                watch.binary_images.append(image)
+        elif event == PREVIEW_IMAGE:
+            (image_format,) = struct.unpack(">I", payload[4:8])
+            prompt_id, node_id = self._progress_owner
+            watch = self._watch_for(prompt_id)
+            if watch is not None:
+                content_type = IMAGE_FORMATS.get(image_format, "application/octet-stream")
+                watch.binary_images.append(BinaryImage(node_id, content_type, payload[8:]))
+
+    def _recheck_in_flight(self) -> None:
+        with self._lock:
+            watches = [w for w in self._watches.values() if not w.done]
+        for watch in watches:
+            try:
+                entry = self.history(watch.prompt_id)
+            except ServiceError:
+                continue
+            if entry:
+                watch.apply_history(entry)
+
+    # --- prompts ---------------------------------------------------------------------------
+
+    def watch(self, prompt_id: str) -> PromptWatch:
+        watch = PromptWatch(prompt_id)
+        with self._lock:
+            self._watches[prompt_id] = watch
+        return watch
+
+    def forget(self, prompt_id: str) -> None:
+        with self._lock:
+            self._watches.pop(prompt_id, None)
+
+    def submit(self, graph: dict[str, Any], prompt_id: str) -> None:
+        body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
+        response = self._request("POST", "/prompt", json=body)
+        if response.status_code == 200:
+            return
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {}
+        if response.status_code == 400 and isinstance(payload, dict) and "error" in payload:
+            error = payload.get("error") or {}
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise WorkflowInvalid(
+                f"ComfyUI refused the workflow: {message}",
+                comfyui_error=error,
+                node_errors=payload.get("node_errors") or {},
+            )
+        raise ServiceError(f"ComfyUI answered {response.status_code} to the job submission")
+
+    def interrupt(self, prompt_id: str) -> None:
+        """Stop a prompt wherever it is: drop it from the queue, or interrupt it if running."""
+        self._request("POST", "/queue", json={"delete": [prompt_id]})
+        self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    def history(self, prompt_id: str) -> dict[str, Any] | None:
+        response = self._request("GET", f"/history/{prompt_id}")
+        if response.status_code != 200:
+            return None
+        return (response.json() or {}).get(prompt_id)
+
+    def get_json(self, path: str, timeout_s: float = 30.0) -> Any:
+        response = self._request("GET", path, timeout=timeout_s)
+        if response.status_code != 200:
+            raise ServiceError(f"ComfyUI answered {response.status_code} to GET {path}")
+        return response.json()
+
+    def _request(self, method: str, path: str, timeout: float = 30.0, **kwargs: Any) -> requests.Response:
+        try:
+            return self.http.request(method, self.base_url + path, timeout=timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise ComfyUnavailable(f"cannot reach ComfyUI ({type(exc).__name__})") from None

@@ -1,0 +1,149 @@
+"""Input images: decoded, fetched or checked, then put where ComfyUI's loaders find them.
+
+Each request gets its own subfolder of ComfyUI's input folder, and the workflow's references to
+an image name are rewritten to `<request id>/<name>`, so two requests that both send `in.png`
+never see each other's file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .config import Settings
+from .errors import BadRequest, PayloadTooLarge
+
+_DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
+_FORBIDDEN = set('/\\:*?"<>|\0')
+
+
+@dataclass(frozen=True)
+class InputImage:
+    name: str
+    data: bytes | None = None  # decoded bytes, or
+    url: str | None = None  # a URL fetched when the job runs
+
+
+def check_name(name: Any, where: str) -> str:
+    """A plain file name: no folders, nothing that could leave the input folder."""
+    if not isinstance(name, str) or not name.strip():
+        raise BadRequest(f"{where}.name must be a non-empty string")
+    if name in {".", ".."} or name.startswith(".") or any(ch in _FORBIDDEN for ch in name) or len(name) > 200:
+        raise BadRequest(f"{where}.name {name!r} is not allowed: use a plain file name without folders")
+    return name
+
+
+def decode_base64(value: str, where: str, max_bytes: int) -> bytes:
+    text = _DATA_URI.sub("", value.strip(), count=1)
+    if len(text) * 3 // 4 > max_bytes:
+        raise PayloadTooLarge(f"{where} is larger than {max_bytes} bytes")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{where} is neither valid base64, a data URI, nor an http(s) URL") from None
+
+
+def parse_images(raw: Any, settings: Settings) -> list[InputImage]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise BadRequest("images must be a list of {name, image} objects")
+    images: list[InputImage] = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw):
+        where = f"images[{index}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where} must be an object with name and image")
+        name = check_name(item.get("name"), where)
+        if name in seen:
+            raise BadRequest(f"{where}.name {name!r} is used twice")
+        seen.add(name)
+        value = item.get("image", item.get("url"))
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f"{where}.image must be a base64 string, a data URI or an http(s) URL")
+        if value.startswith(("http://", "https://")):
+            from .urlguard import check_url
+
+            check_url(value, settings, purpose="input image")
+            images.append(InputImage(name, url=value))
+        else:
+            images.append(InputImage(name, data=decode_base64(value, f"{where}.image", settings.max_input_bytes)))
+    return images
+
+
+def rewrite_references(graph: dict[str, Any], renames: dict[str, str]) -> None:
+    """Point every input that names an uploaded image at its per-request path."""
+    if not renames:
+        return
+    for node in graph.values():
+        inputs = node.get("inputs") or {}
+        for key, value in inputs.items():
+            if isinstance(value, str) and value in renames:
+                inputs[key] = renames[value]
+
+
+class InputSink(Protocol):
+    def stage(self, request_id: str, images: list[InputImage]) -> dict[str, str]: ...
+
+    def discard(self, request_id: str) -> None: ...
+
+
+def _materialise(image: InputImage, settings: Settings) -> bytes:
+    if image.data is not None:
+        return image.data
+    from .urlguard import fetch_bytes
+
+    return fetch_bytes(image.url, settings, max_bytes=settings.max_input_bytes)
+
+
+class FolderInputs:
+    """ComfyUI's input folder is on this machine: write files straight into it."""
+
+    def __init__(self, folder: Path, settings: Settings):
+        self.folder = folder
+        self.settings = settings
+
+    def stage(self, request_id: str, images: list[InputImage]) -> dict[str, str]:
+        if not images:
+            return {}
+        target = self.folder / request_id
+        target.mkdir(parents=True, exist_ok=True)
+        renames = {}
+        for image in images:
+            (target / image.name).write_bytes(_materialise(image, self.settings))
+            renames[image.name] = f"{request_id}/{image.name}"
+        return renames
+
+    def discard(self, request_id: str) -> None:
+        shutil.rmtree(self.folder / request_id, ignore_errors=True)
+
+
+class UploadedInputs:
+    """ComfyUI runs elsewhere: upload through its API (it offers no way to delete them)."""
+
+    def __init__(self, client, settings: Settings):
+        self.client = client
+        self.settings = settings
+
+    def stage(self, request_id: str, images: list[InputImage]) -> dict[str, str]:
+        renames = {}
+        for image in images:
+            response = self.client.http.post(
+                f"{self.client.base_url}/upload/image",
+                files={"image": (image.name, _materialise(image, self.settings))},
+                data={"subfolder": request_id, "type": "input", "overwrite": "true"},
+                timeout=60,
+            )
+            if response.status_code != 200:
+                raise BadRequest(f"ComfyUI refused the input image {image.name!r} ({response.status_code})")
+            stored = response.json()
+            renames[image.name] = f"{stored.get('subfolder') or request_id}/{stored.get('name') or image.name}"
+        return renames
+
+    def discard(self, request_id: str) -> None:
+        pass

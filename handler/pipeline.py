@@ -1,0 +1,180 @@
+"""One job through ComfyUI: stage inputs, submit, wait, collect every output, clean up.
+
+The same `Pipeline.run` serves sync requests, async jobs and named templates.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .comfy import Comfy
+from .comfy_client import Interrupted, PromptWatch
+from .errors import Cancelled, ServiceError, Timeout
+from .inputs import rewrite_references
+from .outputs import OutputFile, collect, file_refs
+from .predict_request import PredictRequest, check_workflow
+
+log = logging.getLogger("handler.pipeline")
+
+# An undeclared input on output nodes: ComfyUI ignores it when running the node, but it is part
+# of the node's cache key, so each request's output nodes run again (cheaply, upstream stays
+# cached) and never hand back a file an earlier request owned and has deleted.
+REQUEST_MARKER = "_request_id"
+# Output nodes ComfyUI may not flag when its catalogue is unavailable.
+KNOWN_OUTPUT_NODES = frozenset({"SaveImage", "PreviewImage", "SaveImageWebsocket", "PreviewAny",
+                                "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveLatent"})
+# How long an interrupted prompt gets to stop before its files are removed under it.
+INTERRUPT_GRACE_S = 15.0
+
+
+@dataclass
+class PredictResult:
+    prompt_id: str
+    files: list[OutputFile]
+    outputs: dict[str, dict[str, Any]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_response(self) -> dict[str, Any]:
+        return {
+            "status": "success",
+            "prompt_id": self.prompt_id,
+            "images": [
+                {**file.describe(), "image": base64.b64encode(file.data).decode("ascii")} for file in self.files
+            ],
+            "outputs": self.outputs,
+            "timings": self.timings,
+        }
+
+
+def prepare_graph(workflow: dict[str, Any], request_id: str, output_classes: frozenset[str]) -> dict[str, Any]:
+    """A private copy of the graph whose outputs land in the request's own subfolder."""
+    graph = copy.deepcopy(workflow)
+    for node in graph.values():
+        class_type = node.get("class_type")
+        inputs = node.setdefault("inputs", {})
+        is_output = class_type in output_classes or class_type in KNOWN_OUTPUT_NODES
+        prefix = inputs.get("filename_prefix")
+        if isinstance(prefix, str):
+            # A "/" in the prefix makes a subfolder: outputs go under output/<request id>/.
+            inputs["filename_prefix"] = f"{request_id}/{prefix.lstrip('/')}"
+            is_output = True
+        if is_output:
+            inputs[REQUEST_MARKER] = request_id
+    return graph
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+class Pipeline:
+    def __init__(self, comfy: Comfy):
+        self.comfy = comfy
+        self.client = comfy.client
+        self._running: dict[str, str] = {}  # request id → prompt id, for cancel
+        self._lock = threading.Lock()
+
+    def run(self, request: PredictRequest, cancel: threading.Event | None = None) -> PredictResult:
+        self.comfy.require_ready()
+        return self._run(request, cancel)
+
+    def warmup(self, workflow: dict[str, Any]) -> None:
+        self._run(PredictRequest(workflow=check_workflow(workflow)), None)
+
+    def cancel(self, request_id: str) -> bool:
+        """Interrupt a request running on this instance; False if it is not here."""
+        with self._lock:
+            prompt_id = self._running.get(request_id)
+        if prompt_id is None:
+            return False
+        self.client.interrupt(prompt_id)
+        return True
+
+    def _run(self, request: PredictRequest, cancel: threading.Event | None) -> PredictResult:
+        started = time.monotonic()
+        rid = request.request_id
+        prompt_id = str(uuid.uuid4())
+        watch: PromptWatch | None = None
+        refs: list[dict[str, Any]] = []
+        try:
+            renames = self.comfy.inputs.stage(rid, request.images)
+            graph = prepare_graph(request.workflow, rid, self.comfy.output_classes)
+            rewrite_references(graph, renames)
+            staged = time.monotonic()
+            watch = self.client.watch(prompt_id)  # before submitting: no event can be missed
+            with self._lock:
+                self._running[rid] = prompt_id
+            self.client.submit(graph, prompt_id)
+            submitted = time.monotonic()
+            self._wait(watch, started + request.timeout_s, cancel, request)
+            if watch.missed_events:
+                # The websocket dropped during the run: outputs may only be in the history.
+                entry = self.client.history(prompt_id)
+                if entry:
+                    watch.apply_history(entry)
+            refs = [ref for _, _, ref, _ in file_refs(watch.outputs)]
+            finished = time.monotonic()
+            files = collect(watch.outputs, self._output_images(watch, graph), self.comfy.outputs, request.output)
+            collected = time.monotonic()
+            timings = {
+                "total_ms": _ms(collected - started),
+                "inputs_ms": _ms(staged - started),
+                "submit_ms": _ms(submitted - staged),
+                "comfyui_ms": _ms(finished - submitted),
+                "outputs_ms": _ms(collected - finished),
+            }
+            if watch.started_at:
+                timings["queued_ms"] = _ms(max(0.0, watch.started_at - submitted))
+            return PredictResult(prompt_id, files, watch.outputs, timings)
+        finally:
+            with self._lock:
+                self._running.pop(rid, None)
+            if watch is not None:
+                self.client.forget(prompt_id)
+                refs = refs or [ref for _, _, ref, _ in file_refs(watch.outputs)]
+            self.comfy.inputs.discard(rid)
+            self.comfy.outputs.discard(rid, refs)
+
+    def _wait(self, watch: PromptWatch, deadline: float, cancel: threading.Event | None,
+              request: PredictRequest) -> None:
+        step = 0.25 if cancel is not None else None
+        while not watch.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (cancel is not None and cancel.is_set()):
+                break
+            watch.wait(remaining if step is None else min(step, remaining))
+        if not watch.done:
+            self._interrupt(watch)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the job was cancelled")
+            raise Timeout(f"the job did not finish within {request.timeout_s:g} s; it was interrupted")
+        if isinstance(watch.error, Interrupted) and cancel is not None and cancel.is_set():
+            raise Cancelled("the job was cancelled")
+        if watch.error is not None:
+            raise watch.error
+
+    def _interrupt(self, watch: PromptWatch) -> None:
+        try:
+            self.client.interrupt(watch.prompt_id)
+        except ServiceError as exc:
+            log.warning("could not interrupt %s: %s", watch.prompt_id, exc.message)
+            return
+        if not watch.wait(INTERRUPT_GRACE_S):
+            log.warning("prompt %s did not stop within %.0f s of the interrupt", watch.prompt_id, INTERRUPT_GRACE_S)
+
+    def _output_images(self, watch: PromptWatch, graph: dict[str, Any]):
+        """Images pushed over the websocket by output nodes (not samplers' previews)."""
+        kept = []
+        for image in watch.binary_images:
+            node = graph.get(image.node_id or "")
+            class_type = node.get("class_type") if node else None
+            if class_type in self.comfy.output_classes or class_type in KNOWN_OUTPUT_NODES:
+                kept.append(image)
+        return kept

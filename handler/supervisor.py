@@ -1,0 +1,155 @@
+"""ComfyUI as a supervised child process.
+
+The supervisor starts ComfyUI on loopback with folders the service owns, forwards its log lines
+to ours, tells the owner when it listens and when it exits, and restarts it with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import Settings
+
+log = logging.getLogger("handler.supervisor")
+comfy_log = logging.getLogger("comfyui")
+
+# ComfyUI prints this once its HTTP server accepts connections: readiness is event-driven.
+LISTENING_MARKER = "To see the GUI go to:"
+# A run this long resets the backoff: the crash was not a boot loop.
+STABLE_RUN_S = 60.0
+
+
+@dataclass(frozen=True)
+class ComfyFolders:
+    input: Path
+    output: Path
+    temp: Path  # where ComfyUI's type="temp" files land
+
+    @classmethod
+    def under(cls, base: Path) -> "ComfyFolders":
+        # ComfyUI appends "temp" to --temp-directory itself.
+        return cls(input=base / "input", output=base / "output", temp=base / "temp" / "temp")
+
+    def create(self) -> None:
+        for folder in (self.input, self.output, self.temp):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+class ComfySupervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        on_listening: Callable[[], None],
+        on_exit: Callable[[int], None],
+    ):
+        if settings.comfyui_path is None:
+            raise ValueError("COMFYUI_PATH is not set")
+        self.settings = settings
+        self.folders = ComfyFolders.under(settings.comfyui_base_dir)
+        self.url = f"http://127.0.0.1:{settings.comfyui_port}"
+        self._on_listening = on_listening
+        self._on_exit = on_exit
+        self._stopping = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+        self.restarts = 0
+
+    def command(self) -> list[str]:
+        base = self.settings.comfyui_base_dir
+        return [
+            self.settings.comfyui_python,
+            "main.py",
+            "--listen", "127.0.0.1",
+            "--port", str(self.settings.comfyui_port),
+            "--input-directory", str(self.folders.input),
+            "--output-directory", str(self.folders.output),
+            "--temp-directory", str(base / "temp"),
+            "--disable-auto-launch",
+            "--verbose", self.settings.comfy_log_level,
+            *self.settings.comfyui_args,
+        ]
+
+    def start(self) -> None:
+        self.folders.create()
+        self._thread = threading.Thread(target=self._supervise, name="comfyui-supervisor", daemon=True)
+        self._thread.start()
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process and process.poll() is None else None
+
+    def _supervise(self) -> None:
+        backoff = self.settings.comfyui_restart_backoff_s
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            code = self._run_once()
+            self._on_exit(code)
+            if self._stopping.is_set():
+                break
+            if time.monotonic() - started > STABLE_RUN_S:
+                backoff = self.settings.comfyui_restart_backoff_s
+            log.warning("ComfyUI exited with code %s; restarting in %.1f s", code, backoff)
+            if self._stopping.wait(backoff):
+                break
+            backoff = min(backoff * 2, self.settings.comfyui_restart_backoff_max_s)
+            self.restarts += 1
+
+    def _run_once(self) -> int:
+        command = self.command()
+        log.info("starting ComfyUI: %s", " ".join(command))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=self.settings.comfyui_path,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # our SIGTERM handling decides when it stops
+            )
+        except OSError as exc:
+            log.error("cannot start ComfyUI: %s", exc)
+            return -1
+        self._process = process
+        assert process.stdout is not None
+        announced = False
+        for raw in iter(process.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                comfy_log.info("%s", line)
+            if not announced and LISTENING_MARKER in line:
+                announced = True
+                self._on_listening()
+        return process.wait()
+
+    def kill(self) -> None:
+        """Kill ComfyUI hard (tests and operators use it to exercise recovery)."""
+        process = self._process
+        if process and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stopping.set()
+        process = self._process
+        if process and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("ComfyUI did not stop in %.0f s; killing it", timeout_s)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            except ProcessLookupError:
+                pass
+        if self._thread:
+            self._thread.join(timeout_s)
