@@ -2,4 +2,5 @@
 
 pytest_plugins = [
     "tests.fixtures.comfy",
+    "tests.fixtures.gcs",
 ]

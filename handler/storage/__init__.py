@@ -1,0 +1,22 @@
+"""Where async jobs keep their requests, state and results; see base.Store."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from .base import BadKey, PreconditionFailed, Store, Versioned
+
+__all__ = ["BadKey", "PreconditionFailed", "Store", "Versioned", "from_settings"]
+
+
+def from_settings(settings: Settings) -> Store:
+    if settings.storage_backend == "gcs":
+        from .gcs import GCSStore  # imported lazily: the local mode needs no Google libraries
+
+        return GCSStore(
+            settings.gcs_bucket,
+            project=settings.gcp_project,
+            emulator_host=settings.storage_emulator_host,
+        )
+    from .local import LocalStore
+
+    return LocalStore(settings.state_dir / "store")
