@@ -39,7 +39,7 @@ class ComfyFolders:
         return cls(input=base / "input", output=base / "output", temp=base / "temp" / "temp")
 
     def create(self) -> None:
-        for folder in (self.input, self.output, self.temp):
+        for folder in (self.input, self.output, self.temp, self.temp.parent.parent / "user"):
             folder.mkdir(parents=True, exist_ok=True)
 
 
@@ -72,6 +72,9 @@ class ComfySupervisor:
             "--input-directory", str(self.folders.input),
             "--output-directory", str(self.folders.output),
             "--temp-directory", str(base / "temp"),
+            # Keep ComfyUI's user data and database out of its source tree (read-only in the image).
+            "--user-directory", str(base / "user"),
+            "--database-url", "sqlite:///:memory:",
             "--disable-auto-launch",
             "--verbose", self.settings.comfy_log_level,
             *self.settings.comfyui_args,
