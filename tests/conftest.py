@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.comfy",
     "tests.fixtures.gcs",
+    "tests.fixtures.cloudtasks",
 ]

@@ -1,0 +1,18 @@
+"""How job ids reach a runner; see base.TaskQueue."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from .base import PRIORITIES, Claim, PullQueue, TaskQueue, check_priority
+
+__all__ = ["PRIORITIES", "Claim", "PullQueue", "TaskQueue", "check_priority", "from_settings"]
+
+
+def from_settings(settings: Settings) -> TaskQueue:
+    if settings.queue_backend == "cloudtasks":
+        from .cloudtasks import CloudTasksQueue  # lazily: the local mode needs no gRPC
+
+        return CloudTasksQueue(settings)
+    from .local import LocalQueue
+
+    return LocalQueue(settings.state_dir / "queue.sqlite")
