@@ -19,7 +19,7 @@ from .config import Settings
 from .errors import BadRequest, PayloadTooLarge
 
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
-_FORBIDDEN = set('/\\:*?"<>|\0')
+_FORBIDDEN = set('\\:*?"<>|\0')
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,18 @@ class InputImage:
 
 
 def check_name(name: Any, where: str) -> str:
-    """A plain file name: no folders, nothing that could leave the input folder."""
+    """A relative file name such as `in.png` or `masks/in.png`; nothing that could leave the folder."""
     if not isinstance(name, str) or not name.strip():
         raise BadRequest(f"{where}.name must be a non-empty string")
-    if name in {".", ".."} or name.startswith(".") or any(ch in _FORBIDDEN for ch in name) or len(name) > 200:
-        raise BadRequest(f"{where}.name {name!r} is not allowed: use a plain file name without folders")
+    parts = name.split("/")
+    for part in parts:
+        if not part or part.startswith(".") or any(ch in _FORBIDDEN for ch in part):
+            raise BadRequest(
+                f"{where}.name {name!r} is not allowed: use a relative name like 'in.png' or 'masks/in.png', "
+                "without '..', hidden names or backslashes"
+            )
+    if len(name) > 200 or len(parts) > 4:
+        raise BadRequest(f"{where}.name {name!r} is too long")
     return name
 
 
@@ -115,7 +122,9 @@ class FolderInputs:
         target.mkdir(parents=True, exist_ok=True)
         renames = {}
         for image in images:
-            (target / image.name).write_bytes(_materialise(image, self.settings))
+            path = target / image.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(_materialise(image, self.settings))
             renames[image.name] = f"{request_id}/{image.name}"
         return renames
 

@@ -70,6 +70,20 @@ def prepare_graph(workflow: dict[str, Any], request_id: str, output_classes: fro
     return graph
 
 
+def _public_subfolder(subfolder: str, request_id: str) -> str:
+    """Callers see the folders they named, not the private per-request one we added."""
+    if subfolder == request_id:
+        return ""
+    return subfolder[len(request_id) + 1:] if subfolder.startswith(request_id + "/") else subfolder
+
+
+def public_outputs(outputs: dict[str, dict[str, Any]], request_id: str) -> dict[str, dict[str, Any]]:
+    public = copy.deepcopy(outputs)
+    for _, _, ref, _ in file_refs(public):
+        ref["subfolder"] = _public_subfolder(ref.get("subfolder") or "", request_id)
+    return public
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
@@ -122,6 +136,8 @@ class Pipeline:
             refs = [ref for _, _, ref, _ in file_refs(watch.outputs)]
             finished = time.monotonic()
             files = collect(watch.outputs, self._output_images(watch, graph), self.comfy.outputs, request.output)
+            for file in files:
+                file.subfolder = _public_subfolder(file.subfolder, rid)
             collected = time.monotonic()
             timings = {
                 "total_ms": _ms(collected - started),
@@ -132,7 +148,7 @@ class Pipeline:
             }
             if watch.started_at:
                 timings["queued_ms"] = _ms(max(0.0, watch.started_at - submitted))
-            return PredictResult(prompt_id, files, watch.outputs, timings)
+            return PredictResult(prompt_id, files, public_outputs(watch.outputs, rid), timings)
         finally:
             with self._lock:
                 self._running.pop(rid, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -23,6 +24,7 @@ comfy_log = logging.getLogger("comfyui")
 
 # ComfyUI prints this once its HTTP server accepts connections: readiness is event-driven.
 LISTENING_MARKER = "To see the GUI go to:"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # A run this long resets the backoff: the crash was not a boot loop.
 STABLE_RUN_S = 60.0
 
@@ -127,7 +129,7 @@ class ComfySupervisor:
         assert process.stdout is not None
         announced = False
         for raw in iter(process.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip()
+            line = ANSI_ESCAPE.sub("", raw.decode("utf-8", "replace")).rstrip()
             if line:
                 comfy_log.info("%s", line)
             if not announced and LISTENING_MARKER in line:

@@ -41,7 +41,9 @@ def test_each_request_gets_its_own_id():
     ({"workflow": "x"}, "API format"),
     ({"workflow": GRAPH, "images": [{"name": "a.png", "image": "%%%"}]}, "base64"),
     ({"workflow": GRAPH, "images": [{"name": "../etc/passwd", "image": PNG}]}, "not allowed"),
-    ({"workflow": GRAPH, "images": [{"name": "sub/a.png", "image": PNG}]}, "not allowed"),
+    ({"workflow": GRAPH, "images": [{"name": "sub/../../a.png", "image": PNG}]}, "not allowed"),
+    ({"workflow": GRAPH, "images": [{"name": "/etc/a.png", "image": PNG}]}, "not allowed"),
+    ({"workflow": GRAPH, "images": [{"name": "a\\..\\b.png", "image": PNG}]}, "not allowed"),
     ({"workflow": GRAPH, "images": [{"name": ".hidden", "image": PNG}]}, "not allowed"),
     ({"workflow": GRAPH, "images": [{"name": "a.png", "image": PNG}, {"name": "a.png", "image": PNG}]}, "twice"),
     ({"workflow": GRAPH, "images": {"name": "a.png"}}, "must be a list"),
@@ -61,3 +63,8 @@ def test_an_image_over_the_limit_is_413():
     big = base64.b64encode(b"x" * 5000).decode()
     with pytest.raises(PayloadTooLarge):
         parse({"workflow": GRAPH, "images": [{"name": "a.png", "image": big}]})
+
+
+def test_names_may_have_subfolders():
+    request = parse({"workflow": GRAPH, "images": [{"name": "proto_upload/test_input.png", "image": PNG}]})
+    assert request.images[0].name == "proto_upload/test_input.png"
