@@ -300,7 +300,7 @@ def fetch_bytes(
             follow=frozenset({301, 302, 303, 307, 308}),
         )
     except (OSError, http.client.HTTPException) as exc:
-        raise FetchFailed(f"{purpose}: could not fetch {_shown(url)}: {_why(exc)}") from None
+        raise FetchFailed(f"{purpose}: could not fetch {_shown(url)}: {describe_error(exc)}") from None
     if truncated:
         raise errors.PayloadTooLarge(f"{purpose}: {_shown(url)} is larger than {max_bytes} bytes")
     if not 200 <= resp.status < 300:
@@ -344,7 +344,7 @@ def _shown(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
-def _why(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return "timed out"
     return str(exc) or type(exc).__name__

@@ -1,0 +1,152 @@
+"""Standard Webhooks: sign a payload, deliver it with bounded retries, record the outcome.
+
+Headers per https://www.standardwebhooks.com: `webhook-id` (stable across retries, so the
+receiver can deduplicate), `webhook-timestamp` (of this attempt) and `webhook-signature`
+(`v1,` + base64 HMAC-SHA256 over `id.timestamp.body` keyed with WEBHOOK_SECRET, a `whsec_…`
+base64 secret). Signing is the `standardwebhooks` library's, the same a receiver verifies
+with. The secret and the signed payload are never logged.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from standardwebhooks import Webhook
+
+from . import errors, urlguard
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 60.0
+_RETRYABLE = frozenset({408, 409, 425, 429})  # and every 5xx
+
+
+@dataclass
+class Delivery:
+    """What happened to one webhook; stored on the job."""
+
+    webhook_id: str
+    url: str  # without its query string
+    signed: bool
+    attempts: int = 0
+    last_status: int | None = None
+    delivered_at: str | None = None
+    error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.delivered_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def new_webhook_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The three Standard Webhooks headers for `body`."""
+    when = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    signature = Webhook(secret).sign(webhook_id, when, body.decode("utf-8"))
+    return {"webhook-id": webhook_id, "webhook-timestamp": str(timestamp), "webhook-signature": signature}
+
+
+def check_secret(secret: str) -> None:
+    """Refuse a secret a receiver's library could not use (empty, or not base64)."""
+    Webhook(secret)
+
+
+def deliver(
+    url: str,
+    body: bytes,
+    settings: Settings,
+    *,
+    webhook_id: str | None = None,
+    stop: threading.Event | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> Delivery:
+    """POST `body` (JSON bytes) to `url` until a 2xx, a permanent failure or the attempt limit.
+
+    Retries network errors, 5xx and 408/409/425/429, with exponential backoff (honouring
+    Retry-After up to a minute); any other status is final. `stop` cuts the waiting short
+    (shutdown). Never raises: the returned Delivery says what happened.
+    """
+    record = Delivery(
+        webhook_id=webhook_id or new_webhook_id(),
+        url=_shown(url),
+        signed=bool(settings.webhook_secret),
+    )
+    wait = sleep or (stop.wait if stop is not None else time.sleep)
+    for attempt in range(1, max(1, settings.webhook_max_attempts) + 1):
+        record.attempts = attempt
+        headers = {}
+        if settings.webhook_secret:
+            headers = sign(settings.webhook_secret, record.webhook_id, int(time.time()), body)
+        try:
+            resp = urlguard.post_json(
+                url, body, headers, settings, settings.webhook_timeout_s, purpose="webhook URL"
+            )
+        except errors.UnsafeURL as exc:
+            record.error = exc.message
+            log.warning("webhook %s refused: %s", record.webhook_id, exc.message)
+            return record
+        except (OSError, http.client.HTTPException) as exc:
+            record.last_status = None
+            record.error = f"could not reach the receiver: {urlguard.describe_error(exc)}"
+            retry_after = None
+        else:
+            record.last_status = resp.status
+            if 200 <= resp.status < 300:
+                record.error = None
+                record.delivered_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+                log.info("webhook %s delivered to %s (attempt %d)", record.webhook_id, record.url, attempt)
+                return record
+            record.error = f"receiver answered HTTP {resp.status}"
+            if not (resp.status >= 500 or resp.status in _RETRYABLE):
+                log.warning("webhook %s to %s: HTTP %d, not retried", record.webhook_id, record.url, resp.status)
+                return record
+            retry_after = _retry_after(resp.headers.get("retry-after"))
+        log.warning(
+            "webhook %s to %s failed (attempt %d/%d): %s",
+            record.webhook_id, record.url, attempt, settings.webhook_max_attempts, record.error,
+        )
+        if attempt >= settings.webhook_max_attempts:
+            break
+        delay = retry_after if retry_after is not None else backoff(settings.webhook_backoff_s, attempt)
+        if wait(delay) is True:  # Event.wait returns True when `stop` was set
+            record.error = (record.error or "") + "; gave up at shutdown"
+            break
+    return record
+
+
+def backoff(base_s: float, attempt: int) -> float:
+    """base, 2×base, 4×base … (±20 % so receivers coming back up are not hit in lockstep)."""
+    delay = min(MAX_BACKOFF_S, base_s * 2 ** (attempt - 1))
+    return delay * random.uniform(0.8, 1.2)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value and value.strip().isdigit():
+        return min(MAX_BACKOFF_S, float(value))
+    return None
+
+
+def _shown(url: str) -> str:
+    """The URL without credentials or query string, which may carry tokens."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(invalid URL)"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
