@@ -394,4 +394,29 @@ def test_shipped_template_uses_the_models_of_its_model_type(workflow_id):
 def models_by_type(text: str) -> dict[str, set[str]]:
     from handler import modelfiles
 
-    return {name: {entry.destination for entry in entries} for name, entries in modelfiles.by_type(text).items()}
+    listed: dict[str, set[str]] = {}
+    for entry in modelfiles.parse_models_text(text):
+        for model_type in entry.types:
+            listed.setdefault(model_type, set()).add(entry.dest)
+    return listed
+
+
+@pytest.mark.parametrize("workflow_id", shipped_ids())
+def test_shipped_parameter_limits_fit_the_nodes(workflow_id, object_info):
+    """Every allowed value, and both ends of every range, makes a graph ComfyUI accepts."""
+    templates = Templates(SHIPPED)
+    template = templates.get(workflow_id)
+    base = {name: "example.png" for name, p in template.params.items() if p.required}
+    for name, param in template.params.items():
+        trials = list(param.values or ())
+        for bound in (param.min, param.max):
+            if bound is not None:
+                value = bound if param.type == "number" else int(bound)
+                if param.multiple_of:
+                    value -= value % param.multiple_of
+                    value = value if param.min is None or value >= param.min else value + param.multiple_of
+                trials.append(value)
+        for value in trials:
+            workflow = templates.render(workflow_id, {**base, name: value}).workflow
+            report = graph.check(workflow, object_info, check_files=False)
+            assert report.clean, (name, value, report.messages())
