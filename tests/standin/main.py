@@ -1,0 +1,154 @@
+"""Start the ComfyUI stand-in exactly like ComfyUI: `python main.py --listen ... --port ...`.
+
+Flags the stand-in has no use for are accepted and ignored, so the service's command line works
+unchanged. Environment knobs (for tests): STANDIN_OBJECT_INFO (catalog file),
+STANDIN_CACHE_BYTES (byte budget of the default cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from standin_app import COMFYUI_VERSION  # noqa: E402
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="main.py", add_help=True)
+    parser.add_argument("--listen", type=str, default="127.0.0.1", nargs="?", const="0.0.0.0,::")
+    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--input-directory", type=str, default=None)
+    parser.add_argument("--output-directory", type=str, default=None)
+    parser.add_argument("--temp-directory", type=str, default=None)
+    parser.add_argument("--user-directory", type=str, default=None)
+    parser.add_argument("--base-directory", type=str, default=None)
+    parser.add_argument("--verbose", default="INFO", const="DEBUG", nargs="?",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    parser.add_argument("--log-stdout", action="store_true")
+    parser.add_argument("--disable-metadata", action="store_true")
+    parser.add_argument("--dont-print-server", action="store_true")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--cache-classic", action="store_true")
+    cache.add_argument("--cache-lru", type=int, default=0)
+    cache.add_argument("--cache-none", action="store_true")
+    cache.add_argument("--cache-ram", nargs="*", type=float, default=[])
+    for flag in ("--cpu", "--disable-auto-launch", "--disable-api-nodes", "--disable-all-custom-nodes",
+                 "--disable-smart-memory", "--quick-test-for-ci", "--windows-standalone-build"):
+        parser.add_argument(flag, action="store_true")
+    args, _unknown = parser.parse_known_args(argv)
+    return args
+
+
+def setup_logging(level: str, use_stdout: bool) -> None:
+    handler = logging.StreamHandler(sys.stdout if use_stdout else sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose, args.log_stdout)
+    log = logging.getLogger("standin")
+
+    from standin_app.catalog import Catalog
+    from standin_app.engine import Executor, OutputCache
+    from standin_app.nodes import REGISTRY
+    from standin_app.server import Paths, StandinServer, start_worker
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    base = os.path.abspath(args.base_directory) if args.base_directory else here
+    output_dir = os.path.abspath(args.output_directory or os.path.join(base, "output"))
+    input_dir = os.path.abspath(args.input_directory or os.path.join(base, "input"))
+    temp_dir = os.path.join(os.path.abspath(args.temp_directory), "temp") if args.temp_directory \
+        else os.path.join(base, "temp")
+    models_dir = os.path.join(base, "models")
+
+    log.info("Python version: %s", sys.version)
+    log.info("ComfyUI version: %s (stand-in)", COMFYUI_VERSION)
+    log.info("Setting output directory to: %s", output_dir)
+    log.info("Setting input directory to: %s", input_dir)
+    log.info("Setting temp directory to: %s", temp_dir)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    for folder in (output_dir, input_dir, temp_dir):
+        os.makedirs(folder, exist_ok=True)
+
+    if args.cache_none:
+        cache = OutputCache("none")
+    elif args.cache_classic:
+        cache = OutputCache("classic")
+    elif args.cache_lru > 0:
+        cache = OutputCache("lru", lru_size=args.cache_lru)
+    else:
+        cache = OutputCache("ram", budget_bytes=int(os.environ.get("STANDIN_CACHE_BYTES", str(1 << 30))))
+
+    catalog = Catalog()
+    catalog.input_dir = input_dir
+    paths = Paths(input_dir, output_dir, temp_dir, models_dir)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    server = StandinServer(
+        loop, catalog, REGISTRY, paths,
+        lambda srv: Executor(srv, catalog, REGISTRY, paths, cache, disable_metadata=args.disable_metadata),
+    )
+    stop = threading.Event()
+    start_worker(server, stop)
+
+    stopping = asyncio.Event()
+
+    def request_stop(signum, _frame=None):
+        loop.call_soon_threadsafe(stopping.set)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    async def run() -> int:
+        runner = web_runner = None
+        from aiohttp import web
+        web_runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
+        await web_runner.setup()
+        runner = web_runner
+        publisher = asyncio.ensure_future(server.publish_loop())
+        log.info("Starting server\n")
+        for address in args.listen.split(","):
+            site = web.TCPSite(runner, address, args.port)
+            try:
+                await site.start()
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    log.error("Port %s is already in use on address %s. Please close the other application "
+                              "or use a different port with --port.", args.port, address)
+                    return 1
+                raise
+            shown = f"[{address}]" if ":" in address else address
+            if not args.dont_print_server:
+                log.info("To see the GUI go to: http://%s:%s", shown, args.port)
+        await stopping.wait()
+        log.info("\nStopped server")
+        publisher.cancel()
+        for ws in list(server.sockets.values()):
+            await ws.close()
+        await runner.cleanup()
+        return 0
+
+    try:
+        code = loop.run_until_complete(run())
+    finally:
+        stop.set()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

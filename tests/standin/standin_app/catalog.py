@@ -1,0 +1,103 @@
+"""The node catalog: the recorded `object_info`, with the file lists that depend on the input folder.
+
+The recorded catalog is the single source of truth for input specs, output types and which nodes
+are output nodes. Upload-backed combos (LoadImage, LoadAudio, LoadVideo, ...) list the files that
+are in the input folder right now, as a real server does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import mimetypes
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_OBJECT_INFO = REPO_ROOT / "test_resources" / "comfy" / "object_info.json"
+
+# extension -> content type ("image", "video", ...), like the real server's cache
+_content_types: dict[str, str | None] = {}
+_UPLOAD_FLAGS = {"image_upload": ("image",), "video_upload": ("video",), "audio_upload": ("audio", "video")}
+
+
+def content_type_of(filename: str) -> str | None:
+    extension = filename.split(".")[-1]
+    if extension not in _content_types:
+        mime, _ = mimetypes.guess_type(filename, strict=False)
+        _content_types[extension] = mime.split("/")[0] if mime else None
+    return _content_types[extension]
+
+
+def files_of_types(folder: str, kinds: tuple[str, ...]) -> list[str]:
+    try:
+        names = [n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))]
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if content_type_of(n) in kinds)
+
+
+class Catalog:
+    def __init__(self, path: str | os.PathLike | None = None):
+        path = Path(path or os.environ.get("STANDIN_OBJECT_INFO") or DEFAULT_OBJECT_INFO)
+        with open(path, encoding="utf-8") as f:
+            self.nodes: dict[str, dict] = json.load(f)
+        # (class, category, input name, upload kinds, legacy list form?) for inputs listing input files
+        self._upload_inputs: list[tuple[str, str, str, tuple[str, ...], bool]] = []
+        for class_type, info in self.nodes.items():
+            for category in ("required", "optional"):
+                for name, spec in info.get("input", {}).get(category, {}).items():
+                    extra = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                    if extra.get("image_folder") or extra.get("remote"):
+                        continue
+                    for flag, kinds in _UPLOAD_FLAGS.items():
+                        if extra.get(flag):
+                            self._upload_inputs.append((class_type, category, name, kinds, isinstance(spec[0], list)))
+        self.input_dir = ""
+
+    def __contains__(self, class_type: str) -> bool:
+        return class_type in self.nodes
+
+    def info(self, class_type: str) -> dict:
+        """The node's info with live file lists (a copy only where something is live)."""
+        info = self.nodes[class_type]
+        live = [u for u in self._upload_inputs if u[0] == class_type]
+        if not live:
+            return info
+        info = copy.deepcopy(info)
+        for _, category, name, kinds, legacy in live:
+            files = files_of_types(self.input_dir, kinds)
+            spec = info["input"][category][name]
+            if legacy:
+                spec[0] = files
+            else:
+                spec[1]["options"] = files
+        return info
+
+    def all_info(self) -> dict:
+        out = dict(self.nodes)
+        for class_type in {u[0] for u in self._upload_inputs}:
+            out[class_type] = self.info(class_type)
+        return out
+
+    def is_output_node(self, class_type: str) -> bool:
+        return bool(self.nodes[class_type].get("output_node"))
+
+    def output_types(self, class_type: str) -> list:
+        return self.nodes[class_type].get("output", [])
+
+    def output_is_list(self, class_type: str) -> list:
+        return self.nodes[class_type].get("output_is_list", [])
+
+    def is_input_list(self, class_type: str) -> bool:
+        return bool(self.nodes[class_type].get("is_input_list"))
+
+    def hidden_inputs(self, class_type: str) -> dict[str, str]:
+        """Hidden input name -> kind (PROMPT, EXTRA_PNGINFO, UNIQUE_ID, ...)."""
+        hidden = self.nodes[class_type].get("input", {}).get("hidden", {})
+        return {name: (kind[0] if isinstance(kind, list) else kind) for name, kind in hidden.items()}
+
+    def unique_id_in_signature(self, class_type: str) -> bool:
+        # Only nodes declaring UNIQUE_ID the classic way (a bare string) put their id in the cache key.
+        hidden = self.nodes[class_type].get("input", {}).get("hidden", {})
+        return "UNIQUE_ID" in hidden.values()
