@@ -1,0 +1,358 @@
+"""The service's OpenAPI 3.1 document, built on each request so template changes show at once.
+
+Template parameters are already JSON Schema 2020-12 (`Templates.json_schema`), which OpenAPI 3.1
+takes as is: each template becomes a component `<id>.params`, and `/predict` accepts either a raw
+API-format workflow or one of the templates (`oneOf`, told apart by `workflow_id`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema, **extra}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+ERROR = {
+    "type": "object",
+    "required": ["status", "error"],
+    "properties": {
+        "status": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "examples": ["bad_request", "not_found", "invalid_parameter", "workflow_invalid", "timeout"],
+                },
+                "message": {"type": "string"},
+                "param": {"type": "string", "description": "The named-workflow parameter at fault (422)."},
+                "errors": {
+                    "type": "array",
+                    "description": "Every parameter problem, when there is more than one (422).",
+                    "items": {"type": "object", "properties": {"param": {"type": "string"}, "message": {"type": "string"}}},
+                },
+                "error": {
+                    "type": "object",
+                    "description": "ComfyUI's own error object (workflow_invalid).",
+                    "properties": {
+                        "type": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {"type": "string"},
+                        "extra_info": {"type": "object"},
+                    },
+                },
+                "node_errors": {
+                    "type": "object",
+                    "description": "ComfyUI's node_errors: per node id, its errors and the outputs they block.",
+                    "additionalProperties": {
+                        "type": "object",
+                        "properties": {
+                            "errors": {"type": "array", "items": {"type": "object"}},
+                            "dependent_outputs": {"type": "array", "items": {"type": "string"}},
+                            "class_type": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+INPUT_IMAGE = {
+    "type": "object",
+    "required": ["name", "image"],
+    "properties": {
+        "name": {"type": "string", "description": "The file name the workflow's loaders refer to.",
+                 "examples": ["input.png"]},
+        "image": {"type": "string", "description": "Base64, a data URI, or an http(s) URL fetched by the service."},
+    },
+}
+
+OUTPUT_OPTIONS = {
+    "description": 'Re-encode the images returned, e.g. {"format": "webp", "quality": 90}, or just "webp".',
+    "anyOf": [
+        {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]},
+        {
+            "type": "object",
+            "properties": {
+                "format": {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]},
+                "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
+            },
+        },
+    ],
+}
+
+COMMON_FIELDS = {
+    "images": {"type": "array", "items": _ref("InputImage"), "description": "Input images the workflow loads by name."},
+    "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds to wait for the result."},
+    "output": _ref("OutputOptions"),
+}
+
+RAW_REQUEST = {
+    "type": "object",
+    "title": "Raw workflow",
+    "required": ["workflow"],
+    "properties": {
+        "workflow": {
+            "type": "object",
+            "description": "An API-format ComfyUI graph (ComfyUI's 'Export (API)'): node id → {class_type, inputs}.",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["class_type"],
+                "properties": {"class_type": {"type": "string"}, "inputs": {"type": "object"}},
+            },
+        },
+        **COMMON_FIELDS,
+    },
+}
+
+FILE = {
+    "type": "object",
+    "properties": {
+        "filename": {"type": "string"},
+        "subfolder": {"type": "string"},
+        "type": {"type": "string", "examples": ["output", "temp"]},
+        "node_id": {"type": "string"},
+        "output_key": {"type": "string", "examples": ["images", "gifs"]},
+        "content_type": {"type": "string", "examples": ["image/png"]},
+        "size": {"type": "integer"},
+        "image": {"type": "string", "contentEncoding": "base64"},
+    },
+}
+
+PREDICT_RESPONSE = {
+    "type": "object",
+    "properties": {
+        "status": {"const": "success"},
+        "prompt_id": {"type": "string"},
+        "images": {"type": "array", "items": _ref("OutputFile")},
+        "outputs": {"type": "object", "description": "ComfyUI's outputs per node, as in its history."},
+        "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+    },
+}
+
+JOB = {
+    "type": "object",
+    "description": "An async job: its id, state and, once finished, its result or error.",
+    "properties": {
+        "job_id": {"type": "string"},
+        "status": {"type": "string", "examples": ["queued", "running", "succeeded", "failed", "cancelled"]},
+    },
+    "additionalProperties": True,
+}
+
+WORKFLOW_SUMMARY = {
+    "type": "object",
+    "required": ["id", "title", "available"],
+    "properties": {
+        "id": {"type": "string"},
+        "title": {"type": "string"},
+        "description": {"type": "string"},
+        "model_type": {"type": ["string", "null"], "description": "The MODEL_TYPE whose models it needs."},
+        "available": {"type": "boolean", "description": "This service's image has those models."},
+    },
+}
+
+WORKFLOW_DETAIL = {
+    "allOf": [
+        _ref("WorkflowSummary"),
+        {"type": "object", "properties": {"params": {"type": "object", "description": "The parameters as JSON Schema."}}},
+    ]
+}
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _paths(predict_request: dict[str, Any], predict_examples: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "/": {"get": {
+            "summary": "Service information",
+            "operationId": "info",
+            "tags": ["service"],
+            "responses": {"200": _json({"type": "object"}, "Version, MODEL_TYPE, ComfyUI state and endpoints.")},
+        }},
+        "/healthz": {"get": {
+            "summary": "Readiness (does not call ComfyUI)",
+            "operationId": "healthz",
+            "tags": ["service"],
+            "responses": {
+                "200": _json({"type": "object", "properties": {"status": {"const": "ready"}}}, "ComfyUI is ready."),
+                "503": _json({"type": "object", "properties": {"status": {"type": "string"}}},
+                             "ComfyUI is booting or restarting; see Retry-After."),
+            },
+        }},
+        "/models": {"get": {
+            "summary": "Model files ComfyUI sees, per folder",
+            "operationId": "models",
+            "tags": ["service"],
+            "parameters": [{"name": "refresh", "in": "query", "schema": {"type": "boolean"},
+                            "description": "Ask ComfyUI again instead of the cached list."}],
+            "responses": {"200": _json({"type": "object"}, "model_type and the files of every model folder.")},
+        }},
+        "/models/{folder}": {"get": {
+            "summary": "Model files of one folder",
+            "operationId": "modelFolder",
+            "tags": ["service"],
+            "parameters": [_path_param("folder"),
+                           {"name": "refresh", "in": "query", "schema": {"type": "boolean"}}],
+            "responses": {"200": _json({"type": "object"}, "The folder and its files."),
+                          "404": _error("No such model folder.")},
+        }},
+        "/predict": {"post": {
+            "summary": "Run a workflow: raw, or a named template with parameters",
+            "operationId": "predict",
+            "tags": ["predict"],
+            "description": (
+                "Sends either `workflow` (API format) or `workflow_id` with `params`. The result comes back in the "
+                "response unless the request is made asynchronous, in which case a job is accepted (202) and its "
+                "state is read from `/status/{job_id}`."
+            ),
+            "requestBody": {"required": True, "content": {JSON: {"schema": predict_request, "examples": predict_examples}}},
+            "responses": {
+                "200": _json(_ref("PredictResponse"), "The outputs, images inline as base64."),
+                "202": _json(_ref("Job"), "Accepted as an async job."),
+                "400": _error("A malformed body, or a workflow ComfyUI refuses (workflow_invalid, with node_errors)."),
+                "404": _error("No template with that workflow_id."),
+                "413": _error("The body or an input image is too large."),
+                "422": _error("A template parameter is wrong: `param` names it, `message` says why."),
+                "500": _error("ComfyUI failed while running the workflow."),
+                "503": _error("ComfyUI is not ready; retry after Retry-After seconds."),
+                "504": _error("The workflow did not finish in time."),
+            },
+        }},
+        "/status/{job_id}": {"get": {
+            "summary": "State of an async job",
+            "operationId": "status",
+            "tags": ["jobs"],
+            "parameters": [_path_param("job_id")],
+            "responses": {"200": _json(_ref("Job"), "The job."), "404": _error("No such job.")},
+        }},
+        "/cancel/{job_id}": {"post": {
+            "summary": "Cancel an async job",
+            "operationId": "cancel",
+            "tags": ["jobs"],
+            "parameters": [_path_param("job_id")],
+            "responses": {"200": _json(_ref("Job"), "The job, cancelled."), "404": _error("No such job."),
+                          "409": _error("The job has already finished.")},
+        }},
+        "/workflows": {"get": {
+            "summary": "Named workflows",
+            "operationId": "listWorkflows",
+            "tags": ["workflows"],
+            "responses": {"200": _json({
+                "type": "object",
+                "properties": {
+                    "model_type": {"type": "string"},
+                    "workflows": {"type": "array", "items": _ref("WorkflowSummary")},
+                    "errors": {"type": "object", "additionalProperties": {"type": "string"},
+                               "description": "Templates refused at load time, and why."},
+                },
+            }, "Every loaded template.")},
+        }},
+        "/workflows/{workflow_id}": {"get": {
+            "summary": "One named workflow with its parameters as JSON Schema",
+            "operationId": "getWorkflow",
+            "tags": ["workflows"],
+            "parameters": [_path_param("workflow_id")],
+            "responses": {"200": _json(_ref("WorkflowDetail"), "The template."),
+                          "404": _error("No such template, or its manifest was refused.")},
+        }},
+        "/openapi.json": {"get": {
+            "summary": "This document",
+            "operationId": "openapi",
+            "tags": ["service"],
+            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.")},
+        }},
+    }
+
+
+def _example_params(schema: dict[str, Any]) -> dict[str, Any]:
+    example: dict[str, Any] = {}
+    for name, prop in schema.get("properties", {}).items():
+        if name in schema.get("required", []):
+            example[name] = (prop.get("examples") or ["https://example.com/input.png" if "contentMediaType" in prop
+                                                       else "a lighthouse on a cliff at dusk"])[0]
+    return example
+
+
+def document(
+    templates: Any = None,
+    *,
+    present: Iterable[str] | None = None,
+    version: str = "0",
+    server_url: str | None = None,
+) -> dict[str, Any]:
+    """The whole service; `present` limits the paths to the routes this app has mounted."""
+    schemas: dict[str, Any] = {
+        "Error": ERROR,
+        "InputImage": INPUT_IMAGE,
+        "OutputOptions": OUTPUT_OPTIONS,
+        "RawPredictRequest": RAW_REQUEST,
+        "OutputFile": FILE,
+        "PredictResponse": PREDICT_RESPONSE,
+        "Job": JOB,
+        "WorkflowSummary": WORKFLOW_SUMMARY,
+        "WorkflowDetail": WORKFLOW_DETAIL,
+    }
+    choices = [_ref("RawPredictRequest")]
+    examples: dict[str, Any] = {
+        "raw": {"summary": "A raw API-format workflow", "value": {"workflow": {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "example"}},
+        }}},
+    }
+    for summary in templates.list() if templates is not None else []:
+        workflow_id = summary["id"]
+        params_schema = templates.json_schema(workflow_id)
+        schemas[f"{workflow_id}.params"] = params_schema
+        request = {
+            "type": "object",
+            "title": summary["title"],
+            "description": summary.get("description", ""),
+            "required": ["workflow_id"],
+            "properties": {
+                "workflow_id": {"const": workflow_id},
+                "params": _ref(f"{workflow_id}.params"),
+                **COMMON_FIELDS,
+            },
+        }
+        if params_schema.get("required"):
+            request["required"] = ["workflow_id", "params"]
+        schemas[f"{workflow_id}.request"] = request
+        choices.append(_ref(f"{workflow_id}.request"))
+        examples[workflow_id] = {
+            "summary": summary["title"] + ("" if summary.get("available", True) else " (models not in this image)"),
+            "value": {"workflow_id": workflow_id, "params": _example_params(params_schema)},
+        }
+
+    paths = _paths({"oneOf": choices}, examples)
+    if present is not None:
+        wanted = set(present)
+        paths = {path: item for path, item in paths.items() if path in wanted}
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "comfyrun",
+            "version": version,
+            "description": "ComfyUI as a serverless API: run raw workflows or named templates with typed parameters.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc

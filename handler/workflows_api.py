@@ -1,0 +1,96 @@
+"""Routes for named workflows and the API description: /workflows, /openapi.json, /docs.
+
+The docs page is Swagger UI served from the `swagger-ui-py` package's own files, so it works
+without reaching any CDN.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from . import openapi
+from .errors import NotFound
+
+ASSETS = "/docs/static"
+_HAS_SWAGGER_UI = importlib.util.find_spec("swagger_ui") is not None
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>{title}</title>
+  <link rel="stylesheet" href="{assets}/swagger-ui.css">
+  <link rel="icon" type="image/png" href="{assets}/favicon-32x32.png">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="{assets}/swagger-ui-bundle.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({{url: "{spec}", dom_id: "#swagger-ui", deepLinking: true,
+                                  defaultModelsExpandDepth: 0, tryItOutEnabled: true}});
+  </script>
+</body>
+</html>
+"""
+
+_PLAIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>
+<body><h1>{title}</h1><p>The interactive page needs the <code>swagger-ui-py</code> package.
+The API description is at <a href="{spec}">{spec}</a>.</p></body></html>
+"""
+
+
+def routes(services: Any) -> list[BaseRoute]:
+    """GET /workflows, /workflows/{workflow_id}, /openapi.json, /docs (+ its static files)."""
+
+    def templates():
+        return getattr(services, "templates", None)
+
+    def list_workflows(request: Request) -> JSONResponse:
+        registry = templates()
+        body: dict[str, Any] = {
+            "model_type": services.settings.model_type,
+            "workflows": registry.list() if registry is not None else [],
+        }
+        errors = registry.errors() if registry is not None else {}
+        if errors:
+            body["errors"] = errors
+        return JSONResponse(body)
+
+    def get_workflow(request: Request) -> JSONResponse:
+        registry = templates()
+        workflow_id = request.path_params["workflow_id"]
+        if registry is None:
+            raise NotFound(f"no workflow named {workflow_id!r}", workflow_id=workflow_id)
+        return JSONResponse(registry.describe(workflow_id))
+
+    def openapi_json(request: Request) -> JSONResponse:
+        from . import __version__
+
+        present = [route.path for route in request.app.routes if isinstance(route, Route)]
+        root = request.scope.get("root_path") or ""
+        return JSONResponse(openapi.document(templates(), present=present, version=__version__,
+                                             server_url=root or None))
+
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path") or ""
+        page = _PAGE if _HAS_SWAGGER_UI else _PLAIN_PAGE
+        return HTMLResponse(page.format(title=html.escape("comfyrun API"), assets=root + ASSETS,
+                                        spec=root + "/openapi.json"))
+
+    mounted: list[BaseRoute] = [
+        Route("/workflows", list_workflows, methods=["GET"]),
+        Route("/workflows/{workflow_id}", get_workflow, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
+    ]
+    if _HAS_SWAGGER_UI:
+        mounted.append(Mount(ASSETS, app=StaticFiles(packages=[("swagger_ui", "static")]), name="docs-static"))
+    return mounted
