@@ -116,3 +116,120 @@ def test_listing_reports_unavailable_model_types(base_url, folder):
     listed = {w["id"]: w for w in requests.get(f"{base_url}/workflows", timeout=10).json()["workflows"]}
     assert listed["solid-blur"]["available"] is False and listed["solid-blur"]["model_type"] == "sdxl"
     assert listed["invert"]["available"] is True
+
+
+# --- end to end: templates through `python -m handler` and a ComfyUI (stand-in, and real if given) --
+
+
+@pytest.fixture(scope="module")
+def template_service(comfy_target, tmp_path_factory):
+    from tests.fixtures.comfy import start_service
+
+    root = tmp_path_factory.mktemp(f"templates-{comfy_target.name}")
+    folder = root / "workflows"
+    shutil.copytree(ROOT / "test_resources" / "templates", folder)
+    service = start_service(comfy_target, root / "state", WORKFLOWS_DIR=str(folder))
+    service.folder = folder
+    yield service
+    service.stop()
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _pixels(data: bytes):
+    from io import BytesIO
+
+    from PIL import Image
+
+    return Image.open(BytesIO(data)).convert("RGB")
+
+
+def test_e2e_solid_blur(template_service):
+    import base64
+
+    response = template_service.post("/predict", json={
+        "workflow_id": "solid-blur", "params": {"width": 40, "height": 24, "color": 0x00FF00, "blur_radius": 2},
+    })
+    assert response.status_code == 200, response.text
+    (image,) = response.json()["images"]
+    data = base64.b64decode(image["image"])
+    assert _png_size(data) == (40, 24)
+    assert _pixels(data).getpixel((20, 12)) == (0, 255, 0)
+
+
+def test_e2e_one_parameter_feeding_two_inputs(template_service):
+    import base64
+
+    response = template_service.post("/predict", json={"workflow_id": "solid-scale", "params": {"size": 16}})
+    assert response.status_code == 200, response.text
+    (image,) = response.json()["images"]
+    assert _png_size(base64.b64decode(image["image"])) == (16, 16)
+
+
+def test_e2e_image_parameter(template_service):
+    import base64
+
+    source = (ROOT / "test_resources" / "comfy" / "test_input.png").read_bytes()
+    encoded = "data:image/png;base64," + base64.b64encode(source).decode()
+    response = template_service.post("/predict", json={"workflow_id": "invert", "params": {"image": encoded}})
+    assert response.status_code == 200, response.text
+    (image,) = response.json()["images"]
+    out = _pixels(base64.b64decode(image["image"]))
+    original = _pixels(source)
+    assert out.size == original.size
+    expected = [255 - c for c in original.getpixel((3, 3))]
+    assert all(abs(a - b) <= 1 for a, b in zip(out.getpixel((3, 3)), expected))  # float rounding
+
+
+def test_e2e_image_parameter_by_name_uses_the_request_images(template_service):
+    import base64
+
+    source = (ROOT / "test_resources" / "comfy" / "test_input.png").read_bytes()
+    response = template_service.post("/predict", json={
+        "workflow_id": "invert",
+        "params": {"image": "mine.png"},
+        "images": [{"name": "mine.png", "image": base64.b64encode(source).decode()}],
+    })
+    assert response.status_code == 200, response.text
+    assert len(response.json()["images"]) == 1
+
+
+def test_e2e_errors(template_service):
+    missing = template_service.post("/predict", json={"workflow_id": "nope", "params": {}})
+    assert missing.status_code == 404
+    bad = template_service.post("/predict", json={"workflow_id": "solid-blur", "params": {"width": 5}})
+    assert bad.status_code == 422
+    assert bad.json()["error"]["param"] == "width"
+    required = template_service.post("/predict", json={"workflow_id": "invert"})
+    assert required.status_code == 422
+    assert required.json()["error"]["param"] == "image"
+
+
+def test_e2e_hot_reload(template_service):
+    folder = template_service.folder
+    graph = json.loads((folder / "solid-blur.json").read_text())
+    graph["3"]["inputs"]["filename_prefix"] = "tests/hot"
+    (folder / "hot.json").write_text(json.dumps(graph))
+    (folder / "hot.manifest.json").write_text(json.dumps({
+        "title": "Hot", "params": {"side": {"type": "integer", "min": 8, "max": 64, "to": ["1.width", "1.height"]}},
+    }))
+    try:
+        listed = [w["id"] for w in template_service.get("/workflows").json()["workflows"]]
+        assert "hot" in listed
+        assert "hot.params" in template_service.get("/openapi.json").json()["components"]["schemas"]
+        response = template_service.post("/predict", json={"workflow_id": "hot", "params": {"side": 8}})
+        assert response.status_code == 200, response.text
+        import base64
+
+        assert _png_size(base64.b64decode(response.json()["images"][0]["image"])) == (8, 8)
+    finally:
+        (folder / "hot.manifest.json").unlink()
+    assert template_service.post("/predict", json={"workflow_id": "hot"}).status_code == 404
+
+
+def test_e2e_docs_page(template_service):
+    assert template_service.get("/docs").status_code == 200
+    validate(template_service.get("/openapi.json").json())
