@@ -233,3 +233,34 @@ def test_e2e_hot_reload(template_service):
 def test_e2e_docs_page(template_service):
     assert template_service.get("/docs").status_code == 200
     validate(template_service.get("/openapi.json").json())
+
+
+SHIPPED_IDS = sorted(p.name[: -len(".manifest.json")] for p in (ROOT / "workflows").glob("*.manifest.json"))
+
+
+@pytest.fixture(scope="module")
+def shipped_service(comfy_target, tmp_path_factory):
+    from tests.fixtures.comfy import start_service
+
+    root = tmp_path_factory.mktemp(f"shipped-{comfy_target.name}")
+    service = start_service(comfy_target, root / "state", WORKFLOWS_DIR=str(ROOT / "workflows"))
+    yield service
+    service.stop()
+
+
+@pytest.mark.parametrize("workflow_id", SHIPPED_IDS)
+def test_e2e_shipped_templates_lack_nothing_but_model_files(shipped_service, workflow_id):
+    """Without model weights, ComfyUI refuses a shipped template for its model files and nothing else."""
+    import base64
+
+    params = {"prompt": "a lighthouse"}
+    if workflow_id.endswith("img2img"):
+        params["image"] = base64.b64encode((ROOT / "test_resources" / "comfy" / "test_input.png").read_bytes()).decode()
+    response = shipped_service.post("/predict", json={"workflow_id": workflow_id, "params": params})
+    assert response.status_code == 400, response.text
+    node_errors = response.json()["error"]["node_errors"]
+    problems = [(e["type"], e["extra_info"].get("input_name")) for entry in node_errors.values() for e in entry["errors"]]
+    assert problems and all(kind == "value_not_in_list" and name in MODEL_INPUT_NAMES for kind, name in problems), problems
+
+
+MODEL_INPUT_NAMES = {"ckpt_name", "unet_name", "clip_name1", "clip_name2", "vae_name"}
