@@ -84,7 +84,7 @@ def deliver(
     """
     record = Delivery(
         webhook_id=webhook_id or new_webhook_id(),
-        url=_shown(url),
+        url=shown_url(url),
         signed=bool(settings.webhook_secret),
     )
     wait = sleep or (stop.wait if stop is not None else time.sleep)
@@ -142,7 +142,7 @@ def _retry_after(value: str | None) -> float | None:
     return None
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """The URL without credentials or query string, which may carry tokens."""
     try:
         parts = urlsplit(url)
