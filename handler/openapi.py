@@ -7,9 +7,12 @@ API-format workflow or one of the templates (`oneOf`, told apart by `workflow_id
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 JSON = "application/json"
+PRIORITIES = ["high", "normal", "low"]  # taskqueue.PRIORITIES, kept import-free here
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -99,6 +102,16 @@ COMMON_FIELDS = {
     "images": {"type": "array", "items": _ref("InputImage"), "description": "Input images the workflow loads by name."},
     "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds to wait for the result."},
     "output": _ref("OutputOptions"),
+    "async": {"type": "boolean", "default": False,
+              "description": "Accept the request as a job (202) instead of waiting for the result."},
+    "webhook": {
+        "description": "Call this URL (Standard Webhooks signed) when the job ends; implies async.",
+        "anyOf": [{"type": "string", "format": "uri"},
+                  {"type": "object", "required": ["url"], "properties": {"url": {"type": "string", "format": "uri"}}}],
+    },
+    "priority": {"type": "string", "enum": PRIORITIES, "default": "normal", "description": "Queue of an async job."},
+    "inline": {"type": "boolean", "default": False,
+               "description": "Embed an async job's outputs as base64 in its status (up to INLINE_MAX_BYTES)."},
 }
 
 RAW_REQUEST = {
@@ -144,14 +157,58 @@ PREDICT_RESPONSE = {
     },
 }
 
-JOB = {
+_STATE = {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+ACCEPTED = {
     "type": "object",
-    "description": "An async job: its id, state and, once finished, its result or error.",
+    "required": ["job_id", "status_url", "state"],
     "properties": {
         "job_id": {"type": "string"},
-        "status": {"type": "string", "examples": ["queued", "running", "succeeded", "failed", "cancelled"]},
+        "status_url": {"type": "string", "format": "uri"},
+        "state": _STATE,
+        "priority": {"type": "string", "enum": PRIORITIES},
     },
-    "additionalProperties": True,
+}
+
+JOB = {
+    "type": "object",
+    "description": "An async job: its state and, once finished, its result (files with URLs) or error.",
+    "required": ["job_id", "state"],
+    "properties": {
+        "job_id": {"type": "string"},
+        "state": _STATE,
+        "priority": {"type": "string", "enum": PRIORITIES},
+        "attempts": {"type": "integer"},
+        "created_at": _TIME,
+        "started_at": _TIME,
+        "finished_at": _TIME,
+        "updated_at": _TIME,
+        "status_url": {"type": "string"},
+        "cancel_requested": {"type": "boolean"},
+        "result": {
+            "type": "object",
+            "properties": {
+                "files": {"type": "array", "items": {"type": "object", "properties": {
+                    "uri": {"type": "string"}, "url": {"type": ["string", "null"]},
+                    "base64": {"type": "string", "contentEncoding": "base64"},
+                }}},
+            },
+        },
+        "error": {"type": "object", "description": "Why the job failed or was cancelled."},
+        "last_error": {"type": "object", "description": "The latest transient failure of a job that will be retried."},
+        "webhook": {"type": "object", "description": "The webhook URL (shortened) and its delivery state."},
+    },
+}
+
+CANCEL = {
+    "type": "object",
+    "properties": {
+        "job_id": {"type": "string"},
+        "state": _STATE,
+        "cancel": {"type": "string", "enum": ["dequeued", "interrupting", "requested"]},
+        "detail": {"type": "string"},
+    },
 }
 
 WORKFLOW_SUMMARY = {
@@ -218,13 +275,14 @@ def _paths(predict_request: dict[str, Any], predict_examples: dict[str, Any]) ->
             "tags": ["predict"],
             "description": (
                 "Sends either `workflow` (API format) or `workflow_id` with `params`. The result comes back in the "
-                "response unless the request is made asynchronous, in which case a job is accepted (202) and its "
-                "state is read from `/status/{job_id}`."
+                "response, unless the body asks for `async` or a `webhook`: then the graph is checked, a job is "
+                "accepted (202) and its state is read from `/status/{job_id}`."
             ),
             "requestBody": {"required": True, "content": {JSON: {"schema": predict_request, "examples": predict_examples}}},
             "responses": {
                 "200": _json(_ref("PredictResponse"), "The outputs, images inline as base64."),
-                "202": _json(_ref("Job"), "Accepted as an async job."),
+                "202": {**_json(_ref("JobAccepted"), "Accepted as an async job (`async`, `webhook`, or a Cloud Tasks delivery)."),
+                        "headers": {"Location": {"schema": {"type": "string"}, "description": "The status URL."}}},
                 "400": _error("A malformed body, or a workflow ComfyUI refuses (workflow_invalid, with node_errors)."),
                 "404": _error("No template with that workflow_id."),
                 "413": _error("The body or an input image is too large."),
@@ -238,7 +296,9 @@ def _paths(predict_request: dict[str, Any], predict_examples: dict[str, Any]) ->
             "summary": "State of an async job",
             "operationId": "status",
             "tags": ["jobs"],
-            "parameters": [_path_param("job_id")],
+            "parameters": [_path_param("job_id"),
+                           {"name": "inline", "in": "query", "schema": {"type": "boolean"},
+                            "description": "Embed the outputs as base64 (default: what the job asked for)."}],
             "responses": {"200": _json(_ref("Job"), "The job."), "404": _error("No such job.")},
         }},
         "/cancel/{job_id}": {"post": {
@@ -246,8 +306,18 @@ def _paths(predict_request: dict[str, Any], predict_examples: dict[str, Any]) ->
             "operationId": "cancel",
             "tags": ["jobs"],
             "parameters": [_path_param("job_id")],
-            "responses": {"200": _json(_ref("Job"), "The job, cancelled."), "404": _error("No such job."),
+            "responses": {"200": _json(CANCEL, "A queued job was taken out of the queue: it will never run."),
+                          "202": _json(CANCEL, "A running job is being interrupted, or will stop soon."),
+                          "404": _error("No such job."),
                           "409": _error("The job has already finished.")},
+        }},
+        "/outputs/{job_id}/{name}": {"get": {
+            "summary": "An output file of an async job (local storage only; Cloud Storage gives signed URLs)",
+            "operationId": "output",
+            "tags": ["jobs"],
+            "parameters": [_path_param("job_id"), _path_param("name")],
+            "responses": {"200": {"description": "The file.", "content": {"*/*": {}}},
+                          "404": _error("No such file.")},
         }},
         "/workflows": {"get": {
             "summary": "Named workflows",
@@ -304,6 +374,7 @@ def document(
         "RawPredictRequest": RAW_REQUEST,
         "OutputFile": FILE,
         "PredictResponse": PREDICT_RESPONSE,
+        "JobAccepted": ACCEPTED,
         "Job": JOB,
         "WorkflowSummary": WORKFLOW_SUMMARY,
         "WorkflowDetail": WORKFLOW_DETAIL,
@@ -341,7 +412,7 @@ def document(
 
     paths = _paths({"oneOf": choices}, examples)
     if present is not None:
-        wanted = set(present)
+        wanted = {_CONVERTER.sub(r"{\1}", path) for path in present}  # "{name:path}" → "{name}"
         paths = {path: item for path, item in paths.items() if path in wanted}
     doc: dict[str, Any] = {
         "openapi": "3.1.0",

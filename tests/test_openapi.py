@@ -67,8 +67,9 @@ def test_request_schema_accepts_good_bodies_and_refuses_bad_ones(templates):
 
 
 def test_paths_follow_the_mounted_routes(templates):
-    doc = openapi.document(templates, present=["/", "/predict", "/workflows"])
-    assert set(doc["paths"]) == {"/", "/predict", "/workflows"}
+    doc = openapi.document(templates, present=["/", "/predict", "/workflows", "/outputs/{job_id}/{name:path}",
+                                               "/tasks/run"])
+    assert set(doc["paths"]) == {"/", "/predict", "/workflows", "/outputs/{job_id}/{name}"}
     validate(doc)
 
 

@@ -232,7 +232,14 @@ def test_e2e_hot_reload(template_service):
 
 def test_e2e_docs_page(template_service):
     assert template_service.get("/docs").status_code == 200
-    validate(template_service.get("/openapi.json").json())
+    doc = template_service.get("/openapi.json").json()
+    validate(doc)
+    info = template_service.get("/").json()
+    documented = {path for path in info["endpoints"] if path != "/tasks/run" and not path.startswith("/docs")}
+    assert documented <= {p.replace("{name}", "{name:path}") for p in doc["paths"]} | set(doc["paths"])
+    assert "/workflows/{workflow_id}" in doc["paths"]
+    if info["async"]:
+        assert {"/status/{job_id}", "/cancel/{job_id}"} <= set(doc["paths"])
 
 
 SHIPPED_IDS = sorted(p.name[: -len(".manifest.json")] for p in (ROOT / "workflows").glob("*.manifest.json"))
