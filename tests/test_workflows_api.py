@@ -271,3 +271,31 @@ def test_e2e_shipped_templates_lack_nothing_but_model_files(shipped_service, wor
 
 
 MODEL_INPUT_NAMES = {"ckpt_name", "unet_name", "clip_name1", "clip_name2", "vae_name"}
+
+
+def test_e2e_async_template_job(template_service):
+    if not template_service.get("/").json()["async"]:
+        pytest.skip("this service runs no async jobs")
+    accepted = template_service.post("/predict", json={
+        "workflow_id": "solid-scale", "params": {"size": 24}, "async": True, "inline": True,
+    })
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while True:
+        status = template_service.get(f"/status/{job_id}").json()
+        if status["state"] in ("succeeded", "failed", "cancelled"):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    assert status["state"] == "succeeded", status
+    import base64
+
+    (entry,) = status["result"]["files"]
+    assert _png_size(base64.b64decode(entry["base64"])) == (24, 24)
+
+    # Parameters are checked before a job is accepted.
+    refused = template_service.post("/predict", json={"workflow_id": "solid-scale", "params": {"size": 7},
+                                                      "async": True})
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == "size"
+    assert template_service.post("/predict", json={"workflow_id": "nope", "async": True}).status_code == 404
