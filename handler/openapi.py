@@ -323,6 +323,8 @@ def _paths(predict_request: dict[str, Any], predict_examples: dict[str, Any]) ->
             "summary": "Named workflows",
             "operationId": "listWorkflows",
             "tags": ["workflows"],
+            "parameters": [{"name": "available", "in": "query", "schema": {"type": "boolean"},
+                            "description": "Only the templates whose models this image has."}],
             "responses": {"200": _json({
                 "type": "object",
                 "properties": {

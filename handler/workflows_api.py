@@ -55,10 +55,10 @@ def routes(services: Any) -> list[BaseRoute]:
 
     def list_workflows(request: Request) -> JSONResponse:
         registry = templates()
-        body: dict[str, Any] = {
-            "model_type": services.settings.model_type,
-            "workflows": registry.list() if registry is not None else [],
-        }
+        listed = registry.list() if registry is not None else []
+        if request.query_params.get("available", "").lower() in {"1", "true", "yes"}:
+            listed = [w for w in listed if w["available"]]  # only what this image's models can run
+        body: dict[str, Any] = {"model_type": services.settings.model_type, "workflows": listed}
         errors = registry.errors() if registry is not None else {}
         if errors:
             body["errors"] = errors

@@ -116,6 +116,8 @@ def test_listing_reports_unavailable_model_types(base_url, folder):
     listed = {w["id"]: w for w in requests.get(f"{base_url}/workflows", timeout=10).json()["workflows"]}
     assert listed["solid-blur"]["available"] is False and listed["solid-blur"]["model_type"] == "sdxl"
     assert listed["invert"]["available"] is True
+    only = requests.get(f"{base_url}/workflows?available=true", timeout=10).json()["workflows"]
+    assert [w["id"] for w in only] == ["invert", "solid-scale"]
 
 
 # --- end to end: templates through `python -m handler` and a ComfyUI (stand-in, and real if given) --
