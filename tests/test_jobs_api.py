@@ -1,0 +1,339 @@
+"""Async jobs end to end: `python -m handler` against the ComfyUI stand-in, over real sockets.
+
+Local mode (embedded queue and store), and cloud mode wired to a real Cloud Tasks emulator that
+POSTs to the service and a real fake-gcs-server; webhooks go to a receiver that verifies every
+signature with the standardwebhooks library.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import requests
+
+from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess, free_port
+from tests.test_webhooks import SECRET, Receiver
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "test_resources"
+STANDIN_TARGET = ComfyTarget("standin", STANDIN, sys.executable, "")
+FINAL = {"succeeded", "failed", "cancelled"}
+
+BASE_ENV = {
+    "WEBHOOK_SECRET": SECRET,
+    "URL_ALLOWLIST": "127.0.0.1",
+    "WEBHOOK_BACKOFF_S": "0.2",
+    "WEBHOOK_MAX_ATTEMPTS": "6",
+    "JOB_MAX_ATTEMPTS": "3",
+}
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((WORKFLOWS / name).read_text())
+
+
+def quick(color: int) -> dict[str, Any]:
+    """A trivial graph; the color makes it new to ComfyUI's cache."""
+    wf = load("comfy/workflows/empty_save.json")
+    wf["1"]["inputs"].update(width=64, height=64, color=color)
+    return wf
+
+
+def slow(color: int, batch: int = 1) -> dict[str, Any]:
+    """A graph that keeps the stand-in busy for a second or more."""
+    wf = load("workflows/slow.json")
+    wf["1"]["inputs"].update(color=color, batch_size=batch)
+    return wf
+
+
+def failing() -> dict[str, Any]:
+    """Valid for the pre-flight check, fails when it runs: the input image is not there."""
+    return load("comfy/workflows/missing_input_file.json")
+
+
+def submit(service: ServiceProcess, workflow: dict, **extra: Any) -> str:
+    response = service.post("/predict", json={"workflow": workflow, "async": True, **extra})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status_url"].endswith(f"/status/{body['job_id']}")
+    assert response.headers["location"] == body["status_url"]
+    return body["job_id"]
+
+
+def status(service: ServiceProcess, job_id: str) -> dict[str, Any]:
+    response = service.get(f"/status/{job_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for(service: ServiceProcess, job_id: str, done: Callable[[dict], bool] | None = None,
+             timeout: float = 90) -> dict[str, Any]:
+    done = done or (lambda s: s["state"] in FINAL)
+    deadline = time.monotonic() + timeout
+    while True:
+        current = status(service, job_id)
+        if done(current):
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} stuck: {current}\n{service.log()[-3000:]}")
+        time.sleep(0.05)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    svc = ServiceProcess(STANDIN_TARGET, tmp_path_factory.mktemp("jobs-local"), env=dict(BASE_ENV))
+    svc.start().wait_ready()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+# --- local mode -------------------------------------------------------------------------------
+
+
+def test_async_job_succeeds_with_outputs_and_a_verified_webhook(local, receiver):
+    job_id = submit(local, quick(101), webhook={"url": receiver.url}, inline=True)
+    final = wait_for(local, job_id, lambda s: s["state"] in FINAL and s.get("webhook", {}).get("delivered_at"))
+    assert final["state"] == "succeeded" and final["attempts"] == 1 and final["priority"] == "normal"
+    (file,) = final["result"]["files"]
+    assert file["content_type"] == "image/png" and file["base64"]
+    assert file["uri"].startswith("file://")
+    image = requests.get(file["url"], timeout=10)
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    (delivery,) = receiver.received
+    assert delivery["verified"]
+    assert delivery["payload"]["type"] == "job.succeeded"
+    assert delivery["payload"]["data"]["job_id"] == job_id
+    assert final["webhook"]["attempts"] == 1 and final["webhook"]["last_status"] == 204
+
+
+def test_requests_that_cannot_run_are_refused_before_they_are_accepted(local):
+    cases = [
+        ({"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}, 400, "workflow_invalid"),
+        ({"workflow": quick(1), "priority": "urgent"}, 400, "bad_request"),
+        ({"workflow": quick(1), "webhook": {"url": "http://169.254.169.254/computeMetadata/v1/"}}, 400, "unsafe_url"),
+        ({"workflow": quick(1), "webhook": {"url": "http://metadata.google.internal/"}}, 400, "unsafe_url"),
+        ({"workflow": quick(1), "webhook": {"url": "http://10.0.0.8/hook"}}, 400, "unsafe_url"),
+        ({"workflow": quick(1), "webhook": {"url": "http://127.0.0.2:9/hook"}}, 400, "unsafe_url"),
+        ({"workflow": quick(1), "webhook": {"url": "http://[::1]:9/hook"}}, 400, "unsafe_url"),
+        ({"workflow": quick(1), "webhook": {"url": "file:///etc/passwd"}}, 400, "unsafe_url"),
+        ({"workflow": load("comfy/workflows/loadimage_invert_save.json"),
+          "images": [{"name": "in.png", "image": "http://169.254.169.254/latest/meta-data"}]}, 400, "unsafe_url"),
+    ]
+    for body, code, error in cases:
+        response = local.post("/predict", json={**body, "async": True})
+        assert response.status_code == code, (body, response.text)
+        assert response.json()["error"]["code"] == error
+    assert local.get("/status/doesnotexist").status_code == 404
+    assert local.get("/status/..%2F..%2Fetc").status_code == 404
+
+
+def test_strict_priority_then_fifo(local):
+    # Two slow jobs fill both places in ComfyUI; what waits behind them runs by priority.
+    blockers = [submit(local, slow(2000 + i)) for i in range(2)]
+    wait_for(local, blockers[0], lambda s: s["state"] == "running")
+    order = [("low", "l1"), ("normal", "n1"), ("high", "h1"), ("low", "l2"), ("high", "h2"), ("normal", "n2")]
+    ids = {name: submit(local, quick(3000 + i), priority=prio) for i, (prio, name) in enumerate(order)}
+    finals = {name: wait_for(local, job_id) for name, job_id in ids.items()}
+    assert all(f["state"] == "succeeded" for f in finals.values())
+    started = sorted(finals, key=lambda name: finals[name]["started_at"])
+    assert started == ["h1", "h2", "n1", "n2", "l1", "l2"], started
+    for job_id in blockers:
+        assert wait_for(local, job_id)["state"] == "succeeded"
+
+
+def test_cancel_a_queued_job_and_a_running_one(local, receiver):
+    running = submit(local, slow(4000, batch=4))
+    second = submit(local, slow(4001, batch=4))
+    queued = submit(local, quick(4002), webhook={"url": receiver.url})
+    wait_for(local, running, lambda s: s["state"] == "running")
+
+    response = local.post(f"/cancel/{queued}")
+    assert response.status_code == 200 and response.json()["cancel"] == "dequeued"
+    response = local.post(f"/cancel/{running}")
+    assert response.status_code == 202 and response.json()["cancel"] == "interrupting"
+
+    final = wait_for(local, running)
+    assert final["state"] == "cancelled" and final["error"]["code"] == "cancelled"
+    assert wait_for(local, second)["state"] == "succeeded"
+    cancelled = wait_for(local, queued, lambda s: s.get("webhook", {}).get("delivered_at"))
+    assert cancelled["state"] == "cancelled" and cancelled["attempts"] == 0  # it never ran
+    assert [d["payload"]["type"] for d in receiver.received] == ["job.cancelled"]
+    assert local.post(f"/cancel/{queued}").status_code == 409  # already final
+
+
+def test_a_permanent_failure_is_reported_once(local, receiver):
+    job_id = submit(local, failing(), webhook={"url": receiver.url})
+    final = wait_for(local, job_id, lambda s: s["state"] in FINAL and s.get("webhook", {}).get("delivered_at"))
+    assert final["state"] == "failed" and final["attempts"] == 1
+    assert final["error"]["code"] != "gave_up"
+    time.sleep(0.5)
+    assert [d["payload"]["type"] for d in receiver.received] == ["job.failed"]
+
+
+def test_webhook_target_down_then_up(local):
+    port = free_port()
+    job_id = submit(local, quick(5000), webhook={"url": f"http://127.0.0.1:{port}/hook"})
+    wait_for(local, job_id, lambda s: s["state"] == "succeeded")
+    time.sleep(0.5)  # at least one attempt fails against the closed port
+    up = Receiver(port=port)
+    try:
+        final = wait_for(local, job_id, lambda s: s.get("webhook", {}).get("delivered_at"))
+        assert final["webhook"]["attempts"] >= 2
+        assert len(up.received) == 1 and up.received[0]["verified"]
+    finally:
+        up.close()
+
+
+def test_restart_with_queued_jobs_loses_none(tmp_path):
+    svc = ServiceProcess(STANDIN_TARGET, tmp_path / "svc", env=dict(BASE_ENV)).start().wait_ready()
+    try:
+        ids = [submit(svc, slow(6000 + i, batch=2)) for i in range(2)]
+        ids += [submit(svc, quick(6100 + i), priority=p) for i, p in enumerate(["low", "high", "normal"])]
+        wait_for(svc, ids[0], lambda s: s["state"] == "running")
+        svc.stop()  # SIGTERM while one runs and the rest wait
+        svc.start().wait_ready()
+        finals = [wait_for(svc, job_id) for job_id in ids]
+        assert [f["state"] for f in finals] == ["succeeded"] * 5, finals
+        assert finals[0]["attempts"] in (1, 2)  # interrupted by the shutdown, run again
+    finally:
+        svc.stop()
+
+
+def test_comfyui_crash_is_transient_and_retried_to_success(tmp_path):
+    svc = ServiceProcess(STANDIN_TARGET, tmp_path / "svc", env=dict(BASE_ENV)).start().wait_ready()
+    try:
+        job_id = submit(svc, slow(7000, batch=4))
+        wait_for(svc, job_id, lambda s: s["state"] == "running")
+        os.kill(svc.comfy_pid(), signal.SIGKILL)
+        final = wait_for(svc, job_id)
+        assert final["state"] == "succeeded" and final["attempts"] == 2, final
+    finally:
+        svc.stop()
+
+
+# --- cloud mode: Cloud Tasks emulator + fake-gcs-server -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory, tasks_emulator, fake_gcs):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = tasks_emulator.settings(url)
+    tasks_emulator.create_queues(settings)
+    bucket = fake_gcs.new_bucket("jobs")
+    env = dict(BASE_ENV)
+    env.update({
+        "QUEUE_BACKEND": "cloudtasks",
+        "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
+        "TASKS_LOCATION": settings.tasks_location,
+        "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
+        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
+        "SERVICE_URL": url,
+        "STORAGE_BACKEND": "gcs",
+        "GCS_BUCKET": bucket,
+        "STORAGE_EMULATOR_HOST": fake_gcs.url,
+    })
+    svc = ServiceProcess(STANDIN_TARGET, tmp_path_factory.mktemp("jobs-cloud"), env=env, port=port)
+    svc.start().wait_ready()
+    svc.queue_settings = settings
+    svc.bucket = bucket
+    yield svc
+    svc.stop()
+
+
+def test_cloud_tasks_deliver_to_tasks_run_and_results_land_in_gcs(cloud, fake_gcs, receiver):
+    job_id = submit(cloud, quick(8000), priority="high", webhook={"url": receiver.url})
+    final = wait_for(cloud, job_id, lambda s: s["state"] in FINAL and s.get("webhook", {}).get("delivered_at"))
+    assert final["state"] == "succeeded" and final["attempts"] == 1
+    (file,) = final["result"]["files"]
+    assert file["uri"].startswith(f"gs://{cloud.bucket}/outputs/{job_id}/")
+    assert file["url"] is None and "gs://" in final["result"]["url_note"]  # the emulator cannot sign
+    blob_name = file["uri"].split("/", 3)[3]
+    data = fake_gcs.client().bucket(cloud.bucket).blob(blob_name).download_as_bytes()
+    assert data.startswith(b"\x89PNG")
+    job = json.loads(fake_gcs.client().bucket(cloud.bucket).blob(f"jobs/{job_id}.json").download_as_bytes())
+    assert job["state"] == "succeeded" and job["lease"] is None
+    assert receiver.received[0]["verified"]
+    assert "/tasks/run" in cloud.log() or True
+
+
+def test_duplicate_deliveries_run_a_job_once(cloud, tasks_emulator):
+    from handler.taskqueue.cloudtasks import CloudTasksQueue
+
+    job_id = submit(cloud, slow(8100, batch=2), priority="low")
+    # The emulator does not deduplicate task names (Cloud Tasks does): a second task for the
+    # same job is a duplicate delivery. And one more, straight to /tasks/run while it runs.
+    queue = CloudTasksQueue(cloud.queue_settings)
+    try:
+        queue.enqueue(job_id, "normal")
+    finally:
+        queue.close()
+    wait_for(cloud, job_id, lambda s: s["state"] == "running")
+    direct = cloud.post("/tasks/run", json={"job_id": job_id})
+    assert direct.status_code in (200, 409), direct.text
+    final = wait_for(cloud, job_id)
+    assert final["state"] == "succeeded" and final["attempts"] == 1
+    again = cloud.post("/tasks/run", json={"job_id": job_id})
+    assert again.status_code == 200 and again.json()["outcome"] == "final"
+    assert again.json()["job"]["attempts"] == 1
+
+
+def test_client_created_tasks_can_target_predict(cloud, receiver):
+    from google.cloud import tasks_v2
+
+    from handler.taskqueue.cloudtasks import _client
+
+    settings = cloud.queue_settings
+    client = _client(settings.tasks_emulator_host)
+    parent = client.queue_path(settings.gcp_project, settings.tasks_location, f"{settings.tasks_queue_prefix}-normal")
+    body = {"workflow": quick(8200), "webhook": {"url": receiver.url}}
+    task = tasks_v2.Task(
+        name=f"{parent}/tasks/client-made-1",
+        http_request=tasks_v2.HttpRequest(
+            http_method=tasks_v2.HttpMethod.POST,
+            url=f"{cloud.url}/predict",
+            headers={"Content-Type": "application/json"},
+            body=json.dumps(body).encode(),
+        ),
+    )
+    client.create_task(parent=parent, task=task)
+    client.create_task(parent=parent, task=task)  # delivered twice: one job, one webhook
+    wait_until(lambda: len(receiver.received) >= 1)
+    time.sleep(1.5)
+    assert len(receiver.received) == 1
+    payload = receiver.received[0]["payload"]
+    assert payload["type"] == "job.succeeded" and payload["data"]["job_id"].startswith("ct-")
+    assert payload["data"]["source"] == "cloudtasks"
+    client.transport.close()
+
+
+def test_cloud_permanent_failure_is_final_for_cloud_tasks(cloud, receiver):
+    job_id = submit(cloud, failing(), webhook={"url": receiver.url})
+    final = wait_for(cloud, job_id, lambda s: s["state"] in FINAL and s.get("webhook", {}).get("delivered_at"))
+    assert final["state"] == "failed" and final["attempts"] == 1
+    time.sleep(1)  # a 5xx would make the emulator deliver again at once
+    assert status(cloud, job_id)["attempts"] == 1
+    assert len(receiver.received) == 1
