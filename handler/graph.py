@@ -92,7 +92,10 @@ class Report:
         if (self.clean if strict else self.ok):
             return
         error = self.error or _error("prompt_outputs_failed_validation", "Prompt outputs failed validation")
-        raise WorkflowInvalid(error["message"], error=error, node_errors=self.node_errors)
+        # The same body as ComfyUI's own refusal (comfy_client), so callers see one shape either way.
+        raise WorkflowInvalid(
+            f"ComfyUI would refuse the workflow: {error['message']}", comfyui_error=error, node_errors=self.node_errors
+        )
 
 
 def check(graph: Any, object_info: ObjectInfo, *, check_files: bool = True) -> Report:

@@ -47,7 +47,7 @@ ERROR = {
                     "description": "Every parameter problem, when there is more than one (422).",
                     "items": {"type": "object", "properties": {"param": {"type": "string"}, "message": {"type": "string"}}},
                 },
-                "error": {
+                "comfyui_error": {
                     "type": "object",
                     "description": "ComfyUI's own error object (workflow_invalid).",
                     "properties": {

@@ -205,7 +205,8 @@ def test_raise_for_errors_carries_comfyui_shape(object_info):
     body = info.value.to_dict()["error"]
     assert body["code"] == "workflow_invalid"
     assert body["node_errors"] == report.node_errors
-    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    assert body["comfyui_error"]["type"] == "prompt_outputs_failed_validation"
+    assert body["message"] == "ComfyUI would refuse the workflow: Prompt outputs failed validation"
 
     graph.check(workflow("empty_save"), object_info).raise_for_errors(strict=True)
     partial = copy.deepcopy(workflow("empty_save"))
