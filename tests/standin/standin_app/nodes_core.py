@@ -126,10 +126,9 @@ def file_sha256(path: str) -> str:
 @node("EmptyImage")
 class EmptyImage:
     def run(self, ctx, width, height, batch_size=1, color=0):
-        rgb = [((color >> 16) & 0xFF) / 0xFF, ((color >> 8) & 0xFF) / 0xFF, (color & 0xFF) / 0xFF]
-        image = np.empty((batch_size, height, width, 3), dtype=np.float32)
-        image[...] = np.asarray(rgb, dtype=np.float32)
-        return (image,)
+        planes = [np.full((batch_size, height, width, 1), ((color >> shift) & 0xFF) / 0xFF, dtype=np.float32)
+                  for shift in (16, 8, 0)]
+        return (np.concatenate(planes, axis=-1),)
 
 
 @node("ImageBlur")

@@ -8,7 +8,6 @@ import json
 import logging
 import mimetypes
 import os
-import platform
 import struct
 import sys
 import threading
@@ -197,6 +196,12 @@ class StandinServer:
             ("POST", "/interrupt", self.post_interrupt),
             ("POST", "/free", self.post_free),
             ("GET", "/internal/folder_paths", self.folder_paths),
+            ("GET", "/settings", self.empty_object),
+            ("GET", "/i18n", self.empty_object),
+            ("GET", "/node_replacements", self.empty_object),
+            ("GET", "/global_subgraphs", self.empty_object),
+            ("GET", "/users", self.users),
+            ("GET", "/userdata", self.userdata),
         ]
         table = []
         for method, path, handler in routes:
@@ -248,6 +253,15 @@ class StandinServer:
                 self.sockets.pop(sid, None)
                 self.sockets_metadata.pop(sid, None)
         return ws
+
+    async def empty_object(self, request):
+        return web.json_response({})
+
+    async def users(self, request):
+        return web.json_response({"storage": "server", "migrated": True})
+
+    async def userdata(self, request):
+        return web.Response(status=404, text="Directory not found")
 
     async def get_embeddings(self, request):
         return web.json_response([])
