@@ -287,12 +287,14 @@ class Templates:
     def _images(self, raw: list[tuple[str, dict[str, str]]]) -> list[Any]:
         if not raw:
             return []
+        from .config import Settings
         from .inputs import parse_images
 
+        settings = self.settings or Settings()
         images = []
         for name, entry in raw:
             try:
-                images += parse_images([entry], self.settings)
+                images += parse_images([entry], settings)
             except BadRequest as exc:  # name the parameter, not an images[] index
                 message = exc.message.replace("images[0].image", "the value")
                 raise InvalidParameter(f"parameter {name!r}: {message}", param=name) from None

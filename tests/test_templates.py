@@ -191,6 +191,12 @@ def test_image_from_base64_becomes_an_input_image(templates):
         assert [(i.name, i.data) for i in images] == [("param-image.png", PNG)]
 
 
+def test_image_without_settings_uses_the_defaults(folder):
+    encoded = base64.b64encode(PNG).decode()
+    _, images = Templates(folder).render("invert", {"image": encoded})
+    assert images[0].data == PNG
+
+
 def test_image_by_name_refers_to_the_request_images(templates):
     workflow, images = templates.render("invert", {"image": "photo.png"})
     assert workflow["1"]["inputs"]["image"] == "photo.png"
