@@ -1,0 +1,285 @@
+"""A small client for the service: submit a workflow (sync or async), wait, save the outputs.
+
+    python -m handler.client https://svc-…run.app workflow.json --out outputs/
+    python -m handler.client URL workflow.json --async --priority high --image in.png
+    python -m handler.client URL --workflow-id sdxl-txt2img --param prompt="a red fox" --param steps=20
+
+As a module:
+
+    from handler.client import Client
+    client = Client("http://localhost:8080")
+    job_id = client.submit(workflow, priority="high")
+    status = client.wait(job_id)
+    client.save_outputs(status, "outputs/")
+
+On Cloud Run with authentication required, `--id-token` mints an identity token for the
+service URL (google-auth's default credentials, else `gcloud auth print-identity-token`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable
+
+import requests
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+class ClientError(Exception):
+    """The service answered with an error (its JSON `error` is in .error) or not at all."""
+
+    def __init__(self, message: str, status: int | None = None, error: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.error = error or {}
+
+
+def identity_token(audience: str) -> str:
+    """An OIDC identity token for `audience`: service-account or metadata credentials, or gcloud."""
+    try:
+        import google.auth.transport.requests
+        import google.oauth2.id_token
+
+        return google.oauth2.id_token.fetch_id_token(google.auth.transport.requests.Request(), audience)
+    except Exception:
+        pass
+    try:
+        out = subprocess.run(
+            ["gcloud", "auth", "print-identity-token"], check=True, capture_output=True, text=True, timeout=30
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ClientError(f"cannot get an identity token for {audience}: {exc}") from None
+
+
+def image_entry(path: str | Path, name: str | None = None) -> dict[str, str]:
+    """An `images` item from a local file (base64) or pass a URL through."""
+    text = str(path)
+    if text.startswith(("http://", "https://")):
+        return {"name": name or PurePosixPath(text.split("?", 1)[0]).name, "image": text}
+    data = Path(path).read_bytes()
+    return {"name": name or Path(path).name, "image": base64.b64encode(data).decode("ascii")}
+
+
+class Client:
+    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 660.0,
+                 session: requests.Session | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.http = session or requests.Session()
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
+
+    # --- requests
+
+    def _call(self, method: str, path: str, *, retries: int = 3, **kwargs: Any) -> dict[str, Any]:
+        kwargs.setdefault("timeout", self.timeout_s)
+        for attempt in range(retries + 1):
+            try:
+                response = self.http.request(method, self.base_url + path, **kwargs)
+            except requests.RequestException as exc:
+                if attempt < retries:
+                    time.sleep(min(10, 2 ** attempt))
+                    continue
+                raise ClientError(f"cannot reach {self.base_url}: {exc}") from None
+            if response.status_code == 503 and attempt < retries:  # ComfyUI booting: it says when
+                time.sleep(min(30.0, float(response.headers.get("Retry-After", "5") or 5)))
+                continue
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            if response.status_code >= 400:
+                error = body.get("error") if isinstance(body, dict) else None
+                message = error.get("message") if isinstance(error, dict) else response.text[:300]
+                raise ClientError(f"HTTP {response.status_code}: {message}", response.status_code, error)
+            return body
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def body(workflow: dict | None = None, *, workflow_id: str | None = None, params: dict | None = None,
+             images: Iterable[dict] | None = None, output: Any = None, timeout: float | None = None,
+             **extra: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if workflow_id:
+            body["workflow_id"] = workflow_id
+            body["params"] = params or {}
+        elif workflow is not None:
+            body["workflow"] = workflow
+        images = list(images or [])
+        if images:
+            body["images"] = images
+        if output is not None:
+            body["output"] = output
+        if timeout is not None:
+            body["timeout"] = timeout
+        body.update({k: v for k, v in extra.items() if v is not None})
+        return body
+
+    def predict(self, workflow: dict | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Run and wait on one connection; returns the /predict response (base64 images)."""
+        return self._call("POST", "/predict", json=self.body(workflow, **kwargs))
+
+    def submit(self, workflow: dict | None = None, *, priority: str = "normal", webhook: str | None = None,
+               inline: bool | None = None, **kwargs: Any) -> str:
+        """Queue a job; returns its id."""
+        body = self.body(workflow, **kwargs)
+        body["async"] = True
+        body["priority"] = priority
+        if webhook:
+            body["webhook"] = {"url": webhook}
+        if inline is not None:
+            body["inline"] = inline
+        return self._call("POST", "/predict", json=body, retries=1)["job_id"]
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/status/{job_id}", timeout=30)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/cancel/{job_id}", timeout=30)
+
+    def wait(self, job_id: str, *, timeout_s: float = 3600.0, poll_s: float = 1.0) -> dict[str, Any]:
+        """Poll until the job is final; backs off from 0.2 s to `poll_s`."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.2
+        while True:
+            current = self.status(job_id)
+            if current["state"] in FINAL:
+                return current
+            if time.monotonic() > deadline:
+                raise ClientError(f"job {job_id} is still {current['state']} after {timeout_s:g} s")
+            time.sleep(delay)
+            delay = min(poll_s, delay * 1.5)
+
+    # --- outputs
+
+    def save_outputs(self, answer: dict[str, Any], out_dir: str | Path) -> list[Path]:
+        """Write every output of a /predict response or a finished job's status to `out_dir`."""
+        out = Path(out_dir)
+        saved = []
+        if "images" in answer:  # a sync response
+            entries = [(item, lambda item=item: base64.b64decode(item["image"])) for item in answer["images"]]
+        else:
+            entries = [(item, lambda item=item: self._fetch(item)) for item in (answer.get("result") or {}).get("files", [])]
+        for item, read in entries:
+            relative = PurePosixPath(item.get("subfolder") or "", item["filename"])
+            if relative.is_absolute() or ".." in relative.parts:
+                relative = PurePosixPath(relative.name)
+            path = out.joinpath(*relative.parts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(read())
+            saved.append(path)
+        return saved
+
+    def _fetch(self, item: dict[str, Any]) -> bytes:
+        if item.get("base64"):
+            return base64.b64decode(item["base64"])
+        url = item.get("url")
+        if url:
+            # Signed URLs carry their own authorization; our own /outputs route wants the token.
+            ours = url.startswith(self.base_url)
+            response = (self.http if ours else requests).get(url, timeout=self.timeout_s)
+            if response.status_code != 200:
+                raise ClientError(f"downloading {item['filename']} failed: HTTP {response.status_code}")
+            return response.content
+        uri = item.get("uri", "")
+        if uri.startswith("gs://"):
+            from google.cloud import storage
+
+            bucket, _, name = uri[5:].partition("/")
+            return storage.Client().bucket(bucket).blob(name).download_as_bytes()
+        raise ClientError(f"no way to download {item['filename']}: no URL, no data")
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param wants key=value, got {text!r}")
+    try:
+        return key, json.loads(value)  # numbers, booleans, lists stay typed
+    except ValueError:
+        return key, value
+
+
+def _image(text: str) -> dict[str, str]:
+    if text.startswith(("http://", "https://")):
+        return image_entry(text)
+    name, sep, path = text.partition("=")
+    if sep and name and path:
+        return image_entry(path, name)  # --image uploads/in.png=photos/cat.png
+    return image_entry(text)
+
+
+def _summary(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer without base64 payloads, for printing."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ("<%d base64 chars>" % len(v) if k in ("image", "base64") and isinstance(v, str) else strip(v))
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+    return strip(answer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m handler.client", description=__doc__.split("\n\n")[0])
+    parser.add_argument("url", help="the service's base URL")
+    parser.add_argument("workflow", nargs="?", help="an API-format workflow JSON file")
+    parser.add_argument("--workflow-id", help="a named workflow instead of a file")
+    parser.add_argument("--param", action="append", type=_param, default=[], metavar="K=V",
+                        help="a parameter of the named workflow (JSON values allowed)")
+    parser.add_argument("--image", action="append", type=_image, default=[], metavar="[NAME=]PATH|URL",
+                        help="an input image: a local file or an http(s) URL")
+    parser.add_argument("--async", dest="run_async", action="store_true", help="queue a job and poll it")
+    parser.add_argument("--priority", choices=("high", "normal", "low"), default="normal")
+    parser.add_argument("--webhook", help="a URL to be told when the job ends (async)")
+    parser.add_argument("--no-wait", action="store_true", help="async: print the job id and return")
+    parser.add_argument("--out", default="outputs", help="where to save outputs (default: outputs/)")
+    parser.add_argument("--timeout", type=float, help="the job's timeout in seconds")
+    parser.add_argument("--token", help="a bearer token to send")
+    parser.add_argument("--id-token", action="store_true", help="mint a Google identity token for the URL")
+    args = parser.parse_args(argv)
+
+    if bool(args.workflow) == bool(args.workflow_id):
+        parser.error("give a workflow file or --workflow-id (one of them)")
+    workflow = json.loads(Path(args.workflow).read_text()) if args.workflow else None
+    token = args.token or (identity_token(args.url.rstrip("/")) if args.id_token else None)
+    client = Client(args.url, token=token)
+    request = dict(workflow_id=args.workflow_id, params=dict(args.param), images=args.image, timeout=args.timeout)
+    try:
+        if args.run_async or args.webhook or args.no_wait:
+            job_id = client.submit(workflow, priority=args.priority, webhook=args.webhook, **request)
+            print(f"job {job_id} queued ({args.priority})", file=sys.stderr)
+            if args.no_wait:
+                print(json.dumps({"job_id": job_id}))
+                return 0
+            answer = client.wait(job_id, timeout_s=(args.timeout or 3600) + 600)
+            ok = answer["state"] == "succeeded"
+        else:
+            answer = client.predict(workflow, **request)
+            ok = True
+        saved = client.save_outputs(answer, args.out) if ok else []
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.error:
+            print(json.dumps(exc.error, indent=2), file=sys.stderr)
+        return 1
+    print(json.dumps(_summary(answer), indent=2))
+    for path in saved:
+        print(f"saved {path}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
