@@ -1,0 +1,100 @@
+"""The client, as a module and as a command line, against a real service process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from handler.client import Client, ClientError, _param, image_entry, main
+from tests.fixtures.comfy import ServiceProcess
+from tests.test_jobs_api import BASE_ENV, STANDIN_TARGET, failing, quick, slow
+
+ROOT = Path(__file__).resolve().parents[1]
+LOAD_INVERT = ROOT / "test_resources" / "comfy" / "workflows" / "loadimage_invert_save.json"
+INPUT_PNG = ROOT / "test_resources" / "comfy" / "test_input.png"
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    service = ServiceProcess(STANDIN_TARGET, tmp_path_factory.mktemp("client"), env=dict(BASE_ENV))
+    service.start().wait_ready()
+    yield service
+    service.stop()
+
+
+def test_sync_and_async_through_the_module(svc, tmp_path):
+    client = Client(svc.url)
+    answer = client.predict(quick(9000))
+    saved = client.save_outputs(answer, tmp_path / "sync")
+    assert len(saved) == 1 and saved[0].read_bytes().startswith(b"\x89PNG")
+
+    job_id = client.submit(quick(9001), priority="high")
+    done = client.wait(job_id, timeout_s=60)
+    assert done["state"] == "succeeded"
+    (path,) = client.save_outputs(done, tmp_path / "async")
+    assert path.read_bytes().startswith(b"\x89PNG") and path.relative_to(tmp_path / "async").parts[0] == "proto"
+
+
+def test_cancel_and_errors_through_the_module(svc):
+    client = Client(svc.url)
+    first = client.submit(slow(9100, batch=2))
+    second = client.submit(slow(9101, batch=2))
+    waiting = client.submit(quick(9102))
+    assert client.cancel(waiting)["cancel"] in ("dequeued", "interrupting", "requested")
+    assert client.wait(waiting, timeout_s=60)["state"] in ("cancelled", "succeeded")
+    for job_id in (first, second):
+        client.wait(job_id, timeout_s=120)
+    with pytest.raises(ClientError) as info:
+        client.submit({"1": {"class_type": "NoSuchNode", "inputs": {}}})
+    assert info.value.status == 400 and info.value.error["code"] == "workflow_invalid"
+    with pytest.raises(ClientError) as info:
+        client.status("no-such-job")
+    assert info.value.status == 404
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "handler.client", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_cli_async_with_an_input_image(svc, tmp_path):
+    out = tmp_path / "out"
+    done = run_cli(svc.url, str(LOAD_INVERT), "--async", "--priority", "low",
+                   "--image", f"proto_upload/test_input.png={INPUT_PNG}", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["state"] == "succeeded" and summary["priority"] == "low"
+    saved = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert "proto/loaded_inverted_00001_.png" in saved
+
+
+def test_cli_sync_and_failures(svc, tmp_path):
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(quick(9200)))
+    done = run_cli(svc.url, str(workflow), "--out", str(tmp_path / "o"))
+    assert done.returncode == 0, done.stderr
+    assert "<" in done.stdout and "base64 chars>" in done.stdout  # payloads are not printed
+    assert list((tmp_path / "o").rglob("*.png"))
+
+    workflow.write_text(json.dumps(failing()))
+    done = run_cli(svc.url, str(workflow), "--async", "--out", str(tmp_path / "f"))
+    assert done.returncode == 1 and json.loads(done.stdout)["state"] == "failed"
+
+    done = run_cli(svc.url, "--workflow-id", "no-such-template", "--param", "steps=3")
+    assert done.returncode == 1 and "no-such-template" in done.stderr
+
+
+def test_argument_helpers(tmp_path):
+    assert _param("steps=20") == ("steps", 20)
+    assert _param("prompt=a red fox") == ("prompt", "a red fox")
+    assert _param("flag=true") == ("flag", True)
+    png = tmp_path / "x.png"
+    png.write_bytes(b"\x89PNG")
+    assert image_entry(png) == {"name": "x.png", "image": "iVBORw=="}
+    assert image_entry("https://example.com/a/b.png?sig=1") == {"name": "b.png", "image": "https://example.com/a/b.png?sig=1"}
+    with pytest.raises(SystemExit):
+        main(["http://127.0.0.1:9"])  # neither a workflow nor --workflow-id
