@@ -1,0 +1,433 @@
+#!/usr/bin/env bash
+# From a Google Cloud project to a ComfyUI endpoint on Cloud Run with one NVIDIA L4.
+#
+#   ./deploy.sh [options] PROJECT_ID REGION TAG
+#
+# Safe to run again: it enables the APIs, creates only what is missing (Artifact Registry
+# repository, service accounts, least-privilege IAM, secrets, buckets, Cloud Tasks queues),
+# builds the image with Cloud Build, deploys the service and prints its URL with a curl line.
+# Run with --help for the options; see docs/operators.md for quotas, secrets and costs.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly ROOT
+
+usage() {
+    cat <<'EOF'
+Usage: ./deploy.sh [options] PROJECT_ID REGION TAG
+
+Options (each also read from the environment variable in brackets):
+  --service NAME            Cloud Run service name [SERVICE] (comfyui)
+  --model-type TYPE         models baked into the image, a type of models.txt or base [MODEL_TYPE] (flux1-dev-fp8)
+  --min-instances N         instances kept warm; each bills its GPU all the time [MIN_INSTANCES] (0)
+  --max-instances N         most instances (each one L4 of quota) [MAX_INSTANCES] (3)
+  --concurrency N           requests one instance takes at once [CONCURRENCY] (4)
+  --timeout SECONDS         request timeout, at most 3600 [TIMEOUT] (3600)
+  --cpu N / --memory SIZE   per instance; L4 needs at least 4 CPU and 16Gi [CPU] (8) [MEMORY] (32Gi)
+  --bucket NAME             bucket for job inputs and outputs [BUCKET] (PROJECT_ID-SERVICE)
+  --retention-days N        days before inputs/ and outputs/ objects are deleted [RETENTION_DAYS] (7)
+  --queue-prefix PREFIX     Cloud Tasks queues PREFIX-high/-normal/-low [QUEUE_PREFIX] (SERVICE)
+  --webhook-secret NAME     Secret Manager secret with the webhook signing key [WEBHOOK_SECRET_NAME]
+                            (SERVICE-webhook-secret); created when missing from WEBHOOK_SECRET, or random
+  --hf-secret NAME          Secret Manager secret with the Hugging Face token [HF_SECRET] (hf-token);
+                            created when missing from HF_TOKEN (blank when the model type is not gated)
+  --repository NAME         Artifact Registry repository [REPOSITORY] (comfyui)
+  --models-source gs://B/P  runtime models: download MODEL_TYPE's files from gs://B/P at start
+                            instead of baking them into the image [MODELS_SOURCE]
+  --models-mount gs://B/P   runtime models: mount bucket B read-only and link files from P [MODELS_MOUNT]
+  --gpu-zonal-redundancy    reserve failover capacity (costs more, needs its own quota) [GPU_ZONAL_REDUNDANCY=true]
+  --custom-nodes "URL[@REF] ..."   extra custom nodes baked into the image [CUSTOM_NODES]
+  --skip-build              deploy an image already pushed under TAG [SKIP_BUILD=true]
+  --dry-run                 print every command without running any [DRY_RUN=true]
+  -h, --help                this text
+EOF
+}
+
+die() {
+    echo "deploy.sh: $*" >&2
+    exit 2
+}
+
+# ---------------------------------------------------------------- options
+SERVICE=${SERVICE:-comfyui}
+MODEL_TYPE=${MODEL_TYPE:-flux1-dev-fp8}
+MIN_INSTANCES=${MIN_INSTANCES:-0}
+MAX_INSTANCES=${MAX_INSTANCES:-3}
+CONCURRENCY=${CONCURRENCY:-4}
+TIMEOUT=${TIMEOUT:-3600}
+CPU=${CPU:-8}
+MEMORY=${MEMORY:-32Gi}
+BUCKET=${BUCKET:-}
+RETENTION_DAYS=${RETENTION_DAYS:-7}
+QUEUE_PREFIX=${QUEUE_PREFIX:-}
+WEBHOOK_SECRET_NAME=${WEBHOOK_SECRET_NAME:-}
+HF_SECRET=${HF_SECRET:-hf-token}
+REPOSITORY=${REPOSITORY:-comfyui}
+MODELS_SOURCE=${MODELS_SOURCE:-}
+MODELS_MOUNT=${MODELS_MOUNT:-}
+GPU_ZONAL_REDUNDANCY=${GPU_ZONAL_REDUNDANCY:-false}
+CUSTOM_NODES=${CUSTOM_NODES:-}
+SKIP_BUILD=${SKIP_BUILD:-false}
+DRY_RUN=${DRY_RUN:-false}
+
+positional=()
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        -h | --help) usage; exit 0 ;;
+        --dry-run) DRY_RUN=true; shift; continue ;;
+        --skip-build) SKIP_BUILD=true; shift; continue ;;
+        --gpu-zonal-redundancy) GPU_ZONAL_REDUNDANCY=true; shift; continue ;;
+        --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
+    esac
+    case $1 in
+        --service | --model-type | --min-instances | --max-instances | --concurrency | --timeout | \
+            --cpu | --memory | --bucket | --retention-days | --queue-prefix | --webhook-secret | \
+            --hf-secret | --repository | --models-source | --models-mount | --custom-nodes)
+            [[ $# -ge 2 ]] || die "$1 needs a value"
+            case $1 in
+                --service) SERVICE=$2 ;;
+                --model-type) MODEL_TYPE=$2 ;;
+                --min-instances) MIN_INSTANCES=$2 ;;
+                --max-instances) MAX_INSTANCES=$2 ;;
+                --concurrency) CONCURRENCY=$2 ;;
+                --timeout) TIMEOUT=$2 ;;
+                --cpu) CPU=$2 ;;
+                --memory) MEMORY=$2 ;;
+                --bucket) BUCKET=$2 ;;
+                --retention-days) RETENTION_DAYS=$2 ;;
+                --queue-prefix) QUEUE_PREFIX=$2 ;;
+                --webhook-secret) WEBHOOK_SECRET_NAME=$2 ;;
+                --hf-secret) HF_SECRET=$2 ;;
+                --repository) REPOSITORY=$2 ;;
+                --models-source) MODELS_SOURCE=$2 ;;
+                --models-mount) MODELS_MOUNT=$2 ;;
+                --custom-nodes) CUSTOM_NODES=$2 ;;
+            esac
+            shift 2
+            ;;
+        -*) usage >&2; die "unknown option $1" ;;
+        *) positional+=("$1"); shift ;;
+    esac
+done
+if [[ ${#positional[@]} -ne 3 ]]; then
+    usage >&2
+    die "expected PROJECT_ID REGION TAG, got ${#positional[@]} argument(s)"
+fi
+PROJECT=${positional[0]}
+REGION=${positional[1]}
+TAG=${positional[2]}
+QUEUE_PREFIX=${QUEUE_PREFIX:-$SERVICE}
+WEBHOOK_SECRET_NAME=${WEBHOOK_SECRET_NAME:-$SERVICE-webhook-secret}
+BUCKET=${BUCKET:-$PROJECT-$SERVICE}
+BUILD_BUCKET=$PROJECT-$SERVICE-build
+
+# ---------------------------------------------------------------- checks
+[[ $PROJECT =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || die "bad PROJECT_ID '$PROJECT'"
+[[ $REGION =~ ^[a-z]+-[a-z]+[0-9]+$ ]] || die "bad REGION '$REGION'"
+[[ $TAG =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "bad TAG '$TAG' (a Docker tag)"
+[[ $SERVICE =~ ^[a-z][a-z0-9-]{0,22}[a-z0-9]$ ]] ||
+    die "bad --service '$SERVICE' (lowercase letters, digits, '-'; at most 24 characters)"
+for pair in "min-instances:$MIN_INSTANCES" "max-instances:$MAX_INSTANCES" "concurrency:$CONCURRENCY" \
+    "timeout:$TIMEOUT" "cpu:$CPU" "retention-days:$RETENTION_DAYS"; do
+    [[ ${pair#*:} =~ ^[0-9]+$ ]] || die "--${pair%%:*} must be a whole number, got '${pair#*:}'"
+done
+((MAX_INSTANCES >= 1)) || die "--max-instances must be at least 1"
+((MIN_INSTANCES <= MAX_INSTANCES)) || die "--min-instances ($MIN_INSTANCES) exceeds --max-instances ($MAX_INSTANCES)"
+((CONCURRENCY >= 1 && CONCURRENCY <= 1000)) || die "--concurrency must be 1..1000"
+((TIMEOUT >= 1 && TIMEOUT <= 3600)) || die "--timeout must be 1..3600 seconds"
+((CPU >= 4)) || die "--cpu must be at least 4 with an L4 GPU"
+((RETENTION_DAYS >= 1)) || die "--retention-days must be at least 1"
+[[ $MEMORY =~ ^[0-9]+Gi$ ]] || die "--memory must be like 32Gi, got '$MEMORY'"
+((${MEMORY%Gi} >= 16)) || die "--memory must be at least 16Gi with an L4 GPU"
+[[ $BUCKET =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || die "bad --bucket '$BUCKET'"
+[[ $QUEUE_PREFIX =~ ^[A-Za-z0-9-]{1,90}$ ]] || die "bad --queue-prefix '$QUEUE_PREFIX'"
+for flag in "$GPU_ZONAL_REDUNDANCY" "$SKIP_BUILD" "$DRY_RUN"; do
+    [[ $flag == true || $flag == false ]] || die "boolean settings take true or false, got '$flag'"
+done
+
+# Model types come from models.txt, the one file that lists models.
+mapfile -t KNOWN_TYPES < <(awk '!/^[[:space:]]*(#|$)/ { n = split($1, t, ","); for (i = 1; i <= n; i++) print t[i] }' \
+    "$ROOT/models.txt" | sort -u)
+KNOWN_TYPES=(base "${KNOWN_TYPES[@]}")
+known=" ${KNOWN_TYPES[*]} "
+[[ $known == *" $MODEL_TYPE "* ]] || die "unknown --model-type '$MODEL_TYPE'; models.txt knows: ${KNOWN_TYPES[*]}"
+# Model types whose files sit in gated Hugging Face repositories (see models.txt).
+GATED_TYPES=" flux1-dev sd3 "
+
+if [[ -n $MODELS_SOURCE && -n $MODELS_MOUNT ]]; then
+    die "choose one of --models-source and --models-mount"
+fi
+RUNTIME_MODELS=""
+MOUNT_BUCKET=""
+if [[ -n $MODELS_SOURCE ]]; then
+    [[ $MODELS_SOURCE =~ ^gs://([a-z0-9][a-z0-9._-]+[a-z0-9])(/.*)?$ ]] || die "--models-source must be gs://BUCKET[/PREFIX]"
+    MOUNT_BUCKET=${BASH_REMATCH[1]}
+    RUNTIME_MODELS=$MODELS_SOURCE
+elif [[ -n $MODELS_MOUNT ]]; then
+    [[ $MODELS_MOUNT =~ ^gs://([a-z0-9][a-z0-9._-]+[a-z0-9])(/.*)?$ ]] || die "--models-mount must be gs://BUCKET[/PREFIX]"
+    MOUNT_BUCKET=${BASH_REMATCH[1]}
+    prefix=${BASH_REMATCH[2]:-}
+    prefix=${prefix%/}
+    RUNTIME_MODELS=/mnt/models$prefix
+fi
+# With runtime models the image carries none; MODEL_TYPE still tells the service which to fetch.
+BUILD_MODEL_TYPE=$MODEL_TYPE
+if [[ -n $RUNTIME_MODELS ]]; then
+    BUILD_MODEL_TYPE=base
+fi
+
+IMAGE=$REGION-docker.pkg.dev/$PROJECT/$REPOSITORY/$SERVICE:$TAG
+RUN_SA=$SERVICE-run@$PROJECT.iam.gserviceaccount.com
+TASKS_SA=$SERVICE-tasks@$PROJECT.iam.gserviceaccount.com
+BUILD_SA=$SERVICE-build@$PROJECT.iam.gserviceaccount.com
+
+# ---------------------------------------------------------------- helpers
+show() {
+    local out="+" arg
+    for arg in "$@"; do
+        out+=" $(printf '%q' "$arg")"
+    done
+    echo "$out" >&2
+}
+
+# run CMD...: print, then run (unless --dry-run).
+run() {
+    show "$@"
+    if [[ $DRY_RUN == true ]]; then
+        return 0
+    fi
+    "$@"
+}
+
+# exists CMD...: whether a describe command succeeds. Under --dry-run: printed, taken as missing.
+exists() {
+    show "$@"
+    if [[ $DRY_RUN == true ]]; then
+        return 1
+    fi
+    "$@" >/dev/null 2>&1
+}
+
+# capture PLACEHOLDER CMD...: the command's output (under --dry-run: PLACEHOLDER).
+capture() {
+    local placeholder=$1
+    shift
+    show "$@"
+    if [[ $DRY_RUN == true ]]; then
+        echo "$placeholder"
+        return 0
+    fi
+    "$@"
+}
+
+# run_with_input VALUE CMD...: like run, with VALUE on the command's stdin (never printed).
+run_with_input() {
+    local value=$1
+    shift
+    show "$@"
+    if [[ $DRY_RUN == true ]]; then
+        return 0
+    fi
+    printf '%s' "$value" | "$@"
+}
+
+# retry CMD...: IAM changes on an account created seconds ago may need a moment to take.
+retry() {
+    local attempt=1
+    until run "$@"; do
+        if [[ $DRY_RUN == true ]] || ((attempt >= 6)); then
+            return 1
+        fi
+        echo "deploy.sh: retrying in $((attempt * 5))s" >&2
+        sleep $((attempt * 5))
+        attempt=$((attempt + 1))
+    done
+}
+
+step() {
+    echo "==> $*" >&2
+}
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+# ---------------------------------------------------------------- 1. APIs
+step "Enabling APIs in $PROJECT"
+run gcloud services enable run.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com \
+    cloudtasks.googleapis.com secretmanager.googleapis.com storage.googleapis.com iam.googleapis.com \
+    iamcredentials.googleapis.com --project="$PROJECT"
+PROJECT_NUMBER=$(capture PROJECT_NUMBER gcloud projects describe "$PROJECT" --format="value(projectNumber)")
+# Cloud Run's deterministic URL: the task target and the OIDC audience the service checks.
+SERVICE_URL=https://$SERVICE-$PROJECT_NUMBER.$REGION.run.app
+
+# ---------------------------------------------------------------- 2. Artifact Registry
+step "Artifact Registry repository $REPOSITORY"
+if ! exists gcloud artifacts repositories describe "$REPOSITORY" --location="$REGION" --project="$PROJECT"; then
+    run gcloud artifacts repositories create "$REPOSITORY" --repository-format=docker --location="$REGION" \
+        --description="ComfyUI service images" --project="$PROJECT"
+fi
+
+# ---------------------------------------------------------------- 3. service accounts
+step "Service accounts"
+ensure_sa() {
+    local name=$1 description=$2
+    if ! exists gcloud iam service-accounts describe "$name@$PROJECT.iam.gserviceaccount.com" --project="$PROJECT"; then
+        run gcloud iam service-accounts create "$name" --display-name="$description" --project="$PROJECT"
+    fi
+}
+ensure_sa "$SERVICE-run" "$SERVICE Cloud Run runtime"
+ensure_sa "$SERVICE-tasks" "$SERVICE Cloud Tasks invoker"
+ensure_sa "$SERVICE-build" "$SERVICE Cloud Build"
+
+# ---------------------------------------------------------------- 4. secrets
+step "Secrets"
+if ! exists gcloud secrets describe "$HF_SECRET" --project="$PROJECT"; then
+    if [[ -z ${HF_TOKEN:-} && $GATED_TYPES == *" $MODEL_TYPE "* && -z $RUNTIME_MODELS ]]; then
+        message="model type $MODEL_TYPE is gated on Hugging Face: set HF_TOKEN (a token whose account accepted the licence) or create the secret $HF_SECRET first"
+        if [[ $DRY_RUN != true ]]; then
+            die "$message"
+        fi
+        echo "deploy.sh: (a real run would stop here) $message" >&2
+    fi
+    # A blank token (one newline) stands for "no token" for model types that are not gated.
+    run_with_input "${HF_TOKEN:-$'\n'}" \
+        gcloud secrets create "$HF_SECRET" --replication-policy=automatic --data-file=- --project="$PROJECT"
+fi
+if ! exists gcloud secrets describe "$WEBHOOK_SECRET_NAME" --project="$PROJECT"; then
+    webhook_secret=${WEBHOOK_SECRET:-whsec_$(head -c 32 /dev/urandom | base64)}
+    run_with_input "$webhook_secret" \
+        gcloud secrets create "$WEBHOOK_SECRET_NAME" --replication-policy=automatic --data-file=- --project="$PROJECT"
+fi
+
+# ---------------------------------------------------------------- 5. buckets
+step "Buckets"
+cat >"$TMP/outputs-lifecycle.json" <<EOF
+{"rule": [
+  {"action": {"type": "Delete"}, "condition": {"age": $RETENTION_DAYS, "matchesPrefix": ["inputs/", "outputs/"]}},
+  {"action": {"type": "Delete"}, "condition": {"age": $((RETENTION_DAYS > 30 ? RETENTION_DAYS : 30)), "matchesPrefix": ["jobs/"]}}
+]}
+EOF
+cat >"$TMP/build-lifecycle.json" <<'EOF'
+{"rule": [{"action": {"type": "Delete"}, "condition": {"age": 7}}]}
+EOF
+ensure_bucket() {
+    local bucket=$1 lifecycle=$2
+    if ! exists gcloud storage buckets describe "gs://$bucket" --project="$PROJECT"; then
+        run gcloud storage buckets create "gs://$bucket" --location="$REGION" --uniform-bucket-level-access \
+            --public-access-prevention --project="$PROJECT"
+    fi
+    run gcloud storage buckets update "gs://$bucket" --lifecycle-file="$lifecycle" --project="$PROJECT"
+}
+ensure_bucket "$BUCKET" "$TMP/outputs-lifecycle.json"
+ensure_bucket "$BUILD_BUCKET" "$TMP/build-lifecycle.json"
+
+# ---------------------------------------------------------------- 6. Cloud Tasks queues
+step "Cloud Tasks queues $QUEUE_PREFIX-{high,normal,low}"
+# priority:max dispatches per second:max concurrent dispatches:min backoff:max backoff
+for spec in "high:50:100:5s:60s" "normal:10:20:10s:300s" "low:1:2:30s:600s"; do
+    IFS=: read -r priority rate concurrent min_backoff max_backoff <<<"$spec"
+    queue=$QUEUE_PREFIX-$priority
+    settings=(--max-dispatches-per-second="$rate" --max-concurrent-dispatches="$concurrent"
+        --max-attempts=5 --min-backoff="$min_backoff" --max-backoff="$max_backoff" --max-doublings=4)
+    if exists gcloud tasks queues describe "$queue" --location="$REGION" --project="$PROJECT"; then
+        run gcloud tasks queues update "$queue" --location="$REGION" "${settings[@]}" --project="$PROJECT"
+    else
+        run gcloud tasks queues create "$queue" --location="$REGION" "${settings[@]}" --project="$PROJECT"
+    fi
+done
+
+# ---------------------------------------------------------------- 7. least-privilege IAM
+step "IAM"
+# The runtime account: its own bucket objects, its queues' tasks, its webhook secret, signing
+# URLs as itself, and creating tasks that call the service as the invoker account.
+retry gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" \
+    --member="serviceAccount:$RUN_SA" --role=roles/storage.objectAdmin --project="$PROJECT"
+for priority in high normal low; do
+    for role in roles/cloudtasks.enqueuer roles/cloudtasks.taskDeleter; do
+        retry gcloud tasks queues add-iam-policy-binding "$QUEUE_PREFIX-$priority" --location="$REGION" \
+            --member="serviceAccount:$RUN_SA" --role="$role" --project="$PROJECT"
+    done
+done
+retry gcloud secrets add-iam-policy-binding "$WEBHOOK_SECRET_NAME" \
+    --member="serviceAccount:$RUN_SA" --role=roles/secretmanager.secretAccessor --project="$PROJECT"
+retry gcloud iam service-accounts add-iam-policy-binding "$RUN_SA" \
+    --member="serviceAccount:$RUN_SA" --role=roles/iam.serviceAccountTokenCreator --project="$PROJECT"
+retry gcloud iam service-accounts add-iam-policy-binding "$TASKS_SA" \
+    --member="serviceAccount:$RUN_SA" --role=roles/iam.serviceAccountUser --project="$PROJECT"
+if [[ -n $MOUNT_BUCKET ]]; then
+    retry gcloud storage buckets add-iam-policy-binding "gs://$MOUNT_BUCKET" \
+        --member="serviceAccount:$RUN_SA" --role=roles/storage.objectViewer --project="$PROJECT"
+fi
+# The build account: read its staged source, write logs, push images, read the Hugging Face token.
+retry gcloud storage buckets add-iam-policy-binding "gs://$BUILD_BUCKET" \
+    --member="serviceAccount:$BUILD_SA" --role=roles/storage.objectViewer --project="$PROJECT"
+retry gcloud projects add-iam-policy-binding "$PROJECT" \
+    --member="serviceAccount:$BUILD_SA" --role=roles/logging.logWriter --condition=None
+retry gcloud artifacts repositories add-iam-policy-binding "$REPOSITORY" --location="$REGION" \
+    --member="serviceAccount:$BUILD_SA" --role=roles/artifactregistry.writer --project="$PROJECT"
+retry gcloud secrets add-iam-policy-binding "$HF_SECRET" \
+    --member="serviceAccount:$BUILD_SA" --role=roles/secretmanager.secretAccessor --project="$PROJECT"
+
+# ---------------------------------------------------------------- 8. build
+if [[ $SKIP_BUILD == true ]]; then
+    step "Skipping the build: deploying $IMAGE"
+else
+    step "Building $IMAGE with Cloud Build (model type $BUILD_MODEL_TYPE)"
+    substitutions=_REGION=$REGION,_REPOSITORY=$REPOSITORY,_SERVICE=$SERVICE,_TAG=$TAG
+    substitutions+=,_MODEL_TYPE=$BUILD_MODEL_TYPE,_HF_SECRET=$HF_SECRET,_DEPLOY=false
+    if [[ -n $CUSTOM_NODES ]]; then
+        [[ $CUSTOM_NODES != *,* ]] || die "--custom-nodes is space-separated; commas are not allowed"
+        substitutions+=,_CUSTOM_NODES=$CUSTOM_NODES
+    fi
+    run gcloud builds submit "$ROOT" --config="$ROOT/cloudbuild.yaml" --region="$REGION" \
+        --substitutions="$substitutions" \
+        --service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA" \
+        --gcs-source-staging-dir="gs://$BUILD_BUCKET/source" --project="$PROJECT"
+fi
+
+# ---------------------------------------------------------------- 9. deploy
+step "Deploying $SERVICE to Cloud Run in $REGION"
+env_vars=MODEL_TYPE=$MODEL_TYPE,GOOGLE_CLOUD_PROJECT=$PROJECT,GCS_BUCKET=$BUCKET
+env_vars+=,TASKS_LOCATION=$REGION,TASKS_QUEUE_PREFIX=$QUEUE_PREFIX,TASKS_SERVICE_ACCOUNT=$TASKS_SA
+env_vars+=,SERVICE_URL=$SERVICE_URL
+if [[ -n $RUNTIME_MODELS ]]; then
+    env_vars+=,MODELS_SOURCE=$RUNTIME_MODELS
+fi
+if [[ $GPU_ZONAL_REDUNDANCY == true ]]; then
+    redundancy=--gpu-zonal-redundancy
+else
+    redundancy=--no-gpu-zonal-redundancy
+fi
+# Volumes are replaced as a whole, so a re-run converges on exactly what these options say.
+volumes=(--clear-volume-mounts --clear-volumes)
+if [[ -n $MODELS_MOUNT ]]; then
+    volumes+=(--add-volume="name=models,type=cloud-storage,bucket=$MOUNT_BUCKET,readonly=true"
+        --add-volume-mount="volume=models,mount-path=/mnt/models")
+fi
+run gcloud run deploy "$SERVICE" --image="$IMAGE" --region="$REGION" --project="$PROJECT" \
+    --service-account="$RUN_SA" \
+    --gpu=1 --gpu-type=nvidia-l4 "$redundancy" \
+    --cpu="$CPU" --memory="$MEMORY" --no-cpu-throttling --execution-environment=gen2 \
+    --min-instances="$MIN_INSTANCES" --max-instances="$MAX_INSTANCES" \
+    --concurrency="$CONCURRENCY" --timeout="$TIMEOUT" \
+    --startup-probe=httpGet.path=/healthz,initialDelaySeconds=0,periodSeconds=10,failureThreshold=24,timeoutSeconds=5 \
+    --set-env-vars="$env_vars" \
+    --set-secrets="WEBHOOK_SECRET=$WEBHOOK_SECRET_NAME:latest" \
+    "${volumes[@]}" \
+    --no-allow-unauthenticated --quiet
+retry gcloud run services add-iam-policy-binding "$SERVICE" --region="$REGION" \
+    --member="serviceAccount:$TASKS_SA" --role=roles/run.invoker --project="$PROJECT"
+
+URL=$(capture "$SERVICE_URL" gcloud run services describe "$SERVICE" --region="$REGION" \
+    --project="$PROJECT" --format="value(status.url)")
+if [[ $DRY_RUN == true ]]; then
+    echo "Dry run: nothing was changed."
+fi
+cat <<EOF
+
+Service: $SERVICE ($IMAGE)
+URL:     $URL
+Try it (your account needs roles/run.invoker on the service; project owners have it):
+  curl -H "Authorization: Bearer \$(gcloud auth print-identity-token)" $URL/healthz
+  curl -H "Authorization: Bearer \$(gcloud auth print-identity-token)" $URL/models
+EOF
