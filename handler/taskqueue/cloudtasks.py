@@ -60,7 +60,6 @@ class CloudTasksQueue:
         self.target_url = f"{settings.service_url}/tasks/run"
         self.audience = settings.service_url
         self.service_account = settings.tasks_service_account
-        self.max_attempts = settings.job_max_attempts
         self.deadline_s = max(
             MIN_DISPATCH_DEADLINE_S, min(settings.tasks_dispatch_deadline_s, MAX_DISPATCH_DEADLINE_S)
         )
@@ -119,8 +118,11 @@ class CloudTasksQueue:
                 rate_limits=tasks_v2.RateLimits(
                     max_dispatches_per_second=rate, max_concurrent_dispatches=concurrent
                 ),
+                # The job bounds its own runs (JOB_MAX_ATTEMPTS) and then answers 2xx; the
+                # queue's limit is only a backstop, so 409s from duplicates do not exhaust it.
                 retry_config=tasks_v2.RetryConfig(
-                    max_attempts=self.max_attempts,
+                    max_attempts=-1,
+                    max_retry_duration=duration_pb2.Duration(seconds=24 * 3600),
                     min_backoff=duration_pb2.Duration(seconds=5),
                     max_backoff=duration_pb2.Duration(seconds=300),
                 ),
