@@ -5,7 +5,7 @@
 #
 # SPEC is a git URL with an optional @ref (tag, branch or commit) after the repository name:
 #   https://github.com/owner/ComfyUI-Some-Node@v1.2.0
-# LIST_FILE holds one SPEC a line; '#' starts a comment. Each node's requirements.txt is
+# LIST_FILE ("" for none) holds one SPEC a line; '#' starts a comment. Each node's requirements.txt is
 # installed with pip (set PIP_CONSTRAINT to keep pinned packages such as torch in place).
 set -euo pipefail
 
@@ -19,7 +19,11 @@ specs=()
 if [[ $# -gt 0 ]]; then
     list=$1
     shift
-    if [[ -f $list ]]; then
+    if [[ -n $list ]]; then
+        if [[ ! -f $list ]]; then
+            echo "custom nodes: list file '$list' not found" >&2
+            exit 2
+        fi
         while IFS= read -r line || [[ -n $line ]]; do
             line=${line%%#*}
             read -r -a words <<<"$line"
@@ -27,8 +31,6 @@ if [[ $# -gt 0 ]]; then
                 specs+=("${words[@]}")
             fi
         done <"$list"
-    elif [[ -n $list ]]; then
-        specs+=("$list")
     fi
 fi
 specs+=("$@")
