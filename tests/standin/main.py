@@ -1,5 +1,7 @@
 """Start the ComfyUI stand-in exactly like ComfyUI: `python main.py --listen ... --port ...`.
 
+It exits with status 0 on SIGTERM or SIGINT.
+
 Flags the stand-in has no use for are accepted and ignored, so the service's command line works
 unchanged. Environment knobs (for tests): STANDIN_OBJECT_INFO (catalog file),
 STANDIN_CACHE_BYTES (byte budget of the default cache).
@@ -48,11 +50,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+LEVEL_COLORS = {"DEBUG": "\033[36m", "INFO": "\033[32m", "WARNING": "\033[33m", "ERROR": "\033[31m",
+                "CRITICAL": "\033[35m"}
+
+
+class LevelTagFormatter(logging.Formatter):
+    """ComfyUI's console format: a coloured `[LEVEL]` tag, then the message (colour codes even off a TTY)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        bold = "\033[1m" if record.levelno >= logging.WARNING else ""
+        tag = f"{bold}{LEVEL_COLORS.get(record.levelname, '')}[{record.levelname}]\033[0m "
+        return tag + super().format(record)
+
+
 def setup_logging(level: str, use_stdout: bool) -> None:
-    handler = logging.StreamHandler(sys.stdout if use_stdout else sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    """Logs go to stderr; with --log-stdout, records below ERROR go to stdout instead."""
+    formatter = LevelTagFormatter("%(message)s")
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = []
+    if use_stdout:
+        out = logging.StreamHandler(sys.stdout)
+        out.addFilter(lambda record: record.levelno < logging.ERROR)
+        err = logging.StreamHandler(sys.stderr)
+        err.setLevel(logging.ERROR)
+        handlers = [out, err]
+    else:
+        handlers = [logging.StreamHandler(sys.stderr)]
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
@@ -106,8 +132,10 @@ def main(argv: list[str]) -> int:
     start_worker(server, stop)
 
     stopping = asyncio.Event()
+    received: list[int] = []
 
     def request_stop(signum, _frame=None):
+        received.append(signum)
         loop.call_soon_threadsafe(stopping.set)
 
     signal.signal(signal.SIGTERM, request_stop)
@@ -146,7 +174,9 @@ def main(argv: list[str]) -> int:
         code = loop.run_until_complete(run())
     finally:
         stop.set()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        # Like ComfyUI: Ctrl-C (SIGINT) removes the temp folder on the way out, SIGTERM leaves it.
+        if signal.SIGTERM not in received:
+            shutil.rmtree(temp_dir, ignore_errors=True)
     return code
 
 
