@@ -44,7 +44,8 @@ RUN apt-get update \
     && uv python install "${PYTHON_VERSION}" \
     && uv venv --seed --python "${PYTHON_VERSION}" /opt/venv \
     && python --version \
-    && useradd --create-home --uid 1000 --shell /usr/sbin/nologin comfy
+    && groupadd --gid 1000 comfy \
+    && useradd --create-home --uid 1000 --gid 1000 --shell /usr/sbin/nologin comfy
 
 # ---------------------------------------------------------------- models: MODEL_TYPE's files from models.txt
 FROM python AS models
@@ -63,24 +64,26 @@ RUN --mount=type=secret,id=hf_token,required=false \
 FROM python AS comfyui
 ARG COMFYUI_REPO=https://github.com/comfyanonymous/ComfyUI.git
 ARG COMFYUI_VERSION=v0.3.60
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu121
+ARG TORCH_CUDA=cu121
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_CUDA}
 ARG TORCH_VERSION=2.5.1
 ARG TORCHVISION_VERSION=0.20.1
 ARG TORCHAUDIO_VERSION=2.5.1
+# The constraints pin the CUDA builds of PyTorch (local version +cu121) for every later install,
+# ComfyUI's requirements and custom nodes included.
 RUN git clone --depth 1 --branch "${COMFYUI_VERSION}" "${COMFYUI_REPO}" /comfyui \
     && rm -rf /comfyui/.git \
-    && printf 'torch==%s\ntorchvision==%s\ntorchaudio==%s\n' \
-        "${TORCH_VERSION}" "${TORCHVISION_VERSION}" "${TORCHAUDIO_VERSION}" > /opt/constraints.txt \
+    && printf 'torch==%s+%s\ntorchvision==%s+%s\ntorchaudio==%s+%s\n' \
+        "${TORCH_VERSION}" "${TORCH_CUDA}" "${TORCHVISION_VERSION}" "${TORCH_CUDA}" \
+        "${TORCHAUDIO_VERSION}" "${TORCH_CUDA}" > /opt/constraints.txt \
     && chown -R comfy:comfy /comfyui
-# PyTorch's index is consulted first so torch resolves to the CUDA build; PyPI serves the rest.
+# PyTorch from its own index, as PyTorch documents; that index also serves its dependencies.
 # PyTorch and ComfyUI's requirements are separate layers: a new ComfyUI release keeps PyTorch cached.
-RUN uv pip install --python /opt/venv/bin/python \
-        --index-url https://pypi.org/simple --extra-index-url "${TORCH_INDEX_URL}" \
-        --constraint /opt/constraints.txt torch torchvision torchaudio
+RUN python -m pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" --requirement /opt/constraints.txt
+# The installed CUDA builds satisfy the constraints, so pip leaves them in place.
 # hadolint ignore=DL3059
-RUN uv pip install --python /opt/venv/bin/python \
-        --index-url https://pypi.org/simple --extra-index-url "${TORCH_INDEX_URL}" \
-        --constraint /opt/constraints.txt --requirement /comfyui/requirements.txt
+RUN python -m pip install --no-cache-dir --constraint /opt/constraints.txt \
+        --requirement /comfyui/requirements.txt
 # Custom nodes: lines of deploy/custom_nodes.txt plus CUSTOM_NODES (space-separated), each a
 # git URL with an optional @ref, e.g. https://github.com/owner/ComfyUI-Node@v1.2.0
 ARG CUSTOM_NODES=""
@@ -97,7 +100,7 @@ ARG MODEL_TYPE=flux1-dev-fp8
 COPY --from=models --chown=comfy:comfy /models/ /comfyui/models/
 WORKDIR /app
 COPY --chown=comfy:comfy . /app/
-RUN uv pip install --python /opt/venv/bin/python --constraint /opt/constraints.txt /app \
+RUN python -m pip install --no-cache-dir --constraint /opt/constraints.txt /app \
     && install -d -o comfy -g comfy /var/lib/comfyrun
 ENV COMFYUI_PATH=/comfyui \
     MODEL_TYPE=${MODEL_TYPE} \
