@@ -218,6 +218,16 @@ def test_starts_like_comfyui_and_stops_cleanly_on_sigterm(tmp_path):
     assert any("To see the GUI go to: http://127.0.0.1:" in line for line in server.lines)
 
 
+def test_disable_api_nodes_hides_the_api_node_package(tmp_path):
+    server = StandIn(tmp_path, ("--disable-api-nodes",))
+    try:
+        nodes = server.http.get(f"{server.url}/object_info").json()
+        assert len(nodes) == 604 and "EmptyImage" in nodes
+        assert not any(n["python_module"].startswith("comfy_api_nodes") for n in nodes.values())
+    finally:
+        assert server.stop() == 0
+
+
 def test_sigint_stops_and_removes_temp_files(tmp_path):
     server = StandIn(tmp_path)
     (server.temp / "leftover.png").write_bytes(b"x")

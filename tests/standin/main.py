@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
     else:
         cache = OutputCache("ram", budget_bytes=int(os.environ.get("STANDIN_CACHE_BYTES", str(1 << 30))))
 
-    catalog = Catalog()
+    catalog = Catalog(api_nodes=not args.disable_api_nodes)
     catalog.input_dir = input_dir
     paths = Paths(input_dir, output_dir, temp_dir, models_dir)
     loop = asyncio.new_event_loop()

@@ -38,10 +38,13 @@ def files_of_types(folder: str, kinds: tuple[str, ...]) -> list[str]:
 
 
 class Catalog:
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, api_nodes: bool = True):
         path = Path(path or os.environ.get("STANDIN_OBJECT_INFO") or DEFAULT_OBJECT_INFO)
         with open(path, encoding="utf-8") as f:
             self.nodes: dict[str, dict] = json.load(f)
+        if not api_nodes:  # --disable-api-nodes: the comfy_api_nodes package is not loaded at all
+            self.nodes = {k: v for k, v in self.nodes.items()
+                          if not str(v.get("python_module", "")).startswith("comfy_api_nodes")}
         # (class, category, input name, upload kinds, legacy list form?) for inputs listing input files
         self._upload_inputs: list[tuple[str, str, str, tuple[str, ...], bool]] = []
         for class_type, info in self.nodes.items():

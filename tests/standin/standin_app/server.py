@@ -249,9 +249,10 @@ class StandinServer:
                     except Exception as ex:
                         log.error("Error processing WebSocket message: %s", ex)
         finally:
-            if self.sockets.get(sid) is ws:
-                self.sockets.pop(sid, None)
-                self.sockets_metadata.pop(sid, None)
+            # As in ComfyUI, the id is dropped whichever socket holds it: an old connection that closes
+            # after a reconnect with the same clientId takes the new one's registration with it.
+            self.sockets.pop(sid, None)
+            self.sockets_metadata.pop(sid, None)
         return ws
 
     async def empty_object(self, request):
