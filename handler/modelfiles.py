@@ -50,7 +50,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from handler.config import Settings
@@ -423,6 +423,8 @@ def _download_gcs(entry: ModelFile, part: Path, *, bucket: Any, prefix: str) -> 
         return  # part already holds the whole object
     except (gexc.ServerError, gexc.TooManyRequests, ConnectionError, socket.timeout) as exc:
         raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+    except gexc.ClientError as exc:
+        raise DownloadError(f"gs://{bucket.name}/{name}: {exc}") from None
     except Exception as exc:  # google-resumable-media and requests errors on a broken stream
         if type(exc).__module__.split(".")[0] in {"requests", "urllib3", "google"}:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None

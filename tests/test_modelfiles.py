@@ -341,7 +341,7 @@ def test_unverified_lines_are_refused_unless_allowed(server, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="handler.modelfiles"):
         fetch([entry], tmp_path, allow_unverified=True)
     assert (tmp_path / "loras" / "u.safetensors").read_bytes() == body
-    assert f"UNVERIFIED" in caplog.text and sha(body) in caplog.text
+    assert "UNVERIFIED" in caplog.text and sha(body) in caplog.text
 
 
 def test_a_wrong_file_in_place_is_replaced(server, tmp_path):
