@@ -350,6 +350,12 @@ class ComfyClient:
         self._request("POST", "/queue", json={"delete": [prompt_id]})
         self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
 
+    def queued(self, prompt_id: str) -> bool:
+        """Whether ComfyUI still holds the prompt, running or pending."""
+        queue = self.get_json("/queue")
+        entries = (queue.get("queue_running") or []) + (queue.get("queue_pending") or [])
+        return any(len(entry) > 1 and entry[1] == prompt_id for entry in entries)
+
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         response = self._request("GET", f"/history/{prompt_id}")
         if response.status_code != 200:

@@ -179,6 +179,8 @@ class Pipeline:
     def _interrupt(self, watch: PromptWatch) -> None:
         try:
             self.client.interrupt(watch.prompt_id)
+            if not self.client.queued(watch.prompt_id):
+                return  # dropped from the queue before it started: ComfyUI sends no event for that
         except ServiceError as exc:
             log.warning("could not interrupt %s: %s", watch.prompt_id, exc.message)
             return

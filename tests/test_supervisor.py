@@ -1,0 +1,71 @@
+"""ComfyUI as a supervised child: dies mid-job, restarts, stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from tests.fixtures.comfy import RESOURCES, ServiceProcess
+
+from tests.test_app import slow_workflow
+SMALL = json.loads((RESOURCES / "comfy" / "workflows" / "empty_save.json").read_text())
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has exited too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_comfyui_killed_mid_job_fails_the_job_at_once_and_recovers(fresh_service: ServiceProcess):
+    service = fresh_service
+    pid = service.comfy_pid()
+    assert pid and alive(pid)
+    result: dict = {}
+    job = threading.Thread(target=lambda: result.update(r=service.post("/predict", json={"workflow": slow_workflow()})))
+    job.start()
+    time.sleep(1.0)
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    job.join(30)
+    assert not job.is_alive(), "the request hung after ComfyUI died"
+    assert time.monotonic() - killed_at < 5
+    response = result["r"]
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"]
+    assert "restarting" in response.json()["error"]["message"]
+    # Readiness drops, then ComfyUI comes back by itself and the service serves again.
+    assert wait_for(lambda: service.get("/healthz").status_code == 503, 5) or service.comfy_pid() != pid
+    assert wait_for(lambda: service.get("/healthz").status_code == 200, 120)
+    assert service.comfy_pid() not in (None, pid)
+    assert service.post("/predict", json={"workflow": SMALL}).status_code == 200
+    assert service.get("/").json()["comfyui"]["restarts"] >= 1
+
+
+def test_sigterm_stops_comfyui_and_the_service_cleanly(fresh_service: ServiceProcess):
+    service = fresh_service
+    pid = service.comfy_pid()
+    assert pid
+    code = service.stop()
+    # uvicorn shuts down gracefully, then re-raises the signal it caught.
+    assert code in (0, -signal.SIGTERM), service.log()[-2000:]
+    assert "Application shutdown complete" in service.log()
+    assert wait_for(lambda: not alive(pid), 10), "ComfyUI outlived the service"
