@@ -1,6 +1,8 @@
-"""All node implementations, by ComfyUI class name."""
+"""All node implementations, by ComfyUI class name (importing a module registers its nodes)."""
 
-from . import nodes_core, nodes_media  # noqa: F401  (importing registers the nodes)
+from . import nodes_core, nodes_media
 from .nodes_core import REGISTRY
 
-__all__ = ["REGISTRY"]
+MODULES = (nodes_core, nodes_media)
+
+__all__ = ["REGISTRY", "MODULES"]
