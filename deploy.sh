@@ -323,12 +323,14 @@ ensure_bucket "$BUILD_BUCKET" "$TMP/build-lifecycle.json"
 
 # ---------------------------------------------------------------- 6. Cloud Tasks queues
 step "Cloud Tasks queues $QUEUE_PREFIX-{high,normal,low}"
-# priority:max dispatches per second:max concurrent dispatches:min backoff:max backoff
-for spec in "high:50:100:5s:60s" "normal:10:20:10s:300s" "low:1:2:30s:600s"; do
-    IFS=: read -r priority rate concurrent min_backoff max_backoff <<<"$spec"
+# priority:max dispatches per second:max concurrent dispatches (handler/taskqueue/cloudtasks.py's
+# QUEUE_LIMITS). The job bounds its own runs (JOB_MAX_ATTEMPTS) and then answers 2xx, so the
+# queues retry without a count limit and their 24-hour retry window is only a backstop.
+for spec in "high:50:100" "normal:10:20" "low:1:2"; do
+    IFS=: read -r priority rate concurrent <<<"$spec"
     queue=$QUEUE_PREFIX-$priority
     settings=(--max-dispatches-per-second="$rate" --max-concurrent-dispatches="$concurrent"
-        --max-attempts=5 --min-backoff="$min_backoff" --max-backoff="$max_backoff" --max-doublings=4)
+        --max-attempts=-1 --max-retry-duration=24h --min-backoff=5s --max-backoff=300s)
     if exists gcloud tasks queues describe "$queue" --location="$REGION" --project="$PROJECT"; then
         run gcloud tasks queues update "$queue" --location="$REGION" "${settings[@]}" --project="$PROJECT"
     else

@@ -131,9 +131,16 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     queues = find(recs, "tasks", "queues", "create")
     assert [r["argv"][3] for r in queues] == ["comfyui-high", "comfyui-normal", "comfyui-low"]
     for r in queues:
-        for setting in ("--max-attempts", "--min-backoff", "--max-backoff", "--max-dispatches-per-second",
-                        "--max-concurrent-dispatches"):
-            assert flag(r["argv"], setting), f"{setting} missing on {r['argv'][3]}"
+        # the retry policy of docs/async.md: the job bounds its attempts, the queue only backs it up
+        for setting, value in (("--max-attempts", "-1"), ("--max-retry-duration", "24h"), ("--min-backoff", "5s"),
+                               ("--max-backoff", "300s")):
+            assert flag(r["argv"], setting) == [value], f"{setting} on {r['argv'][3]}"
+    from handler.taskqueue.cloudtasks import QUEUE_LIMITS  # the service's own idea of the queues
+
+    for r, priority in zip(queues, ("high", "normal", "low")):
+        rate, concurrent = QUEUE_LIMITS[priority]
+        assert float(flag(r["argv"], "--max-dispatches-per-second")[0]) == rate
+        assert int(flag(r["argv"], "--max-concurrent-dispatches")[0]) == concurrent
 
     # secrets travel on stdin, never on the command line
     assert all("hf_secret_value" not in " ".join(a) for a in cmds)
