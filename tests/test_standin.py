@@ -12,6 +12,7 @@ import copy
 import io
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -697,6 +698,12 @@ def recorded_frames(scenario: dict) -> list:
     return out
 
 
+def file_pattern(name: str) -> str:
+    """An output file name without its counter and random part: `empty_#####_.png`."""
+    name = re.sub(r"^ComfyUI_temp_[a-z]{5}_", "ComfyUI_temp_?????_", name)
+    return re.sub(r"_\d{5}(_?\.)", r"_#####\1", name)
+
+
 def frame_key(frame, ids: dict, files: dict) -> tuple:
     """The fields of a message that must match, with prompt ids and file names mapped."""
     if isinstance(frame, bytes):
@@ -728,8 +735,9 @@ def frame_key(frame, ids: dict, files: dict) -> tuple:
     if kind == "executed":
         output = data["output"] or {}
         shape = tuple(sorted((k, len(v) if isinstance(v, list) else v) for k, v in output.items()))
-        names = tuple(files.get(i["filename"], i["filename"]) for i in output.get("images", []) + output.get("latents", []))
-        return (kind, data["node"], pid, shape, names)
+        files_out = [(file_pattern(i["filename"]), i["subfolder"], i["type"])
+                     for key in ("images", "latents", "audio") for i in output.get(key, [])]
+        return (kind, data["node"], pid, shape, tuple(files_out))
     if kind == "progress_state":
         return (kind, pid, tuple(sorted((n, s["state"]) for n, s in data["nodes"].items())))
     if kind == "progress":
@@ -858,10 +866,15 @@ class Replay:
             got_nodes = {n: sorted(e["type"] for e in v["errors"]) for n, v in got.get("node_errors", {}).items()}
             if want_nodes != got_nodes:
                 self.problems.append(f"{label}: node_errors {got_nodes}, recorded {want_nodes}")
-            want_details = {(n, e["details"]) for n, v in want["node_errors"].items() for e in v["errors"]}
-            got_details = {(n, e["details"]) for n, v in got.get("node_errors", {}).items() for e in v["errors"]}
-            if want_details != got_details:
-                self.problems.append(f"{label}: details {got_details}, recorded {want_details}")
+            # The whole body must match; only the order of a node's errors may differ (ComfyUI's follows
+            # set iteration).
+            def canonical(body):
+                body = copy.deepcopy(body)
+                for entry in body.get("node_errors", {}).values():
+                    entry["errors"].sort(key=lambda e: json.dumps(e, sort_keys=True))
+                return body
+            if canonical(got) != canonical(want):
+                self.problems.append(f"{label}: body {json.dumps(got)[:800]}, recorded {json.dumps(want)[:800]}")
         elif isinstance(want, dict) and "prompt_id" in want and "number" in want:
             self.ids[want["prompt_id"]] = got["prompt_id"]
             if (want["number"] < 0) != (got["number"] < 0):
