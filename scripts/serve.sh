@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sets up and runs the service on this machine, with local queue and storage (no cloud needed).
+#
+#   ./scripts/serve.sh                 # fetches ComfyUI at the pinned release into .comfyui/
+#   COMFYUI_PATH=~/ComfyUI COMFYUI_PYTHON=~/ComfyUI/venv/bin/python ./scripts/serve.sh
+#
+# Needs python3 (3.11+) with venv. Fetching ComfyUI needs curl and access to GitHub and PyPI
+# (its requirements include PyTorch: several GB). Without a GPU, ComfyUI runs with --cpu.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COMFYUI_COMMIT="${COMFYUI_COMMIT:-2f35f4a08176d993cded35dac3332be4f7287f41}"  # ComfyUI 0.33.0
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+
+if [ -z "${COMFYUI_PATH:-}" ] && [ -z "${COMFYUI_URL:-}" ]; then
+    if [ ! -f .comfyui/ComfyUI/main.py ]; then
+        echo "fetching ComfyUI ${COMFYUI_COMMIT} into .comfyui/ ..."
+        mkdir -p .comfyui/ComfyUI
+        curl -fsSL "https://github.com/comfyanonymous/ComfyUI/archive/${COMFYUI_COMMIT}.tar.gz" \
+            | tar -xz --strip-components=1 -C .comfyui/ComfyUI
+    fi
+    if [ ! -x .comfyui/venv/bin/python ]; then
+        "$PYTHON" -m venv .comfyui/venv
+        .comfyui/venv/bin/python -m pip install --quiet -r .comfyui/ComfyUI/requirements.txt
+    fi
+    export COMFYUI_PATH="$PWD/.comfyui/ComfyUI" COMFYUI_PYTHON="$PWD/.comfyui/venv/bin/python"
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        export COMFYUI_ARGS="${COMFYUI_ARGS:---cpu --disable-api-nodes}"
+    fi
+fi
+
+export PORT="${PORT:-8080}" STATE_DIR="${STATE_DIR:-$PWD/.state}"
+echo "serving on http://127.0.0.1:${PORT} (state in ${STATE_DIR})"
+exec .venv/bin/python -m handler
