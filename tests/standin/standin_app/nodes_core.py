@@ -41,6 +41,14 @@ InvalidDataError.__module__ = "av.error"
 InvalidDataError.__qualname__ = "InvalidDataError"
 
 
+class MediaFileNotFoundError(FileNotFoundError):
+    """What the real loader raises for a file that is gone."""
+
+
+MediaFileNotFoundError.__module__ = "av.error"
+MediaFileNotFoundError.__qualname__ = "FileNotFoundError"
+
+
 def annotated_path(ctx, name: str, default: str | None = None) -> str:
     base = None
     for suffix, kind in (("[output]", "output"), ("[input]", "input"), ("[temp]", "temp")):
@@ -89,6 +97,8 @@ def save_png_batch(ctx, images: np.ndarray, prefix: str, folder_type: str, compr
 
 def load_image_file(path: str) -> tuple[np.ndarray, np.ndarray]:
     """(images [B, H, W, 3], masks [B, H, W]) from an image file; frames of another size are skipped."""
+    if not os.path.isfile(path):
+        raise MediaFileNotFoundError(2, "No such file or directory", path)
     try:
         img = Image.open(path)
         img.load()
