@@ -142,11 +142,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, request_stop)
 
     async def run() -> int:
-        runner = web_runner = None
         from aiohttp import web
-        web_runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
-        await web_runner.setup()
-        runner = web_runner
+        runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
+        await runner.setup()
         publisher = asyncio.ensure_future(server.publish_loop())
         log.info("Starting server\n")
         for address in args.listen.split(","):
