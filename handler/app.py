@@ -15,12 +15,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import __version__
+from . import __version__, jobs_api, workflows_api
 from .comfy import Comfy
 from .config import Settings
 from .errors import BadRequest, PayloadTooLarge, ServiceError
+from .jobs import JobService
 from .pipeline import Pipeline
 from .predict_request import parse_predict_body
+from .templates import Templates
 
 log = logging.getLogger("handler.app")
 
@@ -32,8 +34,8 @@ class Services:
     settings: Settings
     comfy: Comfy
     pipeline: Pipeline
-    templates: Any = None  # handler.templates.Templates, when workflows are configured
-    jobs: Any = None  # handler.jobs.JobService, for async work
+    templates: Templates
+    jobs: JobService | None = None  # set right after the rest: it needs the pipeline
 
 
 def services_of(request: Request) -> Services:
@@ -68,7 +70,7 @@ async def info(request: Request) -> JSONResponse:
         "model_type": services.settings.model_type,
         "comfyui": {"version": comfy.version, "state": comfy.state, "ready": comfy.ready,
                     "restarts": comfy.supervisor.restarts if comfy.supervisor else None},
-        "async": services.jobs is not None,
+        "async": {"queue": services.settings.queue_backend, "storage": services.settings.storage_backend},
         "endpoints": sorted({route.path for route in request.app.routes if hasattr(route, "path")}),
     })
 
@@ -103,7 +105,7 @@ def run_sync(services: Services, body: Any) -> dict[str, Any]:
 async def predict(request: Request) -> Response:
     services = services_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
-    if services.jobs is not None and services.jobs.wants_async(body, request.headers):
+    if services.jobs.wants_async(body, request.headers):
         return await services.jobs.accept(body, request)
     return JSONResponse(await run_in_threadpool(run_sync, services, body))
 
@@ -141,33 +143,12 @@ def core_routes() -> list[BaseRoute]:
     ]
 
 
-def extension_routes(services: Services) -> list[BaseRoute]:
-    """Routes of the optional parts: named workflows and async jobs."""
-    routes: list[BaseRoute] = []
-    with contextlib.suppress(ImportError):
-        from . import workflows_api
-
-        routes += workflows_api.routes(services)
-    with contextlib.suppress(ImportError):
-        from . import jobs_api
-
-        routes += jobs_api.routes(services)
-    return routes
-
-
 def build_services(settings: Settings) -> Services:
     comfy = Comfy(settings)
     pipeline = Pipeline(comfy)
     comfy._warmup_runner = pipeline.warmup
-    services = Services(settings, comfy, pipeline)
-    with contextlib.suppress(ImportError):
-        from .templates import Templates
-
-        services.templates = Templates.from_settings(settings)
-    with contextlib.suppress(ImportError):
-        from .jobs import JobService
-
-        services.jobs = JobService.from_services(services)
+    services = Services(settings, comfy, pipeline, templates=Templates.from_settings(settings))
+    services.jobs = JobService.from_services(services)
     return services
 
 
@@ -178,17 +159,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         services.comfy.start()
-        if services.jobs is not None:
-            services.jobs.start()
+        services.jobs.start()
         try:
             yield
         finally:
-            if services.jobs is not None:
-                services.jobs.stop()
+            services.jobs.stop()
             await run_in_threadpool(services.comfy.stop)
 
     app = Starlette(
-        routes=core_routes() + extension_routes(services),
+        routes=core_routes() + workflows_api.routes(services) + jobs_api.routes(services),
         lifespan=lifespan,
         exception_handlers={ServiceError: service_error, HTTPException: http_error, Exception: unexpected_error},
     )

@@ -269,7 +269,7 @@ class JobService:
             raise errors.BadRequest("the request body must be a JSON object")
         options, rest = AsyncOptions.split(body, self.settings)
         request = parse_predict_body(rest, self.settings, self.templates)
-        self._preflight(request.workflow)
+        self.pipeline.preflight(request.workflow)
         job = Job(
             job_id=job_id or uuid.uuid4().hex,
             priority=options.priority,
@@ -297,17 +297,6 @@ class JobService:
             log.error("could not queue job %s: %s", job.job_id, exc)
             self._update(job.job_id, lambda j: j.finish("failed", error=_error("queue_unavailable", str(exc))))
             raise errors.ComfyUnavailable("the job queue is unavailable; try again shortly") from None
-
-    def _preflight(self, workflow: dict[str, Any]) -> None:
-        preflight = getattr(self.pipeline, "preflight", None)
-        if preflight is not None:
-            preflight(workflow)
-            return
-        object_info = getattr(self.comfy, "object_info", None)
-        if object_info:  # ComfyUI booted: check the graph the way it would
-            from . import graph
-
-            graph.check(workflow, object_info).raise_for_errors()
 
     def adopt_task(self, body: Any, *, queue_name: str, task_name: str, base_url: str | None) -> str:
         """A task a client created for /predict: one job per task, however often it comes."""

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import graph
 from .comfy import Comfy
 from .comfy_client import Interrupted, PromptWatch
 from .errors import Cancelled, ServiceError, Timeout
@@ -98,6 +99,11 @@ class Pipeline:
     def run(self, request: PredictRequest, cancel: threading.Event | None = None) -> PredictResult:
         self.comfy.require_ready()
         return self._run(request, cancel)
+
+    def preflight(self, workflow: dict[str, Any]) -> None:
+        """Refuse now what ComfyUI would refuse later: async jobs are accepted only if they can run."""
+        if self.comfy.object_info:
+            graph.check(workflow, self.comfy.object_info).raise_for_errors()
 
     def warmup(self, workflow: dict[str, Any]) -> None:
         self._run(PredictRequest(workflow=check_workflow(workflow)), None)

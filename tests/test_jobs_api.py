@@ -54,6 +54,13 @@ def slow(color: int, batch: int = 1) -> dict[str, Any]:
     return wf
 
 
+def medium(color: int) -> dict[str, Any]:
+    """A graph that takes a tenth of a second or so: far more than the bookkeeping between jobs."""
+    wf = slow(color)
+    wf["1"]["inputs"].update(width=256, height=256)
+    return wf
+
+
 def failing() -> dict[str, Any]:
     """Valid for the pre-flight check, fails when it runs: the input image is not there."""
     return load("comfy/workflows/missing_input_file.json")
@@ -153,9 +160,11 @@ def test_requests_that_cannot_run_are_refused_before_they_are_accepted(local):
 def test_strict_priority_then_fifo(local):
     # Two slow jobs fill both places in ComfyUI; what waits behind them runs by priority.
     blockers = [submit(local, slow(2000 + i)) for i in range(2)]
-    wait_for(local, blockers[0], lambda s: s["state"] == "running")
+    for blocker in blockers:
+        wait_for(local, blocker, lambda s: s["state"] == "running")
     order = [("low", "l1"), ("normal", "n1"), ("high", "h1"), ("low", "l2"), ("high", "h2"), ("normal", "n2")]
-    ids = {name: submit(local, quick(3000 + i), priority=prio) for i, (prio, name) in enumerate(order)}
+    # Each takes long enough that no two are picked up within the same few milliseconds.
+    ids = {name: submit(local, medium(3000 + i), priority=prio) for i, (prio, name) in enumerate(order)}
     finals = {name: wait_for(local, job_id) for name, job_id in ids.items()}
     assert all(f["state"] == "succeeded" for f in finals.values())
     started = sorted(finals, key=lambda name: finals[name]["started_at"])
