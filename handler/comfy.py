@@ -79,6 +79,25 @@ class Comfy:
     def start(self) -> None:
         self.client.on_connect = self._on_connect
         self.client.start()
+        if self.supervisor is None:
+            return
+        if self.settings.models_source:
+            # Runtime models: fetch them first, while /healthz answers 503.
+            threading.Thread(target=self._fetch_models_then_boot, name="models", daemon=True).start()
+        else:
+            self.supervisor.start()
+
+    def _fetch_models_then_boot(self) -> None:
+        from .modelfiles import ensure_models
+
+        self.state = "fetching models"
+        try:
+            ensure_models(self.settings)
+        except Exception as exc:
+            self.state = "model fetch failed"
+            log.error("cannot fetch the models from MODELS_SOURCE: %s", exc)
+            return
+        self.state = "starting"
         if self.supervisor:
             self.supervisor.start()
 
