@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from . import errors
 from .config import Settings
-from .errors import ServiceError
+from .errors import Forbidden, ServiceError, Unauthorized
 from .jobs import JobService, RunOutcome
 
 log = logging.getLogger("handler.jobs_api")
@@ -33,16 +33,6 @@ log = logging.getLogger("handler.jobs_api")
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
 TASK_BODY_LIMIT = 64 * 1024
-
-
-class Unauthorized(ServiceError):
-    status_code = 401
-    code = "unauthorized"
-
-
-class Forbidden(ServiceError):
-    status_code = 403
-    code = "forbidden"
 
 
 class TaskTokenVerifier:
