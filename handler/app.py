@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -97,9 +98,17 @@ async def model_folder(request: Request) -> JSONResponse:
     return JSONResponse({"folder": folder, "models": files})
 
 
-def run_sync(services: Services, body: Any) -> dict[str, Any]:
+def run_sync(services: Services, body: Any) -> Response:
+    """Parse, run and render in a worker thread: the event loop stays free for /healthz."""
     predict_request = parse_predict_body(body, services.settings, services.templates)
-    return services.pipeline.run(predict_request).to_response()
+    result = services.pipeline.run(predict_request, defer_cleanup=True)
+    try:
+        content = result.to_json()
+    except BaseException:
+        result.cleanup()
+        raise
+    # The job's files are removed once the answer is on its way.
+    return Response(content, media_type="application/json", background=BackgroundTask(result.cleanup))
 
 
 async def predict(request: Request) -> Response:
@@ -107,7 +116,7 @@ async def predict(request: Request) -> Response:
     body = await read_json(request, services.settings.max_body_bytes)
     if services.jobs.wants_async(body, request.headers):
         return await services.jobs.accept(body, request)
-    return JSONResponse(await run_in_threadpool(run_sync, services, body))
+    return await run_in_threadpool(run_sync, services, body)
 
 
 # --- errors ----------------------------------------------------------------------------------
