@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from . import __version__, jobs_api, workflows_api
@@ -98,17 +98,21 @@ async def model_folder(request: Request) -> JSONResponse:
     return JSONResponse({"folder": folder, "models": files})
 
 
+# Above this size a /predict answer is streamed: the client reads one file while the next is encoded.
+STREAM_ABOVE_BYTES = 1024 * 1024
+
+
 def run_sync(services: Services, body: Any) -> Response:
     """Parse, run and render in a worker thread: the event loop stays free for /healthz."""
     predict_request = parse_predict_body(body, services.settings, services.templates)
     result = services.pipeline.run(predict_request, defer_cleanup=True)
-    try:
-        content = result.to_json()
-    except BaseException:
-        result.cleanup()
-        raise
     # The job's files are removed once the answer is on its way.
-    return Response(content, media_type="application/json", background=BackgroundTask(result.cleanup))
+    cleanup = BackgroundTask(result.cleanup)
+    length, parts = result.json_parts()
+    if length <= STREAM_ABOVE_BYTES:
+        return Response(b"".join(parts), media_type="application/json", background=cleanup)
+    return StreamingResponse(parts, media_type="application/json", background=cleanup,
+                             headers={"Content-Length": str(length)})
 
 
 async def predict(request: Request) -> Response:

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -61,14 +61,27 @@ class PredictResult:
         return self._document(lambda file: base64.b64encode(file.data).decode("ascii"))
 
     def to_json(self) -> bytes:
-        """`to_response()` as JSON bytes, with the base64 spliced in rather than escaped and copied:
-        base64 needs no JSON escaping, and megabytes of it dominate the response's cost."""
+        return b"".join(self.json_parts()[1])
+
+    def json_parts(self) -> tuple[int, Iterator[bytes]]:
+        """`to_response()` as JSON, in parts, with its length known up front.
+
+        Base64 needs no JSON escaping, so it is spliced in rather than escaped and copied, and
+        each file is encoded only when its turn comes: the client reads one while the next is
+        encoded. Megabytes of base64 dominate the cost of a response."""
         marker = uuid.uuid4().hex
         head, *tails = orjson.dumps(self._document(lambda file: marker)).split(f'"{marker}"'.encode())
-        parts = [head]
-        for file, tail in zip(self.files, tails):
-            parts += [b'"', base64.b64encode(file.data), b'"', tail]
-        return b"".join(parts)
+        length = len(head) + sum(len(tail) + 2 + 4 * ((len(file.data) + 2) // 3)
+                                 for file, tail in zip(self.files, tails))
+
+        def parts() -> Iterator[bytes]:
+            yield head
+            for file, tail in zip(self.files, tails):
+                yield b'"'
+                yield base64.b64encode(file.data)
+                yield b'"' + tail
+
+        return length, parts()
 
 
 def prepare_graph(workflow: dict[str, Any], request_id: str, output_classes: frozenset[str]) -> dict[str, Any]:
