@@ -29,6 +29,17 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 STABLE_RUN_S = 60.0
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: if the service dies hard, ComfyUI goes too (Linux only)."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass(frozen=True)
 class ComfyFolders:
     input: Path
@@ -121,6 +132,7 @@ class ComfySupervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # our SIGTERM handling decides when it stops
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             log.error("cannot start ComfyUI: %s", exc)

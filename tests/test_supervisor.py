@@ -69,3 +69,12 @@ def test_sigterm_stops_comfyui_and_the_service_cleanly(fresh_service: ServicePro
     assert code in (0, -signal.SIGTERM), service.log()[-2000:]
     assert "Application shutdown complete" in service.log()
     assert wait_for(lambda: not alive(pid), 10), "ComfyUI outlived the service"
+
+
+def test_comfyui_does_not_outlive_a_service_that_is_killed(fresh_service: ServiceProcess):
+    service = fresh_service
+    pid = service.comfy_pid()
+    assert pid
+    service.process.kill()
+    service.process.wait()
+    assert wait_for(lambda: not alive(pid), 10), "ComfyUI was orphaned"
