@@ -159,7 +159,7 @@ def core_routes() -> list[BaseRoute]:
 def build_services(settings: Settings) -> Services:
     comfy = Comfy(settings)
     pipeline = Pipeline(comfy)
-    comfy._warmup_runner = pipeline.warmup
+    comfy.warmup_runner = pipeline.warmup
     services = Services(settings, comfy, pipeline, templates=Templates.from_settings(settings))
     services.jobs = JobService.from_services(services)
     return services

@@ -60,7 +60,7 @@ class Comfy:
         self.started_at = time.monotonic()
         self.ready_after_s: float | None = None
         self._models: tuple[float, dict[str, list[str]]] | None = None
-        self._warmup_runner = None  # set by the app: runs the warmup workflow through the pipeline
+        self.warmup_runner = None  # set by the app: runs the warmup workflow through the pipeline
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -145,14 +145,14 @@ class Comfy:
         stats = self.client.get_json("/system_stats")
         self.version = (stats.get("system") or {}).get("comfyui_version")
         self._models = None
-        if self.settings.warmup_workflow and self._warmup_runner:
+        if self.settings.warmup_workflow and self.warmup_runner:
             self._warmup()
 
     def _warmup(self) -> None:
         path = Path(self.settings.warmup_workflow)
         workflow = json.loads(path.read_text())
         started = time.monotonic()
-        self._warmup_runner(workflow)
+        self.warmup_runner(workflow)
         log.info("warmup workflow %s ran in %.1f s", path.name, time.monotonic() - started)
 
     def require_ready(self) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .config import Settings
-from .errors import BadRequest, PayloadTooLarge
+from .errors import BadRequest, PayloadTooLarge, ServiceError
 
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _FORBIDDEN = set('\\:*?"<>|\0')
@@ -142,16 +142,18 @@ class UploadedInputs:
     def stage(self, request_id: str, images: list[InputImage]) -> dict[str, str]:
         renames = {}
         for image in images:
+            folder, _, filename = image.name.rpartition("/")
+            subfolder = f"{request_id}/{folder}" if folder else request_id
             response = self.client.http.post(
                 f"{self.client.base_url}/upload/image",
-                files={"image": (image.name, _materialise(image, self.settings))},
-                data={"subfolder": request_id, "type": "input", "overwrite": "true"},
+                files={"image": (filename, _materialise(image, self.settings))},
+                data={"subfolder": subfolder, "type": "input", "overwrite": "true"},
                 timeout=60,
             )
             if response.status_code != 200:
-                raise BadRequest(f"ComfyUI refused the input image {image.name!r} ({response.status_code})")
+                raise ServiceError(f"ComfyUI refused the input image {image.name!r} ({response.status_code})")
             stored = response.json()
-            renames[image.name] = f"{stored.get('subfolder') or request_id}/{stored.get('name') or image.name}"
+            renames[image.name] = f"{stored.get('subfolder') or subfolder}/{stored.get('name') or filename}"
         return renames
 
     def discard(self, request_id: str) -> None:

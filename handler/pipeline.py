@@ -123,8 +123,6 @@ class Pipeline:
     def __init__(self, comfy: Comfy):
         self.comfy = comfy
         self.client = comfy.client
-        self._running: dict[str, str] = {}  # request id → prompt id, for cancel
-        self._lock = threading.Lock()
 
     def run(self, request: PredictRequest, cancel: threading.Event | None = None, *,
             defer_cleanup: bool = False) -> PredictResult:
@@ -141,15 +139,6 @@ class Pipeline:
     def warmup(self, workflow: dict[str, Any]) -> None:
         self._run(PredictRequest(workflow=check_workflow(workflow)), None, False)
 
-    def cancel(self, request_id: str) -> bool:
-        """Interrupt a request running on this instance; False if it is not here."""
-        with self._lock:
-            prompt_id = self._running.get(request_id)
-        if prompt_id is None:
-            return False
-        self.client.interrupt(prompt_id)
-        return True
-
     def _run(self, request: PredictRequest, cancel: threading.Event | None, defer_cleanup: bool) -> PredictResult:
         started = time.monotonic()
         rid = request.request_id
@@ -163,8 +152,6 @@ class Pipeline:
             rewrite_references(graph, renames)
             staged = time.monotonic()
             watch = self.client.watch(prompt_id)  # before submitting: no event can be missed
-            with self._lock:
-                self._running[rid] = prompt_id
             self.client.submit(graph, prompt_id)
             submitted = time.monotonic()
             self._wait(watch, started + request.timeout_s, cancel, request)
@@ -194,8 +181,6 @@ class Pipeline:
                 deferred = True
             return result
         finally:
-            with self._lock:
-                self._running.pop(rid, None)
             if watch is not None:
                 self.client.forget(prompt_id)
                 refs = refs or [ref for _, _, ref, _ in file_refs(watch.outputs)]

@@ -6,6 +6,7 @@ connection can be cut for real, against the stand-in or a real ComfyUI alike.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -76,8 +77,12 @@ class CuttableProxy:
 
 
 @pytest.fixture
-def attached(comfy_target: ComfyTarget, tmp_path: Path):
-    """ComfyUI started by the test, and a service attached to it through the proxy."""
+def attached(comfy_target: ComfyTarget, tmp_path: Path, request: pytest.FixtureRequest):
+    """ComfyUI started by the test, and a service attached to it through the proxy.
+
+    With the `remote` marker the service is not told where ComfyUI's folders are, as when
+    ComfyUI runs on another machine: inputs go up through /upload/image, outputs come via /view."""
+    remote = request.node.get_closest_marker("remote") is not None
     base = tmp_path / "comfy"
     folders = {name: base / name for name in ("input", "output", "temp", "user")}
     for folder in folders.values():
@@ -100,13 +105,11 @@ def attached(comfy_target: ComfyTarget, tmp_path: Path):
             assert comfy.poll() is None and time.monotonic() < deadline, (tmp_path / "comfy.log").read_text()[-3000:]
             time.sleep(0.1)
     proxy = CuttableProxy(port)
-    service = ServiceProcess(comfy_target, tmp_path / "service", env={
-        "COMFYUI_URL": f"http://127.0.0.1:{proxy.port}",
-        "COMFYUI_INPUT_DIR": str(folders["input"]),
-        "COMFYUI_OUTPUT_DIR": str(folders["output"]),
-        "COMFYUI_TEMP_DIR": str(folders["temp"] / "temp"),
-        "COMFYUI_PATH": "",
-    }).start().wait_ready()
+    env = {"COMFYUI_URL": f"http://127.0.0.1:{proxy.port}", "COMFYUI_PATH": ""}
+    if not remote:
+        env.update(COMFYUI_INPUT_DIR=str(folders["input"]), COMFYUI_OUTPUT_DIR=str(folders["output"]),
+                   COMFYUI_TEMP_DIR=str(folders["temp"] / "temp"))
+    service = ServiceProcess(comfy_target, tmp_path / "service", env=env).start().wait_ready()
     yield service, proxy
     service.stop()
     proxy.close()
@@ -135,3 +138,17 @@ def test_attached_service_is_ready_and_runs_jobs(attached):
     workflow = json.loads((RESOURCES / "comfy" / "workflows" / "empty_save.json").read_text())
     response = service.post("/predict", json={"workflow": workflow})
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.remote
+def test_attached_without_shared_folders_uploads_inputs_and_fetches_outputs(attached):
+    service, _ = attached
+    image = (RESOURCES / "comfy" / "test_input.png").read_bytes()
+    workflow = json.loads((RESOURCES / "comfy" / "workflows" / "loadimage_invert_save.json").read_text())
+    body = {"workflow": workflow,
+            "images": [{"name": "proto_upload/test_input.png", "image": base64.b64encode(image).decode()}]}
+    response = service.post("/predict", json=body)
+    assert response.status_code == 200, response.text
+    kinds = {(item["node_id"], item["type"]) for item in response.json()["images"]}
+    assert kinds == {("3", "output"), ("5", "temp")}
+    assert all(base64.b64decode(item["image"]).startswith(b"\x89PNG") for item in response.json()["images"])
