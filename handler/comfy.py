@@ -52,13 +52,11 @@ class Comfy:
             self.outputs = ViewOutputs(self.client)
         self._booted = threading.Event()
         self._boot_lock = threading.Lock()
-        self.boots = 0
         self.state = "starting"
         self.output_classes: frozenset[str] = frozenset()
         self.object_info: dict[str, Any] = {}
         self.version: str | None = None
         self.started_at = time.monotonic()
-        self.ready_after_s: float | None = None
         self._models: tuple[float, dict[str, list[str]]] | None = None
         self.warmup_runner = None  # set by the app: runs the warmup workflow through the pipeline
 
@@ -67,14 +65,6 @@ class Comfy:
     @property
     def ready(self) -> bool:
         return self._booted.is_set() and self.client.connected
-
-    def wait_ready(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.ready:
-                return True
-            self._booted.wait(0.05)
-        return self.ready
 
     def start(self) -> None:
         self.client.on_connect = self._on_connect
@@ -131,11 +121,10 @@ class Comfy:
                     log.error("ComfyUI boot checks failed (%s); retrying", exc)
                     time.sleep(2)
                     continue
-                self.boots += 1
                 self.state = "ready"
-                self.ready_after_s = time.monotonic() - self.started_at
                 self._booted.set()
-                log.info("ComfyUI %s is ready (%.1f s after start)", self.version or "?", self.ready_after_s)
+                log.info("ComfyUI %s is ready (%.1f s after start)", self.version or "?",
+                         time.monotonic() - self.started_at)
 
     def _boot_checks(self) -> None:
         self.object_info = self.client.get_json("/object_info", timeout_s=120)

@@ -147,9 +147,6 @@ class ComfyClient:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def wait_connected(self, timeout_s: float) -> bool:
-        return self._connected.wait(timeout_s)
-
     def start(self) -> None:
         self._thread = threading.Thread(target=self._listen_forever, name="comfyui-ws", daemon=True)
         self._thread.start()

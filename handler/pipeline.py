@@ -144,7 +144,6 @@ class Pipeline:
         rid = request.request_id
         prompt_id = str(uuid.uuid4())
         watch: PromptWatch | None = None
-        refs: list[dict[str, Any]] = []
         deferred = False
         try:
             renames = self.comfy.inputs.stage(rid, request.images)
@@ -160,7 +159,6 @@ class Pipeline:
                 entry = self.client.history(prompt_id)
                 if entry:
                     watch.apply_history(entry)
-            refs = [ref for _, _, ref, _ in file_refs(watch.outputs)]
             finished = time.monotonic()
             files = collect(watch.outputs, self._output_images(watch, graph), self.comfy.outputs, request.output)
             for file in files:
@@ -177,19 +175,19 @@ class Pipeline:
                 timings["queued_ms"] = _ms(max(0.0, watch.started_at - submitted))
             result = PredictResult(prompt_id, files, public_outputs(watch.outputs, rid), timings)
             if defer_cleanup:
-                result.cleanup = functools.partial(self._discard, rid, refs)
+                result.cleanup = functools.partial(self._discard, rid, watch)
                 deferred = True
             return result
         finally:
             if watch is not None:
                 self.client.forget(prompt_id)
-                refs = refs or [ref for _, _, ref, _ in file_refs(watch.outputs)]
             if not deferred:
-                self._discard(rid, refs)
+                self._discard(rid, watch)
 
-    def _discard(self, request_id: str, refs: list[dict[str, Any]]) -> None:
+    def _discard(self, request_id: str, watch: PromptWatch | None) -> None:
         """Cloud Run's disk is memory: a job's inputs and outputs go as soon as it is answered."""
         self.comfy.inputs.discard(request_id)
+        refs = [ref for _, _, ref, _ in file_refs(watch.outputs)] if watch else []
         self.comfy.outputs.discard(request_id, refs)
 
     def _wait(self, watch: PromptWatch, deadline: float, cancel: threading.Event | None,
