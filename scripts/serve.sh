@@ -29,9 +29,10 @@ if [ -z "${COMFYUI_PATH:-}" ] && [ -z "${COMFYUI_URL:-}" ]; then
         .comfyui/venv/bin/python -m pip install --quiet -r .comfyui/ComfyUI/requirements.txt
     fi
     export COMFYUI_PATH="$PWD/.comfyui/ComfyUI" COMFYUI_PYTHON="$PWD/.comfyui/venv/bin/python"
-    if ! command -v nvidia-smi >/dev/null 2>&1; then
-        export COMFYUI_ARGS="${COMFYUI_ARGS:---cpu --disable-api-nodes}"
-    fi
+fi
+# No GPU here: ComfyUI must be told, or it stops at start looking for CUDA.
+if [ -z "${COMFYUI_URL:-}" ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+    export COMFYUI_ARGS="${COMFYUI_ARGS:---cpu --disable-api-nodes}"
 fi
 
 export PORT="${PORT:-8080}" STATE_DIR="${STATE_DIR:-$PWD/.state}"
