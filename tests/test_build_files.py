@@ -25,7 +25,9 @@ MODEL_TYPES = modelfiles.model_types(modelfiles.parse_models_file(ROOT / "models
 
 
 def tool(name: str, package: str) -> str:
-    path = shutil.which(name)
+    # The test extras install these beside the interpreter running the tests (.venv/bin), which
+    # need not be on PATH: look there first.
+    path = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if path is None:
         pytest.fail(f"{name} is not installed: pip install {package} (it is in the project's test extras)")
     return path

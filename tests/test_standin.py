@@ -1,9 +1,8 @@
 """The ComfyUI stand-in (tests/standin) against the behaviour recorded from a real ComfyUI 0.33.0.
 
 The stand-in runs as a subprocess on a free port, over real sockets, started the way the service
-starts ComfyUI. Tests that need only test_resources/comfy always run; the scenario replays need
-the recorded protocol folder (COMFY_PROTOCOL_DIR, or ../shared/comfy-protocol beside the repo)
-and skip, saying so, when it is absent.
+starts ComfyUI. The scenario replays read the recorded protocol kept in the repository
+(test_resources/comfy/protocol); COMFY_PROTOCOL_DIR points them at another recording.
 """
 
 from __future__ import annotations
@@ -37,15 +36,7 @@ RESOURCES = REPO / "test_resources" / "comfy"
 WORKFLOWS = RESOURCES / "workflows"
 
 
-def protocol_dir() -> Path | None:
-    configured = os.environ.get("COMFY_PROTOCOL_DIR")
-    candidate = Path(configured) if configured else REPO.parent / "shared" / "comfy-protocol"
-    return candidate if (candidate / "scenarios").is_dir() else None
-
-
-PROTOCOL = protocol_dir()
-needs_recordings = pytest.mark.skipif(
-    PROTOCOL is None, reason="recorded ComfyUI protocol folder not found (set COMFY_PROTOCOL_DIR)")
+PROTOCOL = Path(os.environ.get("COMFY_PROTOCOL_DIR") or RESOURCES / "protocol")
 
 
 def workflow(name: str) -> dict:
@@ -681,8 +672,6 @@ WAIT_LIMIT_S = 15.0
 
 
 def scenarios() -> list[dict]:
-    if PROTOCOL is None:
-        return []
     loaded = [json.loads(p.read_text()) for p in sorted((PROTOCOL / "scenarios").glob("*.json"))]
     return sorted(loaded, key=lambda s: s["started_at_unix"])
 
@@ -988,12 +977,13 @@ def request_path(step: dict) -> str:
     return step["request"]["path"]
 
 
-@needs_recordings
 def test_replays_every_recorded_scenario(tmp_path):
+    recorded = scenarios()
+    assert len(recorded) >= 21, f"the recorded scenarios are missing from {PROTOCOL}"
     server = StandIn(tmp_path)
     report = {}
     try:
-        for scenario in scenarios():
+        for scenario in recorded:
             problems = Replay(server, scenario).play()
             if problems:
                 report[scenario["scenario"]] = problems
