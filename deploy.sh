@@ -322,15 +322,20 @@ ensure_bucket "$BUCKET" "$TMP/outputs-lifecycle.json"
 ensure_bucket "$BUILD_BUCKET" "$TMP/build-lifecycle.json"
 
 # ---------------------------------------------------------------- 6. Cloud Tasks queues
-step "Cloud Tasks queues $QUEUE_PREFIX-{high,normal,low}"
-# priority:max dispatches per second:max concurrent dispatches (handler/taskqueue/cloudtasks.py's
-# QUEUE_LIMITS). The job bounds its own runs (JOB_MAX_ATTEMPTS) and then answers 2xx, so the
-# queues retry without a count limit and their 24-hour retry window is only a backstop.
-for spec in "high:50:100" "normal:10:20" "low:1:2"; do
-    IFS=: read -r priority rate concurrent <<<"$spec"
-    queue=$QUEUE_PREFIX-$priority
+step "Cloud Tasks queues $QUEUE_PREFIX-{high,normal,low,webhooks}"
+# lane:max dispatches per second:max concurrent dispatches:max backoff. A job task is a token:
+# the delivery runs the first job in the store's line (strict priority), so each job queue may
+# dispatch as many tasks at once as there are request slots (max instances x concurrency); more
+# would only meet Cloud Run's 429. Backoff stays short so a freed GPU is not left idle. The job
+# bounds its own runs (JOB_MAX_ATTEMPTS) and then answers 2xx, so the queues retry without a count
+# limit and their 24-hour retry window is only a backstop. The webhooks queue is the outbox: one
+# task per job event, to /tasks/webhook, whose own count (WEBHOOK_MAX_ATTEMPTS) ends it.
+SLOTS=$((MAX_INSTANCES * CONCURRENCY))
+for spec in "high:50:$SLOTS:10s" "normal:10:$SLOTS:10s" "low:1:$SLOTS:10s" "webhooks:50:100:300s"; do
+    IFS=: read -r lane rate concurrent max_backoff <<<"$spec"
+    queue=$QUEUE_PREFIX-$lane
     settings=(--max-dispatches-per-second="$rate" --max-concurrent-dispatches="$concurrent"
-        --max-attempts=-1 --max-retry-duration=24h --min-backoff=5s --max-backoff=300s)
+        --max-attempts=-1 --max-retry-duration=24h --min-backoff=1s --max-backoff="$max_backoff")
     if exists gcloud tasks queues describe "$queue" --location="$REGION" --project="$PROJECT"; then
         run gcloud tasks queues update "$queue" --location="$REGION" "${settings[@]}" --project="$PROJECT"
     else
@@ -344,9 +349,9 @@ step "IAM"
 # URLs as itself, and creating tasks that call the service as the invoker account.
 retry gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" \
     --member="serviceAccount:$RUN_SA" --role=roles/storage.objectAdmin --project="$PROJECT"
-for priority in high normal low; do
+for lane in high normal low webhooks; do
     for role in roles/cloudtasks.enqueuer roles/cloudtasks.taskDeleter; do
-        retry gcloud tasks queues add-iam-policy-binding "$QUEUE_PREFIX-$priority" --location="$REGION" \
+        retry gcloud tasks queues add-iam-policy-binding "$QUEUE_PREFIX-$lane" --location="$REGION" \
             --member="serviceAccount:$RUN_SA" --role="$role" --project="$PROJECT"
     done
 done

@@ -62,9 +62,41 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> dict[str,
     return {"webhook-id": webhook_id, "webhook-timestamp": str(timestamp), "webhook-signature": signature}
 
 
-def check_secret(secret: str) -> None:
-    """Refuse a secret a receiver's library could not use (empty, or not base64)."""
-    Webhook(secret)
+@dataclass(frozen=True)
+class Attempt:
+    """One POST of a webhook and what it tells the sender to do next."""
+
+    status: int | None  # the receiver's HTTP status; None when it could not be reached
+    error: str | None  # None on a 2xx
+    retryable: bool
+    retry_after_s: float | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None
+
+
+def attempt(url: str, body: bytes, settings: Settings, *, webhook_id: str) -> Attempt:
+    """POST `body` (JSON bytes) to `url` once, signed. Never raises.
+
+    Network errors, 5xx and 408/409/425/429 are retryable (Retry-After is passed on, up to a
+    minute); an unsafe URL or any other status is final."""
+    headers = {}
+    if settings.webhook_secret:
+        headers = sign(settings.webhook_secret, webhook_id, int(time.time()), body)
+    try:
+        resp = urlguard.post_json(url, body, headers, settings, settings.webhook_timeout_s, purpose="webhook URL")
+    except errors.UnsafeURL as exc:
+        log.warning("webhook %s refused: %s", webhook_id, exc.message)
+        return Attempt(None, exc.message, retryable=False)
+    except (OSError, http.client.HTTPException) as exc:
+        return Attempt(None, f"could not reach the receiver: {urlguard.describe_error(exc)}", retryable=True)
+    if 200 <= resp.status < 300:
+        log.info("webhook %s delivered to %s", webhook_id, shown_url(url))
+        return Attempt(resp.status, None, retryable=False)
+    retryable = resp.status >= 500 or resp.status in _RETRYABLE
+    return Attempt(resp.status, f"receiver answered HTTP {resp.status}", retryable,
+                   _retry_after(resp.headers.get("retry-after")))
 
 
 def deliver(
@@ -76,54 +108,23 @@ def deliver(
     stop: threading.Event | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> Delivery:
-    """POST `body` (JSON bytes) to `url` until a 2xx, a permanent failure or the attempt limit.
-
-    Retries network errors, 5xx and 408/409/425/429, with exponential backoff (honouring
-    Retry-After up to a minute); any other status is final. `stop` cuts the waiting short
-    (shutdown). Never raises: the returned Delivery says what happened.
-    """
-    record = Delivery(
-        webhook_id=webhook_id or new_webhook_id(),
-        url=shown_url(url),
-        signed=bool(settings.webhook_secret),
-    )
+    """`attempt` until a 2xx, a permanent failure or WEBHOOK_MAX_ATTEMPTS, with backoff; `stop`
+    cuts the waiting short. Never raises: the returned Delivery says what happened."""
+    record = Delivery(webhook_id=webhook_id or new_webhook_id(), url=shown_url(url),
+                      signed=bool(settings.webhook_secret))
     wait = sleep or (stop.wait if stop is not None else time.sleep)
-    for attempt in range(1, max(1, settings.webhook_max_attempts) + 1):
-        record.attempts = attempt
-        headers = {}
-        if settings.webhook_secret:
-            headers = sign(settings.webhook_secret, record.webhook_id, int(time.time()), body)
-        try:
-            resp = urlguard.post_json(
-                url, body, headers, settings, settings.webhook_timeout_s, purpose="webhook URL"
-            )
-        except errors.UnsafeURL as exc:
-            record.error = exc.message
-            log.warning("webhook %s refused: %s", record.webhook_id, exc.message)
+    for number in range(1, max(1, settings.webhook_max_attempts) + 1):
+        record.attempts = number
+        result = attempt(url, body, settings, webhook_id=record.webhook_id)
+        record.last_status, record.error = result.status, result.error
+        if result.delivered:
+            record.delivered_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
             return record
-        except (OSError, http.client.HTTPException) as exc:
-            record.last_status = None
-            record.error = f"could not reach the receiver: {urlguard.describe_error(exc)}"
-            retry_after = None
-        else:
-            record.last_status = resp.status
-            if 200 <= resp.status < 300:
-                record.error = None
-                record.delivered_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-                log.info("webhook %s delivered to %s (attempt %d)", record.webhook_id, record.url, attempt)
-                return record
-            record.error = f"receiver answered HTTP {resp.status}"
-            if not (resp.status >= 500 or resp.status in _RETRYABLE):
-                log.warning("webhook %s to %s: HTTP %d, not retried", record.webhook_id, record.url, resp.status)
-                return record
-            retry_after = _retry_after(resp.headers.get("retry-after"))
-        log.warning(
-            "webhook %s to %s failed (attempt %d/%d): %s",
-            record.webhook_id, record.url, attempt, settings.webhook_max_attempts, record.error,
-        )
-        if attempt >= settings.webhook_max_attempts:
+        log.warning("webhook %s to %s failed (attempt %d/%d): %s", record.webhook_id, record.url,
+                    number, settings.webhook_max_attempts, record.error)
+        if not result.retryable or number >= settings.webhook_max_attempts:
             break
-        delay = retry_after if retry_after is not None else backoff(settings.webhook_backoff_s, attempt)
+        delay = result.retry_after_s if result.retry_after_s is not None else backoff(settings.webhook_backoff_s, number)
         if wait(delay) is True:  # Event.wait returns True when `stop` was set
             record.error = (record.error or "") + "; gave up at shutdown"
             break

@@ -129,18 +129,21 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     assert [a[3] for a in cmds if a[:3] == ["storage", "buckets", "create"]] == [
         f"gs://{PROJECT}-comfyui", f"gs://{PROJECT}-comfyui-build"]
     queues = find(recs, "tasks", "queues", "create")
-    assert [r["argv"][3] for r in queues] == ["comfyui-high", "comfyui-normal", "comfyui-low"]
+    assert [r["argv"][3] for r in queues] == ["comfyui-high", "comfyui-normal", "comfyui-low", "comfyui-webhooks"]
     for r in queues:
         # the retry policy of docs/async.md: the job bounds its attempts, the queue only backs it up
-        for setting, value in (("--max-attempts", "-1"), ("--max-retry-duration", "24h"), ("--min-backoff", "5s"),
-                               ("--max-backoff", "300s")):
+        for setting, value in (("--max-attempts", "-1"), ("--max-retry-duration", "24h"), ("--min-backoff", "1s")):
             assert flag(r["argv"], setting) == [value], f"{setting} on {r['argv'][3]}"
     from handler.taskqueue.cloudtasks import QUEUE_LIMITS  # the service's own idea of the queues
 
-    for r, priority in zip(queues, ("high", "normal", "low")):
-        rate, concurrent = QUEUE_LIMITS[priority]
+    for r, lane in zip(queues, ("high", "normal", "low", "webhooks")):
+        rate, concurrent = QUEUE_LIMITS[lane]
         assert float(flag(r["argv"], "--max-dispatches-per-second")[0]) == rate
-        assert int(flag(r["argv"], "--max-concurrent-dispatches")[0]) == concurrent
+        if lane == "webhooks":
+            assert int(flag(r["argv"], "--max-concurrent-dispatches")[0]) == concurrent
+        else:  # as many as the service has request slots: default 3 instances x concurrency 4
+            assert int(flag(r["argv"], "--max-concurrent-dispatches")[0]) == 3 * 4
+            assert flag(r["argv"], "--max-backoff") == ["10s"]  # a freed GPU is not left idle
 
     # secrets travel on stdin, never on the command line
     assert all("hf_secret_value" not in " ".join(a) for a in cmds)
@@ -260,7 +263,7 @@ def test_flags_and_environment_shape_the_deployment(stub):
     assert find(recs, "secrets", "create", "hf-token") == []
     hooks = find(recs, "secrets", "create", "img-hooks")[0]
     assert hooks["stdin_len"] == len("whsec_given")
-    assert [a[3] for a in cmds if a[:3] == ["tasks", "queues", "create"]] == ["imgq-high", "imgq-normal", "imgq-low"]
+    assert [a[3] for a in cmds if a[:3] == ["tasks", "queues", "create"]] == ["imgq-high", "imgq-normal", "imgq-low", "imgq-webhooks"]
     assert [a[3] for a in cmds if a[:3] == ["iam", "service-accounts", "create"]] == ["img-run", "img-tasks", "img-build"]
     d = find(recs, "run", "deploy")[0]["argv"]
     for name, value in {"--min-instances": "1", "--max-instances": "5", "--concurrency": "2", "--timeout": "1200",

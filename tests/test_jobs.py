@@ -8,9 +8,11 @@ import time
 
 import pytest
 
-from handler import errors, jobs
+from handler import errors
 from handler.config import Settings
-from handler.jobs import Job, JobService
+from handler.jobs import Job, Jobs, JobState, Outcome
+from handler.jobs.model import Lease
+from handler.runtime import Runtime
 from handler.outputs import OutputFile
 from handler.pipeline import PredictResult
 from handler.storage.gcs import GCSStore
@@ -59,8 +61,47 @@ class RecordingQueue:
     def enqueue(self, job_id, priority="normal"):
         self.enqueued.append((job_id, priority))
 
+    def cancel(self, job_id, priority):
+        return False
+
     def close(self):
         pass
+
+
+class Preflighted:
+    """The scripted pipeline with the graph check the service asks of it."""
+
+    def __init__(self, pipeline):
+        self.inner = pipeline
+
+    def run(self, request, cancel=None):
+        return self.inner.run(request, cancel)
+
+    def preflight(self, workflow):
+        pass  # the graph checks have tests of their own (test_graph.py)
+
+
+class Harness:
+    """One process's jobs, built as the app builds them, on a real store."""
+
+    def __init__(self, store, pipeline, settings: Settings, queue=None):
+        self.pipeline = pipeline
+        self.queue = queue or RecordingQueue()
+        self.outbox_queue = RecordingQueue()
+        self.runtime = Runtime(settings)
+        self.jobs = Jobs.build(settings, store, self.queue, self.outbox_queue, Preflighted(pipeline), Comfy(),
+                               None, self.runtime)
+        self.service = self.jobs.service
+        self.runner = self.jobs.runner
+        self.submit = self.service.submit
+        self.status = self.service.status
+        self.cancel = self.service.cancel
+        self.adopt_task = self.service.adopt_task
+        self.run = self.runner.run
+        self.get = self.service.repo.get
+
+    def stop(self, timeout_s: float = 5) -> None:
+        self.runtime.stop(timeout_s)
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -71,10 +112,10 @@ def store(request, tmp_path):
     return GCSStore(fake.new_bucket("jobs"), emulator_host=fake.url)
 
 
-def service(store, pipeline, **settings) -> JobService:
+def service(store, pipeline, queue=None, **settings) -> Harness:
     values = dict(job_max_attempts=3, url_allowlist=("127.0.0.1",))
     values.update(settings)
-    return JobService(Settings(**values), store, RecordingQueue(), pipeline, Comfy())
+    return Harness(store, pipeline, Settings(**values), queue)
 
 
 def test_submit_stores_the_request_then_queues_the_job(store):
@@ -91,12 +132,12 @@ def test_a_run_succeeds_once_and_a_second_delivery_does_nothing(store):
     svc = service(store, pipeline)
     job = svc.submit({"workflow": WORKFLOW})
     first = svc.run(job.job_id)
-    assert first.kind == "final" and first.http_status == 200 and first.job.state == "succeeded"
+    assert first.kind is Outcome.FINAL and first.http_status == 200 and first.job.state is JobState.SUCCEEDED
     again = svc.run(job.job_id)
-    assert again.kind == "final" and pipeline.runs == 1
+    assert again.kind is Outcome.FINAL and pipeline.runs == 1
     view = svc.status(job.job_id, inline=True)
     (file,) = view["result"]["files"]
-    assert file["base64"] and store.get_bytes(f"outputs/{job.job_id}/out_00001_.png").startswith(b"\x89PNG")
+    assert file["base64"] and store.get_bytes(file["uri"].split("/", 3)[3] if file["uri"].startswith("gs://") else file["uri"].removeprefix("local://")).startswith(b"\x89PNG")
 
 
 def test_two_instances_never_run_one_job_at_once(store):
@@ -108,14 +149,14 @@ def test_two_instances_never_run_one_job_at_once(store):
     runner.start()
     assert blocking.started.wait(5)
     duplicate = b.run(job.job_id)  # another instance gets the same task meanwhile
-    assert duplicate.kind == "busy" and duplicate.http_status == 409
+    assert duplicate.kind is Outcome.BUSY and duplicate.http_status == 409
     assert b.pipeline.runs == 0
     # A cancel recorded on b reaches a's run at its next lease renewal.
     answer = b.cancel(job.job_id)
     assert answer["cancel"] == "requested"
-    a._renew(job.job_id, a._active[job.job_id])
+    a.runner._renew(job.job_id, a.runner._active[job.job_id])
     runner.join(5)
-    assert a.get(job.job_id).state == "cancelled"
+    assert a.get(job.job_id).state is JobState.CANCELLED
 
 
 def test_an_expired_lease_is_taken_over(store):
@@ -123,49 +164,49 @@ def test_an_expired_lease_is_taken_over(store):
     job = svc.submit({"workflow": WORKFLOW})
 
     def crashed_mid_run(j: Job) -> None:  # what an instance that died mid-run leaves behind
-        j.state, j.attempts = "running", 1
-        j.lease = {"owner": "dead-instance", "token": "t", "expires_at": time.time() - 1}
+        j.state, j.attempts = JobState.RUNNING, 1
+        j.lease = Lease("dead-instance", "t", time.time() - 1)
 
-    svc._update(job.job_id, crashed_mid_run)
+    svc.service.repo.update(job.job_id, crashed_mid_run)
     outcome = svc.run(job.job_id)
-    assert outcome.kind == "final" and outcome.job.state == "succeeded" and outcome.job.attempts == 2
+    assert outcome.kind is Outcome.FINAL and outcome.job.state is JobState.SUCCEEDED and outcome.job.attempts == 2
 
 
 def test_a_live_foreign_lease_is_respected_unless_taking_over(store):
     svc = service(store, ScriptedPipeline())
     job = svc.submit({"workflow": WORKFLOW})
-    svc._update(job.job_id, lambda j: (setattr(j, "state", "running"),
-                                       setattr(j, "lease", {"owner": "x", "token": "t", "expires_at": time.time() + 60})))
-    assert svc.run(job.job_id).kind == "busy"
-    assert svc.run(job.job_id, takeover=True).job.state == "succeeded"  # the local queue's orphans
+    svc.service.repo.update(job.job_id, lambda j: (setattr(j, "state", JobState.RUNNING),
+                                                   setattr(j, "lease", Lease("x", "t", time.time() + 60))))
+    assert svc.run(job.job_id).kind is Outcome.BUSY
+    assert svc.run(job.job_id, takeover=True).job.state is JobState.SUCCEEDED  # the local queue's orphans
 
 
 def test_transient_failures_go_back_to_queued_then_give_up(store):
     svc = service(store, ScriptedPipeline("unavailable", "unavailable", "unavailable"))
     job = svc.submit({"workflow": WORKFLOW})
     first = svc.run(job.job_id)
-    assert first.kind == "retry" and first.http_status == 503
+    assert first.kind is Outcome.RETRY and first.http_status == 503
     view = svc.status(job.job_id)
     assert view["state"] == "queued" and view["last_error"]["code"] == "comfyui_unavailable"
-    assert svc.run(job.job_id).kind == "retry"
+    assert svc.run(job.job_id).kind is Outcome.RETRY
     last = svc.run(job.job_id)
-    assert last.kind == "final" and last.job.state == "failed" and last.job.error["code"] == "gave_up"
+    assert last.kind is Outcome.FINAL and last.job.state is JobState.FAILED and last.job.error["code"] == "gave_up"
     assert svc.pipeline.runs == 3
 
 
 def test_a_transient_failure_then_success(store):
     svc = service(store, ScriptedPipeline("unavailable", "ok"))
     job = svc.submit({"workflow": WORKFLOW})
-    assert svc.run(job.job_id).kind == "retry"
+    assert svc.run(job.job_id).kind is Outcome.RETRY
     done = svc.run(job.job_id)
-    assert done.job.state == "succeeded" and done.job.attempts == 2
+    assert done.job.state is JobState.SUCCEEDED and done.job.attempts == 2
 
 
 def test_a_permanent_failure_is_final_with_the_error(store):
     svc = service(store, ScriptedPipeline("fail"))
     job = svc.submit({"workflow": WORKFLOW})
     outcome = svc.run(job.job_id)
-    assert outcome.kind == "final" and outcome.http_status == 200
+    assert outcome.kind is Outcome.FINAL and outcome.http_status == 200
     assert outcome.job.error == {"code": "execution_error", "message": "node 2 raised", "node_id": "2"}
 
 
@@ -173,7 +214,7 @@ def test_cancel_of_a_queued_job_means_it_never_runs(store):
     svc = service(store, ScriptedPipeline())
     job = svc.submit({"workflow": WORKFLOW})
     assert svc.cancel(job.job_id)["cancel"] == "dequeued"
-    assert svc.run(job.job_id).job.state == "cancelled" and svc.pipeline.runs == 0
+    assert svc.run(job.job_id).job.state is JobState.CANCELLED and svc.pipeline.runs == 0
     with pytest.raises(errors.Conflict):
         svc.cancel(job.job_id)
 
@@ -188,8 +229,9 @@ def test_shutdown_puts_a_running_job_back_in_line(store):
     assert blocking.started.wait(5)
     svc.stop(timeout_s=5)
     runner.join(5)
-    assert result["outcome"].kind == "retry"
-    assert svc.get(job.job_id).state == "queued"
+    assert result["outcome"].kind is Outcome.RETRY
+    handed_back = svc.get(job.job_id)
+    assert handed_back.state is JobState.QUEUED and handed_back.attempts == 0  # not the job's fault
 
 
 def test_client_made_tasks_become_one_job_each(store):
@@ -200,7 +242,7 @@ def test_client_made_tasks_become_one_job_each(store):
     assert first == again != other and first.startswith("ct-")
     assert svc.queue.enqueued == []  # Cloud Tasks is already delivering them
     bad = svc.adopt_task({"workflow": {"1": {}}}, queue_name="q", task_name="t3", base_url=None)
-    assert svc.get(bad).state == "failed"  # recorded, so the task is not retried forever
+    assert svc.get(bad).state is JobState.FAILED  # recorded, so the task is not retried forever
 
 
 # --- the OIDC token of Cloud Tasks -------------------------------------------------------------
@@ -217,7 +259,8 @@ def test_task_tokens_are_verified(tmp_path):
     from cryptography.x509.oid import NameOID
     from google.auth import crypt, jwt
 
-    from handler.jobs_api import Forbidden, TaskTokenVerifier, Unauthorized
+    from handler.errors import Forbidden, Unauthorized
+    from handler.tasktoken import TaskTokenVerifier
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
@@ -273,3 +316,121 @@ def test_task_tokens_are_verified(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- leases, committed writes, the line, the outbox ------------------------------------------
+
+
+class LosesAnswers:
+    """A store whose next `n` conditional writes commit but then fail, as a timeout would."""
+
+    def __init__(self, store, n: int):
+        self.store, self.n = store, n
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def cas_json(self, key, obj, *, generation):
+        new = self.store.cas_json(key, obj, generation=generation)
+        if self.n > 0 and key.startswith("jobs/"):
+            self.n -= 1
+            raise ConnectionError("the answer was lost")
+        return new
+
+
+def test_a_committed_write_whose_answer_was_lost_is_taken_as_ours(store):
+    svc = service(LosesAnswers(store, 0), ScriptedPipeline())
+    job = svc.submit({"workflow": WORKFLOW})
+    svc.service.repo.store.n = 3  # the claim, the final write: each commits and "fails"
+    outcome = svc.run(job.job_id)
+    assert outcome.kind is Outcome.FINAL and outcome.job.state is JobState.SUCCEEDED
+    assert svc.pipeline.runs == 1 and svc.get(job.job_id).attempts == 1
+
+
+def test_a_run_whose_lease_was_taken_over_stops_and_publishes_nothing(store):
+    blocking = ScriptedPipeline("block")
+    a = service(store, blocking)
+    job = a.submit({"workflow": WORKFLOW})
+    result = {}
+    runner = threading.Thread(target=lambda: result.setdefault("outcome", a.run(job.job_id)))
+    runner.start()
+    assert blocking.started.wait(5)
+    token = a.runner._active[job.job_id].token
+    # Another instance found the lease expired and took the job over.
+    a.service.repo.update(job.job_id, lambda j: setattr(j, "lease", Lease("other", "their-token", time.time() + 60)))
+    a.runner._renew(job.job_id, a.runner._active[job.job_id])
+    runner.join(5)
+    assert result["outcome"].kind is Outcome.BUSY
+    assert store.list(f"outputs/{job.job_id}/{token}/") == []
+    assert a.get(job.job_id).lease.token == "their-token"  # the owner's record is untouched
+
+
+def test_a_run_stops_itself_when_its_lease_lapsed_without_renewal(store):
+    blocking = ScriptedPipeline("block")
+    a = service(store, blocking)
+    job = a.submit({"workflow": WORKFLOW})
+    runner = threading.Thread(target=lambda: a.run(job.job_id))
+    runner.start()
+    assert blocking.started.wait(5)
+    active = a.runner._active[job.job_id]
+    active.lease_expires_at = time.time() - 1  # renewals kept failing until it ran out
+    repo = a.runner.repo
+
+    class StoreDown:
+        def __getattr__(self, name):
+            return getattr(repo, name)
+
+        def update(self, job_id, change):
+            raise ConnectionError("the store does not answer")
+
+    a.runner.repo = StoreDown()
+    a.runner._renew(job.job_id, active)
+    a.runner.repo = repo
+    runner.join(5)
+    assert active.why == "lease_lost" and not runner.is_alive()
+
+
+def test_a_redelivery_of_a_finished_job_queues_its_pending_webhook_again(store):
+    svc = service(store, ScriptedPipeline())
+    job = svc.submit({"workflow": WORKFLOW, "webhook": {"url": "http://127.0.0.1:9/hook"}})
+    assert svc.run(job.job_id).job.webhook["state"] == "pending"
+    assert svc.outbox_queue.enqueued == [(job.job_id, "normal")]
+    # The process died before the event reached the outbox: the next delivery puts it there.
+    svc.outbox_queue.enqueued.clear()
+    again = svc.run(job.job_id)
+    assert again.kind is Outcome.FINAL and svc.outbox_queue.enqueued == [(job.job_id, "normal")]
+    assert svc.pipeline.runs == 1
+
+
+def test_a_cloud_tasks_delivery_runs_the_first_job_in_line_whatever_it_named(store):
+    svc = service(store, ScriptedPipeline())
+    low = svc.submit({"workflow": WORKFLOW, "priority": "low"})
+    normal = svc.submit({"workflow": WORKFLOW})
+    high = svc.submit({"workflow": WORKFLOW, "priority": "high"})
+    order = [svc.runner.run_next(low.job_id).job.job_id for _ in range(3)]
+    assert order == [high.job_id, normal.job_id, low.job_id]
+    assert svc.runner.run_next(low.job_id).kind is Outcome.FINAL  # its own job, long done
+    assert svc.service.repo.line() == []
+
+
+def test_client_task_job_ids_are_secret_and_a_reused_name_is_a_new_task(store):
+    svc = service(store, ScriptedPipeline())
+    body = {"workflow": WORKFLOW}
+    first = svc.adopt_task(body, queue_name="q", task_name="t1", base_url=None)
+    assert svc.adopt_task(body, queue_name="q", task_name="t1", base_url=None) == first
+    other_body = {"workflow": {**WORKFLOW, "3": {"class_type": "EmptyImage", "inputs": {}}}}
+    assert svc.adopt_task(other_body, queue_name="q", task_name="t1", base_url=None) != first
+    other_secret = service(store, ScriptedPipeline(), job_id_secret="another")
+    assert other_secret.service.task_job_id(body, "q", "t1") != first  # not derivable without the secret
+    svc.run(first)
+    # Over an hour later Cloud Tasks lets the name be used again: that is a new task.
+    svc.service.repo.update(first, lambda j: setattr(j, "finished_at", time.time() - 2 * 3600))
+    reused = svc.adopt_task(body, queue_name="q", task_name="t1", base_url=None)
+    assert reused != first and svc.get(reused).state is JobState.QUEUED
+
+
+def test_an_async_timeout_beyond_the_dispatch_deadline_is_refused(store):
+    svc = service(store, ScriptedPipeline(), queue_backend="cloudtasks")
+    with pytest.raises(errors.BadRequest, match="at most"):
+        svc.submit({"workflow": WORKFLOW, "timeout": 1790})
+    assert svc.submit({"workflow": WORKFLOW, "timeout": 600}).timeout_s == 600

@@ -20,6 +20,8 @@ import pytest
 import requests
 
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess, free_port
+from tests.fixtures.ingress import Ingress, stripped_token
+from tests.fixtures.waiting import stays
 from tests.test_webhooks import SECRET, Receiver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +128,7 @@ def test_async_job_succeeds_with_outputs_and_a_verified_webhook(local, receiver)
     assert final["state"] == "succeeded" and final["attempts"] == 1 and final["priority"] == "normal"
     (file,) = final["result"]["files"]
     assert file["content_type"] == "image/png" and file["base64"]
-    assert file["uri"].startswith("file://")
+    assert file["uri"].startswith(f"local://outputs/{job_id}/")  # never a server path
     image = requests.get(file["url"], timeout=10)
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
     (delivery,) = receiver.received
@@ -158,13 +160,19 @@ def test_requests_that_cannot_run_are_refused_before_they_are_accepted(local):
 
 
 def test_strict_priority_then_fifo(local):
-    # Two slow jobs fill both places in ComfyUI; what waits behind them runs by priority.
-    blockers = [submit(local, slow(2000 + i)) for i in range(2)]
-    for blocker in blockers:
-        wait_for(local, blocker, lambda s: s["state"] == "running")
+    # Two held jobs fill both places in ComfyUI (one runs, one waits in its queue); what waits
+    # behind them runs by priority.
+    gates = [local.gate() for _ in range(2)]
+    blockers = [submit(local, gate.workflow()) for gate in gates]
+    gates[0].wait_entered()
+    wait_for(local, blockers[1], lambda s: s["state"] == "running")
     order = [("low", "l1"), ("normal", "n1"), ("high", "h1"), ("low", "l2"), ("high", "h2"), ("normal", "n2")]
     # Each takes long enough that no two are picked up within the same few milliseconds.
     ids = {name: submit(local, medium(3000 + i), priority=prio) for i, (prio, name) in enumerate(order)}
+    # One place at a time: h1 is picked before the second blocker ends and frees the other place.
+    gates[0].release()
+    wait_for(local, ids["h1"], lambda s: s["state"] != "queued")
+    gates[1].release()
     finals = {name: wait_for(local, job_id) for name, job_id in ids.items()}
     assert all(f["state"] == "succeeded" for f in finals.values())
     started = sorted(finals, key=lambda name: finals[name]["started_at"])
@@ -174,10 +182,12 @@ def test_strict_priority_then_fifo(local):
 
 
 def test_cancel_a_queued_job_and_a_running_one(local, receiver):
-    running = submit(local, slow(4000, batch=4))
-    second = submit(local, slow(4001, batch=4))
+    held, other = local.gate(), local.gate()  # `held` is never released: only the cancel ends it
+    running = submit(local, held.workflow())
+    held.wait_entered()
+    second = submit(local, other.workflow())
+    wait_for(local, second, lambda s: s["state"] == "running")  # sent to ComfyUI, queued behind `running`
     queued = submit(local, quick(4002), webhook={"url": receiver.url})
-    wait_for(local, running, lambda s: s["state"] == "running")
 
     response = local.post(f"/cancel/{queued}")
     assert response.status_code == 200 and response.json()["cancel"] == "dequeued"
@@ -186,6 +196,7 @@ def test_cancel_a_queued_job_and_a_running_one(local, receiver):
 
     final = wait_for(local, running)
     assert final["state"] == "cancelled" and final["error"]["code"] == "cancelled"
+    other.release()
     assert wait_for(local, second)["state"] == "succeeded"
     cancelled = wait_for(local, queued, lambda s: s.get("webhook", {}).get("delivered_at"))
     assert cancelled["state"] == "cancelled" and cancelled["attempts"] == 0  # it never ran
@@ -198,15 +209,14 @@ def test_a_permanent_failure_is_reported_once(local, receiver):
     final = wait_for(local, job_id, lambda s: s["state"] in FINAL and s.get("webhook", {}).get("delivered_at"))
     assert final["state"] == "failed" and final["attempts"] == 1
     assert final["error"]["code"] != "gave_up"
-    time.sleep(0.5)
-    assert [d["payload"]["type"] for d in receiver.received] == ["job.failed"]
+    assert stays(lambda: [d["payload"]["type"] for d in receiver.received] == ["job.failed"], 0.5)
 
 
 def test_webhook_target_down_then_up(local):
     port = free_port()
     job_id = submit(local, quick(5000), webhook={"url": f"http://127.0.0.1:{port}/hook"})
-    wait_for(local, job_id, lambda s: s["state"] == "succeeded")
-    time.sleep(0.5)  # at least one attempt fails against the closed port
+    # at least one attempt fails against the closed port: the job's webhook record counts them
+    wait_for(local, job_id, lambda s: s["state"] == "succeeded" and s.get("webhook", {}).get("attempts", 0) >= 1)
     up = Receiver(port=port)
     try:
         final = wait_for(local, job_id, lambda s: s.get("webhook", {}).get("delivered_at"))
@@ -219,14 +229,17 @@ def test_webhook_target_down_then_up(local):
 def test_restart_with_queued_jobs_loses_none(tmp_path):
     svc = ServiceProcess(STANDIN_TARGET, tmp_path / "svc", env=dict(BASE_ENV)).start().wait_ready()
     try:
-        ids = [submit(svc, slow(6000 + i, batch=2)) for i in range(2)]
+        gates = [svc.gate() for _ in range(2)]
+        ids = [submit(svc, gate.workflow()) for gate in gates]
         ids += [submit(svc, quick(6100 + i), priority=p) for i, p in enumerate(["low", "high", "normal"])]
-        wait_for(svc, ids[0], lambda s: s["state"] == "running")
+        gates[0].wait_entered()
         svc.stop()  # SIGTERM while one runs and the rest wait
         svc.start().wait_ready()
+        for gate in gates:  # a new ComfyUI: its gates are new, and open from now on
+            gate.release()
         finals = [wait_for(svc, job_id) for job_id in ids]
         assert [f["state"] for f in finals] == ["succeeded"] * 5, finals
-        assert finals[0]["attempts"] in (1, 2)  # interrupted by the shutdown, run again
+        assert finals[0]["attempts"] == 1  # handed back by the shutdown: not an attempt
     finally:
         svc.stop()
 
@@ -234,9 +247,11 @@ def test_restart_with_queued_jobs_loses_none(tmp_path):
 def test_comfyui_crash_is_transient_and_retried_to_success(tmp_path):
     svc = ServiceProcess(STANDIN_TARGET, tmp_path / "svc", env=dict(BASE_ENV)).start().wait_ready()
     try:
-        job_id = submit(svc, slow(7000, batch=4))
-        wait_for(svc, job_id, lambda s: s["state"] == "running")
+        gate = svc.gate()
+        job_id = submit(svc, gate.workflow())
+        gate.wait_entered()
         os.kill(svc.comfy_pid(), signal.SIGKILL)
+        gate.release(wait_s=60)  # in the ComfyUI that the supervisor starts again
         final = wait_for(svc, job_id)
         assert final["state"] == "succeeded" and final["attempts"] == 2, final
     finally:
@@ -246,10 +261,16 @@ def test_comfyui_crash_is_transient_and_retried_to_success(tmp_path):
 # --- cloud mode: Cloud Tasks emulator + fake-gcs-server -------------------------------------
 
 
+TASKS_ACCOUNT = "tasks@test-project.iam.gserviceaccount.com"
+
+
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory, tasks_emulator, fake_gcs):
+    """The service behind a Cloud Run ingress (stripped task tokens, 429 when full), which is
+    also its SERVICE_URL: the emulator's tasks reach it through the ingress, as on Cloud Run."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    ingress = Ingress(port, TASKS_ACCOUNT)
+    url = ingress.url
     settings = tasks_emulator.settings(url)
     tasks_emulator.create_queues(settings)
     bucket = fake_gcs.new_bucket("jobs")
@@ -261,6 +282,9 @@ def cloud(tmp_path_factory, tasks_emulator, fake_gcs):
         "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
         "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
         "SERVICE_URL": url,
+        "VERIFY_TASK_TOKENS": "1",
+        "INGRESS_VERIFIES_TOKENS": "1",
+        "TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
         "STORAGE_BACKEND": "gcs",
         "GCS_BUCKET": bucket,
         "STORAGE_EMULATOR_HOST": fake_gcs.url,
@@ -269,8 +293,10 @@ def cloud(tmp_path_factory, tasks_emulator, fake_gcs):
     svc.start().wait_ready()
     svc.queue_settings = settings
     svc.bucket = bucket
+    svc.ingress = ingress
     yield svc
     svc.stop()
+    ingress.close()
 
 
 def test_cloud_tasks_deliver_to_tasks_run_and_results_land_in_gcs(cloud, fake_gcs, receiver):
@@ -286,13 +312,13 @@ def test_cloud_tasks_deliver_to_tasks_run_and_results_land_in_gcs(cloud, fake_gc
     job = json.loads(fake_gcs.client().bucket(cloud.bucket).blob(f"jobs/{job_id}.json").download_as_bytes())
     assert job["state"] == "succeeded" and job["lease"] is None
     assert receiver.received[0]["verified"]
-    assert "/tasks/run" in cloud.log() or True
 
 
 def test_duplicate_deliveries_run_a_job_once(cloud, tasks_emulator):
     from handler.taskqueue.cloudtasks import CloudTasksQueue
 
-    job_id = submit(cloud, slow(8100, batch=2), priority="low")
+    gate = cloud.gate()
+    job_id = submit(cloud, gate.workflow(), priority="low")
     # The emulator does not deduplicate task names (Cloud Tasks does): a second task for the
     # same job is a duplicate delivery. And one more, straight to /tasks/run while it runs.
     queue = CloudTasksQueue(cloud.queue_settings)
@@ -300,12 +326,13 @@ def test_duplicate_deliveries_run_a_job_once(cloud, tasks_emulator):
         queue.enqueue(job_id, "normal")
     finally:
         queue.close()
-    wait_for(cloud, job_id, lambda s: s["state"] == "running")
-    direct = cloud.post("/tasks/run", json={"job_id": job_id})
+    gate.wait_entered()
+    direct = requests.post(f"{cloud.ingress.url}/tasks/run", json={"job_id": job_id}, timeout=30)
     assert direct.status_code in (200, 409), direct.text
+    gate.release()
     final = wait_for(cloud, job_id)
     assert final["state"] == "succeeded" and final["attempts"] == 1
-    again = cloud.post("/tasks/run", json={"job_id": job_id})
+    again = requests.post(f"{cloud.ingress.url}/tasks/run", json={"job_id": job_id}, timeout=30)
     assert again.status_code == 200 and again.json()["outcome"] == "final"
     assert again.json()["job"]["attempts"] == 1
 
@@ -323,7 +350,7 @@ def test_client_created_tasks_can_target_predict(cloud, receiver):
         name=f"{parent}/tasks/client-made-1",
         http_request=tasks_v2.HttpRequest(
             http_method=tasks_v2.HttpMethod.POST,
-            url=f"{cloud.url}/predict",
+            url=f"{cloud.ingress.url}/predict",
             headers={"Content-Type": "application/json"},
             body=json.dumps(body).encode(),
         ),
@@ -331,8 +358,7 @@ def test_client_created_tasks_can_target_predict(cloud, receiver):
     client.create_task(parent=parent, task=task)
     client.create_task(parent=parent, task=task)  # delivered twice: one job, one webhook
     wait_until(lambda: len(receiver.received) >= 1)
-    time.sleep(1.5)
-    assert len(receiver.received) == 1
+    assert stays(lambda: len(receiver.received) == 1, 1.5)  # the second delivery makes no second job
     payload = receiver.received[0]["payload"]
     assert payload["type"] == "job.succeeded" and payload["data"]["job_id"].startswith("ct-")
     assert payload["data"]["source"] == "cloudtasks"
@@ -343,6 +369,71 @@ def test_cloud_permanent_failure_is_final_for_cloud_tasks(cloud, receiver):
     job_id = submit(cloud, failing(), webhook={"url": receiver.url})
     final = wait_for(cloud, job_id, lambda s: s["state"] in FINAL and s.get("webhook", {}).get("delivered_at"))
     assert final["state"] == "failed" and final["attempts"] == 1
-    time.sleep(1)  # a 5xx would make the emulator deliver again at once
-    assert status(cloud, job_id)["attempts"] == 1
+    # a 5xx would make the emulator deliver again at once
+    assert stays(lambda: status(cloud, job_id)["attempts"] == 1, 1.0)
     assert len(receiver.received) == 1
+
+
+def test_task_deliveries_need_a_task_token_stripped_by_cloud_run_or_signed(cloud):
+    """Behind Cloud Run's IAM the token arrives without its signature: accepted, but only for
+    our audience and the configured account; no token at all is refused."""
+    audience = cloud.ingress.url
+    headers = {"Authorization": "Bearer " + stripped_token(audience, TASKS_ACCOUNT)}
+    ok = cloud.post("/tasks/run", json={"job_id": "nosuchjob"}, headers=headers)
+    assert ok.status_code == 200 and ok.json()["outcome"] == "idle", ok.text
+    assert cloud.post("/tasks/run", json={"job_id": "nosuchjob"}).status_code == 401
+    for claims, status_code in [({"email": "intruder@evil.iam.gserviceaccount.com"}, 403),
+                                ({"aud": "https://other.run.app"}, 401),
+                                ({"exp": int(time.time()) - 600}, 401),
+                                ({"iss": "https://evil.example"}, 401)]:
+        bad = {"Authorization": "Bearer " + stripped_token(audience, TASKS_ACCOUNT, **claims)}
+        for path in ("/tasks/run", "/tasks/webhook"):
+            response = cloud.post(path, json={"job_id": "x"}, headers=bad)
+            assert response.status_code == status_code, (claims, path, response.text)
+            assert response.json()["error"]["code"] in ("unauthorized", "forbidden")
+
+
+def test_cloud_tasks_headers_on_predict_need_a_token(cloud):
+    """Without a task token, X-CloudTasks-* headers are not honoured: nobody can name a task
+    (and so a job id) of someone else's by sending the same header values."""
+    body = {"workflow": quick(8300)}
+    forged = {"X-CloudTasks-TaskName": "client-made-1", "X-CloudTasks-QueueName": "q"}
+    response = cloud.post("/predict", json=body, headers=forged)
+    assert response.status_code == 401, response.text
+    wrong = {**forged, "Authorization": "Bearer " + stripped_token(cloud.ingress.url, "x@evil.iam.gserviceaccount.com")}
+    assert cloud.post("/predict", json=body, headers=wrong).status_code == 403
+
+
+def test_sigkill_at_each_step_loses_no_job_and_no_webhook(tmp_path):
+    """The service is killed hard (SIGKILL) while one job waits, one runs, and one is final with
+    its webhook still failing; after a restart every job ends once, with its own bytes, and every
+    webhook arrives."""
+    port = free_port()
+    svc = ServiceProcess(STANDIN_TARGET, tmp_path / "svc", env=dict(BASE_ENV)).start().wait_ready()
+    try:
+        done = submit(svc, quick(9000), webhook={"url": f"http://127.0.0.1:{port}/hook"})
+        wait_for(svc, done, lambda s: s["state"] == "succeeded" and s["webhook"]["attempts"] >= 1)
+        gate = svc.gate()
+        running = submit(svc, gate.workflow(), webhook={"url": f"http://127.0.0.1:{port}/hook"})
+        gate.wait_entered()
+        queued = submit(svc, quick(9001), priority="low", webhook={"url": f"http://127.0.0.1:{port}/hook"})
+        svc.process.kill()  # no shutdown, no hand-back: as a crash or an OOM kill
+        svc.process.wait(30)
+        receiver = Receiver(port=port)
+        try:
+            svc.start().wait_ready()
+            gate.release()  # the new ComfyUI's gate: open from now on
+            finals = {job_id: wait_for(svc, job_id, lambda s: s["state"] in FINAL and s["webhook"].get("delivered_at"))
+                      for job_id in (done, running, queued)}
+            assert all(f["state"] == "succeeded" for f in finals.values()), finals
+            assert finals[running]["attempts"] == 2  # the killed run counts: nobody could tell
+            for job_id, final in finals.items():
+                (file,) = final["result"]["files"]
+                data = requests.get(file["url"], timeout=10).content
+                assert data.startswith(b"\x89PNG") and len(data) == file["size"]
+            seen = sorted(d["payload"]["data"]["job_id"] for d in receiver.received)
+            assert sorted(set(seen)) == sorted(finals) and all(d["verified"] for d in receiver.received)
+        finally:
+            receiver.close()
+    finally:
+        svc.stop()

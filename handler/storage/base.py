@@ -44,6 +44,9 @@ class Store(Protocol):
         Raises PreconditionFailed otherwise.
         """
 
+    def delete(self, key: str) -> None:
+        """Delete one object; nothing happens when there is none."""
+
     def list(self, prefix: str) -> list[str]:
         """Keys under `prefix`, sorted."""
 
@@ -51,7 +54,8 @@ class Store(Protocol):
         """Delete every object under `prefix`; returns how many."""
 
     def uri(self, key: str) -> str:
-        """A stable name for the object: gs://bucket/key, or file:///… for a local folder."""
+        """A stable name for the object: gs://bucket/key, or local://key for a local folder
+        (never a server path)."""
 
     def signed_url(self, key: str, ttl_s: int) -> str | None:
         """A time-limited HTTPS URL anyone can GET, or None when this store cannot sign."""

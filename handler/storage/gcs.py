@@ -21,12 +21,17 @@ import google.auth.transport.requests
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 from .base import PreconditionFailed, Versioned, check_key, check_prefix, dump_json
 
 log = logging.getLogger(__name__)
 
 _MAX_SIGNED_TTL_S = 7 * 24 * 3600  # the V4 limit
+# Every call is bounded well inside a run's lease (60 s): the client's default retries a
+# conditional write for up to 120 s, which would let a lease lapse while its renewal waits.
+CALL_TIMEOUT_S = 10.0
+RETRY = DEFAULT_RETRY.with_timeout(20.0)
 
 
 class GCSStore:
@@ -60,23 +65,23 @@ class GCSStore:
         self.bucket = client.bucket(bucket)
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self.bucket.blob(check_key(key)).upload_from_string(data, content_type=content_type)
+        self.bucket.blob(check_key(key)).upload_from_string(data, content_type=content_type, timeout=CALL_TIMEOUT_S, retry=RETRY)
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
-            return self.bucket.blob(check_key(key)).download_as_bytes()
+            return self.bucket.blob(check_key(key)).download_as_bytes(timeout=CALL_TIMEOUT_S, retry=RETRY)
         except gexc.NotFound:
             return None
 
     def put_json(self, key: str, obj: Any) -> int:
         blob = self.bucket.blob(check_key(key))
-        blob.upload_from_string(dump_json(obj), content_type="application/json")
+        blob.upload_from_string(dump_json(obj), content_type="application/json", timeout=CALL_TIMEOUT_S, retry=RETRY)
         return int(blob.generation)
 
     def get_json(self, key: str) -> Versioned | None:
         blob = self.bucket.blob(check_key(key))
         try:
-            data = blob.download_as_bytes()
+            data = blob.download_as_bytes(timeout=CALL_TIMEOUT_S, retry=RETRY)
         except gexc.NotFound:
             return None
         # The download response names the generation it served, so data and number agree.
@@ -86,15 +91,22 @@ class GCSStore:
         blob = self.bucket.blob(check_key(key))
         try:
             blob.upload_from_string(
-                dump_json(obj), content_type="application/json", if_generation_match=generation
+                dump_json(obj), content_type="application/json", if_generation_match=generation,
+                timeout=CALL_TIMEOUT_S, retry=RETRY,
             )
         except (gexc.PreconditionFailed, gexc.NotFound) as exc:
             raise PreconditionFailed(f"{key}: not at generation {generation}") from exc
         return int(blob.generation)
 
+    def delete(self, key: str) -> None:
+        try:
+            self.bucket.blob(check_key(key)).delete(timeout=CALL_TIMEOUT_S, retry=RETRY)
+        except gexc.NotFound:
+            pass
+
     def list(self, prefix: str) -> list[str]:
         check_prefix(prefix)
-        return sorted(b.name for b in self.client.list_blobs(self.bucket, prefix=prefix))
+        return sorted(b.name for b in self.client.list_blobs(self.bucket, prefix=prefix, timeout=CALL_TIMEOUT_S))
 
     def delete_prefix(self, prefix: str) -> int:
         if not check_prefix(prefix):

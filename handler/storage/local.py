@@ -107,6 +107,11 @@ class LocalStore:
                 raise PreconditionFailed(f"{key}: generation is {current}, not {generation}")
             return self._write_json(key, obj, current)
 
+    def delete(self, key: str) -> None:
+        with self._locked():
+            self._path(key).unlink(missing_ok=True)
+            self._gen_path(key).unlink(missing_ok=True)
+
     def list(self, prefix: str) -> list[str]:
         check_prefix(prefix)
         # Walk only the folder the prefix points into, then filter by the full prefix.
@@ -136,7 +141,7 @@ class LocalStore:
         return len(keys)
 
     def uri(self, key: str) -> str:
-        return self._path(key).as_uri()
+        return f"local://{check_key(key)}"
 
     def signed_url(self, key: str, ttl_s: int) -> str | None:
         return None  # the service serves local outputs itself

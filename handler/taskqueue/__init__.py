@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import Settings
 from .base import PRIORITIES, Claim, PullQueue, TaskQueue, check_priority
 
-__all__ = ["PRIORITIES", "Claim", "PullQueue", "TaskQueue", "check_priority", "from_settings"]
+__all__ = ["PRIORITIES", "Claim", "PullQueue", "TaskQueue", "check_priority", "from_settings", "outbox_from_settings"]
 
 
 def from_settings(settings: Settings) -> TaskQueue:
@@ -16,3 +16,14 @@ def from_settings(settings: Settings) -> TaskQueue:
     from .local import LocalQueue
 
     return LocalQueue(settings.state_dir / "queue.sqlite")
+
+
+def outbox_from_settings(settings: Settings) -> TaskQueue:
+    """The webhook outbox's queue: Cloud Tasks' webhooks queue, or a second local SQLite queue."""
+    if settings.queue_backend == "cloudtasks":
+        from .cloudtasks import WEBHOOKS_LANE, CloudTasksQueue
+
+        return CloudTasksQueue(settings, lane=WEBHOOKS_LANE)
+    from .local import LocalQueue
+
+    return LocalQueue(settings.state_dir / "outbox.sqlite")

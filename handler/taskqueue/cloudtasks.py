@@ -29,7 +29,7 @@ MAX_DISPATCH_DEADLINE_S = 1800  # Cloud Tasks' cap for HTTP targets
 MIN_DISPATCH_DEADLINE_S = 15
 
 # (max dispatches per second, max concurrent dispatches) for queues we create ourselves.
-QUEUE_LIMITS = {"high": (50.0, 100), "normal": (10.0, 20), "low": (1.0, 2)}
+QUEUE_LIMITS = {"high": (50.0, 100), "normal": (10.0, 20), "low": (1.0, 2), "webhooks": (50.0, 100)}
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
 
@@ -41,8 +41,15 @@ def task_id(job_id: str) -> str:
     return job_id
 
 
+WEBHOOKS_LANE = "webhooks"  # the outbox's queue: one task per job event, to /tasks/webhook
+
+
 class CloudTasksQueue:
-    def __init__(self, settings: Settings, client: tasks_v2.CloudTasksClient | None = None):
+    """`lane=None`: the job queues, one per priority, to /tasks/run. `lane="webhooks"`: the
+    outbox, one queue whatever the priority, to /tasks/webhook."""
+
+    def __init__(self, settings: Settings, client: tasks_v2.CloudTasksClient | None = None, *,
+                 lane: str | None = None):
         missing = [
             name
             for name, value in (
@@ -57,7 +64,8 @@ class CloudTasksQueue:
         self.project = settings.gcp_project
         self.location = settings.tasks_location
         self.prefix = settings.tasks_queue_prefix
-        self.target_url = f"{settings.service_url}/tasks/run"
+        self.lane = lane
+        self.target_url = f"{settings.service_url}/tasks/{'webhook' if lane == WEBHOOKS_LANE else 'run'}"
         self.audience = settings.service_url
         self.service_account = settings.tasks_service_account
         self.deadline_s = max(
@@ -68,7 +76,8 @@ class CloudTasksQueue:
         self.client = client
 
     def queue_path(self, priority: str) -> str:
-        return self.client.queue_path(self.project, self.location, f"{self.prefix}-{check_priority(priority)}")
+        name = self.lane or check_priority(priority)
+        return self.client.queue_path(self.project, self.location, f"{self.prefix}-{name}")
 
     def task_path(self, job_id: str, priority: str) -> str:
         return f"{self.queue_path(priority)}/tasks/{task_id(job_id)}"
@@ -108,13 +117,13 @@ class CloudTasksQueue:
             return False
 
     def ensure_queues(self) -> list[str]:
-        """Create the three queues when missing, with QUEUE_LIMITS and our retry policy."""
+        """Create the job queues and the webhooks queue when missing (what deploy.sh creates)."""
         created = []
         parent = self.client.common_location_path(self.project, self.location)
-        for priority in PRIORITIES:
-            rate, concurrent = QUEUE_LIMITS[priority]
+        for name in (*PRIORITIES, WEBHOOKS_LANE):
+            rate, concurrent = QUEUE_LIMITS[name]
             queue = tasks_v2.Queue(
-                name=self.queue_path(priority),
+                name=self.client.queue_path(self.project, self.location, f"{self.prefix}-{name}"),
                 rate_limits=tasks_v2.RateLimits(
                     max_dispatches_per_second=rate, max_concurrent_dispatches=concurrent
                 ),
@@ -123,8 +132,10 @@ class CloudTasksQueue:
                 retry_config=tasks_v2.RetryConfig(
                     max_attempts=-1,
                     max_retry_duration=duration_pb2.Duration(seconds=24 * 3600),
-                    min_backoff=duration_pb2.Duration(seconds=5),
-                    max_backoff=duration_pb2.Duration(seconds=300),
+                    # Short backoff: a task answered 429/503 comes back within seconds, so a
+                    # freed GPU is not left idle while its queue backs off for minutes.
+                    min_backoff=duration_pb2.Duration(seconds=1),
+                    max_backoff=duration_pb2.Duration(seconds=10 if name != WEBHOOKS_LANE else 300),
                 ),
             )
             try:

@@ -1,0 +1,143 @@
+"""A job: its record, its states and the pure transitions between them.
+
+    queued ──claim──▶ running ──▶ succeeded | failed | cancelled
+       ▲                 │
+       └──── hand back ──┘   (ComfyUI restarting, shutdown, a lost lease)
+
+Nothing here does I/O: the repository stores these records, the runner drives them. One rule
+decides what counts as an attempt: a run that *started* counts, unless it was handed back
+because this process shut down (the job was not at fault). A run killed without a word (kill
+-9) counts, because nobody can tell.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+LEASE_TTL_S = 60.0  # a run renews its lease every LEASE_TTL_S / 4
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class WebhookState(str, enum.Enum):
+    PENDING = "pending"  # the job is final and its event is in the outbox
+    DELIVERED = "delivered"
+    FAILED = "failed"  # the receiver refused it for good, or the retry window closed
+
+
+def now() -> float:
+    return time.time()
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"code": code, "message": message}
+
+
+@dataclass
+class Lease:
+    owner: str
+    token: str  # names this run: its outputs live under outputs/{job}/{token}/
+    expires_at: float
+
+    def alive(self, at: float) -> bool:
+        return self.expires_at > at
+
+
+@dataclass
+class Job:
+    job_id: str
+    priority: str = "normal"
+    state: JobState = JobState.QUEUED
+    created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    source: str = "api"  # api | cloudtasks (a task that targeted /predict itself)
+    task: str | None = None  # that task's queue/name
+    base_url: str | None = None  # how the submitter reached us: for links in webhooks
+    inline: bool = False
+    timeout_s: float | None = None
+    webhook_url: str | None = None
+    webhook_id: str | None = None
+    webhook: dict[str, Any] | None = None  # {"state": WebhookState, "attempts", "last_status", …}
+    cancel_requested: bool = False
+    lease: Lease | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    last_error: dict[str, Any] | None = None  # the latest transient failure
+    revision: str = ""  # set by every write: lets a writer recognise its own committed write
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["state"] = JobState(values.get("state", "queued"))
+        lease = values.get("lease")
+        values["lease"] = Lease(**lease) if isinstance(lease, dict) else None
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @property
+    def final(self) -> bool:
+        return self.state.final
+
+    def lease_alive(self, at: float) -> bool:
+        return self.lease is not None and self.lease.alive(at)
+
+    # --- transitions: each changes the record in place and says nothing about storage
+
+    def claim(self, owner: str, token: str, at: float, ttl_s: float = LEASE_TTL_S) -> None:
+        self.state = JobState.RUNNING
+        self.attempts += 1
+        self.started_at = at
+        self.lease = Lease(owner, token, at + ttl_s)
+
+    def finish(self, state: JobState, *, error: dict[str, Any] | None = None,
+               result: dict[str, Any] | None = None) -> None:
+        assert state.final
+        self.state = state
+        self.finished_at = now()
+        self.lease = None
+        self.error = error
+        self.result = result
+        if self.webhook_url:
+            self.webhook = {"state": WebhookState.PENDING.value, "attempts": 0}
+
+    def hand_back(self, reason: dict[str, Any], *, counts: bool) -> None:
+        """Back in line, keeping its place. `counts`: whether the run was an attempt."""
+        self.state = JobState.QUEUED
+        self.lease = None
+        self.last_error = reason
+        if not counts:
+            self.attempts = max(0, self.attempts - 1)
+
+    def owned_by(self, token: str) -> bool:
+        return self.state is JobState.RUNNING and self.lease is not None and self.lease.token == token

@@ -1,0 +1,132 @@
+"""Webhooks as an outbox: a final job's event is queued for delivery, never sent inline.
+
+When a job becomes final, the runner records `webhook.state = pending` in the same write and
+then *announces* the job to the outbox queue (Cloud Tasks' webhooks queue, or a local SQLite
+queue). A delivery is one signed POST: a 2xx or a permanent refusal ends it, anything else is
+retried by the queue with backoff, so no GPU request ever waits on a receiver. Whatever is killed
+when, the event is not lost: a job found final with its webhook pending (by a redelivered task,
+or by the local scan at start) is announced again, and announcing is idempotent per job.
+
+Every try carries the same `webhook-id`: receivers deduplicate on it (delivery is at least once).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Protocol
+
+from .. import webhooks
+from ..config import Settings
+from ..taskqueue import PullQueue
+from .model import Job, WebhookState
+from .repo import JobRepo, Keep
+from .views import JobViews
+
+log = logging.getLogger("handler.jobs.outbox")
+
+
+class OutboxQueue(Protocol):
+    def enqueue(self, job_id: str, priority: str = "normal") -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Sent(str, enum.Enum):
+    DONE = "done"  # delivered, refused for good, or nothing to send
+    RETRY = "retry"  # ask again later
+
+
+class Outbox:
+    def __init__(self, settings: Settings, repo: JobRepo, views: JobViews, queue: OutboxQueue):
+        self.settings = settings
+        self.repo = repo
+        self.views = views
+        self.queue = queue
+
+    def announce(self, job: Job) -> None:
+        """Queue the job's event for delivery. Raises when the queue cannot take it."""
+        if job.webhook_url and job.final:
+            self.queue.enqueue(job.job_id, "normal")
+
+    def pending(self, job: Job) -> bool:
+        return bool(job.webhook_url and job.final and (job.webhook or {}).get("state") == WebhookState.PENDING.value)
+
+    def deliver(self, job_id: str) -> Sent:
+        """One attempt at the job's webhook; records what happened on the job."""
+        job = self.repo.find(job_id)
+        if job is None or not self.pending(job):
+            return Sent.DONE
+        assert job.webhook_url and job.webhook_id
+        result = webhooks.attempt(job.webhook_url, self.views.event(job), self.settings, webhook_id=job.webhook_id)
+        attempts = int((job.webhook or {}).get("attempts", 0)) + 1
+        if result.delivered:
+            state = WebhookState.DELIVERED
+        elif not result.retryable or attempts >= self.settings.webhook_max_attempts:
+            state = WebhookState.FAILED
+            log.warning("webhook %s of job %s failed for good after %d attempt(s): %s",
+                        job.webhook_id, job_id, attempts, result.error)
+        else:
+            state = WebhookState.PENDING
+            log.info("webhook %s of job %s: attempt %d failed (%s); retried later",
+                     job.webhook_id, job_id, attempts, result.error)
+
+        def record(current: Job) -> None:
+            if not self.pending(current):
+                raise Keep("settled")  # a concurrent delivery settled it first
+            current.webhook = {
+                "state": state.value,
+                "attempts": attempts,
+                "last_status": result.status,
+                "error": result.error,
+                "delivered_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+                if result.delivered else None,
+            }
+
+        try:
+            self.repo.update(job_id, record)
+        except Keep:
+            return Sent.DONE
+        return Sent.RETRY if state is WebhookState.PENDING else Sent.DONE
+
+    def recover(self) -> int:
+        """Announce every final job whose webhook is still pending (local mode, at start)."""
+        count = 0
+        for key in self.repo.store.list("jobs/"):
+            job = self.repo.find(key.removeprefix("jobs/").removesuffix(".json"))
+            if job is not None and self.pending(job):
+                self.announce(job)
+                count += 1
+        return count
+
+
+class LocalSender:
+    """Drains the local outbox queue in one thread, with exponential backoff between tries."""
+
+    def __init__(self, outbox: Outbox, queue: PullQueue, settings: Settings, stopping: threading.Event):
+        self.outbox = outbox
+        self.queue = queue
+        self.settings = settings
+        self.stopping = stopping
+
+    def loop(self) -> None:
+        while not self.stopping.is_set():
+            claim = self.queue.next(timeout=0.5)
+            if claim is None:
+                continue
+            try:
+                sent = self.outbox.deliver(claim.job_id)
+            except Exception as exc:  # the store hiccuped: try again soon
+                log.warning("webhook of job %s: %s", claim.job_id, exc)
+                sent = Sent.RETRY
+            try:
+                if sent is Sent.RETRY:
+                    self.queue.release(claim.job_id, delay_s=webhooks.backoff(self.settings.webhook_backoff_s,
+                                                                              claim.deliveries))
+                else:
+                    self.queue.done(claim.job_id)
+            except Exception as exc:  # the queue closed at shutdown: the entry stays for the next start
+                log.info("outbox bookkeeping skipped: %s", exc)
+

@@ -1,0 +1,155 @@
+"""Job records in the Store: create, read, and change them by compare-and-swap.
+
+`jobs/{id}.json` is the truth; every change is a read-change-write on its generation, so two
+writers never both win. Each write stamps a fresh `revision`: when a write's answer is lost
+(a timeout after the object was committed), re-reading tells whether it was ours, instead of
+taking our own write for a competitor's.
+
+The request (with its images) is stored at `inputs/{id}/request.json` before the job exists.
+A run's outputs go under `outputs/{id}/{run token}/…`: a run that lost its lease can never
+overwrite the files of the run that took over, and only the owner publishes its keys.
+
+With a push queue (Cloud Tasks), the store also keeps the line: `line/{rank}/{created}-{id}`
+for every queued job, so a delivery can claim the highest-priority, oldest job, whatever job
+its task named.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from .. import errors
+from ..storage import PreconditionFailed, Store
+from ..taskqueue import PRIORITIES
+from .model import Job
+
+log = logging.getLogger("handler.jobs.repo")
+
+CAS_ATTEMPTS = 20
+
+
+class LeaseLost(Exception):
+    """The run no longer owns the job: another delivery took it over."""
+
+
+class Keep(Exception):
+    """Raised inside a change function: leave the job as it is."""
+
+    def __init__(self, why: str):
+        super().__init__(why)
+        self.why = why
+
+
+def job_key(job_id: str) -> str:
+    return f"jobs/{job_id}.json"
+
+
+def request_key(job_id: str) -> str:
+    return f"inputs/{job_id}/request.json"
+
+
+def outputs_prefix(job_id: str, run_token: str) -> str:
+    return f"outputs/{job_id}/{run_token}/"
+
+
+def check_job_id(job_id: str) -> str:
+    if not job_id or len(job_id) > 100 or not all(c.isalnum() or c in "-_" for c in job_id):
+        raise errors.NotFound("no such job")
+    return job_id
+
+
+class JobRepo:
+    def __init__(self, store: Store, *, keeps_line: bool):
+        self.store = store
+        self.keeps_line = keeps_line
+
+    # --- reading
+
+    def find(self, job_id: str) -> Job | None:
+        found = self.store.get_json(job_key(check_job_id(job_id)))
+        return None if found is None else Job.from_dict(found.data)
+
+    def get(self, job_id: str) -> Job:
+        job = self.find(job_id)
+        if job is None:
+            raise errors.NotFound("no such job")
+        return job
+
+    def request(self, job_id: str) -> dict | None:
+        found = self.store.get_json(request_key(job_id))
+        return None if found is None else found.data
+
+    # --- writing
+
+    def create(self, job: Job, request: dict) -> None:
+        """Store the request, then the job (must not exist yet), then its place in line."""
+        self.store.put_json(request_key(job.job_id), request)
+        job.revision = uuid.uuid4().hex
+        try:
+            self.store.cas_json(job_key(job.job_id), job.to_dict(), generation=0)
+        except PreconditionFailed:
+            raise errors.Conflict("the job already exists") from None
+        self.join_line(job)
+
+    def update(self, job_id: str, change: Callable[[Job], None]) -> Job:
+        """Read, change, compare-and-swap; again from the top when someone else wrote first."""
+        key = job_key(check_job_id(job_id))
+        for _ in range(CAS_ATTEMPTS):
+            found = self.store.get_json(key)
+            if found is None:
+                raise errors.NotFound("no such job")
+            job = Job.from_dict(found.data)
+            change(job)
+            job.updated_at = time.time()
+            job.revision = uuid.uuid4().hex
+            try:
+                self.store.cas_json(key, job.to_dict(), generation=found.generation)
+                return job
+            except PreconditionFailed:
+                if self._committed(key, job.revision):
+                    return job  # our write landed; only its answer was lost
+                time.sleep(0.01)
+            except Exception:
+                if self._committed(key, job.revision):
+                    return job
+                raise
+        raise errors.Conflict("the job is changing too often; try again")
+
+    def _committed(self, key: str, revision: str) -> bool:
+        try:
+            found = self.store.get_json(key)
+        except Exception:
+            return False
+        return found is not None and found.data.get("revision") == revision
+
+    # --- the line (push queues only)
+
+    def _line_key(self, job: Job) -> str:
+        rank = PRIORITIES.index(job.priority)
+        return f"line/{rank}/{int(job.created_at * 1e6):020d}-{job.job_id}"
+
+    def join_line(self, job: Job) -> None:
+        if self.keeps_line:
+            self.store.put_bytes(self._line_key(job), b"", "text/plain")
+
+    def leave_line(self, job: Job) -> None:
+        if self.keeps_line:
+            try:
+                self.store.delete(self._line_key(job))
+            except Exception as exc:  # a stale entry is skipped by whoever finds it
+                log.info("job %s: could not leave the line: %s", job.job_id, exc)
+
+    def line(self) -> list[str]:
+        """Queued job ids, highest priority first, oldest first within a priority."""
+        return [key.rsplit("-", 1)[1] for key in self.store.list("line/")]
+
+    # --- outputs
+
+    def discard_outputs(self, job_id: str, run_token: str) -> None:
+        try:
+            self.store.delete_prefix(outputs_prefix(job_id, run_token))
+        except Exception as exc:
+            log.warning("job %s: could not remove a superseded run's outputs: %s", job_id, exc)

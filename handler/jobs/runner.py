@@ -1,0 +1,352 @@
+"""Runs jobs: claim under a lease, run the pipeline, publish the result, announce the event.
+
+A run first takes the job's lease by compare-and-swap (owner, token, expiry) and renews it every
+quarter of its life. It stops itself (the prompt is interrupted) when it is cancelled, when the
+process is stopping (the job is handed back, not counted as an attempt, within Cloud Run's 10 s),
+or when its lease lapsed without a successful renewal (another delivery may own the job now).
+Its outputs go under its own run token and are published by the final write, which succeeds
+only while the run still owns the job; a run that lost the job removes its files.
+
+Cloud Tasks' deliveries are tokens: `run_next` claims the highest-priority, oldest queued job in
+the store's line, not necessarily the job the task named. The local worker names its job (its
+SQLite queue is already ordered).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .. import errors
+from ..config import Settings
+from ..errors import ServiceError
+from ..pipeline import PredictResult
+from ..predict_request import PredictRequest, parse_predict_body
+from ..runtime import Runtime, Trigger
+from .model import Job, JobState, error, now
+from .outbox import Outbox
+from .repo import JobRepo, Keep, LeaseLost, outputs_prefix
+
+log = logging.getLogger("handler.jobs.runner")
+
+
+class Pipeline(Protocol):
+    def run(self, request: PredictRequest, cancel: threading.Event | None = None) -> PredictResult: ...
+
+
+class Readiness(Protocol):
+    @property
+    def ready(self) -> bool: ...
+
+
+class Outcome(str, enum.Enum):
+    FINAL = "final"  # the job is final (now or before): the task is done
+    IDLE = "idle"  # nothing to run for this task
+    RETRY = "retry"  # ask again later (ComfyUI restarting, shutdown)
+    BUSY = "busy"  # another delivery holds the job
+
+
+HTTP_STATUS = {Outcome.FINAL: 200, Outcome.IDLE: 200, Outcome.RETRY: 503, Outcome.BUSY: 409}
+
+
+@dataclass
+class RunOutcome:
+    kind: Outcome
+    job: Job | None = None
+    detail: str = ""
+
+    @property
+    def http_status(self) -> int:
+        # Cloud Tasks retries anything but a 2xx: ask again only when it could help.
+        return HTTP_STATUS[self.kind]
+
+
+@dataclass
+class ActiveRun:
+    token: str
+    lease_expires_at: float
+    cancel: Trigger = field(default_factory=Trigger)  # wakes the pipeline's wait at once
+    why: str = ""  # cancel | shutdown | lease_lost
+
+    def stop(self, why: str) -> None:
+        self.why = self.why or why
+        self.cancel.set()
+
+
+class Runner:
+    def __init__(self, settings: Settings, repo: JobRepo, pipeline: Pipeline, comfy: Readiness,
+                 outbox: Outbox, runtime: Runtime, templates: Any, instance_id: str):
+        self.settings = settings
+        self.repo = repo
+        self.pipeline = pipeline
+        self.comfy = comfy
+        self.outbox = outbox
+        self.runtime = runtime
+        self.templates = templates
+        self.instance_id = instance_id
+        self.lease_ttl_s = settings.job_lease_ttl_s
+        self._active: dict[str, ActiveRun] = {}
+        self._lock = threading.Lock()
+        runtime.on_stop(self._hand_back_all)
+
+    def start(self) -> None:
+        self.runtime.thread("job-leases", self._keep_leases)
+
+    # --- what other parts ask
+
+    def interrupt(self, job_id: str) -> bool:
+        """Stop a run of this job in this process; False when it does not run here."""
+        with self._lock:
+            active = self._active.get(job_id)
+        if active is not None:
+            active.stop("cancel")
+        return active is not None
+
+    def _hand_back_all(self) -> None:
+        with self._lock:
+            runs = list(self._active.values())
+        for active in runs:
+            active.stop("shutdown")
+
+    # --- deliveries
+
+    def run_next(self, hint: str | None) -> RunOutcome:
+        """A Cloud Tasks delivery: run the first job in line. `hint` is the job the task named:
+        if it is final with its webhook pending, the event is announced again; if it was
+        orphaned (its run died), it takes its old place in line again."""
+        if self.runtime.stopping.is_set() or not self.comfy.ready:
+            return RunOutcome(Outcome.RETRY, detail="not ready to run jobs")
+        hinted = self.repo.find(hint) if hint else None
+        if hinted is not None and hinted.final:
+            return self._settled(hinted)
+        line = self.repo.line()
+        if hinted is not None and hinted.job_id not in line and (
+            hinted.state is JobState.QUEUED or not hinted.lease_alive(now())
+        ):
+            self.repo.join_line(hinted)
+            line = self.repo.line()
+        for job_id in line:
+            outcome = self.run(job_id, takeover=False)
+            if outcome.kind is not Outcome.BUSY and not (outcome.kind is Outcome.FINAL and outcome.detail == "already"):
+                return outcome
+        return RunOutcome(Outcome.IDLE, hinted, "no job is waiting")
+
+    def run(self, job_id: str, *, takeover: bool = False,
+            after_comfy: Callable[[], None] | None = None) -> RunOutcome:
+        """One delivery of a job. `takeover`: a live lease held by another process is void (the
+        local queue has one consumer, so a running job it hands out is an orphan)."""
+        free = _Once(after_comfy)
+        if self.runtime.stopping.is_set():
+            free()
+            return RunOutcome(Outcome.RETRY, detail="the service is shutting down")
+        token = uuid.uuid4().hex
+        decision = ""
+
+        def acquire(job: Job) -> None:
+            nonlocal decision
+            at = now()
+            if job.final:
+                raise Keep("final")
+            with self._lock:
+                here = job.job_id in self._active
+            if job.state is JobState.RUNNING and (here or (job.lease_alive(at) and not takeover)):
+                raise Keep("busy")
+            if job.cancel_requested:
+                job.finish(JobState.CANCELLED, error=error("cancelled", "cancelled before it could finish"))
+                decision = "cancelled"
+            elif job.attempts >= self.settings.job_max_attempts:
+                last = (job.last_error or {}).get("message", "transient failures")
+                job.finish(JobState.FAILED, error=error("gave_up", f"gave up after {job.attempts} attempts; the last: {last}"))
+                decision = "gave_up"
+            else:
+                job.claim(self.instance_id, token, at, self.lease_ttl_s)
+                decision = "run"
+
+        try:
+            job = self.repo.update(job_id, acquire)
+        except errors.NotFound:
+            free()
+            return RunOutcome(Outcome.IDLE, detail="no such job")
+        except Keep as keep:
+            free()
+            found = self.repo.get(job_id)
+            if keep.why == "final":
+                self.repo.leave_line(found)
+                outcome = self._settled(found)
+                outcome.detail = "already"
+                return outcome
+            return RunOutcome(Outcome.BUSY, found, "another delivery of this job is running it")
+        self.repo.leave_line(job)
+        if decision != "run":
+            free()
+            return self._announced(job, decision)
+        active = ActiveRun(token, now() + self.lease_ttl_s)
+        with self._lock:
+            self._active[job_id] = active
+        try:
+            return self._execute(job, active, free)
+        finally:
+            with self._lock:
+                self._active.pop(job_id, None)
+            free()
+
+    # --- one run
+
+    def _execute(self, job: Job, active: ActiveRun, free: Callable[[], None]) -> RunOutcome:
+        try:
+            stored = self.repo.request(job.job_id)
+            if stored is None:
+                raise errors.NotFound("the job's stored request is missing")
+            request = parse_predict_body(stored, self.settings, self.templates)
+            if hasattr(request, "priority"):
+                request.priority = job.priority
+            result = self.pipeline.run(request, cancel=active.cancel)
+        except ServiceError as exc:
+            free()
+            return self._ended_by(job, active, exc)
+        except Exception as exc:
+            free()
+            log.exception("job %s failed unexpectedly", job.job_id)
+            return self._final(job, active, JobState.FAILED, error=error("internal_error", type(exc).__name__))
+        free()  # ComfyUI has the next prompt already: store this one's outputs meanwhile
+        try:
+            files = self._upload(job.job_id, active.token, result)
+        except Exception as exc:
+            log.warning("job %s: storing outputs failed: %s", job.job_id, exc)
+            self.repo.discard_outputs(job.job_id, active.token)
+            return self._hand_back(job, active, error("storage_unavailable", "storing the outputs failed"), counts=True)
+        summary = {"prompt_id": result.prompt_id, "files": files, "outputs": result.outputs, "timings": result.timings}
+        return self._final(job, active, JobState.SUCCEEDED, result=summary)
+
+    def _ended_by(self, job: Job, active: ActiveRun, exc: ServiceError) -> RunOutcome:
+        """Map how the pipeline stopped onto the job: the one place that decides attempts."""
+        if active.why == "shutdown" or self.runtime.stopping.is_set():
+            return self._hand_back(job, active, error("shutdown", "the service shut down during the run"), counts=False)
+        if active.why == "lease_lost":
+            self.repo.discard_outputs(job.job_id, active.token)
+            return RunOutcome(Outcome.BUSY, self.repo.find(job.job_id), "this run lost its lease and stopped")
+        if isinstance(exc, errors.Cancelled):
+            return self._final(job, active, JobState.CANCELLED, error=exc.to_dict()["error"])
+        if isinstance(exc, errors.ComfyUnavailable):
+            return self._hand_back(job, active, exc.to_dict()["error"], counts=True)
+        return self._final(job, active, JobState.FAILED, error=exc.to_dict()["error"])
+
+    def _upload(self, job_id: str, token: str, result: PredictResult) -> list[dict[str, Any]]:
+        entries, used = [], set()
+        prefix = outputs_prefix(job_id, token)
+        for file in result.files:
+            name = f"{file.subfolder}/{file.filename}" if file.subfolder else file.filename
+            key, n = prefix + name, 1
+            while key in used:  # two nodes wrote the same name
+                n += 1
+                key = f"{prefix}{file.node_id}-{n}-{file.filename}"
+            used.add(key)
+            self.repo.store.put_bytes(key, file.data, file.content_type)
+            entries.append({**file.describe(), "key": key})
+        return entries
+
+    def _final(self, job: Job, active: ActiveRun, state: JobState, *, error: dict[str, Any] | None = None,
+               result: dict[str, Any] | None = None) -> RunOutcome:
+        def change(current: Job) -> None:
+            if not current.owned_by(active.token):
+                raise LeaseLost(current.job_id)
+            current.finish(state, error=error, result=result)
+
+        try:
+            job = self.repo.update(job.job_id, change)
+        except LeaseLost:
+            self.repo.discard_outputs(job.job_id, active.token)
+            return RunOutcome(Outcome.BUSY, self.repo.find(job.job_id), "the lease was taken over; this run's result is dropped")
+        log.info("job %s %s after %d attempt(s)", job.job_id, state.value, job.attempts)
+        return self._announced(job, state.value)
+
+    def _hand_back(self, job: Job, active: ActiveRun, reason: dict[str, Any], *, counts: bool) -> RunOutcome:
+        def change(current: Job) -> None:
+            if not current.owned_by(active.token):
+                raise LeaseLost(current.job_id)
+            if current.cancel_requested:
+                current.finish(JobState.CANCELLED, error=error("cancelled", "cancelled"))
+            elif counts and current.attempts >= self.settings.job_max_attempts:
+                current.finish(JobState.FAILED, error=error(
+                    "gave_up", f"gave up after {current.attempts} attempts; the last: {reason.get('message')}"))
+            else:
+                current.hand_back(reason, counts=counts)
+
+        try:
+            job = self.repo.update(job.job_id, change)
+        except LeaseLost:
+            return RunOutcome(Outcome.BUSY, self.repo.find(job.job_id), "the lease was taken over")
+        if job.final:
+            return self._announced(job, job.state.value)
+        self.repo.join_line(job)
+        log.warning("job %s back in line: %s", job.job_id, reason.get("message"))
+        return RunOutcome(Outcome.RETRY, job, str(reason.get("message", "")))
+
+    # --- the event of a final job
+
+    def _settled(self, job: Job) -> RunOutcome:
+        """A delivery found the job final: make sure its webhook is in the outbox."""
+        if self.outbox.pending(job):
+            return self._announced(job, f"already {job.state.value}")
+        return RunOutcome(Outcome.FINAL, job, f"already {job.state.value}")
+
+    def _announced(self, job: Job, detail: str) -> RunOutcome:
+        try:
+            self.outbox.announce(job)
+        except Exception as exc:  # the task stays, and its next delivery announces again
+            log.warning("job %s: could not queue its webhook: %s", job.job_id, exc)
+            return RunOutcome(Outcome.RETRY, job, "the job is final; its webhook could not be queued yet")
+        return RunOutcome(Outcome.FINAL, job, detail)
+
+    # --- leases
+
+    def _keep_leases(self) -> None:
+        period = self.lease_ttl_s / 4
+        while not self.runtime.stopping.wait(period):
+            with self._lock:
+                runs = dict(self._active)
+            for job_id, active in runs.items():
+                self._renew(job_id, active)
+
+    def _renew(self, job_id: str, active: ActiveRun) -> None:
+        def change(job: Job) -> None:
+            if not job.owned_by(active.token):
+                raise LeaseLost(job_id)
+            if job.cancel_requested:
+                active.stop("cancel")  # recorded by another instance
+            assert job.lease is not None
+            job.lease.expires_at = now() + self.lease_ttl_s
+
+        try:
+            job = self.repo.update(job_id, change)
+            assert job.lease is not None
+            active.lease_expires_at = job.lease.expires_at
+        except LeaseLost:
+            log.warning("job %s: lease lost; stopping this run", job_id)
+            active.stop("lease_lost")
+        except Exception as exc:
+            # Renewals time out well inside the lease; once it lapsed, another delivery may
+            # own the job, so this run stops rather than race it.
+            if time.time() >= active.lease_expires_at - self.lease_ttl_s / 8:
+                log.warning("job %s: lease lapsed without a renewal (%s); stopping this run", job_id, exc)
+                active.stop("lease_lost")
+            else:
+                log.warning("job %s: could not renew the lease: %s", job_id, exc)
+
+
+class _Once:
+    """Calls `fn` at most once (freeing the local worker's ComfyUI slot)."""
+
+    def __init__(self, fn: Callable[[], None] | None):
+        self.fn = fn
+
+    def __call__(self) -> None:
+        fn, self.fn = self.fn, None
+        if fn is not None:
+            fn()

@@ -1,0 +1,239 @@
+"""Async jobs as callers use them: submit, adopt a client-made task, status, cancel.
+
+A job is accepted only if it could run now (same parsing and graph checks as a sync request),
+is stored, then queued. Job ids are capabilities: random (128 bits) for submits; for a task a
+client created against /predict, an HMAC of the task's name and the body's hash under a server
+secret, so redeliveries of one task find one job and nobody can derive another caller's id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .. import errors, urlguard, webhooks
+from ..config import Settings
+from ..errors import ServiceError
+from ..predict_request import parse_predict_body
+from ..storage import PreconditionFailed, Store
+from ..taskqueue import PRIORITIES, PullQueue, TaskQueue
+from .model import Job, JobState, error, now
+from .outbox import Outbox
+from .repo import JobRepo, Keep
+from .runner import Runner
+from .views import JobViews
+
+log = logging.getLogger("handler.jobs")
+
+ASYNC_KEYS = ("async", "priority", "webhook", "inline")
+TASK_NAME_HOLD_S = 3600.0  # Cloud Tasks refuses a used task name for about an hour, then allows it
+DISPATCH_MARGIN_S = 120.0  # of a Cloud Tasks dispatch, kept for staging inputs and storing outputs
+SECRET_KEY = "meta/job-id-secret"
+
+
+class Preflight(Protocol):
+    def preflight(self, workflow: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class AsyncOptions:
+    priority: str = "normal"
+    webhook_url: str | None = None
+    inline: bool = False
+
+    @classmethod
+    def split(cls, body: Mapping[str, Any], settings: Settings) -> tuple[AsyncOptions, dict[str, Any]]:
+        """Take our keys out of a /predict body; what is left is the PredictRequest's."""
+        rest = {k: v for k, v in body.items() if k not in ASYNC_KEYS}
+        priority = body.get("priority", "normal")
+        if priority not in PRIORITIES:
+            raise errors.BadRequest(f"priority must be one of {', '.join(PRIORITIES)}")
+        webhook = body.get("webhook")
+        url = None
+        if webhook is not None:
+            url = webhook.get("url") if isinstance(webhook, dict) else webhook
+            if not isinstance(url, str) or not url:
+                raise errors.BadRequest('webhook must be an object like {"url": "https://…"}')
+            urlguard.check_url(url, settings, purpose="webhook URL")
+        inline = body.get("inline", False)
+        if not isinstance(inline, bool):
+            raise errors.BadRequest("inline must be true or false")
+        return cls(priority, url, inline), rest
+
+
+class JobService:
+    def __init__(self, settings: Settings, repo: JobRepo, queue: TaskQueue, views: JobViews, outbox: Outbox,
+                 runner: Runner, checks: Preflight, templates: Any):
+        self.settings = settings
+        self.repo = repo
+        self.queue = queue
+        self.views = views
+        self.outbox = outbox
+        self.runner = runner
+        self.checks = checks
+        self.templates = templates
+
+    @property
+    def store(self) -> Store:
+        return self.repo.store
+
+    # --- submit
+
+    def submit(self, body: Any, *, base_url: str | None = None, job_id: str | None = None,
+               source: str = "api", task: str | None = None) -> Job:
+        """Validate, store and queue a job. Raises ServiceError (4xx) when it could not run."""
+        if not isinstance(body, dict):
+            raise errors.BadRequest("the request body must be a JSON object")
+        options, rest = AsyncOptions.split(body, self.settings)
+        request = parse_predict_body(rest, self.settings, self.templates)
+        limit = self.settings.tasks_dispatch_deadline_s - DISPATCH_MARGIN_S
+        if self.settings.queue_backend == "cloudtasks" and request.timeout_s > limit:
+            raise errors.BadRequest(
+                f"timeout may be at most {limit:g} seconds for async jobs: Cloud Tasks ends a dispatch "
+                f"after {self.settings.tasks_dispatch_deadline_s} s")
+        self.checks.preflight(request.workflow)
+        job = Job(
+            job_id=job_id or uuid.uuid4().hex,
+            priority=options.priority,
+            source=source,
+            task=task,
+            base_url=base_url,
+            inline=options.inline,
+            timeout_s=request.timeout_s,
+            webhook_url=options.webhook_url,
+            webhook_id=webhooks.new_webhook_id() if options.webhook_url else None,
+        )
+        self.repo.create(job, rest)
+        if source == "api":
+            self._enqueue(job)
+        log.info("job %s queued (%s)", job.job_id, job.priority)
+        return job
+
+    def _enqueue(self, job: Job) -> None:
+        try:
+            self.queue.enqueue(job.job_id, job.priority)
+        except Exception as exc:
+            log.error("could not queue job %s: %s", job.job_id, exc)
+            self.repo.update(job.job_id, lambda j: j.finish(
+                JobState.FAILED, error=error("queue_unavailable", "the job queue is unavailable")))
+            raise errors.ComfyUnavailable("the job queue is unavailable; try again shortly") from None
+
+    # --- tasks a client created for /predict (the route has verified the task's token)
+
+    def task_job_id(self, body: Any, queue_name: str, task_name: str, generation: int = 0) -> str:
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        message = f"{queue_name}/{task_name}\n{digest}\n{generation}".encode()
+        return "ct-" + hmac.new(self._secret(), message, hashlib.sha256).hexdigest()[:32]
+
+    def _secret(self) -> bytes:
+        if self.settings.job_id_secret:
+            return self.settings.job_id_secret.encode()
+        found = self.store.get_json(SECRET_KEY)
+        if found is None:
+            try:
+                self.store.cas_json(SECRET_KEY, {"secret": secrets.token_hex(32)}, generation=0)
+            except PreconditionFailed:
+                pass  # another instance made it first
+            found = self.store.get_json(SECRET_KEY)
+        assert found is not None
+        return str(found.data["secret"]).encode()
+
+    def adopt_task(self, body: Any, *, queue_name: str, task_name: str, base_url: str | None) -> str:
+        """One job per task, however often it is delivered; a name reused after Cloud Tasks'
+        hold is a new task, so it gets a new job."""
+        for generation in range(100):
+            job_id = self.task_job_id(body, queue_name, task_name, generation)
+            existing = self.repo.find(job_id)
+            if existing is None:
+                break
+            if not (existing.final and now() - (existing.finished_at or 0) > TASK_NAME_HOLD_S):
+                return job_id
+        task = f"{queue_name}/{task_name}"
+        try:
+            self.submit(body, base_url=base_url, job_id=job_id, source="cloudtasks", task=task)
+        except errors.Conflict:
+            pass  # a concurrent delivery of the same task created it
+        except ServiceError as exc:
+            if exc.status_code >= 500:
+                raise
+            self._record_refused(body, job_id, task, base_url, exc)
+        return job_id
+
+    def _record_refused(self, body: Any, job_id: str, task: str, base_url: str | None, exc: ServiceError) -> None:
+        """A task that can never run is recorded as failed (its webhook says so once), so
+        Cloud Tasks does not retry it for a day."""
+        job = Job(job_id=job_id, source="cloudtasks", task=task, base_url=base_url)
+        webhook = body.get("webhook") if isinstance(body, dict) else None
+        url = webhook.get("url") if isinstance(webhook, dict) else webhook
+        if isinstance(url, str):
+            try:
+                urlguard.check_url(url, self.settings, purpose="webhook URL")
+                job.webhook_url, job.webhook_id = url, webhooks.new_webhook_id()
+            except ServiceError:
+                pass
+        job.finish(JobState.FAILED, error=exc.to_dict()["error"])
+        try:
+            self.store.cas_json(f"jobs/{job_id}.json", job.to_dict(), generation=0)
+        except PreconditionFailed:
+            return
+        self.outbox.announce(job)
+
+    # --- status and cancel
+
+    def status(self, job_id: str, *, base_url: str | None = None, inline: bool | None = None) -> dict[str, Any]:
+        job = self.repo.get(job_id)
+        return self.views.status(job, base_url=base_url, inline=job.inline if inline is None else inline)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """A queued job never runs; a running one here is interrupted; elsewhere, recorded."""
+        outcome = ""
+
+        def change(job: Job) -> None:
+            nonlocal outcome
+            if job.final:
+                raise Keep("final")
+            if job.state is JobState.QUEUED:
+                job.finish(JobState.CANCELLED, error=error("cancelled", "cancelled before it ran"))
+                outcome = "dequeued"
+            elif job.cancel_requested:
+                raise Keep("already")
+            else:
+                job.cancel_requested = True
+                outcome = "requested"
+
+        try:
+            job = self.repo.update(job_id, change)
+        except Keep as keep:
+            job = self.repo.get(job_id)
+            if keep.why == "final":
+                raise errors.Conflict(f"the job is already {job.state.value}", job_id=job_id,
+                                      state=job.state.value) from None
+            outcome = "requested"
+        if outcome == "dequeued":
+            self._drop_from_queue(job)
+            self.repo.leave_line(job)
+            self.outbox.announce(job)
+            return {"job_id": job_id, "state": "cancelled", "cancel": "dequeued",
+                    "detail": "the job was queued and will never run"}
+        if self.runner.interrupt(job_id):
+            return {"job_id": job_id, "state": job.state.value, "cancel": "interrupting",
+                    "detail": "the job is running on this instance and is being interrupted"}
+        return {"job_id": job_id, "state": job.state.value, "cancel": "requested",
+                "detail": (f"the job is running on another instance; it stops at its next lease renewal "
+                           f"(within {self.runner.lease_ttl_s / 4:.0f} s)")}
+
+    def _drop_from_queue(self, job: Job) -> None:
+        try:
+            if isinstance(self.queue, PullQueue):
+                self.queue.remove(job.job_id)
+            else:
+                self.queue.cancel(job.job_id, job.priority)  # type: ignore[attr-defined]
+        except Exception as exc:  # the state says cancelled: a delivery will just find that
+            log.info("could not take job %s off the queue: %s", job.job_id, exc)
