@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -16,13 +17,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from . import __version__, jobs_api, workflows_api
+from . import __version__, workflows_api
 from .comfy import Comfy
 from .config import Settings
-from .errors import BadRequest, PayloadTooLarge, ServiceError
-from .jobs import JobService
+from .errors import BadRequest, PayloadTooLarge, RequestTimeout, ServiceError
+from . import storage, taskqueue
+from .jobs import Jobs
+from .jobs_api import JobRoutes
+from .tasktoken import TaskTokenVerifier
 from .pipeline import Pipeline
 from .predict_request import parse_predict_body
+from .runtime import Runtime
 from .templates import Templates
 
 log = logging.getLogger("handler.app")
@@ -36,27 +41,47 @@ class Services:
     comfy: Comfy
     pipeline: Pipeline
     templates: Templates
-    jobs: JobService | None = None  # set right after the rest: it needs the pipeline
+    jobs: Jobs
+    job_routes: JobRoutes
 
 
 def services_of(request: Request) -> Services:
     return request.app.state.services
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int, timeout_s: float | None = None) -> Any:
+    """The body as JSON. The whole body must arrive within `timeout_s` (a client trickling
+    bytes, or declaring more than it sends, gets 408 instead of holding the connection)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
-        chunks.append(chunk)
+    with anyio.move_on_after(timeout_s) as scope:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+            chunks.append(chunk)
+    if scope.cancelled_caught:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s")
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(b"".join(chunks), parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
     except ValueError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def _refuse_constant(name: str) -> float:
+    # Python's json accepts NaN and Infinity, which are not JSON and slip past every `<=` check.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400
+        raise ValueError(f"{text[:40]} is out of range")
+    return value
 
 
 # --- routes ----------------------------------------------------------------------------------
@@ -98,6 +123,8 @@ async def model_folder(request: Request) -> JSONResponse:
     return JSONResponse({"folder": folder, "models": files})
 
 
+# Where sync /predict requests stand in ComfyUI's queue, among async jobs (docs/async.md).
+SYNC_PRIORITY = "high"
 # Above this size a /predict answer is streamed: the client reads one file while the next is encoded.
 STREAM_ABOVE_BYTES = 1024 * 1024
 
@@ -105,6 +132,8 @@ STREAM_ABOVE_BYTES = 1024 * 1024
 def run_sync(services: Services, body: Any) -> Response:
     """Parse, run and render in a worker thread: the event loop stays free for /healthz."""
     predict_request = parse_predict_body(body, services.settings, services.templates)
+    # A caller holds a connection: its prompt goes ahead of queued normal and low jobs.
+    predict_request.priority = SYNC_PRIORITY
     result = services.pipeline.run(predict_request, defer_cleanup=True)
     # The job's files are removed once the answer is on its way.
     cleanup = BackgroundTask(result.cleanup)
@@ -117,10 +146,12 @@ def run_sync(services: Services, body: Any) -> Response:
 
 async def predict(request: Request) -> Response:
     services = services_of(request)
-    body = await read_json(request, services.settings.max_body_bytes)
-    if services.jobs.wants_async(body, request.headers):
-        return await services.jobs.accept(body, request)
-    return await run_in_threadpool(run_sync, services, body)
+    body = await read_json(request, services.settings.max_body_bytes, services.settings.body_read_timeout_s)
+    if services.job_routes.wants_async(body, request):
+        return await services.job_routes.accept(body, request)
+    # On the runtime's own limiter: long runs never hold anyio's default pool (/models, /status).
+    runtime: Runtime = request.app.state.runtime
+    return await runtime.run_long(run_sync, services, body)
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -156,18 +187,21 @@ def core_routes() -> list[BaseRoute]:
     ]
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, runtime: Runtime) -> Services:
     comfy = Comfy(settings)
-    pipeline = Pipeline(comfy)
+    pipeline = Pipeline(comfy, runtime)
     comfy.warmup_runner = pipeline.warmup
-    services = Services(settings, comfy, pipeline, templates=Templates.from_settings(settings))
-    services.jobs = JobService.from_services(services)
-    return services
+    templates = Templates.from_settings(settings)
+    jobs = Jobs.build(settings, storage.from_settings(settings), taskqueue.from_settings(settings),
+                      taskqueue.outbox_from_settings(settings), pipeline, comfy, templates, runtime)
+    routes = JobRoutes(settings, jobs, TaskTokenVerifier.from_settings(settings))
+    return Services(settings, comfy, pipeline, templates, jobs, routes)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
-    services = build_services(settings)
+    runtime = Runtime(settings)
+    services = build_services(settings, runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -176,13 +210,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
-            services.jobs.stop()
+            runtime.signal_stop()  # already set by SIGTERM when served by `python -m handler`
+            # Runs in flight hand their jobs back (they need ComfyUI and the store for that),
+            # then ComfyUI goes, then the queues.
+            await run_in_threadpool(runtime.stop, 4.0)
             await run_in_threadpool(services.comfy.stop)
+            services.jobs.close()
 
     app = Starlette(
-        routes=core_routes() + workflows_api.routes(services) + jobs_api.routes(services),
+        routes=core_routes() + workflows_api.routes(services) + services.job_routes.routes(),
         lifespan=lifespan,
         exception_handlers={ServiceError: service_error, HTTPException: http_error, Exception: unexpected_error},
     )
     app.state.services = services
+    app.state.runtime = runtime
     return app

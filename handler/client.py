@@ -24,8 +24,9 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any
 
 import requests
 
@@ -35,7 +36,7 @@ FINAL = ("succeeded", "failed", "cancelled")
 class ClientError(Exception):
     """The service answered with an error (its JSON `error` is in .error) or not at all."""
 
-    def __init__(self, message: str, status: int | None = None, error: dict | None = None):
+    def __init__(self, message: str, status: int | None = None, error: dict[str, Any] | None = None):
         super().__init__(message)
         self.status = status
         self.error = error or {}
@@ -47,7 +48,9 @@ def identity_token(audience: str) -> str:
         import google.auth.transport.requests
         import google.oauth2.id_token
 
-        return google.oauth2.id_token.fetch_id_token(google.auth.transport.requests.Request(), audience)
+        token: str = google.oauth2.id_token.fetch_id_token(  # type: ignore[no-untyped-call]
+            google.auth.transport.requests.Request(), audience)
+        return token
     except Exception:
         pass
     try:
@@ -100,12 +103,15 @@ class Client:
                 error = body.get("error") if isinstance(body, dict) else None
                 message = error.get("message") if isinstance(error, dict) else response.text[:300]
                 raise ClientError(f"HTTP {response.status_code}: {message}", response.status_code, error)
+            if not isinstance(body, dict):
+                raise ClientError(f"HTTP {response.status_code}: not a JSON object: {response.text[:300]}",
+                                  response.status_code)
             return body
         raise AssertionError("unreachable")
 
     @staticmethod
-    def body(workflow: dict | None = None, *, workflow_id: str | None = None, params: dict | None = None,
-             images: Iterable[dict] | None = None, output: Any = None, timeout: float | None = None,
+    def body(workflow: dict[str, Any] | None = None, *, workflow_id: str | None = None,
+             params: dict[str, Any] | None = None, images: Iterable[dict[str, str]] | None = None, output: Any = None, timeout: float | None = None,
              **extra: Any) -> dict[str, Any]:
         body: dict[str, Any] = {}
         if workflow_id:
@@ -123,11 +129,11 @@ class Client:
         body.update({k: v for k, v in extra.items() if v is not None})
         return body
 
-    def predict(self, workflow: dict | None = None, **kwargs: Any) -> dict[str, Any]:
+    def predict(self, workflow: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         """Run and wait on one connection; returns the /predict response (base64 images)."""
         return self._call("POST", "/predict", json=self.body(workflow, **kwargs))
 
-    def submit(self, workflow: dict | None = None, *, priority: str = "normal", webhook: str | None = None,
+    def submit(self, workflow: dict[str, Any] | None = None, *, priority: str = "normal", webhook: str | None = None,
                inline: bool | None = None, **kwargs: Any) -> str:
         """Queue a job; returns its id."""
         body = self.body(workflow, **kwargs)
@@ -137,7 +143,7 @@ class Client:
             body["webhook"] = {"url": webhook}
         if inline is not None:
             body["inline"] = inline
-        return self._call("POST", "/predict", json=body, retries=1)["job_id"]
+        return str(self._call("POST", "/predict", json=body, retries=1)["job_id"])
 
     def status(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/status/{job_id}", timeout=30)
@@ -164,17 +170,16 @@ class Client:
         """Write every output of a /predict response or a finished job's status to `out_dir`."""
         out = Path(out_dir)
         saved = []
-        if "images" in answer:  # a sync response
-            entries = [(item, lambda item=item: base64.b64decode(item["image"])) for item in answer["images"]]
-        else:
-            entries = [(item, lambda item=item: self._fetch(item)) for item in (answer.get("result") or {}).get("files", [])]
-        for item, read in entries:
+        sync = "images" in answer  # a sync response holds base64 images; a job's status, files
+        items: list[dict[str, Any]] = answer["images"] if sync else (answer.get("result") or {}).get("files", [])
+        for item in items:
+            data = base64.b64decode(item["image"]) if sync else self._fetch(item)
             relative = PurePosixPath(item.get("subfolder") or "", item["filename"])
             if relative.is_absolute() or ".." in relative.parts:
                 relative = PurePosixPath(relative.name)
             path = out.joinpath(*relative.parts)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(read())
+            path.write_bytes(data)
             saved.append(path)
         return saved
 
@@ -191,10 +196,11 @@ class Client:
             return response.content
         uri = item.get("uri", "")
         if uri.startswith("gs://"):
-            from google.cloud import storage
+            import google.cloud.storage as storage
 
             bucket, _, name = uri[5:].partition("/")
-            return storage.Client().bucket(bucket).blob(name).download_as_bytes()
+            data: bytes = storage.Client().bucket(bucket).blob(name).download_as_bytes()
+            return data
         raise ClientError(f"no way to download {item['filename']}: no URL, no data")
 
 
@@ -224,12 +230,13 @@ def _summary(answer: dict[str, Any]) -> dict[str, Any]:
     """The answer without base64 payloads, for printing."""
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: ("<%d base64 chars>" % len(v) if k in ("image", "base64") and isinstance(v, str) else strip(v))
+            return {k: (f"<{len(v)} base64 chars>" if k in ("image", "base64") and isinstance(v, str) else strip(v))
                     for k, v in value.items()}
         if isinstance(value, list):
             return [strip(v) for v in value]
         return value
-    return strip(answer)
+    stripped: dict[str, Any] = strip(answer)
+    return stripped
 
 
 def main(argv: list[str] | None = None) -> int:

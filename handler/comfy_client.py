@@ -30,6 +30,8 @@ FEATURE_FLAGS = json.dumps({"type": "feature_flags", "data": {"supports_preview_
 PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 IMAGE_FORMATS = {1: "image/jpeg", 2: "image/png"}
+# Characters of ComfyUI's exception message kept in an execution error.
+MAX_MESSAGE = 2000
 
 
 class Interrupted(ServiceError):
@@ -59,6 +61,9 @@ class PromptWatch:
     finished_at: float | None = None
     # True if the websocket was down while this prompt was in flight: events may be missing.
     missed_events: bool = False
+    # Set on every change a waiter cares about (started, finished); waiters clear it. Other
+    # sources (cancel, shutdown) may be linked to it too: one event to wait on.
+    changed: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -68,12 +73,19 @@ class PromptWatch:
     def wait(self, timeout_s: float | None) -> bool:
         return self._done.wait(timeout_s)
 
+    def start(self) -> None:
+        """ComfyUI began executing the prompt (`execution_start`): its run time counts from now."""
+        if self.started_at is None:
+            self.started_at = time.monotonic()
+            self.changed.set()
+
     def finish(self, error: ServiceError | None = None) -> None:
         if self._done.is_set():
             return
         self.error = error
         self.finished_at = time.monotonic()
         self._done.set()
+        self.changed.set()
 
     def add_output(self, node_id: str, output: dict[str, Any]) -> None:
         # A node may report more than once (lists grow); keep everything it said.
@@ -105,7 +117,8 @@ class PromptWatch:
 def execution_failed(data: dict[str, Any]) -> ExecutionFailed:
     node_type = data.get("node_type")
     node_id = data.get("node_id")
-    message = str(data.get("exception_message") or "execution failed").strip()
+    # Bounded here, before it is logged; errors.scrub takes our folder names and paths out of answers.
+    message = str(data.get("exception_message") or "execution failed").strip()[:MAX_MESSAGE]
     return ExecutionFailed(
         f"{node_type} (node {node_id}) failed: {message}",
         node_id=node_id,
@@ -262,7 +275,7 @@ class ComfyClient:
         if watch is None:
             return
         if kind == "execution_start":
-            watch.started_at = time.monotonic()
+            watch.start()
         elif kind == "execution_cached":
             watch.cached_nodes = list(data.get("nodes") or [])
         elif kind == "executed" and isinstance(data.get("output"), dict):
@@ -272,7 +285,7 @@ class ComfyClient:
         elif kind == "executing" and data.get("node") is None:
             watch.finish()
         elif kind == "execution_error":
-            log.warning("job %s failed in node %s (%s): %s", watch.prompt_id, data.get("node_id"),
+            log.warning("job %s failed in node %s (%s): %.500s", watch.prompt_id, data.get("node_id"),
                         data.get("node_type"), data.get("exception_message"))
             watch.finish(execution_failed(data))
         elif kind == "execution_interrupted":
@@ -303,7 +316,15 @@ class ComfyClient:
     def _recheck_in_flight(self) -> None:
         with self._lock:
             watches = [w for w in self._watches.values() if not w.done]
+        if not watches:
+            return
+        try:
+            running = {entry[1] for entry in self.get_json("/queue").get("queue_running") or [] if len(entry) > 1}
+        except ServiceError:
+            running = set()
         for watch in watches:
+            if watch.prompt_id in running:
+                watch.start()  # its execution_start may have been sent while we were away
             try:
                 entry = self.history(watch.prompt_id)
             except ServiceError:
@@ -323,8 +344,12 @@ class ComfyClient:
         with self._lock:
             self._watches.pop(prompt_id, None)
 
-    def submit(self, graph: dict[str, Any], prompt_id: str) -> None:
-        body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
+    def submit(self, graph: dict[str, Any], prompt_id: str, number: float | None = None) -> None:
+        """Queue a prompt. ComfyUI's queue is a heap on `number` (lowest runs first); without
+        one, ComfyUI numbers prompts in arrival order."""
+        body: dict[str, Any] = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
+        if number is not None:
+            body["number"] = number
         response = self._request("POST", "/prompt", json=body)
         if response.status_code == 200:
             return
@@ -342,14 +367,14 @@ class ComfyClient:
             )
         raise ServiceError(f"ComfyUI answered {response.status_code} to the job submission")
 
-    def interrupt(self, prompt_id: str) -> None:
+    def interrupt(self, prompt_id: str, timeout_s: float = 30.0) -> None:
         """Stop a prompt wherever it is: drop it from the queue, or interrupt it if running."""
-        self._request("POST", "/queue", json={"delete": [prompt_id]})
-        self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+        self._request("POST", "/queue", timeout=timeout_s, json={"delete": [prompt_id]})
+        self._request("POST", "/interrupt", timeout=timeout_s, json={"prompt_id": prompt_id})
 
-    def queued(self, prompt_id: str) -> bool:
+    def queued(self, prompt_id: str, timeout_s: float = 30.0) -> bool:
         """Whether ComfyUI still holds the prompt, running or pending."""
-        queue = self.get_json("/queue")
+        queue = self.get_json("/queue", timeout_s)
         entries = (queue.get("queue_running") or []) + (queue.get("queue_pending") or [])
         return any(len(entry) > 1 and entry[1] == prompt_id for entry in entries)
 

@@ -43,11 +43,22 @@ class Settings:
     model_type: str = "base"
     # Cloud Run sets K_SERVICE; cloud mode demands https URLs and verifies task tokens.
     cloud_mode: bool = False
+    # Threads for long runs (sync /predict, jobs), apart from anyio's default pool.
+    long_run_threads: int = 100
+    # How long a prompt may wait in ComfyUI's queue before it starts; `timeout` counts from its start.
+    queue_wait_timeout_s: float = 600.0
+    # Reading a request: the whole body, and the request line + headers.
+    body_read_timeout_s: float = 30.0
+    header_read_timeout_s: float = 10.0
+    # After SIGTERM: how long uvicorn waits for answers in flight (Cloud Run kills at 10 s).
+    shutdown_grace_s: float = 6.0
 
     # --- ComfyUI, booted as a child process or attached to by URL
     comfyui_path: Path | None = None
     comfyui_python: str = sys.executable
     comfyui_args: tuple[str, ...] = ()
+    # Extra environment variables ComfyUI gets (names, or prefixes ending in "*"): supervisor.comfy_env.
+    comfyui_env_passthrough: tuple[str, ...] = ()
     comfyui_url: str | None = None
     comfyui_port: int = 8188
     comfy_log_level: str = "INFO"
@@ -81,10 +92,16 @@ class Settings:
     tasks_dispatch_deadline_s: int = 1800  # Cloud Tasks caps HTTP tasks at 30 minutes
     storage_emulator_host: str | None = None  # fake-gcs-server etc.: anonymous, no signing
     job_max_attempts: int = 5  # runs of one async job before a transient failure is final
+    job_lease_ttl_s: float = 60.0  # a run renews its lease every quarter of this
+    job_id_secret: str | None = field(default=None, repr=False)  # else one kept in the store
+    # Task tokens: checked when set (cloud mode); Cloud Run's IAM checks signatures in front of
+    # us and strips them (K_SERVICE set, unless PUBLIC_SERVICE), so then a stripped token is fine.
+    verify_task_tokens: bool = False
+    ingress_verifies_tokens: bool = False
     signed_url_ttl_s: int = 7 * 24 * 3600
     inline_max_bytes: int = 4 * 1024 * 1024
     webhook_secret: str | None = field(default=None, repr=False)
-    webhook_max_attempts: int = 5
+    webhook_max_attempts: int = 10  # tries of one webhook, spread by backoff (WEBHOOK_BACKOFF_S doubling)
     webhook_timeout_s: float = 10.0
     webhook_backoff_s: float = 1.0
 
@@ -147,9 +164,15 @@ class Settings:
             models_cache_ttl_s=number("MODELS_CACHE_TTL_S", 300.0),
             model_type=get("MODEL_TYPE", "base"),
             cloud_mode=cloud_mode,
+            long_run_threads=max(1, int(number("LONG_RUN_THREADS", 100, int))),
+            queue_wait_timeout_s=number("QUEUE_WAIT_TIMEOUT_S", 600.0),
+            body_read_timeout_s=number("BODY_READ_TIMEOUT_S", 30.0),
+            header_read_timeout_s=number("HEADER_READ_TIMEOUT_S", 10.0),
+            shutdown_grace_s=number("SHUTDOWN_GRACE_S", 6.0),
             comfyui_path=path("COMFYUI_PATH"),
             comfyui_python=get("COMFYUI_PYTHON", sys.executable),
             comfyui_args=tuple(shlex.split(get("COMFYUI_ARGS", ""))),
+            comfyui_env_passthrough=_list(get("COMFYUI_ENV_PASSTHROUGH")),
             comfyui_url=(get("COMFYUI_URL") or "").rstrip("/") or None,
             comfyui_port=int(number("COMFYUI_PORT", 8188, int)),
             comfy_log_level=get("COMFY_LOG_LEVEL", "INFO").upper(),
@@ -178,10 +201,15 @@ class Settings:
             tasks_dispatch_deadline_s=int(number("TASKS_DISPATCH_DEADLINE_S", 1800, int)),
             storage_emulator_host=get("STORAGE_EMULATOR_HOST"),
             job_max_attempts=max(1, int(number("JOB_MAX_ATTEMPTS", 5, int))),
+            job_lease_ttl_s=max(1.0, number("JOB_LEASE_TTL_S", 60.0)),
+            job_id_secret=get("JOB_ID_SECRET"),
+            verify_task_tokens=_bool(get("VERIFY_TASK_TOKENS"), default=cloud_mode),
+            ingress_verifies_tokens=_bool(
+                get("INGRESS_VERIFIES_TOKENS"), default=bool(get("K_SERVICE")) and not _bool(get("PUBLIC_SERVICE"))),
             signed_url_ttl_s=int(number("SIGNED_URL_TTL_S", 7 * 24 * 3600, int)),
             inline_max_bytes=int(number("INLINE_MAX_BYTES", 4 * 1024 * 1024, int)),
             webhook_secret=get("WEBHOOK_SECRET"),
-            webhook_max_attempts=int(number("WEBHOOK_MAX_ATTEMPTS", 5, int)),
+            webhook_max_attempts=max(1, int(number("WEBHOOK_MAX_ATTEMPTS", 10, int))),
             webhook_timeout_s=number("WEBHOOK_TIMEOUT_S", 10.0),
             webhook_backoff_s=number("WEBHOOK_BACKOFF_S", 1.0),
             workflows_dir=path("WORKFLOWS_DIR", "workflows"),

@@ -1,8 +1,77 @@
-"""Errors a client may see: each carries its HTTP status and a JSON body without internals."""
+"""Errors a client may see: each carries its HTTP status and a JSON body without internals.
+
+Every error body goes through `to_dict`, which scrubs it (`scrub`): no request's private folder
+name, no absolute path of the service's folders, and a bounded size, whatever ComfyUI or the
+caller put into the message.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# Per-request folder names: "r" + 32 hex digits (see predict_request.new_folder_name).
+REQUEST_FOLDER = re.compile(r"(?<![0-9A-Za-z])r[0-9a-f]{32}(?![0-9A-Za-z])")
+REQUEST_PLACEHOLDER = "<request>"
+MAX_STRING = 1000  # characters of one string in an error body
+MAX_ITEMS = 50  # entries of one list or object
+MAX_DEPTH = 12
+MAX_TOTAL = 64 * 1024  # characters of strings in one error body, all together
+
+# (absolute folder, placeholder), longest first: registered once the folders are known.
+_private_paths: list[tuple[str, str]] = []
+_private_pattern: re.Pattern[str] | None = None
+
+
+def register_private_path(path: Any, placeholder: str = "<server>") -> None:
+    """Name a folder of this machine that answers must not show (its absolute and real forms)."""
+    global _private_pattern
+    import os
+
+    for form in {os.path.abspath(str(path)), os.path.realpath(str(path))}:
+        if len(form) > 1 and (form, placeholder) not in _private_paths:
+            _private_paths.append((form, placeholder))
+    _private_paths.sort(key=lambda entry: -len(entry[0]))
+    alternatives = "|".join(re.escape(form) for form, _ in _private_paths)
+    # The folder and the rest of the path below it: "<input>/x.png" keeps only what the caller named.
+    _private_pattern = re.compile(f"({alternatives})(?![\\w.-])")
+
+
+def scrub_text(text: str) -> str:
+    """`text` without private folder names or server paths."""
+    if _private_pattern is not None:
+        lookup = dict(_private_paths)
+        text = _private_pattern.sub(lambda match: lookup[match.group(1)], text)
+    return REQUEST_FOLDER.sub(REQUEST_PLACEHOLDER, text)
+
+
+def scrub(value: Any, budget: list[int] | None = None, depth: int = 0) -> Any:
+    """A copy of a JSON-like value, scrubbed and bounded (strings, items, depth and total size)."""
+    budget = [MAX_TOTAL] if budget is None else budget
+    if isinstance(value, str):
+        text = value if len(value) <= 4 * MAX_STRING else value[: 4 * MAX_STRING]
+        text = scrub_text(text)
+        limit = min(MAX_STRING, max(budget[0], 0))
+        if len(value) > limit or len(text) > limit:
+            text = text[:limit] + f"… ({len(value)} characters)"
+        budget[0] -= len(text)
+        return text
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    if depth >= MAX_DEPTH or budget[0] <= 0:
+        return "…"
+    if isinstance(value, dict):
+        items = list(value.items())
+        out = {scrub(str(k), budget, depth + 1): scrub(v, budget, depth + 1) for k, v in items[:MAX_ITEMS]}
+        if len(items) > MAX_ITEMS:
+            out["…"] = f"{len(items) - MAX_ITEMS} more"
+        return out
+    if isinstance(value, (list, tuple)):
+        out = [scrub(v, budget, depth + 1) for v in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            out.append(f"… {len(value) - MAX_ITEMS} more")
+        return out
+    return scrub(str(value), budget, depth)
 
 
 class ServiceError(Exception):
@@ -15,7 +84,8 @@ class ServiceError(Exception):
         self.details = {k: v for k, v in details.items() if v is not None}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": "error", "error": {"code": self.code, "message": self.message, **self.details}}
+        # Scrubbed here, the one place every error body passes (sync answers and stored jobs).
+        return {"status": "error", "error": scrub({"code": self.code, "message": self.message, **self.details})}
 
     @property
     def headers(self) -> dict[str, str]:
@@ -97,3 +167,20 @@ class ComfyUnavailable(ServiceError):
 class Timeout(ServiceError):
     status_code = 504
     code = "timeout"
+
+
+class QueueTimeout(ComfyUnavailable):
+    """The job waited in ComfyUI's queue past QUEUE_WAIT_TIMEOUT_S without starting: busy."""
+
+    code = "queue_timeout"
+
+
+class RequestTimeout(ServiceError):
+    """The client took too long to send its request (headers or body)."""
+
+    status_code = 408
+    code = "request_timeout"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # the rest of the body may still be on its way

@@ -1,25 +1,31 @@
 """Input images: decoded, fetched or checked, then put where ComfyUI's loaders find them.
 
 Each request gets its own subfolder of ComfyUI's input folder, and the workflow's references to
-an image name are rewritten to `<request id>/<name>`, so two requests that both send `in.png`
-never see each other's file.
+an image name are rewritten to `<request folder>/<name>`, so two requests that both send `in.png`
+never see each other's file. The folder name is a secret (`predict_request.new_folder_name`).
+Names are checked before anything is written: a name that could leave the folder, is too long
+for a file system, or is both a file and another name's folder is a 400, not an OSError.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from .config import Settings
-from .errors import BadRequest, PayloadTooLarge, ServiceError
+from .errors import BadRequest, PayloadTooLarge, ServiceError, Timeout
 
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _FORBIDDEN = set('\\:*?"<>|\0')
+# Writing a name fails this way only because of the names the caller chose.
+_CALLERS_FAULT = {errno.ENAMETOOLONG, errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.EILSEQ}
 
 
 @dataclass(frozen=True)
@@ -40,8 +46,13 @@ def check_name(name: Any, where: str) -> str:
                 f"{where}.name {name!r} is not allowed: use a relative name like 'in.png' or 'masks/in.png', "
                 "without '..', hidden names or backslashes"
             )
-    if len(name) > 200 or len(parts) > 4:
-        raise BadRequest(f"{where}.name {name!r} is too long")
+    try:
+        encoded = [part.encode("utf-8") for part in parts]
+    except UnicodeEncodeError:  # a lone surrogate, which JSON allows and no file system takes
+        raise BadRequest(f"{where}.name is not valid UTF-8") from None
+    # File systems take 255 bytes per name; the request's folder comes in front of the whole.
+    if len(name) > 200 or len(parts) > 4 or any(len(part) > 200 for part in encoded):
+        raise BadRequest(f"{where}.name {name!r} is too long: at most 4 folders and 200 bytes per name")
     return name
 
 
@@ -62,6 +73,7 @@ def parse_images(raw: Any, settings: Settings) -> list[InputImage]:
         raise BadRequest("images must be a list of {name, image} objects")
     images: list[InputImage] = []
     seen: set[str] = set()
+    folders: set[str] = set()  # every folder the names imply
     for index, item in enumerate(raw):
         where = f"images[{index}]"
         if not isinstance(item, dict):
@@ -70,6 +82,7 @@ def parse_images(raw: Any, settings: Settings) -> list[InputImage]:
         if name in seen:
             raise BadRequest(f"{where}.name {name!r} is used twice")
         seen.add(name)
+        folders.update("/".join(name.split("/")[:end]) for end in range(1, name.count("/") + 1))
         value = item.get("image", item.get("url"))
         if not isinstance(value, str) or not value:
             raise BadRequest(f"{where}.image must be a base64 string, a data URI or an http(s) URL")
@@ -80,6 +93,9 @@ def parse_images(raw: Any, settings: Settings) -> list[InputImage]:
             images.append(InputImage(name, url=value))
         else:
             images.append(InputImage(name, data=decode_base64(value, f"{where}.image", settings.max_input_bytes)))
+    clash = sorted(seen & folders)
+    if clash:
+        raise BadRequest(f"image name {clash[0]!r} is both a file and a folder of another image's name")
     return images
 
 
@@ -95,17 +111,29 @@ def rewrite_references(graph: dict[str, Any], renames: dict[str, str]) -> None:
 
 
 class InputSink(Protocol):
-    def stage(self, request_id: str, images: list[InputImage]) -> dict[str, str]: ...
+    def stage(self, request_id: str, images: list[InputImage], deadline: float | None = None) -> dict[str, str]: ...
 
     def discard(self, request_id: str) -> None: ...
 
 
-def _materialise(image: InputImage, settings: Settings) -> bytes:
+def _materialise(image: InputImage, settings: Settings, deadline: float | None) -> bytes:
+    """The image's bytes; a URL is fetched within the request's deadline (time.monotonic())."""
     if image.data is not None:
         return image.data
-    from .urlguard import fetch_bytes
+    from .urlguard import FetchFailed, fetch_bytes
 
-    return fetch_bytes(image.url, settings, max_bytes=settings.max_input_bytes)
+    timeout_s = settings.url_fetch_timeout_s
+    if deadline is not None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Timeout(f"the request's timeout ran out before the input image {image.name!r} was fetched")
+        timeout_s = min(timeout_s, remaining)
+    try:
+        return fetch_bytes(image.url, settings, max_bytes=settings.max_input_bytes, timeout_s=timeout_s)
+    except FetchFailed:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise Timeout(f"the request's timeout ran out while fetching the input image {image.name!r}") from None
+        raise
 
 
 class FolderInputs:
@@ -115,16 +143,22 @@ class FolderInputs:
         self.folder = folder
         self.settings = settings
 
-    def stage(self, request_id: str, images: list[InputImage]) -> dict[str, str]:
+    def stage(self, request_id: str, images: list[InputImage], deadline: float | None = None) -> dict[str, str]:
         if not images:
             return {}
         target = self.folder / request_id
         target.mkdir(parents=True, exist_ok=True)
         renames = {}
         for image in images:
+            data = _materialise(image, self.settings, deadline)
             path = target / image.name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_materialise(image, self.settings))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            except OSError as exc:  # the message names no path of ours
+                if exc.errno in _CALLERS_FAULT:
+                    raise BadRequest(f"the input image {image.name!r} cannot be stored: {exc.strerror}") from None
+                raise ServiceError(f"could not store the input image {image.name!r}: {exc.strerror}") from None
             renames[image.name] = f"{request_id}/{image.name}"
         return renames
 
@@ -139,14 +173,14 @@ class UploadedInputs:
         self.client = client
         self.settings = settings
 
-    def stage(self, request_id: str, images: list[InputImage]) -> dict[str, str]:
+    def stage(self, request_id: str, images: list[InputImage], deadline: float | None = None) -> dict[str, str]:
         renames = {}
         for image in images:
             folder, _, filename = image.name.rpartition("/")
             subfolder = f"{request_id}/{folder}" if folder else request_id
             response = self.client.http.post(
                 f"{self.client.base_url}/upload/image",
-                files={"image": (filename, _materialise(image, self.settings))},
+                files={"image": (filename, _materialise(image, self.settings, deadline))},
                 data={"subfolder": subfolder, "type": "input", "overwrite": "true"},
                 timeout=60,
             )

@@ -34,23 +34,24 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import email.message
 import hashlib
 import http.client
 import json
 import logging
 import os
 import re
-import socket
 import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from handler.config import Settings
@@ -249,7 +250,7 @@ class _Manifest:
             os.replace(tmp, self.path)
 
 
-def sha256_file(path: Path, hasher: "hashlib._Hash | None" = None) -> "hashlib._Hash":
+def sha256_file(path: Path, hasher: hashlib._Hash | None = None) -> hashlib._Hash:
     hasher = hasher or hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
@@ -261,7 +262,8 @@ def sha256_file(path: Path, hasher: "hashlib._Hash | None" = None) -> "hashlib._
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D401
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: email.message.Message, newurl: str) -> None:
         return None  # surface 3xx as HTTPError; redirects are followed by hand
 
 
@@ -281,7 +283,8 @@ def _repo_hint(url: str) -> str:
     return ""
 
 
-def _open(url: str, *, token: str | None, token_hosts: Sequence[str], offset: int, timeout: float):
+def _open(url: str, *, token: str | None, token_hosts: Sequence[str], offset: int,
+          timeout: float) -> http.client.HTTPResponse | None:
     """GET with Range from `offset`, following redirects; the token goes only to token hosts."""
     current = url
     for _ in range(10):
@@ -292,7 +295,8 @@ def _open(url: str, *, token: str | None, token_hosts: Sequence[str], offset: in
             headers["Authorization"] = f"Bearer {token}"
         request = urllib.request.Request(current, headers=headers)
         try:
-            return _OPENER.open(request, timeout=timeout)
+            response: http.client.HTTPResponse = _OPENER.open(request, timeout=timeout)
+            return response
         except urllib.error.HTTPError as exc:
             if exc.code in (301, 302, 303, 307, 308):
                 location = exc.headers.get("Location")
@@ -338,7 +342,7 @@ def _download_http(
         return
     try:
         response = _open(entry.url, token=token, token_hosts=token_hosts, offset=offset, timeout=timeout)
-    except (urllib.error.URLError, socket.timeout, ConnectionError, http.client.HTTPException) as exc:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise _Retryable(f"{type(exc).__name__}: {reason}") from None
     if response is None:  # 416: the server has nothing past offset
@@ -421,7 +425,7 @@ def _download_gcs(entry: ModelFile, part: Path, *, bucket: Any, prefix: str) -> 
         raise DownloadError(f"gs://{bucket.name}/{name}: access denied ({exc.message})") from None
     except gexc.RequestRangeNotSatisfiable:
         return  # part already holds the whole object
-    except (gexc.ServerError, gexc.TooManyRequests, ConnectionError, socket.timeout) as exc:
+    except (TimeoutError, gexc.ServerError, gexc.TooManyRequests, ConnectionError) as exc:
         raise _Retryable(f"{type(exc).__name__}: {exc}") from None
     except gexc.ClientError as exc:
         raise DownloadError(f"gs://{bucket.name}/{name}: {exc}") from None
@@ -478,7 +482,7 @@ def fetch_models(
         if source.startswith("gs://"):
             bucket_name, prefix = _split_gs(source)
             if gcs_client is None:
-                from google.cloud import storage  # a project dependency, imported when used
+                import google.cloud.storage as storage  # a project dependency, imported when used
 
                 gcs_client = storage.Client()
             bucket = gcs_client.bucket(bucket_name)
@@ -609,7 +613,7 @@ def _link_local(entry: ModelFile, target: Path, root: Path, *, verify: bool) -> 
 # --------------------------------------------------------------------------- the service's entry point
 
 
-def ensure_models(settings: "Settings") -> None:
+def ensure_models(settings: Settings) -> None:
     """At container start: when MODELS_SOURCE is set, put MODEL_TYPE's files under COMFYUI_PATH/models."""
     if not settings.models_source:
         return

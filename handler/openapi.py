@@ -8,10 +8,16 @@ API-format workflow or one of the templates (`oneOf`, told apart by `workflow_id
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
+
+from .outputs import FORMATS
+from .taskqueue.base import PRIORITIES as _PRIORITIES
 
 JSON = "application/json"
-PRIORITIES = ["high", "normal", "low"]  # taskqueue.PRIORITIES, kept import-free here
+PRIORITIES = list(_PRIORITIES)  # in the order they are served
+# What `output` accepts: OutputOptions.parse also takes "jpg" for "jpeg".
+OUTPUT_FORMATS = [*FORMATS, *(["jpg"] if "jpeg" in FORMATS else [])]
 _CONVERTER = re.compile(r"\{(\w+):\w+\}")
 
 
@@ -87,18 +93,18 @@ INPUT_IMAGE = {
 OUTPUT_OPTIONS = {
     "description": 'Re-encode the images returned, e.g. {"format": "webp", "quality": 90}, or just "webp".',
     "anyOf": [
-        {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]},
+        {"type": "string", "enum": OUTPUT_FORMATS},
         {
             "type": "object",
             "properties": {
-                "format": {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]},
+                "format": {"type": "string", "enum": OUTPUT_FORMATS},
                 "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
             },
         },
     ],
 }
 
-COMMON_FIELDS = {
+COMMON_FIELDS: dict[str, Any] = {
     "images": {"type": "array", "items": _ref("InputImage"), "description": "Input images the workflow loads by name."},
     "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds to wait for the result."},
     "output": _ref("OutputOptions"),
@@ -114,7 +120,7 @@ COMMON_FIELDS = {
                "description": "Embed an async job's outputs as base64 in its status (up to INLINE_MAX_BYTES)."},
 }
 
-RAW_REQUEST = {
+RAW_REQUEST: dict[str, Any] = {
     "type": "object",
     "title": "Raw workflow",
     "required": ["workflow"],
@@ -361,6 +367,17 @@ def _example_params(schema: dict[str, Any]) -> dict[str, Any]:
     return example
 
 
+def _priority_with_queue_limits() -> dict[str, Any]:
+    """The `priority` field, described with the Cloud Tasks queue limits the service creates."""
+    from .taskqueue.cloudtasks import QUEUE_LIMITS  # google-cloud-tasks: imported only when a document is built
+
+    limits = "; ".join(f"{p}: up to {QUEUE_LIMITS[p][0]:g} dispatches/s, {QUEUE_LIMITS[p][1]} at once"
+                       for p in PRIORITIES if p in QUEUE_LIMITS)
+    field = COMMON_FIELDS["priority"]
+    return {**field, "description": f"{field['description']} With Cloud Tasks each priority is a queue of its own "
+                                    f"({limits})."}
+
+
 def document(
     templates: Any = None,
     *,
@@ -369,11 +386,12 @@ def document(
     server_url: str | None = None,
 ) -> dict[str, Any]:
     """The whole service; `present` limits the paths to the routes this app has mounted."""
+    priority = _priority_with_queue_limits()
     schemas: dict[str, Any] = {
         "Error": ERROR,
         "InputImage": INPUT_IMAGE,
         "OutputOptions": OUTPUT_OPTIONS,
-        "RawPredictRequest": RAW_REQUEST,
+        "RawPredictRequest": {**RAW_REQUEST, "properties": {**RAW_REQUEST["properties"], "priority": priority}},
         "OutputFile": FILE,
         "PredictResponse": PREDICT_RESPONSE,
         "JobAccepted": ACCEPTED,
@@ -401,6 +419,7 @@ def document(
                 "workflow_id": {"const": workflow_id},
                 "params": _ref(f"{workflow_id}.params"),
                 **COMMON_FIELDS,
+                "priority": priority,
             },
         }
         if params_schema.get("required"):

@@ -6,9 +6,10 @@ The same `Pipeline.run` serves sync requests, async jobs and named templates.
 from __future__ import annotations
 
 import base64
-import copy
 import functools
+import itertools
 import logging
+import posixpath
 import threading
 import time
 import uuid
@@ -20,10 +21,14 @@ import orjson
 from . import graph
 from .comfy import Comfy
 from .comfy_client import Interrupted, PromptWatch
-from .errors import Cancelled, ServiceError, Timeout
+from .errors import (BadRequest, Cancelled, ComfyUnavailable, QueueTimeout, ServiceError, Timeout,
+                     register_private_path, scrub_text)
 from .inputs import rewrite_references
 from .outputs import OutputFile, collect, file_refs
-from .predict_request import PredictRequest, check_workflow
+from .predict_request import PredictRequest, check_workflow, is_folder_name, new_folder_name
+from .runtime import Runtime, Trigger, link
+from .supervisor import private_paths
+from .taskqueue.base import PRIORITIES
 
 log = logging.getLogger("handler.pipeline")
 
@@ -36,6 +41,16 @@ KNOWN_OUTPUT_NODES = frozenset({"SaveImage", "PreviewImage", "SaveImageWebsocket
                                 "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveLatent"})
 # How long an interrupted prompt gets to stop before its files are removed under it.
 INTERRUPT_GRACE_S = 15.0
+# The same while the service stops: the answer must leave well inside Cloud Run's 10 s.
+STOP_INTERRUPT_GRACE_S = 2.0
+# ComfyUI runs the lowest `number` first. Ours: priority rank, then arrival order, so a later
+# high prompt overtakes an earlier low one still pending in ComfyUI's queue.
+_RANKS = {name: rank for rank, name in enumerate(PRIORITIES)}
+_RANK_SPAN = 10**12  # arrivals per rank; exact in a float (ComfyUI parses `number` as one)
+
+
+def queue_number(priority: str, arrival: int) -> float:
+    return float(_RANKS[priority] * _RANK_SPAN + arrival % _RANK_SPAN)
 
 
 @dataclass
@@ -84,17 +99,36 @@ class PredictResult:
         return length, parts()
 
 
+def request_prefix(prefix: str, request_id: str) -> str:
+    """`filename_prefix` inside the request's own output subfolder, or a 400 if it would leave it."""
+    if "\\" in prefix or "\0" in prefix:
+        raise BadRequest(f"filename_prefix {prefix!r} may not contain backslashes or NUL")
+    normalized = posixpath.normpath(prefix.lstrip("/"))
+    parts = normalized.split("/")
+    if parts[0] == "..":
+        raise BadRequest(f"filename_prefix {prefix!r} leaves the request's own folder: '..' is not allowed there")
+    if any(len(part.encode("utf-8", "surrogatepass")) > 200 for part in parts) or len(parts) > 8:
+        raise BadRequest("filename_prefix is too long: at most 8 folders of 200 bytes each")
+    if normalized == ".":
+        return f"{request_id}/"
+    # A trailing "/" means "files named by the counter alone, in that folder": keep it.
+    return f"{request_id}/{normalized}" + ("/" if prefix.endswith("/") else "")
+
+
 def prepare_graph(workflow: dict[str, Any], request_id: str, output_classes: frozenset[str]) -> dict[str, Any]:
-    """A private copy of the graph whose outputs land in the request's own subfolder."""
-    graph = copy.deepcopy(workflow)
+    """A private copy of the graph whose outputs land in the request's own subfolder.
+
+    Only nodes and their inputs are copied (what is changed here and in rewrite_references):
+    no recursion into values, however deep."""
+    graph = {node_id: {**node, "inputs": dict(node.get("inputs") or {})} for node_id, node in workflow.items()}
     for node in graph.values():
         class_type = node.get("class_type")
-        inputs = node.setdefault("inputs", {})
+        inputs = node["inputs"]
         is_output = class_type in output_classes or class_type in KNOWN_OUTPUT_NODES
         prefix = inputs.get("filename_prefix")
         if isinstance(prefix, str):
             # A "/" in the prefix makes a subfolder: outputs go under output/<request id>/.
-            inputs["filename_prefix"] = f"{request_id}/{prefix.lstrip('/')}"
+            inputs["filename_prefix"] = request_prefix(prefix, request_id)
             is_output = True
         if is_output:
             inputs[REQUEST_MARKER] = request_id
@@ -105,13 +139,20 @@ def _public_subfolder(subfolder: str, request_id: str) -> str:
     """Callers see the folders they named, not the private per-request one we added."""
     if subfolder == request_id:
         return ""
-    return subfolder[len(request_id) + 1:] if subfolder.startswith(request_id + "/") else subfolder
+    return subfolder[len(request_id) + 1:] if subfolder.startswith(request_id + "/") else scrub_text(subfolder)
 
 
 def public_outputs(outputs: dict[str, dict[str, Any]], request_id: str) -> dict[str, dict[str, Any]]:
-    public = copy.deepcopy(outputs)
+    """ComfyUI's outputs as the caller may see them: our folder names taken out (a copy)."""
+    public = {node_id: {key: [dict(item) if isinstance(item, dict) else item for item in value]
+                        if isinstance(value, list) else value for key, value in output.items()}
+              for node_id, output in outputs.items()}
     for _, _, ref, _ in file_refs(public):
         ref["subfolder"] = _public_subfolder(ref.get("subfolder") or "", request_id)
+    for output in public.values():  # text outputs (PreviewAny) are ComfyUI's words too
+        for key, value in output.items():
+            if isinstance(value, list):
+                output[key] = [scrub_text(item) if isinstance(item, str) else item for item in value]
     return public
 
 
@@ -120,14 +161,26 @@ def _ms(seconds: float) -> float:
 
 
 class Pipeline:
-    def __init__(self, comfy: Comfy):
+    def __init__(self, comfy: Comfy, runtime: Runtime):
         self.comfy = comfy
         self.client = comfy.client
+        # Error bodies name these folders by placeholder, never by path (errors.scrub).
+        for path, placeholder in private_paths(comfy.settings, comfy.folders).items():
+            register_private_path(path, placeholder)
+        self.runtime = runtime
+        self._arrivals = itertools.count()
 
     def run(self, request: PredictRequest, cancel: threading.Event | None = None, *,
             defer_cleanup: bool = False) -> PredictResult:
         """Run one job. With `defer_cleanup`, a successful result's files stay until the caller
-        calls `result.cleanup()` (the sync route does so after it has answered)."""
+        calls `result.cleanup()` (the sync route does so after it has answered).
+
+        `request.timeout_s` bounds fetching input URLs and then the run inside ComfyUI, counted
+        from its `execution_start`; the wait in ComfyUI's queue before that is bounded by
+        QUEUE_WAIT_TIMEOUT_S. A `cancel` that is a `runtime.Trigger` wakes the wait at once
+        (a plain Event is polled)."""
+        if self.runtime.stopping.is_set():
+            raise ComfyUnavailable("the service is shutting down; retry", retry_after_s=1)
         self.comfy.require_ready()
         return self._run(request, cancel, defer_cleanup)
 
@@ -141,19 +194,21 @@ class Pipeline:
 
     def _run(self, request: PredictRequest, cancel: threading.Event | None, defer_cleanup: bool) -> PredictResult:
         started = time.monotonic()
-        rid = request.request_id
+        number = queue_number(request.priority, next(self._arrivals))
+        # The private folder name is a secret of this run: never a job id or another caller's value.
+        rid = request.request_id if is_folder_name(request.request_id) else new_folder_name()
         prompt_id = str(uuid.uuid4())
         watch: PromptWatch | None = None
         deferred = False
         try:
-            renames = self.comfy.inputs.stage(rid, request.images)
+            renames = self.comfy.inputs.stage(rid, request.images, deadline=started + request.timeout_s)
             graph = prepare_graph(request.workflow, rid, self.comfy.output_classes)
             rewrite_references(graph, renames)
             staged = time.monotonic()
             watch = self.client.watch(prompt_id)  # before submitting: no event can be missed
-            self.client.submit(graph, prompt_id)
+            self.client.submit(graph, prompt_id, number)
             submitted = time.monotonic()
-            self._wait(watch, started + request.timeout_s, cancel, request)
+            self._wait(watch, submitted, cancel, request)
             if watch.missed_events:
                 # The websocket dropped during the run: outputs may only be in the history.
                 entry = self.client.history(prompt_id)
@@ -190,34 +245,58 @@ class Pipeline:
         refs = [ref for _, _, ref, _ in file_refs(watch.outputs)] if watch else []
         self.comfy.outputs.discard(request_id, refs)
 
-    def _wait(self, watch: PromptWatch, deadline: float, cancel: threading.Event | None,
+    def _wait(self, watch: PromptWatch, submitted: float, cancel: threading.Event | None,
               request: PredictRequest) -> None:
-        step = 0.25 if cancel is not None else None
-        while not watch.done:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (cancel is not None and cancel.is_set()):
-                break
-            watch.wait(remaining if step is None else min(step, remaining))
-        if not watch.done:
-            self._interrupt(watch)
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("the job was cancelled")
-            raise Timeout(f"the job did not finish within {request.timeout_s:g} s; it was interrupted")
+        """Wait on one event (`watch.changed`) set on start, end, cancel and shutdown."""
+        stopping = self.runtime.stopping
+        changed = watch.changed
+        queue_wait_s = self.comfy.settings.queue_wait_timeout_s
+        step = 0.25 if cancel is not None and not isinstance(cancel, Trigger) else None
+        with link(stopping, changed), link(cancel, changed):
+            while True:
+                changed.clear()  # cleared before the checks: a change after them ends the wait below
+                if watch.done:
+                    break
+                if stopping.is_set():
+                    self._interrupt(watch, STOP_INTERRUPT_GRACE_S)
+                    raise ComfyUnavailable("the service is shutting down; the job was interrupted, retry it",
+                                           retry_after_s=1)
+                if cancel is not None and cancel.is_set():
+                    self._interrupt(watch)
+                    raise Cancelled("the job was cancelled")
+                now = time.monotonic()
+                if watch.started_at is None:
+                    limit = submitted + queue_wait_s
+                    if now >= limit:
+                        self._interrupt(watch)
+                        raise QueueTimeout(
+                            f"ComfyUI did not start the job within {queue_wait_s:g} s (QUEUE_WAIT_TIMEOUT_S): "
+                            "it is busy with other jobs; it was dropped from the queue, retry later")
+                else:
+                    limit = watch.started_at + request.timeout_s
+                    if now >= limit:
+                        self._interrupt(watch)
+                        raise Timeout(f"the job did not finish within {request.timeout_s:g} s of starting; "
+                                      "it was interrupted")
+                changed.wait(limit - now if step is None else min(step, limit - now))
+        if isinstance(watch.error, Interrupted) and stopping.is_set():
+            raise ComfyUnavailable("the service is shutting down; the job was interrupted, retry it", retry_after_s=1)
         if isinstance(watch.error, Interrupted) and cancel is not None and cancel.is_set():
             raise Cancelled("the job was cancelled")
         if watch.error is not None:
             raise watch.error
 
-    def _interrupt(self, watch: PromptWatch) -> None:
+    def _interrupt(self, watch: PromptWatch, grace_s: float = INTERRUPT_GRACE_S) -> None:
+        # The HTTP calls get no more than the grace either: ComfyUI may be the thing that hangs.
         try:
-            self.client.interrupt(watch.prompt_id)
-            if not self.client.queued(watch.prompt_id):
+            self.client.interrupt(watch.prompt_id, timeout_s=min(30.0, grace_s))
+            if not self.client.queued(watch.prompt_id, timeout_s=min(30.0, grace_s)):
                 return  # dropped from the queue before it started: ComfyUI sends no event for that
         except ServiceError as exc:
             log.warning("could not interrupt %s: %s", watch.prompt_id, exc.message)
             return
-        if not watch.wait(INTERRUPT_GRACE_S):
-            log.warning("prompt %s did not stop within %.0f s of the interrupt", watch.prompt_id, INTERRUPT_GRACE_S)
+        if not watch.wait(grace_s):
+            log.warning("prompt %s did not stop within %.0f s of the interrupt", watch.prompt_id, grace_s)
 
     def _output_images(self, watch: PromptWatch, graph: dict[str, Any]):
         """Images pushed over the websocket by output nodes (not samplers' previews)."""

@@ -2,18 +2,42 @@
 
 Sync requests, async jobs and Cloud Tasks deliveries all go through `parse_predict_body`, so a
 body that is accepted for later is exactly one that would run now.
+
+Every problem is a 400, never a 500: bodies nested deeper than `MAX_BODY_DEPTH`, non-finite
+numbers anywhere, graphs whose chains of links are longer than `graph.MAX_CHAIN` (ComfyUI's own
+validation recurses along them), and references into ComfyUI's shared output and temp folders
+(`"name [output]"`, `"name [temp]"`), which would let one request read another's files.
+
+Each request gets a private folder name (`request_id`): a secret of its own, never a job id, that
+no answer shows (`errors.scrub` replaces it).
 """
 
 from __future__ import annotations
 
-import uuid
+import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import graph
 from .config import Settings
-from .errors import BadRequest
+from .errors import REQUEST_FOLDER, BadRequest
 from .inputs import InputImage, parse_images
 from .outputs import OutputOptions
+
+MAX_BODY_DEPTH = 64
+# ComfyUI reads `name [output]` / `name [temp]` from its shared folders, which hold other
+# requests' files; `[input]` is the default folder, where each request has its own subfolder.
+SHARED_FOLDER_ANNOTATIONS = ("[output]", "[temp]")
+
+
+def new_folder_name() -> str:
+    """A per-request folder name: unguessable, and shaped so that `errors.scrub` finds it."""
+    return "r" + secrets.token_hex(16)
+
+
+def is_folder_name(name: Any) -> bool:
+    return isinstance(name, str) and REQUEST_FOLDER.fullmatch(name) is not None
 
 UI_FORMAT_HINT = (
     "this looks like a workflow saved in ComfyUI's UI format (it has 'nodes' and 'links'); "
@@ -27,8 +51,11 @@ class PredictRequest:
     images: list[InputImage] = field(default_factory=list)
     timeout_s: float = 600.0
     output: OutputOptions = field(default_factory=OutputOptions)
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The request's private folder under ComfyUI's input/output/temp folders: a secret.
+    request_id: str = field(default_factory=new_folder_name)
     workflow_id: str | None = None  # set when the graph came from a named template
+    # Where the prompt stands in ComfyUI's queue: one of taskqueue.PRIORITIES (docs/async.md).
+    priority: str = "normal"
 
 
 def check_workflow(workflow: Any) -> dict[str, Any]:
@@ -42,14 +69,36 @@ def check_workflow(workflow: Any) -> dict[str, Any]:
             raise BadRequest(f"workflow node {node_id!r} must be an object with a string class_type")
         if not isinstance(node.get("inputs", {}), dict):
             raise BadRequest(f"workflow node {node_id!r} has inputs that are not an object")
+        for name, value in (node.get("inputs") or {}).items():
+            if isinstance(value, str) and value.rstrip().lower().endswith(SHARED_FOLDER_ANNOTATIONS):
+                raise BadRequest(
+                    f"workflow node {node_id!r} input {name!r} refers to ComfyUI's shared output or temp folder "
+                    f"({value!r}); only files sent with this request can be loaded"
+                )
+    depth = graph.longest_chain(workflow)
+    if depth > graph.MAX_CHAIN:
+        raise BadRequest(f"workflow has a chain of {depth} linked nodes; at most {graph.MAX_CHAIN} are allowed")
     return workflow
+
+
+def check_body(body: Any) -> None:
+    """No nesting deeper than MAX_BODY_DEPTH, no NaN or infinity: checked without recursion."""
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadRequest("numbers must be finite: NaN and Infinity are not accepted")
+        if isinstance(value, (dict, list)):
+            if depth > MAX_BODY_DEPTH:
+                raise BadRequest(f"the request body is nested more than {MAX_BODY_DEPTH} levels deep")
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
 
 
 def parse_timeout(raw: Any, settings: Settings) -> float:
     if raw is None:
         return settings.request_timeout_s
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0:
-        raise BadRequest("timeout must be a positive number of seconds")
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0 or raw != raw or raw == math.inf:
+        raise BadRequest("timeout must be a positive, finite number of seconds")
     if raw > settings.max_request_timeout_s:
         raise BadRequest(f"timeout may be at most {settings.max_request_timeout_s:g} seconds")
     return float(raw)
@@ -58,6 +107,7 @@ def parse_timeout(raw: Any, settings: Settings) -> float:
 def parse_predict_body(body: Any, settings: Settings, templates: Any = None) -> PredictRequest:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    check_body(body)
     # Accept the {"input": {...}} envelope other ComfyUI workers use.
     if "workflow" not in body and "workflow_id" not in body and isinstance(body.get("input"), dict):
         body = body["input"]
@@ -71,6 +121,7 @@ def parse_predict_body(body: Any, settings: Settings, templates: Any = None) -> 
         if not isinstance(workflow_id, str):
             raise BadRequest("workflow_id must be a string")
         workflow, template_images = templates.render(workflow_id, body.get("params") or {})
+        workflow = check_workflow(workflow)  # parameters may carry references too
         taken = {image.name for image in images}
         images += [image for image in template_images if image.name not in taken]
     elif "workflow" in body:

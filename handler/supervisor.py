@@ -2,6 +2,10 @@
 
 The supervisor starts ComfyUI on loopback with folders the service owns, forwards its log lines
 to ours, tells the owner when it listens and when it exits, and restarts it with backoff.
+
+ComfyUI and its custom nodes get only the environment they need to run (`comfy_env`): locale,
+paths, Python, CUDA and cache settings. The service's secrets (WEBHOOK_SECRET, HF_TOKEN, cloud
+credentials) stay out of the child, where any node could read them (/proc/<pid>/environ).
 """
 
 from __future__ import annotations
@@ -27,6 +31,35 @@ LISTENING_MARKER = "To see the GUI go to:"
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # A run this long resets the backoff: the crash was not a boot loop.
 STABLE_RUN_S = 60.0
+
+# What ComfyUI inherits: exact names, and prefixes (ending in "_"). Everything else stays here.
+ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+    "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TRANSFORMERS_CACHE",
+    "TORCH_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
+})
+ENV_PREFIXES = ("LC_", "PYTHON", "CUDA_", "NVIDIA_", "CUDNN_", "NCCL_", "PYTORCH_", "TORCH_", "OMP_", "MKL_",
+                "OPENBLAS_", "TRITON_")
+# Never passed, whatever the lists above or COMFYUI_ENV_PASSTHROUGH say: cloud credentials and
+# anything named like a secret.
+ENV_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE", "_KEY", "APIKEY")
+ENV_NEVER_PREFIXES = ("GOOGLE_", "GCLOUD", "CLOUDSDK_", "AWS_", "AZURE_", "WEBHOOK_")
+
+
+def comfy_env(environ: dict[str, str], passthrough: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment ComfyUI runs with: an allowlist of `environ`, plus PYTHONUNBUFFERED."""
+    extra_names = {name for name in passthrough if not name.endswith("*")}
+    extra_prefixes = tuple(name[:-1] for name in passthrough if name.endswith("*"))
+    env = {}
+    for name, value in environ.items():
+        allowed = name in ENV_NAMES or name.startswith(ENV_PREFIXES) or name in extra_names or (
+            extra_prefixes and name.startswith(extra_prefixes))
+        secret = name.upper().startswith(ENV_NEVER_PREFIXES) or any(word in name.upper() for word in ENV_SECRET_WORDS)
+        if allowed and not secret:
+            env[name] = value
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def _die_with_parent() -> None:
@@ -54,6 +87,21 @@ class ComfyFolders:
     def create(self) -> None:
         for folder in (self.input, self.output, self.temp, self.temp.parent.parent / "user"):
             folder.mkdir(parents=True, exist_ok=True)
+
+    def placeholders(self) -> dict[Path, str]:
+        """How answers name these folders instead of their absolute paths."""
+        return {self.input: "<input>", self.output: "<output>", self.temp: "<temp>"}
+
+
+def private_paths(settings: Settings, folders: ComfyFolders | None) -> dict[Path, str]:
+    """Folders of this machine that no answer may name, with what answers say instead."""
+    paths = {settings.state_dir: "<server>", Path(__file__).resolve().parents[1]: "<server>"}
+    if settings.comfyui_path:
+        paths[settings.comfyui_path] = "<comfyui>"
+    if folders:
+        paths[folders.input.parent] = "<server>"
+        paths.update(folders.placeholders())
+    return paths
 
 
 class ComfySupervisor:
@@ -122,7 +170,7 @@ class ComfySupervisor:
     def _run_once(self) -> int:
         command = self.command()
         log.info("starting ComfyUI: %s", " ".join(command))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = comfy_env(dict(os.environ), self.settings.comfyui_env_passthrough)
         try:
             process = subprocess.Popen(
                 command,

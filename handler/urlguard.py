@@ -14,6 +14,7 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -208,12 +209,14 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 
 
 def _open(
-    target: Target, method: str, body: bytes | None, headers: Mapping[str, str], timeout: float
+    target: Target, method: str, body: bytes | None, headers: Mapping[str, str], timeout: float,
+    opened: list[http.client.HTTPConnection],
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     kind = _PinnedHTTPS if target.scheme == "https" else _PinnedHTTP
     last: OSError | None = None
     for ip in target.addresses:
         conn = kind(target, ip, timeout)
+        opened.append(conn)  # the watchdog can cut it wherever it blocks
         try:
             conn.request(method, target.path, body=body, headers=dict(headers))
             return conn, conn.getresponse()
@@ -256,10 +259,45 @@ def _request(
     follow: frozenset[int],
 ) -> tuple[Response, bool]:
     deadline = time.monotonic() + timeout
+    # A socket timeout bounds each read, not the whole: a server sending one byte a second would
+    # hold us forever. The watchdog cuts the connection at the deadline, wherever it blocks.
+    opened: list[http.client.HTTPConnection] = []
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        for conn in list(opened):
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    watchdog = threading.Timer(timeout, cut)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        result = _request_hops(method, url, settings, purpose, body, headers, deadline, max_bytes, follow, opened)
+    except (OSError, http.client.HTTPException):
+        if expired.is_set():
+            raise TimeoutError(f"no complete answer within {timeout:g} s") from None
+        raise
+    finally:
+        watchdog.cancel()
+    if expired.is_set():  # a cut read may look like a short, complete one
+        raise TimeoutError(f"no complete answer within {timeout:g} s")
+    return result
+
+
+def _request_hops(
+    method: str, url: str, settings: Settings, purpose: str, body: bytes | None, headers: Mapping[str, str],
+    deadline: float, max_bytes: int, follow: frozenset[int], opened: list[http.client.HTTPConnection],
+) -> tuple[Response, bool]:
     redirects: list[str] = []
     while True:
         target = vet(url, settings, purpose=purpose)
-        conn, resp = _open(target, method, body, headers, max(0.1, deadline - time.monotonic()))
+        conn, resp = _open(target, method, body, headers, max(0.1, deadline - time.monotonic()), opened)
         try:
             location = resp.getheader("Location")
             if resp.status in follow and location:
@@ -284,9 +322,10 @@ def _request(
 
 
 def fetch_bytes(
-    url: str, settings: Settings, *, max_bytes: int, purpose: str = "input URL"
+    url: str, settings: Settings, *, max_bytes: int, purpose: str = "input URL", timeout_s: float | None = None
 ) -> bytes:
-    """GET a URL's body, at most `max_bytes`, following up to 5 vetted redirects."""
+    """GET a URL's body, at most `max_bytes`, following up to 5 vetted redirects, all within
+    `timeout_s` (default URL_FETCH_TIMEOUT_S)."""
     try:
         resp, truncated = _request(
             "GET",
@@ -295,7 +334,7 @@ def fetch_bytes(
             purpose=purpose,
             body=None,
             headers={"User-Agent": "comfyrun", "Accept": "*/*"},
-            timeout=settings.url_fetch_timeout_s,
+            timeout=settings.url_fetch_timeout_s if timeout_s is None else timeout_s,
             max_bytes=max_bytes,
             follow=frozenset({301, 302, 303, 307, 308}),
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import importlib.util
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -17,6 +17,9 @@ from starlette.staticfiles import StaticFiles
 
 from . import openapi
 from .errors import NotFound
+
+if TYPE_CHECKING:
+    from .templates import Templates
 
 ASSETS = "/docs/static"
 _HAS_SWAGGER_UI = importlib.util.find_spec("swagger_ui") is not None
@@ -50,8 +53,9 @@ The API description is at <a href="{spec}">{spec}</a>.</p></body></html>
 def routes(services: Any) -> list[BaseRoute]:
     """GET /workflows, /workflows/{workflow_id}, /openapi.json, /docs (+ its static files)."""
 
-    def templates():
-        return getattr(services, "templates", None)
+    def templates() -> Templates | None:
+        registry: Templates | None = getattr(services, "templates", None)
+        return registry
 
     def list_workflows(request: Request) -> JSONResponse:
         registry = templates()

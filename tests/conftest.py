@@ -1,7 +1,119 @@
-"""Shared test wiring. Fixtures live in tests/fixtures/, one module per real component."""
+"""Shared test wiring. Fixtures live in tests/fixtures/, one module per real component.
+
+Markers (registered in pyproject.toml) are applied here, by fixture and by module, not by hand:
+
+* `integration`: the test runs real processes over real sockets: it uses a ComfyUI target, a
+  service process, the stand-in, an emulator, or lives in a module that starts such servers.
+* `cloud`: it needs the Cloud Tasks emulator, fake-gcs-server or the gcloud CLI.
+* `slow`: it takes seconds (measured; see SLOW below). `./scripts/test.sh -m "not slow"` is the
+  quick loop; `./scripts/test.sh` (what CI runs) runs everything.
+
+The real-gcloud replay (test_deploy.py) runs in CI (CI set, as .ci/run does), with
+`--gcloud-replay`, without a pytest cache (`-p no:cacheprovider`), or when the files that decide the
+recorded commands changed since it last passed on this machine: their content hash is kept in
+.pytest_cache after a pass. Otherwise it is skipped and says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
 
 pytest_plugins = [
     "tests.fixtures.comfy",
     "tests.fixtures.gcs",
     "tests.fixtures.cloudtasks",
 ]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Fixtures that mean real processes on real sockets, and those that mean the cloud emulators.
+INTEGRATION_FIXTURES = {"comfy_target", "service", "fresh_service", "standin", "attached", "local", "cloud",
+                        "fake_gcs", "tasks_emulator", "gcs", "gcs_bucket"}
+CLOUD_FIXTURES = {"fake_gcs", "tasks_emulator", "gcs", "gcs_bucket", "cloud"}
+# Modules whose tests start servers of their own (ServiceProcess, StandIn, uvicorn) without a fixture.
+INTEGRATION_MODULES = {"test_app", "test_comfy", "test_comfy_client", "test_jobs_api", "test_lifecycle",
+                       "test_standin", "test_supervisor", "test_workflows_api", "test_security", "test_runtime",
+                       "test_pipeline_queue"}
+# Slow (measured: seconds each on 2 cores): modules whose every test runs deploy.sh, external linters or
+# a service and ComfyUI of its own; fixtures that start those; and single tests by name.
+SLOW_MODULES = {"test_deploy", "test_build_files", "test_supervisor", "test_comfy", "test_comfy_client"}
+SLOW_FIXTURES = {"fresh_service", "attached", "cloud"}
+SLOW_TESTS = {
+    "test_every_recorded_command_parses_in_the_real_gcloud",  # 40-90 s: the real gcloud CLI per command
+    "test_replays_every_recorded_scenario",
+    "test_cancel_and_errors_through_the_module",
+    "test_sync_and_async_through_the_module",
+    "test_sigkill_at_each_step_loses_no_job_and_no_webhook",
+    "test_restart_with_queued_jobs_loses_none",
+    "test_comfyui_crash_is_transient_and_retried_to_success",
+    "test_a_body_over_the_limit_is_413",
+    "test_not_ready_is_503_with_retry_after",
+}
+
+GCLOUD_REPLAY = "test_every_recorded_command_parses_in_the_real_gcloud"
+# What decides the commands the replay feeds to the real gcloud.
+GCLOUD_REPLAY_INPUTS = ["deploy.sh", "cloudbuild.yaml", "deploy", "tests/deploy_fixtures", "tests/test_deploy.py"]
+CACHE_KEY = "comfyrun/gcloud-replay-passed"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--gcloud-replay", action="store_true",
+                     help="run the real-gcloud replay of deploy.sh's commands even if they did not change")
+
+
+def gcloud_replay_inputs_hash() -> str:
+    digest = hashlib.sha256()
+    for name in GCLOUD_REPLAY_INPUTS:
+        path = ROOT / name
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if "__pycache__" in file.parts:
+                continue
+            digest.update(str(file.relative_to(ROOT)).encode() + b"\0")
+            digest.update(file.read_bytes() if file.exists() else b"(missing)")
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _replay_skip_reason(config: pytest.Config) -> str | None:
+    if os.environ.get("CI", "").lower() not in ("", "0", "false") or config.getoption("--gcloud-replay"):
+        return None
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return None
+    if cache.get(CACHE_KEY, None) != gcloud_replay_inputs_hash():
+        return None
+    return ("deploy.sh and its recorded commands are unchanged since this replay last passed here "
+            "(CI=1 or --gcloud-replay runs it anyway)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    replay_skip = _replay_skip_reason(config)
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        name = getattr(item, "originalname", item.name)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & INTEGRATION_FIXTURES or module in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)
+        if fixtures & CLOUD_FIXTURES or name == GCLOUD_REPLAY:
+            item.add_marker(pytest.mark.cloud)
+        if module in SLOW_MODULES or fixtures & SLOW_FIXTURES or name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+        if name == GCLOUD_REPLAY:
+            item.add_marker(pytest.mark.integration)
+            if replay_skip:
+                item.add_marker(pytest.mark.skip(reason=replay_skip))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    if call.when == "call" and report.passed and getattr(item, "originalname", item.name) == GCLOUD_REPLAY:
+        cache = getattr(item.config, "cache", None)
+        if cache is not None:
+            cache.set(CACHE_KEY, gcloud_replay_inputs_hash())
+    return report

@@ -5,16 +5,17 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
 
 from tests.fixtures.comfy import RESOURCES, ComfyTarget, ServiceProcess, start_service
+from tests.fixtures.waiting import wait_until
 
 RECORDED = RESOURCES / "comfy" / "workflows"
 KINDS = RESOURCES / "workflows"
@@ -23,13 +24,6 @@ TEST_INPUT = RESOURCES / "comfy" / "test_input.png"
 
 def load(path: Path) -> dict:
     return json.loads(path.read_text())
-
-
-def slow_workflow() -> dict:
-    """The slow graph with a colour of its own, so no earlier run has cached it."""
-    workflow = load(KINDS / "slow.json")
-    workflow["1"]["inputs"]["color"] = int.from_bytes(os.urandom(3), "big")
-    return workflow
 
 
 def b64(data: bytes) -> str:
@@ -194,28 +188,30 @@ def test_request_files_are_cleaned_up(service: ServiceProcess):
             return leftovers()
 
     # Removal runs right after the answer has been sent.
-    deadline = time.monotonic() + 5
-    while leftovers() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert leftovers() == []
+    wait_until(lambda: leftovers() == [], 5, message=lambda: f"left behind: {leftovers()}")
 
 
 def test_healthz_answers_at_once_while_a_job_runs(service: ServiceProcess):
     result = {}
-    job = threading.Thread(target=lambda: result.update(r=service.post("/predict", json={"workflow": slow_workflow()})))
+    gate = service.gate()
+    job = threading.Thread(target=lambda: result.update(r=service.post("/predict", json={"workflow": gate.workflow()})))
     job.start()
-    time.sleep(0.3)
-    started = time.monotonic()
-    health = service.get("/healthz")
-    elapsed = time.monotonic() - started
-    job.join()
+    try:
+        gate.wait_entered()
+        started = time.monotonic()
+        health = service.get("/healthz")
+        elapsed = time.monotonic() - started
+    finally:
+        gate.release()
+        job.join()
     assert health.status_code == 200 and elapsed < 1.0
     assert result["r"].status_code == 200, result["r"].text
 
 
 def test_a_timeout_interrupts_comfyui_and_is_504(service: ServiceProcess):
     started = time.monotonic()
-    response = service.post("/predict", json={"workflow": slow_workflow(), "timeout": 0.5})
+    gate = service.gate()  # never released: only the interrupt ends the job
+    response = service.post("/predict", json={"workflow": gate.workflow(), "timeout": 0.5})
     assert response.status_code == 504, response.text
     assert response.json()["error"]["code"] == "timeout"
     # ComfyUI was interrupted, not left busy: the next small job runs promptly.
@@ -288,13 +284,13 @@ def test_not_ready_is_503_with_retry_after(tmp_path: Path):
     (fake / "main.py").write_text("import time\nwhile True:\n    time.sleep(1)\n")
     service = ServiceProcess(ComfyTarget("never", fake, "python3", ""), tmp_path / "s").start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def answered():  # a 503 Response is falsy: wrap it
             try:
-                health = service.get("/healthz", timeout=2)
-                break
-            except Exception:
-                time.sleep(0.1)
+                return [service.get("/healthz", timeout=2)]
+            except requests.RequestException:
+                return None
+
+        (health,) = wait_until(answered, 30, message="the service never answered /healthz")
         assert health.status_code == 503 and health.headers["Retry-After"]
         response = service.post("/predict", json={"workflow": load(RECORDED / "empty_save.json")})
         assert response.status_code == 503 and response.headers["Retry-After"]

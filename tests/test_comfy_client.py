@@ -20,8 +20,6 @@ import requests
 
 from tests.fixtures.comfy import RESOURCES, ComfyTarget, ServiceProcess, free_port
 
-from tests.test_app import slow_workflow
-
 
 class CuttableProxy:
     """A loopback TCP proxy whose connections can all be cut at once."""
@@ -95,7 +93,7 @@ def attached(comfy_target: ComfyTarget, tmp_path: Path, request: pytest.FixtureR
         args += ["--user-directory", str(base / "user"), "--database-url", "sqlite:///:memory:"]
     log = open(tmp_path / "comfy.log", "wb")
     comfy = subprocess.Popen(args, cwd=comfy_target.path, stdout=log, stderr=subprocess.STDOUT,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                             env={**os.environ, "PYTHONUNBUFFERED": "1", "STANDIN_TEST_GATE": "1"})
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -110,6 +108,7 @@ def attached(comfy_target: ComfyTarget, tmp_path: Path, request: pytest.FixtureR
         env.update(COMFYUI_INPUT_DIR=str(folders["input"]), COMFYUI_OUTPUT_DIR=str(folders["output"]),
                    COMFYUI_TEMP_DIR=str(folders["temp"] / "temp"))
     service = ServiceProcess(comfy_target, tmp_path / "service", env=env).start().wait_ready()
+    service.comfy_port = port  # straight to ComfyUI, not through the proxy (service.gate())
     yield service, proxy
     service.stop()
     proxy.close()
@@ -121,15 +120,17 @@ def attached(comfy_target: ComfyTarget, tmp_path: Path, request: pytest.FixtureR
 def test_websocket_cut_mid_job_and_the_job_still_completes(attached):
     service, proxy = attached
     result: dict = {}
-    job = threading.Thread(target=lambda: result.update(r=service.post("/predict", json={"workflow": slow_workflow()})))
+    gate = service.gate()
+    job = threading.Thread(target=lambda: result.update(r=service.post("/predict", json={"workflow": gate.workflow()})))
     job.start()
-    time.sleep(1.0)
+    gate.wait_entered()
     assert proxy.cut_all() > 0
+    gate.release()
     job.join(120)
     assert not job.is_alive()
     response = result["r"]
     assert response.status_code == 200, response.text
-    (item,) = [i for i in response.json()["images"] if i["node_id"] == "7"][:1]
+    (item,) = [i for i in response.json()["images"] if i["node_id"] == gate.output_node][:1]
     assert item["content_type"] == "image/png" and item["size"] > 0
 
 

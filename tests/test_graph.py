@@ -214,3 +214,27 @@ def test_raise_for_errors_carries_comfyui_shape(object_info):
     graph.check(partial, object_info).raise_for_errors()
     with pytest.raises(WorkflowInvalid):
         graph.check(partial, object_info).raise_for_errors(strict=True)
+
+
+def long_chain(length: int, broken_at: int | None = None) -> dict:
+    chain = {"0": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}}
+    for index in range(1, length):
+        chain[str(index)] = {"class_type": "ImageInvert", "inputs": {"image": [str(index - 1), 0]}}
+    if broken_at is not None:
+        chain["0"]["inputs"]["width"] = "wide"
+    chain["out"] = {"class_type": "SaveImage", "inputs": {"images": [str(length - 1), 0], "filename_prefix": "x"}}
+    return chain
+
+
+def test_a_chain_of_thousands_is_checked_without_recursion(object_info):
+    assert graph.check(long_chain(5000), object_info).clean
+    report = graph.check(long_chain(5000, broken_at=0), object_info)
+    assert not report.ok and list(report.node_errors) == ["0"]
+    assert report.node_errors["0"]["dependent_outputs"] == ["out"]
+
+
+def test_longest_chain_counts_nodes_on_the_longest_path_and_cuts_cycles():
+    assert graph.longest_chain(long_chain(3000)) == 3001
+    cycle = {"a": {"class_type": "X", "inputs": {"i": ["b", 0]}}, "b": {"class_type": "X", "inputs": {"i": ["a", 0]}}}
+    assert graph.longest_chain(cycle) == 2
+    assert graph.longest_chain({"a": {"class_type": "X", "inputs": {"i": [["nested"], 0]}}}) == 1

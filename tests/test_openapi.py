@@ -78,3 +78,21 @@ def test_template_changes_show_in_the_next_document(templates):
     (folder / "solid-scale.manifest.json").unlink()
     doc = openapi.document(templates)
     assert "solid-scale.params" not in doc["components"]["schemas"]
+
+
+def test_priorities_formats_and_queue_limits_come_from_their_declarations():
+    from handler import openapi, outputs
+    from handler.taskqueue.base import PRIORITIES
+    from handler.taskqueue.cloudtasks import QUEUE_LIMITS
+
+    schemas = openapi.document()["components"]["schemas"]
+    priority = schemas["RawPredictRequest"]["properties"]["priority"]
+    assert priority["enum"] == list(PRIORITIES)
+    for name in PRIORITIES:
+        rate, concurrent = QUEUE_LIMITS[name]
+        assert f"{name}: up to {rate:g} dispatches/s, {concurrent} at once" in priority["description"]
+    assert schemas["Job"]["properties"]["priority"]["enum"] == list(PRIORITIES)
+    (as_string, as_object) = schemas["OutputOptions"]["anyOf"]
+    assert set(as_string["enum"]) == set(outputs.FORMATS) | {"jpg"} == set(as_object["properties"]["format"]["enum"])
+    for name in as_string["enum"]:  # each one is accepted by the parser the service uses
+        assert outputs.OutputOptions.parse(name).format in outputs.FORMATS

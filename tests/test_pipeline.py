@@ -37,3 +37,35 @@ def test_the_json_answer_splices_base64_and_knows_its_length():
         body = b"".join(parts)
         assert length == len(body)
         assert json.loads(body) == result.to_response()
+
+
+def test_prefixes_are_normalised_inside_the_request_folder():
+    from handler.pipeline import request_prefix
+
+    assert request_prefix("a/../b/out", "rid") == "rid/b/out"
+    assert request_prefix("/abs/out", "rid") == "rid/abs/out"
+    assert request_prefix("", "rid") == "rid/"
+    assert request_prefix("dir/", "rid") == "rid/dir/"
+
+
+def test_prefixes_that_leave_the_request_folder_are_400s():
+    import pytest
+
+    from handler.errors import BadRequest
+    from handler.pipeline import request_prefix
+
+    for prefix in ("../x", "a/../../x", "..", "a\\..\\x", "x" * 300):
+        with pytest.raises(BadRequest):
+            request_prefix(prefix, "rid")
+    with pytest.raises(BadRequest):
+        prepare_graph({"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "../x"}}}, "rid", frozenset())
+
+
+def test_deep_values_are_shared_not_copied():
+    deep: object = 1
+    for _ in range(5000):
+        deep = [deep]
+    workflow = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "deep": deep}}}
+    graph = prepare_graph(workflow, "rid", frozenset())
+    assert graph["1"]["inputs"]["deep"] is deep
+    assert "filename_prefix" in workflow["1"]["inputs"] and workflow["1"]["inputs"]["filename_prefix"] == "x"

@@ -68,3 +68,45 @@ def test_an_image_over_the_limit_is_413():
 def test_names_may_have_subfolders():
     request = parse({"workflow": GRAPH, "images": [{"name": "proto_upload/test_input.png", "image": PNG}]})
     assert request.images[0].name == "proto_upload/test_input.png"
+
+
+def test_folder_names_are_unguessable_secrets_of_one_shape():
+    import re
+
+    names = {parse({"workflow": GRAPH}).request_id for _ in range(50)}
+    assert len(names) == 50
+    assert all(re.fullmatch(r"r[0-9a-f]{32}", name) for name in names)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"workflow": GRAPH, "timeout": float("nan")}, "finite"),
+    ({"workflow": GRAPH, "timeout": float("inf")}, "finite"),
+    ({"workflow": GRAPH, "timeout": 10**400}, "at most"),
+    ({"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"width": float("nan")}}}}, "finite"),
+    ({"workflow": {"1": {"class_type": "X", "inputs": {"v": [[[[[[[[[[1]]]]]]]]]]}}}}, None),
+    ({"workflow": {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png [temp]"}}}}, "shared output or temp"),
+    ({"workflow": {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png [output]"}}}}, "shared output or temp"),
+    ({"workflow": GRAPH, "images": [{"name": "a", "image": PNG}, {"name": "a/b.png", "image": PNG}]}, "file and a folder"),
+    ({"workflow": GRAPH, "images": [{"name": "x/a/b.png", "image": PNG}, {"name": "x/a", "image": PNG}]}, "file and a folder"),
+    ({"workflow": GRAPH, "images": [{"name": "é" * 150 + ".png", "image": PNG}]}, "too long"),
+    ({"workflow": GRAPH, "images": [{"name": "\ud800.png", "image": PNG}]}, "UTF-8"),
+])
+def test_bad_values_are_400s(body, message):
+    if message is None:  # ten levels is fine
+        parse(body)
+        return
+    with pytest.raises(BadRequest, match=message):
+        parse(body)
+
+
+def test_deep_bodies_and_long_chains_are_400s():
+    deep: object = 1
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(BadRequest, match="nested"):
+        parse({"workflow": {"1": {"class_type": "X", "inputs": {"v": deep}}}})
+    chain = {"0": {"class_type": "EmptyImage", "inputs": {}}}
+    for index in range(1, 1200):
+        chain[str(index)] = {"class_type": "ImageInvert", "inputs": {"image": [str(index - 1), 0]}}
+    with pytest.raises(BadRequest, match="chain of 1200"):
+        parse({"workflow": chain})

@@ -30,6 +30,8 @@ pytest.importorskip("aiohttp")
 pytest.importorskip("numpy")
 Image = pytest.importorskip("PIL.Image")
 
+from tests.fixtures.waiting import stays, wait_until  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "standin"
 RESOURCES = REPO / "test_resources" / "comfy"
@@ -52,7 +54,7 @@ def free_port() -> int:
 class StandIn:
     """A running stand-in process with its folders."""
 
-    def __init__(self, base: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, base: Path, extra_args: tuple[str, ...] = (), gate: bool = False):
         self.base = base
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -67,7 +69,7 @@ class StandIn:
              "--temp-directory", str(base / "temp"), "--disable-auto-launch", "--cpu",
              "--verbose", "INFO", *extra_args],
             cwd=STANDIN, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "STANDIN_TEST_GATE": "1" if gate else "0"},
         )
         threading.Thread(target=self._read, daemon=True).start()
         if not self.ready.wait(30):
@@ -99,6 +101,18 @@ class StandIn:
 
     def history(self, prompt_id: str) -> dict:
         return self.http.get(f"{self.url}/history/{prompt_id}").json().get(prompt_id, {})
+
+    def wait_history(self, prompt_id: str, done=bool, timeout: float = 30.0) -> dict:
+        return wait_until(lambda: (lambda entry: entry if done(entry) else None)(self.history(prompt_id)), timeout,
+                          message=f"no history entry for {prompt_id}")
+
+    def gate_entered(self, name: str, count: int = 1, timeout: float = 30.0) -> dict:
+        state = self.http.get(f"{self.url}/test/gate/{name}", params={"entered": count, "timeout": timeout}).json()
+        assert state["entered"] >= count, state
+        return state
+
+    def release(self, name: str) -> dict:
+        return self.http.post(f"{self.url}/test/gate/{name}/release").json()
 
 
 class WS:
@@ -175,7 +189,7 @@ def types(frames: list) -> list[str]:
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory):
-    server = StandIn(tmp_path_factory.mktemp("standin"))
+    server = StandIn(tmp_path_factory.mktemp("standin"), gate=True)
     yield server
     code = server.stop()
     assert code == 0, "".join(server.lines[-30:])
@@ -241,6 +255,7 @@ def test_read_only_endpoints(standin):
     empty = get("/api/object_info/EmptyImage").json()["EmptyImage"]
     assert empty["input"]["required"]["width"][1]["min"] == 1
     full = get("/object_info").json()
+    assert full.pop("TestGate")["python_module"] == "custom_nodes.comfyrun_test_gate"  # STANDIN_TEST_GATE=1
     assert len(full) == 849 and full["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == []
     for body in (None, {}, {"prompt_id": str(uuid.uuid4())}):
         response = standin.http.post(standin.url + "/interrupt", json=body) if body is not None \
@@ -302,8 +317,14 @@ def test_validation_errors_match_comfyui(standin, ws):
     too_big["1"]["inputs"]["color"] = 0x1000000
     assert standin.post_prompt(too_big, ws.client_id).json()["node_errors"]["1"]["errors"][0]["type"] == \
         "value_bigger_than_max"
-    time.sleep(0.2)
-    assert [f["type"] for f in ws.frames] == ["status"], "validation errors send no WebSocket message"
+    # Then one accepted prompt: its frames come in order after anything the refused ones sent. Before
+    # its execution_start there are only the connect status and the status of its own put and get.
+    marker = workflow("empty_save")
+    marker["1"]["inputs"].update(width=8, height=8, color=4242)
+    marker_id, _ = run(standin, ws, marker)
+    start = next(i for i, f in enumerate(ws.frames) if isinstance(f, dict) and f["type"] == "execution_start")
+    assert ws.frames[start]["data"]["prompt_id"] == marker_id
+    assert types(ws.frames[:start]) == ["status"] * 3, "validation errors send no WebSocket message"
 
 
 # --- execution ---------------------------------------------------------------------------------
@@ -489,17 +510,18 @@ def test_messages_go_only_to_the_prompts_client(standin, ws):
     prompt = workflow("empty_save")
     prompt["1"]["inputs"]["color"] = 31337
     prompt_id, _ = run(standin, ws, prompt)
-    time.sleep(0.2)
+    # Frames reach each socket in the order they were sent. The last one of a run is the status after
+    # task_done: with the connect status, a client sees 4 statuses once the first run is over.
+    statuses = lambda client, n: lambda: types(client.frames).count("status") >= n  # noqa: E731
+    wait_until(statuses(other, 4))
     assert set(types(other.frames)) == {"status"}, "a second client only sees status"
 
     response = standin.post_prompt(dict(prompt, **{"1": {**prompt["1"], "inputs": {**prompt["1"]["inputs"],
                                                                                    "color": 31338}}}))
     orphan = response.json()["prompt_id"]
-    for _ in range(100):
-        if standin.history(orphan):
-            break
-        time.sleep(0.05)
-    time.sleep(0.2)
+    standin.wait_history(orphan)
+    wait_until(statuses(ws, 7))  # ...and 3 more (put, get, done) once the orphan's run is over
+    wait_until(statuses(other, 7))
     assert set(types(ws.frames)) - {"status", "progress_state"} == {
         "execution_start", "execution_cached", "executing", "executed", "execution_success"}
     orphan_types = {f["type"] for f in ws.frames if isinstance(f, dict) and f["data"].get("prompt_id") == orphan}
@@ -509,37 +531,69 @@ def test_messages_go_only_to_the_prompts_client(standin, ws):
     other.close()
 
 
-def slow_prompt(size: int = 1536, batch: int = 2, blurs: int = 3) -> dict:
-    prompt = {"1": {"class_type": "EmptyImage",
-                    "inputs": {"width": size, "height": size, "batch_size": batch, "color": int(time.time() * 1000) % 9999}}}
-    for index in range(2, blurs + 2):
-        prompt[str(index)] = {"class_type": "ImageBlur",
-                              "inputs": {"image": [str(index - 1), 0], "blur_radius": 31, "sigma": 5.0}}
-    prompt[str(blurs + 2)] = {"class_type": "SaveImage", "inputs": {"images": [str(blurs + 1), 0],
-                                                                    "filename_prefix": "slow/s"}}
-    return prompt
+def held_prompt(gate: str, interruptible: bool = True) -> dict:
+    """EmptyImage -> TestGate (held until released) -> ImageInvert -> SaveImage."""
+    return {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": int(time.time() * 1000) % 9999}},
+        "2": {"class_type": "TestGate", "inputs": {"image": ["1", 0], "gate": gate, "interruptible": interruptible}},
+        "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "held/s"}},
+    }
+
+
+def test_gate_holds_a_prompt_running_until_released(standin, ws):
+    gate = f"g-{uuid.uuid4().hex}"
+    prompt_id = standin.post_prompt(held_prompt(gate), ws.client_id).json()["prompt_id"]
+    assert standin.gate_entered(gate) == {"entered": 1, "waiting": 1, "passed": 0, "released": False}
+    assert stays(lambda: [i[1] for i in standin.http.get(f"{standin.url}/queue").json()["queue_running"]]
+                 == [prompt_id], 0.2)
+    assert standin.history(prompt_id) == {}
+    assert standin.release(gate)["released"] is True
+    frames = ws.wait_done(prompt_id)
+    assert "execution_success" in types(frames)
+    assert standin.http.get(f"{standin.url}/test/gate/{gate}").json() == \
+        {"entered": 1, "waiting": 0, "passed": 1, "released": True}
+    # Never a cache hit: the same graph runs through the (now open) gate again.
+    again, frames = run(standin, ws, held_prompt(gate))
+    cached = next(f for f in frames if f["type"] == "execution_cached")["data"]["nodes"]
+    assert "2" not in cached and standin.gate_entered(gate)["passed"] == 2
 
 
 def test_interrupt_takes_effect_at_the_next_node(standin, ws):
-    response = standin.post_prompt(slow_prompt(), ws.client_id)
-    prompt_id = response.json()["prompt_id"]
-    ws.wait_for(lambda f: isinstance(f, dict) and f["type"] == "executing" and f["data"].get("node") == "2")
-    time.sleep(0.3)  # let node 2 pass its own interrupt check: `executing` is sent just before it
+    # Node 2 has no interrupt point of its own (interruptible: false): the interrupt asked for while
+    # it runs stops the prompt when node 3 starts.
+    gate = f"g-{uuid.uuid4().hex}"
+    prompt_id = standin.post_prompt(held_prompt(gate, interruptible=False), ws.client_id).json()["prompt_id"]
+    standin.gate_entered(gate)
     running = standin.http.get(f"{standin.url}/queue").json()["queue_running"]
     assert [item[1] for item in running] == [prompt_id]
     assert standin.http.post(f"{standin.url}/interrupt", json={"prompt_id": prompt_id}).status_code == 200
+    standin.release(gate)
     frames = ws.wait_done(prompt_id)
     assert types(frames)[-5:] == ["progress_state", "executing", "execution_interrupted", "status", "executing"]
     data = next(f for f in frames if f["type"] == "execution_interrupted")["data"]
-    assert data["node_id"] == "3" and data["node_type"] == "ImageBlur" and sorted(data["executed"]) == ["1", "2"]
+    assert data["node_id"] == "3" and data["node_type"] == "ImageInvert" and sorted(data["executed"]) == ["1", "2"]
     entry = standin.history(prompt_id)
     assert entry["status"]["status_str"] == "error" and entry["outputs"] == {}
     assert standin.http.get(f"{standin.url}/api/jobs/{prompt_id}").json()["status"] == "cancelled"
 
 
+def test_interrupt_stops_a_node_at_its_next_tick(standin, ws):
+    gate = f"g-{uuid.uuid4().hex}"
+    prompt_id = standin.post_prompt(held_prompt(gate), ws.client_id).json()["prompt_id"]
+    standin.gate_entered(gate)
+    assert standin.http.post(f"{standin.url}/interrupt").status_code == 200
+    frames = ws.wait_done(prompt_id)
+    data = next(f for f in frames if f["type"] == "execution_interrupted")["data"]
+    assert data["node_id"] == "2" and data["node_type"] == "TestGate" and data["executed"] == ["1"]
+    assert standin.gate_entered(gate) == {"entered": 1, "waiting": 0, "passed": 0, "released": False}
+
+
 def test_queue_order_front_delete_clear_and_history(standin, ws):
-    blocker = standin.post_prompt(slow_prompt(blurs=1), ws.client_id).json()["prompt_id"]
-    ws.wait_for(lambda f: isinstance(f, dict) and f["type"] == "execution_start" and f["data"]["prompt_id"] == blocker)
+    gate = f"g-{uuid.uuid4().hex}"
+    blocker = standin.post_prompt(held_prompt(gate), ws.client_id).json()["prompt_id"]
+    standin.gate_entered(gate)
     ids = []
     for color in (1, 2, 3):
         prompt = workflow("empty_save")
@@ -568,12 +622,8 @@ def test_queue_order_front_delete_clear_and_history(standin, ws):
 
     again = standin.post_prompt(prompt, ws.client_id, prompt_id=ids[0]).json()
     assert again["prompt_id"] == ids[0]
-    for _ in range(100):
-        entry = standin.history(ids[0])
-        if entry and entry["prompt"][0] == again["number"]:
-            break
-        time.sleep(0.05)
-    assert entry["prompt"][0] == again["number"], "resubmitting an id overwrites its history entry"
+    # resubmitting an id overwrites its history entry
+    standin.wait_history(ids[0], lambda entry: entry and entry["prompt"][0] == again["number"])
     standin.http.post(f"{standin.url}/queue", json={"clear": True})
 
 
@@ -581,11 +631,16 @@ def test_reconnect_with_same_client_id_mid_run(standin):
     client_id = str(uuid.uuid4())
     first = WS(standin, client_id=client_id)
     first.wait_for(lambda f: f["type"] == "status")
-    prompt_id = standin.post_prompt(slow_prompt(size=1024, batch=2, blurs=2), client_id).json()["prompt_id"]
+    gate = f"g-{uuid.uuid4().hex}"
+    prompt_id = standin.post_prompt(held_prompt(gate), client_id).json()["prompt_id"]
     first.wait_for(lambda f: isinstance(f, dict) and f["type"] == "executing" and f["data"].get("node") == "2")
+    standin.gate_entered(gate)
     first.close()
-    time.sleep(0.1)
+    # The server drops a clientId when its old socket closes: reconnect once that close is through.
+    wait_until(lambda: first.closed, 10)
     second = WS(standin, client_id=client_id)
+    second.wait_for(lambda f: f["type"] == "status")
+    standin.release(gate)
     second.wait_for(lambda f: isinstance(f, dict) and f["type"] == "executing" and f["data"].get("node") is None
                     and f["data"].get("prompt_id") == prompt_id, 30)
     head = second.frames[:2]

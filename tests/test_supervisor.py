@@ -11,7 +11,6 @@ from pathlib import Path
 
 from tests.fixtures.comfy import RESOURCES, ServiceProcess
 
-from tests.test_app import slow_workflow
 SMALL = json.loads((RESOURCES / "comfy" / "workflows" / "empty_save.json").read_text())
 
 
@@ -40,9 +39,10 @@ def test_comfyui_killed_mid_job_fails_the_job_at_once_and_recovers(fresh_service
     pid = service.comfy_pid()
     assert pid and alive(pid)
     result: dict = {}
-    job = threading.Thread(target=lambda: result.update(r=service.post("/predict", json={"workflow": slow_workflow()})))
+    gate = service.gate()  # held running until ComfyUI dies; never released
+    job = threading.Thread(target=lambda: result.update(r=service.post("/predict", json={"workflow": gate.workflow()})))
     job.start()
-    time.sleep(1.0)
+    gate.wait_entered()
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     job.join(30)
@@ -78,3 +78,19 @@ def test_comfyui_does_not_outlive_a_service_that_is_killed(fresh_service: Servic
     service.process.kill()
     service.process.wait()
     assert wait_for(lambda: not alive(pid), 10), "ComfyUI was orphaned"
+
+
+def test_comfyui_gets_an_allowlisted_environment():
+    from handler.supervisor import comfy_env
+
+    environ = {"PATH": "/bin", "HOME": "/h", "LANG": "C.UTF-8", "LC_ALL": "C", "PYTHONPATH": "/p",
+               "CUDA_VISIBLE_DEVICES": "0", "LD_LIBRARY_PATH": "/l", "HF_HOME": "/hf",
+               "HF_TOKEN": "t", "WEBHOOK_SECRET": "s", "GOOGLE_APPLICATION_CREDENTIALS": "/c", "AWS_SECRET_ACCESS_KEY": "k",
+               "GCS_BUCKET": "b", "K_SERVICE": "svc", "STANDIN_TEST_GATE": "1", "CUDA_API_TOKEN": "t2"}
+    env = comfy_env(environ)
+    assert env == {"PATH": "/bin", "HOME": "/h", "LANG": "C.UTF-8", "LC_ALL": "C", "PYTHONPATH": "/p",
+                   "CUDA_VISIBLE_DEVICES": "0", "LD_LIBRARY_PATH": "/l", "HF_HOME": "/hf", "PYTHONUNBUFFERED": "1"}
+    # Operators may pass more by name or prefix, but never a secret-looking one.
+    more = comfy_env({**environ, "GOOGLE_CLOUD_PROJECT": "p"}, ("STANDIN_*", "K_SERVICE", "HF_TOKEN", "GOOGLE_*"))
+    assert more["STANDIN_TEST_GATE"] == "1" and more["K_SERVICE"] == "svc"
+    assert "HF_TOKEN" not in more and "GOOGLE_CLOUD_PROJECT" not in more

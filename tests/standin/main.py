@@ -4,7 +4,8 @@ It exits with status 0 on SIGTERM or SIGINT.
 
 Flags the stand-in has no use for are accepted and ignored, so the service's command line works
 unchanged. Environment knobs (for tests): STANDIN_OBJECT_INFO (catalog file),
-STANDIN_CACHE_BYTES (byte budget of the default cache).
+STANDIN_CACHE_BYTES (byte budget of the default cache), STANDIN_TEST_GATE=1 (load the TestGate
+custom node, `standin_app/testgate.py`).
 """
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ def main(argv: list[str]) -> int:
         loop, catalog, REGISTRY, paths,
         lambda srv: Executor(srv, catalog, REGISTRY, paths, cache, disable_metadata=args.disable_metadata),
     )
+    if os.environ.get("STANDIN_TEST_GATE") == "1" and not args.disable_all_custom_nodes:
+        from standin_app import testgate
+        testgate.install(catalog, REGISTRY, server.app)
+        log.info("Import times for custom nodes:\n   0.0 seconds: custom_nodes/comfyrun_test_gate\n")
     stop = threading.Event()
     start_worker(server, stop)
 

@@ -2,7 +2,8 @@
 
 The recorded catalog is the single source of truth for input specs, output types and which nodes
 are output nodes. Upload-backed combos (LoadImage, LoadAudio, LoadVideo, ...) list the files that
-are in the input folder right now, as a real server does.
+are in the input folder right now, as a real server does; the dataset loaders' `folder` combos list
+every subfolder of the input folder, recursively, as ComfyUI's `get_input_subfolders` does.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ DEFAULT_OBJECT_INFO = REPO_ROOT / "test_resources" / "comfy" / "object_info.json
 
 # extension -> content type ("image", "video", ...), like the real server's cache
 _content_types: dict[str, str | None] = {}
+# Nodes whose `folder` combo lists the input folder's subfolders (ComfyUI rebuilds it per request).
+_FOLDER_LISTS = {"LoadImageDataSetFromFolder", "LoadImageTextDataSetFromFolder",
+                 "LoadVideoDataSetFromFolder", "LoadVideoTextDataSetFromFolder"}
 _UPLOAD_FLAGS = {"image_upload": ("image",), "video_upload": ("video",), "audio_upload": ("audio", "video")}
 
 
@@ -35,6 +39,16 @@ def files_of_types(folder: str, kinds: tuple[str, ...]) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(n for n in names if content_type_of(n) in kinds)
+
+
+def input_subfolders(folder: str) -> list[str]:
+    """Every folder under `folder` (not itself), relative, with forward slashes, sorted."""
+    found = []
+    for root, _, _ in os.walk(folder):
+        relative = os.path.relpath(root, folder)
+        if relative != ".":
+            found.append(relative.replace(os.sep, "/"))
+    return sorted(found)
 
 
 class Catalog:
@@ -65,9 +79,11 @@ class Catalog:
         """The node's info with live file lists (a copy only where something is live)."""
         info = self.nodes[class_type]
         live = [u for u in self._upload_inputs if u[0] == class_type]
-        if not live:
+        if not live and class_type not in _FOLDER_LISTS:
             return info
         info = copy.deepcopy(info)
+        if class_type in _FOLDER_LISTS:
+            info["input"]["required"]["folder"][1]["options"] = input_subfolders(self.input_dir)
         for _, category, name, kinds, legacy in live:
             files = files_of_types(self.input_dir, kinds)
             spec = info["input"][category][name]
@@ -79,7 +95,7 @@ class Catalog:
 
     def all_info(self) -> dict:
         out = dict(self.nodes)
-        for class_type in {u[0] for u in self._upload_inputs}:
+        for class_type in {u[0] for u in self._upload_inputs} | (_FOLDER_LISTS & self.nodes.keys()):
             out[class_type] = self.info(class_type)
         return out
 
