@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +22,11 @@ from starlette.routing import BaseRoute, Route
 
 from . import __version__, workflows_api
 from .comfy import Comfy
-from .config import Settings
+from .config import ServiceRole, Settings
 from .errors import BadRequest, PayloadTooLarge, RequestTimeout, ServiceError
-from . import storage, taskqueue
-from .jobs import Jobs
+from . import catalog, storage, taskqueue
+from .catalog import StoreCatalog
+from .jobs import Jobs, Preflight, Runs
 from .jobs_api import JobRoutes
 from .tasktoken import TaskTokenVerifier
 from .pipeline import Pipeline
@@ -38,8 +42,8 @@ class Services:
     """What the routes need, built once per process."""
 
     settings: Settings
-    comfy: Comfy
-    pipeline: Pipeline
+    comfy: Comfy | None  # None in the api role, which has no ComfyUI
+    pipeline: Pipeline | None
     templates: Templates
     jobs: Jobs
     job_routes: JobRoutes
@@ -47,6 +51,11 @@ class Services:
 
 def services_of(request: Request) -> Services:
     return request.app.state.services
+
+
+def _comfy(services: Services) -> Comfy:
+    assert services.comfy is not None  # these routes are mounted only where ComfyUI runs
+    return services.comfy
 
 
 async def read_json(request: Request, limit: int, timeout_s: float | None = None) -> Any:
@@ -93,9 +102,11 @@ async def info(request: Request) -> JSONResponse:
     return JSONResponse({
         "service": "comfyrun",
         "version": __version__,
+        "role": services.settings.service_role.value,
         "model_type": services.settings.model_type,
-        "comfyui": {"version": comfy.version, "state": comfy.state, "ready": comfy.ready,
-                    "restarts": comfy.supervisor.restarts if comfy.supervisor else None},
+        "comfyui": None if comfy is None else {
+            "version": comfy.version, "state": comfy.state, "ready": comfy.ready,
+            "restarts": comfy.supervisor.restarts if comfy.supervisor else None},
         "async": {"queue": services.settings.queue_backend, "storage": services.settings.storage_backend},
         "endpoints": sorted({route.path for route in request.app.routes if hasattr(route, "path")}),
     })
@@ -103,7 +114,7 @@ async def info(request: Request) -> JSONResponse:
 
 async def healthz(request: Request) -> JSONResponse:
     comfy = services_of(request).comfy
-    if comfy.ready:
+    if comfy is None or comfy.ready:  # the api role needs no ComfyUI to serve
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": comfy.state}, status_code=503, headers={"Retry-After": "5"})
 
@@ -111,7 +122,7 @@ async def healthz(request: Request) -> JSONResponse:
 async def models(request: Request) -> JSONResponse:
     services = services_of(request)
     refresh = request.query_params.get("refresh", "").lower() in {"1", "true", "yes"}
-    catalogue = await run_in_threadpool(services.comfy.models, refresh)
+    catalogue = await run_in_threadpool(_comfy(services).models, refresh)
     return JSONResponse({"model_type": services.settings.model_type, "models": catalogue})
 
 
@@ -119,7 +130,7 @@ async def model_folder(request: Request) -> JSONResponse:
     services = services_of(request)
     refresh = request.query_params.get("refresh", "").lower() in {"1", "true", "yes"}
     folder = request.path_params["folder"]
-    files = await run_in_threadpool(services.comfy.model_folder, folder, refresh)
+    files = await run_in_threadpool(_comfy(services).model_folder, folder, refresh)
     return JSONResponse({"folder": folder, "models": files})
 
 
@@ -134,6 +145,7 @@ def run_sync(services: Services, body: Any) -> Response:
     predict_request = parse_predict_body(body, services.settings, services.templates)
     # A caller holds a connection: its prompt goes ahead of queued normal and low jobs.
     predict_request.priority = SYNC_PRIORITY
+    assert services.pipeline is not None  # predict() sends sync runs only where there is one
     result = services.pipeline.run(predict_request, defer_cleanup=True)
     # The job's files are removed once the answer is on its way.
     cleanup = BackgroundTask(result.cleanup)
@@ -149,6 +161,9 @@ async def predict(request: Request) -> Response:
     body = await read_json(request, services.settings.max_body_bytes, services.settings.body_read_timeout_s)
     if services.job_routes.wants_async(body, request):
         return await services.job_routes.accept(body, request)
+    if services.pipeline is None:
+        raise BadRequest("this is the api service, without a GPU: send sync requests to the worker, "
+                         "or add \"async\": true", worker_url=services.settings.worker_url)
     # On the runtime's own limiter: long runs never hold anyio's default pool (/models, /status).
     runtime: Runtime = request.app.state.runtime
     return await runtime.run_long(run_sync, services, body)
@@ -177,35 +192,58 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 # --- assembly --------------------------------------------------------------------------------
 
 
-def core_routes() -> list[BaseRoute]:
-    return [
+def core_routes(settings: Settings) -> list[BaseRoute]:
+    routes: list[BaseRoute] = [
         Route("/", info),
         Route("/healthz", healthz),
-        Route("/models", models),
-        Route("/models/{folder}", model_folder),
         Route("/predict", predict, methods=["POST"]),
     ]
+    if settings.service_role.runs_comfy:
+        routes += [Route("/models", models), Route("/models/{folder}", model_folder)]
+    return routes
 
 
 def build_services(settings: Settings, runtime: Runtime) -> Services:
-    comfy = Comfy(settings)
-    pipeline = Pipeline(comfy, runtime)
-    comfy.warmup_runner = pipeline.warmup
+    """Everything the role needs, each part complete when built."""
+    store = storage.from_settings(settings)
     templates = Templates.from_settings(settings)
-    jobs = Jobs.build(settings, storage.from_settings(settings), taskqueue.from_settings(settings),
-                      taskqueue.outbox_from_settings(settings), pipeline, comfy, templates, runtime)
+    comfy = pipeline = None
+    checks: Preflight = StoreCatalog(store)
+    runs = None
+    if settings.service_role.runs_comfy:
+        comfy = Comfy(settings)
+        pipeline = Pipeline(comfy, runtime)
+        checks, runs = pipeline, Runs(pipeline, comfy)
+    jobs = Jobs.build(settings, store, taskqueue.from_settings(settings), taskqueue.outbox_from_settings(settings),
+                      checks, runs, templates, runtime)
     routes = JobRoutes(settings, jobs, TaskTokenVerifier.from_settings(settings))
     return Services(settings, comfy, pipeline, templates, jobs, routes)
+
+
+def after_boot(services: Services) -> None:
+    """Once ComfyUI's catalogue is loaded, before the service is ready: the warmup, then (on a
+    worker) the catalogue published for the api role."""
+    settings, comfy, pipeline = services.settings, services.comfy, services.pipeline
+    assert comfy is not None and pipeline is not None
+    if settings.warmup_workflow:
+        started = time.monotonic()
+        pipeline.warmup(json.loads(Path(settings.warmup_workflow).read_text()))
+        log.info("warmup workflow %s ran in %.1f s", Path(settings.warmup_workflow).name, time.monotonic() - started)
+    if settings.service_role is ServiceRole.WORKER:
+        catalog.publish(services.jobs.service.store, comfy.object_info)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     runtime = Runtime(settings)
+    if settings.service_role.runs_comfy or "local" in (settings.queue_backend, settings.storage_backend):
+        runtime.claim_state_dir(settings.state_dir)
     services = build_services(settings, runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        services.comfy.start()
+        if services.comfy is not None:
+            services.comfy.start(after_boot=functools.partial(after_boot, services))
         services.jobs.start()
         try:
             yield
@@ -214,11 +252,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # Runs in flight hand their jobs back (they need ComfyUI and the store for that),
             # then ComfyUI goes, then the queues.
             await run_in_threadpool(runtime.stop, 4.0)
-            await run_in_threadpool(services.comfy.stop)
+            if services.comfy is not None:
+                await run_in_threadpool(services.comfy.stop)
             services.jobs.close()
 
     app = Starlette(
-        routes=core_routes() + workflows_api.routes(services) + services.job_routes.routes(),
+        routes=core_routes(settings) + workflows_api.routes(services) + services.job_routes.routes(),
         lifespan=lifespan,
         exception_handlers={ServiceError: service_error, HTTPException: http_error, Exception: unexpected_error},
     )

@@ -7,12 +7,10 @@ log line, the websocket handshake), not by polling.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .comfy_client import ComfyClient
 from .config import Settings
@@ -58,7 +56,7 @@ class Comfy:
         self.version: str | None = None
         self.started_at = time.monotonic()
         self._models: tuple[float, dict[str, list[str]]] | None = None
-        self.warmup_runner = None  # set by the app: runs the warmup workflow through the pipeline
+        self._after_boot: Callable[[], None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -66,7 +64,10 @@ class Comfy:
     def ready(self) -> bool:
         return self._booted.is_set() and self.client.connected
 
-    def start(self) -> None:
+    def start(self, after_boot: Callable[[], None] | None = None) -> None:
+        """Boot (or attach to) ComfyUI. `after_boot` runs once the catalogue is loaded and
+        before the service is ready: the warmup, publishing the catalogue to the store."""
+        self._after_boot = after_boot
         self.client.on_connect = self._on_connect
         self.client.start()
         if self.supervisor is None:
@@ -134,15 +135,8 @@ class Comfy:
         stats = self.client.get_json("/system_stats")
         self.version = (stats.get("system") or {}).get("comfyui_version")
         self._models = None
-        if self.settings.warmup_workflow and self.warmup_runner:
-            self._warmup()
-
-    def _warmup(self) -> None:
-        path = Path(self.settings.warmup_workflow)
-        workflow = json.loads(path.read_text())
-        started = time.monotonic()
-        self.warmup_runner(workflow)
-        log.info("warmup workflow %s ran in %.1f s", path.name, time.monotonic() - started)
+        if self._after_boot is not None:
+            self._after_boot()
 
     def require_ready(self) -> None:
         if not self.ready:

@@ -5,6 +5,7 @@ Every module takes a `Settings` (or the part of it it needs); nothing else reads
 
 from __future__ import annotations
 
+import enum
 import os
 import shlex
 import sys
@@ -25,6 +26,26 @@ def _list(value: str | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+class ServiceRole(str, enum.Enum):
+    """What this process serves (docs/architecture.md, "Roles")."""
+
+    ALL = "all"  # everything in one process: the local, embedded mode
+    API = "api"  # no ComfyUI, CPU only: async submits, status, cancel, listings, webhook delivery
+    WORKER = "worker"  # ComfyUI on the GPU: sync /predict, /healthz, /models, /tasks/run
+
+    @property
+    def runs_comfy(self) -> bool:
+        return self is not ServiceRole.API
+
+    @property
+    def accepts_jobs(self) -> bool:
+        return self is not ServiceRole.WORKER
+
+
+# Cloud Run refuses a request body over 32 MiB (HTTP/1) before it reaches the service.
+CLOUD_RUN_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+
 class ConfigError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
@@ -37,7 +58,10 @@ class Settings:
     log_level: str = "INFO"
     request_timeout_s: float = 600.0  # default per-request deadline for /predict
     max_request_timeout_s: float = 3600.0  # the most a caller may ask for
-    max_body_bytes: int = 64 * 1024 * 1024
+    max_body_bytes: int = 64 * 1024 * 1024  # in cloud mode: CLOUD_RUN_MAX_REQUEST_BYTES
+    # Answers above this size go out chunked: Cloud Run refuses an HTTP/1 answer over 32 MiB
+    # that has a Content-Length (handler/delivery.py).
+    chunked_above_bytes: int = 16 * 1024 * 1024
     warmup_workflow: Path | None = None
     models_cache_ttl_s: float = 300.0
     model_type: str = "base"
@@ -52,6 +76,13 @@ class Settings:
     header_read_timeout_s: float = 10.0
     # After SIGTERM: how long uvicorn waits for answers in flight (Cloud Run kills at 10 s).
     shutdown_grace_s: float = 6.0
+    # Logs: "json" (one object per line for Cloud Logging; the default on Cloud Run) or "text".
+    log_format: str = "text"
+    # One line per request (httpRequest in JSON): on with JSON logs or LOG_LEVEL=DEBUG, or ACCESS_LOG.
+    access_log: bool = False
+    # Set with several uvicorn processes: metrics are kept in files there (prometheus-client's
+    # multiprocess mode reads PROMETHEUS_MULTIPROC_DIR itself, at import).
+    metrics_multiproc_dir: Path | None = None
 
     # --- ComfyUI, booted as a child process or attached to by URL
     comfyui_path: Path | None = None
@@ -87,11 +118,15 @@ class Settings:
     tasks_location: str | None = None
     tasks_queue_prefix: str = "comfyui"
     tasks_service_account: str | None = None  # the OIDC identity Cloud Tasks calls us with
-    service_url: str | None = None  # our own URL: task target and OIDC audience
+    service_url: str | None = None  # our own URL: OIDC audience of tasks sent to us
+    service_role: ServiceRole = ServiceRole.ALL
+    api_url: str | None = None  # where webhook tasks go (the api role); default SERVICE_URL
+    worker_url: str | None = None  # where job tasks and sync calls go (the worker role); default SERVICE_URL
     tasks_emulator_host: str | None = None
     tasks_dispatch_deadline_s: int = 1800  # Cloud Tasks caps HTTP tasks at 30 minutes
     storage_emulator_host: str | None = None  # fake-gcs-server etc.: anonymous, no signing
     job_max_attempts: int = 5  # runs of one async job before a transient failure is final
+    output_retention_days: float = 7.0  # outputs of final jobs; requests go when the job is final
     job_lease_ttl_s: float = 60.0  # a run renews its lease every quarter of this
     job_id_secret: str | None = field(default=None, repr=False)  # else one kept in the store
     # Task tokens: checked when set (cloud mode); Cloud Run's IAM checks signatures in front of
@@ -150,8 +185,18 @@ class Settings:
             raise ConfigError(f"QUEUE_BACKEND must be local or cloudtasks, got {queue_backend!r}")
         if storage_backend not in {"local", "gcs"}:
             raise ConfigError(f"STORAGE_BACKEND must be local or gcs, got {storage_backend!r}")
+        try:
+            role = ServiceRole(get("SERVICE_ROLE", "all"))
+        except ValueError:
+            raise ConfigError(f"SERVICE_ROLE must be all, api or worker, got {get('SERVICE_ROLE')!r}") from None
+        if role is ServiceRole.API and queue_backend != "cloudtasks":
+            raise ConfigError("SERVICE_ROLE=api needs Cloud Tasks (QUEUE_BACKEND=cloudtasks): workers run elsewhere")
+        service_url = (get("SERVICE_URL") or "").rstrip("/") or None
         if storage_backend == "gcs" and not gcs_bucket:
             raise ConfigError("STORAGE_BACKEND=gcs needs GCS_BUCKET")
+        log_format = (get("LOG_FORMAT") or ("json" if get("K_SERVICE") else "text")).lower()
+        if log_format not in {"json", "text"}:
+            raise ConfigError(f"LOG_FORMAT must be json or text, got {log_format!r}")
 
         return cls(
             host=get("HOST", "0.0.0.0"),
@@ -159,7 +204,9 @@ class Settings:
             log_level=get("LOG_LEVEL", "INFO").upper(),
             request_timeout_s=number("REQUEST_TIMEOUT_S", 600.0),
             max_request_timeout_s=number("MAX_REQUEST_TIMEOUT_S", 3600.0),
-            max_body_bytes=int(number("MAX_BODY_BYTES", 64 * 1024 * 1024, int)),
+            max_body_bytes=int(number("MAX_BODY_BYTES", CLOUD_RUN_MAX_REQUEST_BYTES if cloud_mode else 64 * 1024 * 1024,
+                                      int)),
+            chunked_above_bytes=int(number("CHUNKED_ABOVE_BYTES", 16 * 1024 * 1024, int)),
             warmup_workflow=path("WARMUP_WORKFLOW"),
             models_cache_ttl_s=number("MODELS_CACHE_TTL_S", 300.0),
             model_type=get("MODEL_TYPE", "base"),
@@ -169,6 +216,9 @@ class Settings:
             body_read_timeout_s=number("BODY_READ_TIMEOUT_S", 30.0),
             header_read_timeout_s=number("HEADER_READ_TIMEOUT_S", 10.0),
             shutdown_grace_s=number("SHUTDOWN_GRACE_S", 6.0),
+            log_format=log_format,
+            access_log=_bool(get("ACCESS_LOG"), default=log_format == "json" or get("LOG_LEVEL", "") == "DEBUG"),
+            metrics_multiproc_dir=path("PROMETHEUS_MULTIPROC_DIR"),
             comfyui_path=path("COMFYUI_PATH"),
             comfyui_python=get("COMFYUI_PYTHON", sys.executable),
             comfyui_args=tuple(shlex.split(get("COMFYUI_ARGS", ""))),
@@ -196,11 +246,15 @@ class Settings:
             tasks_location=get("TASKS_LOCATION"),
             tasks_queue_prefix=get("TASKS_QUEUE_PREFIX", "comfyui"),
             tasks_service_account=get("TASKS_SERVICE_ACCOUNT"),
-            service_url=(get("SERVICE_URL") or "").rstrip("/") or None,
+            service_url=service_url,
+            service_role=role,
+            api_url=(get("API_URL") or "").rstrip("/") or service_url,
+            worker_url=(get("WORKER_URL") or "").rstrip("/") or service_url,
             tasks_emulator_host=get("CLOUD_TASKS_EMULATOR_HOST"),
             tasks_dispatch_deadline_s=int(number("TASKS_DISPATCH_DEADLINE_S", 1800, int)),
             storage_emulator_host=get("STORAGE_EMULATOR_HOST"),
             job_max_attempts=max(1, int(number("JOB_MAX_ATTEMPTS", 5, int))),
+            output_retention_days=number("OUTPUT_RETENTION_DAYS", 7.0),
             job_lease_ttl_s=max(1.0, number("JOB_LEASE_TTL_S", 60.0)),
             job_id_secret=get("JOB_ID_SECRET"),
             verify_task_tokens=_bool(get("VERIFY_TASK_TOKENS"), default=cloud_mode),

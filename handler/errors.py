@@ -122,6 +122,24 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class NotAcceptable(ServiceError):
+    """The answer cannot take a form the request's Accept header allows."""
+
+    status_code = 406
+    code = "not_acceptable"
+
+
+class StorageUnavailable(ServiceError):
+    """Cloud Storage (or the local store) could not be read or written: try again."""
+
+    status_code = 503
+    code = "storage_unavailable"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
 class InvalidParameter(ServiceError):
     """A named-workflow parameter is wrong: says which one and why."""
 

@@ -42,13 +42,20 @@ class JobRoutes:
         self.verifier = verifier
 
     def routes(self) -> list[BaseRoute]:
-        return [
-            Route("/status/{job_id}", self.status, methods=["GET"]),
-            Route("/cancel/{job_id}", self.cancel, methods=["POST"]),
-            Route("/tasks/run", self.tasks_run, methods=["POST"]),
-            Route("/tasks/webhook", self.tasks_webhook, methods=["POST"]),
-            Route("/outputs/{job_id}/{name:path}", self.local_output, methods=["GET"]),
-        ]
+        """The api role keeps the callers' routes and delivers webhooks; the worker role runs
+        job tasks; role "all" serves both."""
+        role = self.settings.service_role
+        routes: list[BaseRoute] = []
+        if role.accepts_jobs:
+            routes += [
+                Route("/status/{job_id}", self.status, methods=["GET"]),
+                Route("/cancel/{job_id}", self.cancel, methods=["POST"]),
+                Route("/tasks/webhook", self.tasks_webhook, methods=["POST"]),
+                Route("/outputs/{job_id}/{name:path}", self.local_output, methods=["GET"]),
+            ]
+        if self.jobs.runner is not None:
+            routes.append(Route("/tasks/run", self.tasks_run, methods=["POST"]))
+        return routes
 
     # --- the async branch of /predict
 
@@ -63,11 +70,17 @@ class JobRoutes:
         if task_name and self.settings.verify_task_tokens:
             # A task a client created against /predict: run it now, once per task.
             await self._verify(request)
+            if self.jobs.runner is None:
+                raise errors.BadRequest("this is the api service: point client-made tasks at the worker's /predict",
+                                        worker_url=self.settings.worker_url)
             queue_name = request.headers.get("x-cloudtasks-queuename", "")
             job_id = await run_in_threadpool(self.service.adopt_task, body, queue_name=queue_name,
                                              task_name=task_name, base_url=base)
             outcome = await self.jobs.runtime.run_long(self.jobs.runner.run, job_id)
             return self._outcome(outcome, base)
+        if not self.settings.service_role.accepts_jobs:
+            raise errors.BadRequest("this is a worker: submit async jobs to the api service",
+                                    api_url=self.settings.api_url)
         job = await run_in_threadpool(self.service.submit, body, base_url=base)
         status_url = f"{base}/status/{job.job_id}"
         return JSONResponse(
@@ -86,6 +99,7 @@ class JobRoutes:
             log.warning("a task without a job id reached /tasks/run")
             return JSONResponse({"outcome": "idle", "detail": "the task body has no job_id"})
         runner = self.jobs.runner
+        assert runner is not None  # the route exists only where jobs run
         if self.jobs.worker is None:  # a push queue: the task is a token, the line decides
             outcome = await self.jobs.runtime.run_long(runner.run_next, job_id)
         else:

@@ -12,6 +12,7 @@ limiter of its own. anyio's default pool (40 threads) is left to short calls, so
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import threading
@@ -21,7 +22,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import anyio
 import anyio.to_thread
 
-from .config import Settings
+from .config import ConfigError, Settings
 
 log = logging.getLogger("handler.runtime")
 
@@ -77,6 +78,22 @@ class Runtime:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._on_stop: list[Callable[[], None]] = []
+        self._state_lock: IO[str] | None = None
+
+    # --- the state folder ------------------------------------------------------------------
+
+    def claim_state_dir(self, path: Path) -> None:
+        """Hold STATE_DIR for this process's life: a second process on the same folder would
+        drain the same local queue and run the same jobs twice, so it stops at start instead."""
+        path.mkdir(parents=True, exist_ok=True)
+        handle = open(path / ".owner.lock", "a+")  # noqa: SIM115  (held open until the process ends)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ConfigError(f"another process is already serving from STATE_DIR ({path.name}); "
+                              "give each process its own STATE_DIR") from None
+        self._state_lock = handle
 
     # --- threads ---------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import pytest
 
 from handler import errors
 from handler.config import Settings
-from handler.jobs import Job, Jobs, JobState, Outcome
+from handler.jobs import Job, Jobs, JobState, Outcome, Runs
 from handler.jobs.model import Lease
 from handler.runtime import Runtime
 from handler.outputs import OutputFile
@@ -89,7 +89,8 @@ class Harness:
         self.queue = queue or RecordingQueue()
         self.outbox_queue = RecordingQueue()
         self.runtime = Runtime(settings)
-        self.jobs = Jobs.build(settings, store, self.queue, self.outbox_queue, Preflighted(pipeline), Comfy(),
+        checked = Preflighted(pipeline)
+        self.jobs = Jobs.build(settings, store, self.queue, self.outbox_queue, checked, Runs(checked, Comfy()),
                                None, self.runtime)
         self.service = self.jobs.service
         self.runner = self.jobs.runner
@@ -434,3 +435,22 @@ def test_an_async_timeout_beyond_the_dispatch_deadline_is_refused(store):
     with pytest.raises(errors.BadRequest, match="at most"):
         svc.submit({"workflow": WORKFLOW, "timeout": 1790})
     assert svc.submit({"workflow": WORKFLOW, "timeout": 600}).timeout_s == 600
+
+
+def test_a_final_jobs_request_goes_at_once_and_its_outputs_after_the_retention(store):
+    from handler.jobs import retention
+
+    svc = service(store, ScriptedPipeline(), output_retention_days=7)
+    job = svc.submit({"workflow": WORKFLOW})
+    assert store.list(f"inputs/{job.job_id}/")
+    svc.run(job.job_id)
+    assert store.list(f"inputs/{job.job_id}/") == []  # the request and its images: gone when final
+    assert store.list(f"outputs/{job.job_id}/")
+    repo = svc.service.repo
+    assert retention.sweep(repo, svc.service.settings) == 0  # young outputs stay
+    repo.update(job.job_id, lambda j: setattr(j, "finished_at", time.time() - 8 * 24 * 3600))
+    retention.sweep(repo, svc.service.settings)
+    assert store.list(f"outputs/{job.job_id}/") == [] and repo.find(job.job_id) is not None
+    repo.update(job.job_id, lambda j: setattr(j, "finished_at", time.time() - 31 * 24 * 3600))
+    retention.sweep(repo, svc.service.settings)
+    assert repo.find(job.job_id) is None

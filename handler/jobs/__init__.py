@@ -14,6 +14,7 @@ results in the Store, events through the webhook outbox.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
+from . import retention
 from ..runtime import Runtime
 from ..storage import Store
 from ..storage.local import LocalStore
@@ -33,17 +35,24 @@ from .service import AsyncOptions, JobService, Preflight
 from .views import JobViews
 from .worker import LocalWorker
 
-__all__ = ["FINAL_STATES", "AsyncOptions", "Job", "JobService", "JobState", "Jobs", "Outcome", "RunOutcome", "Sent"]
+log = logging.getLogger("handler.jobs")
+
+__all__ = ["FINAL_STATES", "AsyncOptions", "Job", "JobService", "JobState", "Jobs", "Outcome", "Preflight", "RunOutcome",
+           "Runs", "Sent"]
 
 
-class RunsAndChecks(Pipeline, Preflight):
-    """What jobs need of the pipeline: run a request, and check a graph before accepting it."""
+@dataclass(frozen=True)
+class Runs:
+    """What running jobs needs: the pipeline, and whether ComfyUI is ready."""
+
+    pipeline: Pipeline
+    comfy: Readiness
 
 
 @dataclass
 class Jobs:
     service: JobService
-    runner: Runner
+    runner: Runner | None  # None in the api role: jobs run on the workers
     outbox: Outbox
     worker: LocalWorker | None
     sender: LocalSender | None
@@ -53,25 +62,43 @@ class Jobs:
 
     @classmethod
     def build(cls, settings: Settings, store: Store, queue: TaskQueue, outbox_queue: OutboxQueue,
-              pipeline: RunsAndChecks, comfy: Readiness, templates: Any, runtime: Runtime) -> Jobs:
+              checks: Preflight, runs: Runs | None, templates: Any, runtime: Runtime) -> Jobs:
+        """`runs`: the pipeline and ComfyUI's readiness where this process runs jobs (roles
+        all and worker); `checks`: how submits are checked (the pipeline, or the catalogue the
+        workers published)."""
         instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         repo = JobRepo(store, keeps_line=not isinstance(queue, PullQueue))
         views = JobViews(settings, store, serves_outputs=isinstance(store, LocalStore))
         outbox = Outbox(settings, repo, views, outbox_queue)
-        runner = Runner(settings, repo, pipeline, comfy, outbox, runtime, templates, instance_id)
-        service = JobService(settings, repo, queue, views, outbox, runner, pipeline, templates)
-        worker = LocalWorker(runner, queue, repo, comfy, runtime) if isinstance(queue, PullQueue) else None
+        runner = worker = None
+        if runs is not None:
+            runner = Runner(settings, repo, runs.pipeline, runs.comfy, outbox, runtime, templates, instance_id)
+            if isinstance(queue, PullQueue):
+                worker = LocalWorker(runner, queue, repo, runs.comfy, runtime)
+        service = JobService(settings, repo, queue, views, outbox, runner, checks, templates)
         sender = (LocalSender(outbox, outbox_queue, settings, runtime.stopping)
                   if isinstance(outbox_queue, PullQueue) else None)
         return cls(service, runner, outbox, worker, sender, queue, outbox_queue, runtime)
 
     def start(self) -> None:
-        self.runner.start()
+        if self.runner is not None:
+            self.runner.start()
+        if isinstance(self.service.store, LocalStore):  # in the cloud, the bucket's lifecycle rules
+            self.runtime.thread("retention", self._sweep)
         if self.sender is not None:
             self.outbox.recover()
             self.runtime.thread("webhook-outbox", self.sender.loop)
         if self.worker is not None:
             self.worker.start()
+
+    def _sweep(self) -> None:
+        while True:
+            try:
+                retention.sweep(self.service.repo, self.service.settings)
+            except Exception as exc:
+                log.warning("retention sweep failed: %s", exc)
+            if self.runtime.stopping.wait(retention.SWEEP_EVERY_S):
+                return
 
     def close(self) -> None:
         """After the runtime stopped: release the queues."""

@@ -30,6 +30,7 @@ from ..pipeline import PredictResult
 from ..predict_request import PredictRequest, parse_predict_body
 from ..runtime import Runtime, Trigger
 from .model import Job, JobState, error, now
+from . import retention
 from .outbox import Outbox
 from .repo import JobRepo, Keep, LeaseLost, outputs_prefix
 
@@ -297,6 +298,7 @@ class Runner:
         return RunOutcome(Outcome.FINAL, job, f"already {job.state.value}")
 
     def _announced(self, job: Job, detail: str) -> RunOutcome:
+        retention.discard_request(self.repo, job.job_id)
         try:
             self.outbox.announce(job)
         except Exception as exc:  # the task stays, and its next delivery announces again

@@ -25,6 +25,7 @@ from ..predict_request import parse_predict_body
 from ..storage import PreconditionFailed, Store
 from ..taskqueue import PRIORITIES, PullQueue, TaskQueue
 from .model import Job, JobState, error, now
+from . import retention
 from .outbox import Outbox
 from .repo import JobRepo, Keep
 from .runner import Runner
@@ -70,7 +71,7 @@ class AsyncOptions:
 
 class JobService:
     def __init__(self, settings: Settings, repo: JobRepo, queue: TaskQueue, views: JobViews, outbox: Outbox,
-                 runner: Runner, checks: Preflight, templates: Any):
+                 runner: Runner | None, checks: Preflight, templates: Any):
         self.settings = settings
         self.repo = repo
         self.queue = queue
@@ -219,15 +220,16 @@ class JobService:
         if outcome == "dequeued":
             self._drop_from_queue(job)
             self.repo.leave_line(job)
+            retention.discard_request(self.repo, job_id)
             self.outbox.announce(job)
             return {"job_id": job_id, "state": "cancelled", "cancel": "dequeued",
                     "detail": "the job was queued and will never run"}
-        if self.runner.interrupt(job_id):
+        if self.runner is not None and self.runner.interrupt(job_id):
             return {"job_id": job_id, "state": job.state.value, "cancel": "interrupting",
                     "detail": "the job is running on this instance and is being interrupted"}
         return {"job_id": job_id, "state": job.state.value, "cancel": "requested",
                 "detail": (f"the job is running on another instance; it stops at its next lease renewal "
-                           f"(within {self.runner.lease_ttl_s / 4:.0f} s)")}
+                           f"(within {self.settings.job_lease_ttl_s / 4:.0f} s)")}
 
     def _drop_from_queue(self, job: Job) -> None:
         try:

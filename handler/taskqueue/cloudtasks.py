@@ -65,8 +65,11 @@ class CloudTasksQueue:
         self.location = settings.tasks_location
         self.prefix = settings.tasks_queue_prefix
         self.lane = lane
-        self.target_url = f"{settings.service_url}/tasks/{'webhook' if lane == WEBHOOKS_LANE else 'run'}"
-        self.audience = settings.service_url
+        # Job tasks go to the workers, webhook tasks to the api role (one URL in role "all"); each
+        # token's audience is the service it is sent to.
+        target = (settings.api_url if lane == WEBHOOKS_LANE else settings.worker_url) or settings.service_url
+        self.target_url = f"{target}/tasks/{'webhook' if lane == WEBHOOKS_LANE else 'run'}"
+        self.audience = target
         self.service_account = settings.tasks_service_account
         self.deadline_s = max(
             MIN_DISPATCH_DEADLINE_S, min(settings.tasks_dispatch_deadline_s, MAX_DISPATCH_DEADLINE_S)
