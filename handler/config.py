@@ -126,6 +126,7 @@ class Settings:
     tasks_dispatch_deadline_s: int = 1800  # Cloud Tasks caps HTTP tasks at 30 minutes
     storage_emulator_host: str | None = None  # fake-gcs-server etc.: anonymous, no signing
     job_max_attempts: int = 5  # runs of one async job before a transient failure is final
+    gcs_object_write_interval_s: float = 1.0  # Cloud Storage takes about one write a second per object
     output_retention_days: float = 7.0  # outputs of final jobs; requests go when the job is final
     job_lease_ttl_s: float = 60.0  # a run renews its lease every quarter of this
     job_id_secret: str | None = field(default=None, repr=False)  # else one kept in the store
@@ -146,12 +147,23 @@ class Settings:
     # --- models
     models_file: Path = Path("models.txt")
     models_source: str | None = None  # gs://bucket/prefix or a mounted folder, for runtime models
+    # Where ComfyUI's models live when not in COMFYUI_PATH/models (passed as --models-directory).
+    models_dir: Path | None = None
     hf_token: str | None = field(default=None, repr=False)
+    # The worker must run on a GPU: boot fails at once, saying why, when none is usable.
+    require_gpu: bool = False
 
     @property
     def comfyui_base_dir(self) -> Path:
         """Folders the service owns for a ComfyUI it boots: input/, output/, temp/."""
         return (self.state_dir / "comfyui").resolve()
+
+    @property
+    def comfyui_models_dir(self) -> Path | None:
+        """Where the models of a booted ComfyUI live (MODELS_DIR, else COMFYUI_PATH/models)."""
+        if self.models_dir is not None:
+            return self.models_dir
+        return self.comfyui_path / "models" if self.comfyui_path else None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -255,6 +267,7 @@ class Settings:
             storage_emulator_host=get("STORAGE_EMULATOR_HOST"),
             job_max_attempts=max(1, int(number("JOB_MAX_ATTEMPTS", 5, int))),
             output_retention_days=number("OUTPUT_RETENTION_DAYS", 7.0),
+            gcs_object_write_interval_s=number("GCS_OBJECT_WRITE_INTERVAL_S", 1.0),
             job_lease_ttl_s=max(1.0, number("JOB_LEASE_TTL_S", 60.0)),
             job_id_secret=get("JOB_ID_SECRET"),
             verify_task_tokens=_bool(get("VERIFY_TASK_TOKENS"), default=cloud_mode),
@@ -269,5 +282,8 @@ class Settings:
             workflows_dir=path("WORKFLOWS_DIR", "workflows"),
             models_file=path("MODELS_FILE", "models.txt"),
             models_source=get("MODELS_SOURCE"),
+            models_dir=path("MODELS_DIR"),
             hf_token=get("HF_TOKEN"),
+            # `--cpu` in COMFYUI_ARGS is an explicit CPU run: it needs no GPU, whatever REQUIRE_GPU says.
+            require_gpu=_bool(get("REQUIRE_GPU")) and "--cpu" not in shlex.split(get("COMFYUI_ARGS", "") or ""),
         )

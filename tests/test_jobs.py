@@ -114,7 +114,9 @@ def store(request, tmp_path):
 
 
 def service(store, pipeline, queue=None, **settings) -> Harness:
-    values = dict(job_max_attempts=3, url_allowlist=("127.0.0.1",))
+    # Writes to one job record are spaced 1 s apart on Cloud Storage; one test checks that, the
+    # others need not wait.
+    values = dict(job_max_attempts=3, url_allowlist=("127.0.0.1",), gcs_object_write_interval_s=0.0)
     values.update(settings)
     return Harness(store, pipeline, Settings(**values), queue)
 
@@ -454,3 +456,23 @@ def test_a_final_jobs_request_goes_at_once_and_its_outputs_after_the_retention(s
     repo.update(job.job_id, lambda j: setattr(j, "finished_at", time.time() - 31 * 24 * 3600))
     retention.sweep(repo, svc.service.settings)
     assert repo.find(job.job_id) is None
+
+
+def test_one_job_record_is_written_at_most_once_a_second_on_cloud_storage(fake_gcs):
+    """Cloud Storage takes about one write a second per object: the claim, the final write and
+    the webhook record of a fast job are spaced that far apart by this process."""
+    store = GCSStore(fake_gcs.new_bucket("spacing"), emulator_host=fake_gcs.url)
+    svc = service(store, ScriptedPipeline(), gcs_object_write_interval_s=1.0)
+    writes: list[float] = []
+    cas = store.cas_json
+
+    def recorded(key, obj, *, generation):
+        if key.startswith("jobs/"):
+            writes.append(time.monotonic())
+        return cas(key, obj, generation=generation)
+
+    store.cas_json = recorded
+    job = svc.submit({"workflow": WORKFLOW})
+    svc.run(job.job_id)
+    assert len(writes) >= 3  # created, claimed, final
+    assert all(b - a >= 0.95 for a, b in zip(writes, writes[1:])), writes

@@ -29,7 +29,7 @@ from ..storage.local import LocalStore
 from ..taskqueue import PullQueue, TaskQueue
 from .model import FINAL_STATES, Job, JobState
 from .outbox import LocalSender, Outbox, OutboxQueue, Sent
-from .repo import JobRepo
+from .repo import JobRepo, Observer
 from .runner import Outcome, Pipeline, Readiness, RunOutcome, Runner
 from .service import AsyncOptions, JobService, Preflight
 from .views import JobViews
@@ -62,12 +62,14 @@ class Jobs:
 
     @classmethod
     def build(cls, settings: Settings, store: Store, queue: TaskQueue, outbox_queue: OutboxQueue,
-              checks: Preflight, runs: Runs | None, templates: Any, runtime: Runtime) -> Jobs:
+              checks: Preflight, runs: Runs | None, templates: Any, runtime: Runtime,
+              observer: Observer | None = None) -> Jobs:
         """`runs`: the pipeline and ComfyUI's readiness where this process runs jobs (roles
         all and worker); `checks`: how submits are checked (the pipeline, or the catalogue the
         workers published)."""
         instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        repo = JobRepo(store, keeps_line=not isinstance(queue, PullQueue))
+        repo = JobRepo(store, keeps_line=not isinstance(queue, PullQueue), observer=observer,
+                       min_write_interval_s=0.0 if isinstance(store, LocalStore) else settings.gcs_object_write_interval_s)
         views = JobViews(settings, store, serves_outputs=isinstance(store, LocalStore))
         outbox = Outbox(settings, repo, views, outbox_queue)
         runner = worker = None

@@ -17,8 +17,10 @@ its task named.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 
 from .. import errors
@@ -61,10 +63,34 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+# Told of every committed write: (the job before it, or None for a new job; the job after it).
+Observer = Callable[[Job | None, Job], None]
+
+
 class JobRepo:
-    def __init__(self, store: Store, *, keeps_line: bool):
+    def __init__(self, store: Store, *, keeps_line: bool, observer: Observer | None = None,
+                 min_write_interval_s: float = 0.0):
+        """`min_write_interval_s`: Cloud Storage takes about one write a second per object, so
+        this process spaces its writes of one job record that far apart (1 s on GCS)."""
         self.store = store
         self.keeps_line = keeps_line
+        self.observer = observer  # metrics: derived from state changes, here where they commit
+        self.min_write_interval_s = min_write_interval_s
+        self._last_write: OrderedDict[str, float] = OrderedDict()
+        self._spacing = threading.Lock()
+
+    def _space(self, key: str) -> None:
+        if self.min_write_interval_s <= 0:
+            return
+        with self._spacing:
+            last = self._last_write.get(key)
+            wait = 0.0 if last is None else last + self.min_write_interval_s - time.monotonic()
+            self._last_write[key] = time.monotonic() + max(0.0, wait)
+            self._last_write.move_to_end(key)
+            while len(self._last_write) > 1024:
+                self._last_write.popitem(last=False)
+        if wait > 0:
+            time.sleep(wait)
 
     # --- reading
 
@@ -88,10 +114,12 @@ class JobRepo:
         """Store the request, then the job (must not exist yet), then its place in line."""
         self.store.put_json(request_key(job.job_id), request)
         job.revision = uuid.uuid4().hex
+        self._space(job_key(job.job_id))
         try:
             self.store.cas_json(job_key(job.job_id), job.to_dict(), generation=0)
         except PreconditionFailed:
             raise errors.Conflict("the job already exists") from None
+        self._observe(None, job)
         self.join_line(job)
 
     def update(self, job_id: str, change: Callable[[Job], None]) -> Job:
@@ -102,21 +130,31 @@ class JobRepo:
             if found is None:
                 raise errors.NotFound("no such job")
             job = Job.from_dict(found.data)
+            before = Job.from_dict(found.data) if self.observer is not None else None
             change(job)
             job.updated_at = time.time()
             job.revision = uuid.uuid4().hex
+            self._space(key)
             try:
                 self.store.cas_json(key, job.to_dict(), generation=found.generation)
-                return job
+                return self._observe(before, job)
             except PreconditionFailed:
                 if self._committed(key, job.revision):
-                    return job  # our write landed; only its answer was lost
+                    return self._observe(before, job)  # our write landed; only its answer was lost
                 time.sleep(0.01)
             except Exception:
                 if self._committed(key, job.revision):
-                    return job
+                    return self._observe(before, job)
                 raise
         raise errors.Conflict("the job is changing too often; try again")
+
+    def _observe(self, before: Job | None, after: Job) -> Job:
+        if self.observer is not None:
+            try:
+                self.observer(before, after)
+            except Exception:  # counting must never fail a committed write
+                log.exception("the job observer failed")
+        return after
 
     def _committed(self, key: str, revision: str) -> bool:
         try:

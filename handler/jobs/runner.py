@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .. import errors
+from .. import errors, logs
 from ..config import Settings
 from ..errors import ServiceError
 from ..pipeline import PredictResult
@@ -138,10 +138,12 @@ class Runner:
                 return outcome
         return RunOutcome(Outcome.IDLE, hinted, "no job is waiting")
 
+    @logs.in_context  # the job's id labels this delivery's log lines, and no later ones
     def run(self, job_id: str, *, takeover: bool = False,
             after_comfy: Callable[[], None] | None = None) -> RunOutcome:
         """One delivery of a job. `takeover`: a live lease held by another process is void (the
         local queue has one consumer, so a running job it hands out is an orphan)."""
+        logs.bind(job_id=job_id)
         free = _Once(after_comfy)
         if self.runtime.stopping.is_set():
             free()
