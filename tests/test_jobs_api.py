@@ -437,3 +437,37 @@ def test_sigkill_at_each_step_loses_no_job_and_no_webhook(tmp_path):
             receiver.close()
     finally:
         svc.stop()
+
+
+def test_strict_priority_through_cloud_tasks_at_full_concurrency(tmp_path, tasks_emulator, fake_gcs):
+    """One request slot (Cloud Run answers 429 beyond it), a job holding it, then low, normal
+    and high jobs: Cloud Tasks keeps no order and retries whichever task it likes, yet they run
+    high, normal, low, because a delivery runs the first job in the store's line."""
+    port = free_port()
+    ingress = Ingress(port, TASKS_ACCOUNT, concurrency=1)
+    settings = tasks_emulator.settings(ingress.url)
+    tasks_emulator.create_queues(settings)
+    env = dict(BASE_ENV)
+    env.update({
+        "QUEUE_BACKEND": "cloudtasks", "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
+        "TASKS_LOCATION": settings.tasks_location, "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
+        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host, "SERVICE_URL": ingress.url,
+        "VERIFY_TASK_TOKENS": "1", "INGRESS_VERIFIES_TOKENS": "1", "TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
+        "STORAGE_BACKEND": "gcs", "GCS_BUCKET": fake_gcs.new_bucket("strict"), "STORAGE_EMULATOR_HOST": fake_gcs.url,
+        "GCS_OBJECT_WRITE_INTERVAL_S": "0",
+    })
+    svc = ServiceProcess(STANDIN_TARGET, tmp_path / "svc", env=env, port=port).start().wait_ready()
+    try:
+        gate = svc.gate()
+        holder = submit(svc, gate.workflow(), priority="high")
+        gate.wait_entered()
+        ids = {name: submit(svc, quick(12000 + i), priority=name) for i, name in enumerate(["low", "normal", "high"])}
+        wait_until(lambda: ingress.refused >= 3)  # their tasks meet the full instance
+        gate.release()
+        finals = {name: wait_for(svc, job_id) for name, job_id in ids.items()}
+        assert wait_for(svc, holder)["state"] == "succeeded"
+        assert all(f["state"] == "succeeded" for f in finals.values()), finals
+        assert sorted(finals, key=lambda name: finals[name]["started_at"]) == ["high", "normal", "low"]
+    finally:
+        svc.stop()
+        ingress.close()

@@ -124,8 +124,12 @@ class Runner:
         if self.runtime.stopping.is_set() or not self.comfy.ready:
             return RunOutcome(Outcome.RETRY, detail="not ready to run jobs")
         hinted = self.repo.find(hint) if hint else None
+        settled = None
         if hinted is not None and hinted.final:
-            return self._settled(hinted)
+            # Another token ran it: this token still runs whoever is first in line now.
+            settled = self._settled(hinted)
+            if settled.kind is Outcome.RETRY:
+                return settled
         line = self.repo.line()
         if hinted is not None and hinted.job_id not in line and (
             hinted.state is JobState.QUEUED or not hinted.lease_alive(now())
@@ -134,9 +138,11 @@ class Runner:
             line = self.repo.line()
         for job_id in line:
             outcome = self.run(job_id, takeover=False)
-            if outcome.kind is not Outcome.BUSY and not (outcome.kind is Outcome.FINAL and outcome.detail == "already"):
+            skipped = outcome.kind in (Outcome.BUSY, Outcome.IDLE) or (
+                outcome.kind is Outcome.FINAL and outcome.detail == "already")
+            if not skipped:
                 return outcome
-        return RunOutcome(Outcome.IDLE, hinted, "no job is waiting")
+        return settled or RunOutcome(Outcome.IDLE, hinted, "no job is waiting")
 
     @logs.in_context  # the job's id labels this delivery's log lines, and no later ones
     def run(self, job_id: str, *, takeover: bool = False,
