@@ -98,7 +98,6 @@ class Settings:
     comfyui_input_dir: Path | None = None
     comfyui_output_dir: Path | None = None
     comfyui_temp_dir: Path | None = None
-    comfyui_startup_timeout_s: float = 600.0
     comfyui_restart_backoff_s: float = 1.0
     comfyui_restart_backoff_max_s: float = 30.0
     ws_reconnect_attempts: int = 5
@@ -242,7 +241,6 @@ class Settings:
             comfyui_input_dir=path("COMFYUI_INPUT_DIR"),
             comfyui_output_dir=path("COMFYUI_OUTPUT_DIR"),
             comfyui_temp_dir=path("COMFYUI_TEMP_DIR"),
-            comfyui_startup_timeout_s=number("COMFYUI_STARTUP_TIMEOUT_S", 600.0),
             comfyui_restart_backoff_s=number("COMFYUI_RESTART_BACKOFF_S", 1.0),
             comfyui_restart_backoff_max_s=number("COMFYUI_RESTART_BACKOFF_MAX_S", 30.0),
             ws_reconnect_attempts=int(number("WEBSOCKET_RECONNECT_ATTEMPTS", 5, int)),

@@ -53,6 +53,27 @@ def is_ui_format(workflow: Any) -> bool:
     )
 
 
+UI_FORMAT_HINT = (
+    "this looks like a workflow saved in ComfyUI's UI format (it has 'nodes' and 'links'); "
+    "export it with 'Export (API)' in ComfyUI's workflow menu and send that instead"
+)
+
+
+def shape_problem(workflow: Any) -> str | None:
+    """The one check of the API format's shape, {node id: {class_type, inputs}}, used for request
+    bodies and template files alike: what is wrong, or None."""
+    if is_ui_format(workflow):
+        return UI_FORMAT_HINT
+    if not isinstance(workflow, Mapping) or not workflow:
+        return "a workflow must be a non-empty object of nodes in ComfyUI's API format"
+    for node_id, node in workflow.items():
+        if not isinstance(node, Mapping) or not isinstance(node.get("class_type"), str):
+            return f"workflow node {node_id!r} must be an object with a string class_type"
+        if not isinstance(node.get("inputs", {}), Mapping):
+            return f"workflow node {node_id!r} has inputs that are not an object"
+    return None
+
+
 # Longest chain of linked nodes a request may send. ComfyUI validates recursively along links:
 # measured on 0.3x, a chain of 700 runs and one of 1,000 fails there with an empty error.
 MAX_CHAIN = 500

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from . import graph
+from . import graph, logs
 from .comfy import Comfy
 from .comfy_client import Interrupted, PromptWatch
 from .errors import (BadRequest, Cancelled, ComfyUnavailable, QueueTimeout, ServiceError, Timeout,
@@ -26,6 +26,7 @@ from .errors import (BadRequest, Cancelled, ComfyUnavailable, QueueTimeout, Serv
 from .inputs import rewrite_references
 from .outputs import OutputFile, collect, file_refs
 from .predict_request import PredictRequest, check_workflow, is_folder_name, new_folder_name
+from .progress import ProgressSink, Reporter
 from .runtime import Runtime, Trigger, link
 from .supervisor import private_paths
 from .taskqueue.base import PRIORITIES
@@ -74,9 +75,6 @@ class PredictResult:
 
     def to_response(self) -> dict[str, Any]:
         return self._document(lambda file: base64.b64encode(file.data).decode("ascii"))
-
-    def to_json(self) -> bytes:
-        return b"".join(self.json_parts()[1])
 
     def json_parts(self) -> tuple[int, Iterator[bytes]]:
         """`to_response()` as JSON, in parts, with its length known up front.
@@ -171,9 +169,10 @@ class Pipeline:
         self._arrivals = itertools.count()
 
     def run(self, request: PredictRequest, cancel: threading.Event | None = None, *,
-            defer_cleanup: bool = False) -> PredictResult:
+            defer_cleanup: bool = False, progress: ProgressSink | None = None) -> PredictResult:
         """Run one job. With `defer_cleanup`, a successful result's files stay until the caller
-        calls `result.cleanup()` (the sync route does so after it has answered).
+        calls `result.cleanup()` (the sync route does so after it has answered). `progress`, if
+        given, gets the run's events (handler/progress.py) on ComfyUI's listener thread.
 
         `request.timeout_s` bounds fetching input URLs and then the run inside ComfyUI, counted
         from its `execution_start`; the wait in ComfyUI's queue before that is bounded by
@@ -182,7 +181,7 @@ class Pipeline:
         if self.runtime.stopping.is_set():
             raise ComfyUnavailable("the service is shutting down; retry", retry_after_s=1)
         self.comfy.require_ready()
-        return self._run(request, cancel, defer_cleanup)
+        return self._run(request, cancel, defer_cleanup, progress)
 
     def preflight(self, workflow: dict[str, Any]) -> None:
         """Refuse now what ComfyUI would refuse later: async jobs are accepted only if they can run."""
@@ -192,13 +191,16 @@ class Pipeline:
     def warmup(self, workflow: dict[str, Any]) -> None:
         self._run(PredictRequest(workflow=check_workflow(workflow)), None, False)
 
-    def _run(self, request: PredictRequest, cancel: threading.Event | None, defer_cleanup: bool) -> PredictResult:
+    def _run(self, request: PredictRequest, cancel: threading.Event | None, defer_cleanup: bool,
+             progress: ProgressSink | None = None) -> PredictResult:
         started = time.monotonic()
         number = queue_number(request.priority, next(self._arrivals))
         # The private folder name is a secret of this run: never a job id or another caller's value.
         rid = request.request_id if is_folder_name(request.request_id) else new_folder_name()
         prompt_id = str(uuid.uuid4())
+        logs.bind(prompt_id=prompt_id, workflow_id=request.workflow_id)  # the request's log lines, access included
         watch: PromptWatch | None = None
+        reporter: Reporter | None = None
         deferred = False
         try:
             renames = self.comfy.inputs.stage(rid, request.images, deadline=started + request.timeout_s)
@@ -206,8 +208,16 @@ class Pipeline:
             rewrite_references(graph, renames)
             staged = time.monotonic()
             watch = self.client.watch(prompt_id)  # before submitting: no event can be missed
+            watch.number = number
+            if progress is not None:
+                reporter = Reporter(progress, graph, frozenset(self.comfy.output_classes) | KNOWN_OUTPUT_NODES,
+                                    functools.partial(public_outputs, request_id=rid), prompt_id=prompt_id,
+                                    previews=request.previews)
+                watch.listener = reporter.on_message
             self.client.submit(graph, prompt_id, number)
             submitted = time.monotonic()
+            if reporter is not None:
+                reporter.queued(self.client.ahead_of(prompt_id))
             self._wait(watch, submitted, cancel, request)
             if watch.missed_events:
                 # The websocket dropped during the run: outputs may only be in the history.
@@ -234,6 +244,8 @@ class Pipeline:
                 deferred = True
             return result
         finally:
+            if reporter is not None:
+                reporter.close()
             if watch is not None:
                 self.client.forget(prompt_id)
             if not deferred:

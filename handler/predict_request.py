@@ -39,10 +39,6 @@ def new_folder_name() -> str:
 def is_folder_name(name: Any) -> bool:
     return isinstance(name, str) and REQUEST_FOLDER.fullmatch(name) is not None
 
-UI_FORMAT_HINT = (
-    "this looks like a workflow saved in ComfyUI's UI format (it has 'nodes' and 'links'); "
-    "export it with 'Export (API)' in ComfyUI's workflow menu and send that instead"
-)
 
 
 @dataclass
@@ -56,19 +52,17 @@ class PredictRequest:
     workflow_id: str | None = None  # set when the graph came from a named template
     # Where the prompt stands in ComfyUI's queue: one of taskqueue.PRIORITIES (docs/async.md).
     priority: str = "normal"
+    # Sampler previews as `preview` events of a streamed (text/event-stream) answer.
+    previews: bool = False
 
 
 def check_workflow(workflow: Any) -> dict[str, Any]:
     """The shape of an API-format graph: {node id: {class_type, inputs}}."""
-    if not isinstance(workflow, dict) or not workflow:
-        raise BadRequest("workflow must be a non-empty object of nodes in ComfyUI's API format")
-    if "nodes" in workflow and "links" in workflow:
-        raise BadRequest(UI_FORMAT_HINT)
+    problem = graph.shape_problem(workflow)
+    if problem is not None:
+        raise BadRequest(problem)
+    assert isinstance(workflow, dict)
     for node_id, node in workflow.items():
-        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
-            raise BadRequest(f"workflow node {node_id!r} must be an object with a string class_type")
-        if not isinstance(node.get("inputs", {}), dict):
-            raise BadRequest(f"workflow node {node_id!r} has inputs that are not an object")
         for name, value in (node.get("inputs") or {}).items():
             if isinstance(value, str) and value.rstrip().lower().endswith(SHARED_FOLDER_ANNOTATIONS):
                 raise BadRequest(
@@ -134,4 +128,13 @@ def parse_predict_body(body: Any, settings: Settings, templates: Any = None) -> 
         timeout_s=parse_timeout(body.get("timeout"), settings),
         output=OutputOptions.parse(body.get("output")),
         workflow_id=workflow_id,
+        previews=parse_previews(body.get("previews")),
     )
+
+
+def parse_previews(raw: Any) -> bool:
+    if raw is None:
+        return False
+    if not isinstance(raw, bool):
+        raise BadRequest("previews must be true or false")
+    return raw

@@ -40,6 +40,7 @@ from typing import Any, Mapping, NamedTuple
 import jsonschema
 
 from .errors import BadRequest, InvalidParameter, NotFound
+from .graph import shape_problem
 
 log = logging.getLogger("handler.templates")
 
@@ -434,15 +435,9 @@ def _target(raw: Any) -> Target:
 
 
 def _check_graph(name: str, graph: Any) -> None:
-    if isinstance(graph, dict) and isinstance(graph.get("nodes"), list) and isinstance(graph.get("links"), list):
-        raise ManifestError(f"{name} is a UI-format workflow (nodes/links): save it with 'Export (API)'")
-    if not isinstance(graph, dict) or not graph:
-        raise ManifestError(f"{name} must be an API-format workflow: an object of nodes keyed by id")
-    for node_id, node in graph.items():
-        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
-            raise ManifestError(f"{name}: node {node_id!r} has no class_type")
-        if not isinstance(node.get("inputs", {}), dict):
-            raise ManifestError(f"{name}: node {node_id!r} has inputs that are not an object")
+    problem = shape_problem(graph)
+    if problem is not None:
+        raise ManifestError(f"{name}: {problem}")
 
 
 def _check_target(where: str, graph_name: str, graph: dict, param: str, target: Target) -> None:

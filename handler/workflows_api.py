@@ -7,7 +7,6 @@ without reaching any CDN.
 from __future__ import annotations
 
 import html
-import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
     from .templates import Templates
 
 ASSETS = "/docs/static"
-_HAS_SWAGGER_UI = importlib.util.find_spec("swagger_ui") is not None
 
 _PAGE = """<!doctype html>
 <html lang="en">
@@ -42,13 +40,6 @@ _PAGE = """<!doctype html>
 </body>
 </html>
 """
-
-_PLAIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>
-<body><h1>{title}</h1><p>The interactive page needs the <code>swagger-ui-py</code> package.
-The API description is at <a href="{spec}">{spec}</a>.</p></body></html>
-"""
-
 
 def routes(services: Any) -> list[BaseRoute]:
     """GET /workflows, /workflows/{workflow_id}, /openapi.json, /docs (+ its static files)."""
@@ -85,8 +76,7 @@ def routes(services: Any) -> list[BaseRoute]:
 
     def docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path") or ""
-        page = _PAGE if _HAS_SWAGGER_UI else _PLAIN_PAGE
-        return HTMLResponse(page.format(title=html.escape("comfyrun API"), assets=root + ASSETS,
+        return HTMLResponse(_PAGE.format(title=html.escape("comfyrun API"), assets=root + ASSETS,
                                         spec=root + "/openapi.json"))
 
     mounted: list[BaseRoute] = [
@@ -95,6 +85,5 @@ def routes(services: Any) -> list[BaseRoute]:
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
     ]
-    if _HAS_SWAGGER_UI:
-        mounted.append(Mount(ASSETS, app=StaticFiles(packages=[("swagger_ui", "static")]), name="docs-static"))
+    mounted.append(Mount(ASSETS, app=StaticFiles(packages=[("swagger_ui", "static")]), name="docs-static"))
     return mounted

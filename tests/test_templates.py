@@ -277,7 +277,7 @@ BLUR_GRAPH = json.loads((TEST_TEMPLATES / "solid-blur.json").read_text())
          "parameter 'w' points at input 'widht' of node 1 (EmptyImage), which has no such input"),
         ({"params": {"w": {"type": "integer", "to": "2.image"}}}, BLUR_GRAPH, "which is a link to node '1'"),
         ({"params": {"w": {"type": "integer", "to": "1.width"}}}, {"nodes": [], "links": []},
-         "UI-format workflow"),
+         "UI format"),
         ({"params": {"w": {"type": "integer", "to": "1.width"}}}, None, "broken.json does not exist"),
         ({"params": {"nope": {"to": "1.width"}}}, BLUR_GRAPH, "_params.json defines no 'nope'"),
         ({"params": {"a": {"type": "integer", "to": "1.width"}, "b": {"type": "integer", "to": "1.width"}}},

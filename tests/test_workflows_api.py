@@ -104,10 +104,9 @@ def test_docs_page_and_its_assets_are_served_locally(base_url):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/openapi.json" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
-    if workflows_api._HAS_SWAGGER_UI:
-        for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
-            response = requests.get(f"{base_url}{workflows_api.ASSETS}/{asset}", timeout=10)
-            assert response.status_code == 200 and len(response.content) > 10_000, asset
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        response = requests.get(f"{base_url}{workflows_api.ASSETS}/{asset}", timeout=10)
+        assert response.status_code == 200 and len(response.content) > 10_000, asset
 
 
 def test_listing_reports_unavailable_model_types(base_url, folder):
