@@ -13,11 +13,10 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import __version__, workflows_api
@@ -29,8 +28,13 @@ from .catalog import StoreCatalog
 from .jobs import Jobs, Preflight, Runs
 from .jobs_api import JobRoutes
 from .tasktoken import TaskTokenVerifier
+from . import dashboard, logs, observe
+from .metrics import Metrics
+from starlette.middleware import Middleware
+from . import delivery, sse
+from .delivery import Form, Outlet, Wanted
 from .pipeline import Pipeline
-from .predict_request import parse_predict_body
+from .predict_request import PredictRequest, parse_predict_body
 from .runtime import Runtime
 from .templates import Templates
 
@@ -47,6 +51,7 @@ class Services:
     templates: Templates
     jobs: Jobs
     job_routes: JobRoutes
+    metrics: Metrics
 
 
 def services_of(request: Request) -> Services:
@@ -136,24 +141,30 @@ async def model_folder(request: Request) -> JSONResponse:
 
 # Where sync /predict requests stand in ComfyUI's queue, among async jobs (docs/async.md).
 SYNC_PRIORITY = "high"
-# Above this size a /predict answer is streamed: the client reads one file while the next is encoded.
-STREAM_ABOVE_BYTES = 1024 * 1024
 
 
-def run_sync(services: Services, body: Any) -> Response:
-    """Parse, run and render in a worker thread: the event loop stays free for /healthz."""
+def parse_sync(services: Services, body: Any, wanted: Wanted) -> PredictRequest:
     predict_request = parse_predict_body(body, services.settings, services.templates)
     # A caller holds a connection: its prompt goes ahead of queued normal and low jobs.
     predict_request.priority = SYNC_PRIORITY
+    wanted.check(predict_request.output)
+    return predict_request
+
+
+def outlet(services: Services, base_url: str) -> Outlet:
+    """Where `output.delivery: "url"` stores a sync answer's files: the jobs' store."""
+    return Outlet(services.settings, services.jobs.service.store, base_url)
+
+
+def run_sync(services: Services, body: Any, wanted: Wanted | None = None, base_url: str = "") -> Response:
+    """Parse, run and render in a worker thread: the event loop stays free for /healthz."""
+    wanted = wanted or Wanted(Form.JSON)
+    predict_request = parse_sync(services, body, wanted)
     assert services.pipeline is not None  # predict() sends sync runs only where there is one
     result = services.pipeline.run(predict_request, defer_cleanup=True)
-    # The job's files are removed once the answer is on its way.
-    cleanup = BackgroundTask(result.cleanup)
-    length, parts = result.json_parts()
-    if length <= STREAM_ABOVE_BYTES:
-        return Response(b"".join(parts), media_type="application/json", background=cleanup)
-    return StreamingResponse(parts, media_type="application/json", background=cleanup,
-                             headers={"Content-Length": str(length)})
+    services.metrics.sync_timings(result.timings)
+    # The job's files are removed once the answer is on its way (delivery.respond).
+    return delivery.respond(result, predict_request.output, wanted, outlet(services, base_url))
 
 
 async def predict(request: Request) -> Response:
@@ -166,7 +177,14 @@ async def predict(request: Request) -> Response:
                          "or add \"async\": true", worker_url=services.settings.worker_url)
     # On the runtime's own limiter: long runs never hold anyio's default pool (/models, /status).
     runtime: Runtime = request.app.state.runtime
-    return await runtime.run_long(run_sync, services, body)
+    wanted = delivery.negotiate(request.headers.get("accept"))  # 406 before any work
+    base_url = services.job_routes.base_url(request)
+    if wanted.form is Form.EVENTS:
+        # A bad body or a ComfyUI that is not ready is a plain HTTP error, before the stream starts.
+        predict_request = await run_in_threadpool(parse_sync, services, body, wanted)
+        _comfy(services).require_ready()
+        return sse.stream(services.pipeline, runtime, predict_request, outlet(services, base_url))
+    return await runtime.run_long(run_sync, services, body, wanted, base_url)
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -185,8 +203,10 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
+    # Sent by starlette's outermost middleware, past the request observer: the id is added here.
+    request_id = {"X-Request-Id": logs.current().request_id or ""}
     body = {"status": "error", "error": {"code": "internal_error", "message": "internal error"}}
-    return JSONResponse(body, status_code=500)
+    return JSONResponse(body, status_code=500, headers=request_id)
 
 
 # --- assembly --------------------------------------------------------------------------------
@@ -211,13 +231,14 @@ def build_services(settings: Settings, runtime: Runtime) -> Services:
     checks: Preflight = StoreCatalog(store)
     runs = None
     if settings.service_role.runs_comfy:
-        comfy = Comfy(settings)
+        comfy = Comfy(settings, runtime.thread)
         pipeline = Pipeline(comfy, runtime)
         checks, runs = pipeline, Runs(pipeline, comfy)
+    metrics = Metrics(settings)
     jobs = Jobs.build(settings, store, taskqueue.from_settings(settings), taskqueue.outbox_from_settings(settings),
-                      checks, runs, templates, runtime)
+                      checks, runs, templates, runtime, observer=metrics.job_changed)
     routes = JobRoutes(settings, jobs, TaskTokenVerifier.from_settings(settings))
-    return Services(settings, comfy, pipeline, templates, jobs, routes)
+    return Services(settings, comfy, pipeline, templates, jobs, routes, metrics)
 
 
 def after_boot(services: Services) -> None:
@@ -228,7 +249,8 @@ def after_boot(services: Services) -> None:
     if settings.warmup_workflow:
         started = time.monotonic()
         pipeline.warmup(json.loads(Path(settings.warmup_workflow).read_text()))
-        log.info("warmup workflow %s ran in %.1f s", Path(settings.warmup_workflow).name, time.monotonic() - started)
+        comfy.warmup_s = time.monotonic() - started
+        log.info("warmup workflow %s ran in %.1f s", Path(settings.warmup_workflow).name, comfy.warmup_s)
     if settings.service_role is ServiceRole.WORKER:
         catalog.publish(services.jobs.service.store, comfy.object_info)
 
@@ -249,15 +271,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             runtime.signal_stop()  # already set by SIGTERM when served by `python -m handler`
-            # Runs in flight hand their jobs back (they need ComfyUI and the store for that),
-            # then ComfyUI goes, then the queues.
-            await run_in_threadpool(runtime.stop, 4.0)
+            # Runs in flight saw `stopping` and handed their jobs back while uvicorn drained;
+            # then ComfyUI goes (its threads end with it), then every thread is joined.
             if services.comfy is not None:
                 await run_in_threadpool(services.comfy.stop)
+            await run_in_threadpool(runtime.stop, 3.0)
             services.jobs.close()
 
+    scraped = observe.collector(services)
+    services.metrics.registry.register(scraped)
     app = Starlette(
-        routes=core_routes(settings) + workflows_api.routes(services) + services.job_routes.routes(),
+        routes=core_routes(settings) + workflows_api.routes(services) + services.job_routes.routes()
+        + observe.routes(services, services.metrics) + dashboard.routes(services, services.metrics, scraped),
+        middleware=[Middleware(observe.RequestObserver, metrics=services.metrics, settings=settings)],
         lifespan=lifespan,
         exception_handlers={ServiceError: service_error, HTTPException: http_error, Exception: unexpected_error},
     )

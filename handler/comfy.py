@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .comfy_client import ComfyClient
 from .config import Settings
+from .runtime import Spawn
 from .errors import ComfyUnavailable, NotFound
 from .inputs import FolderInputs, InputSink, UploadedInputs
 from .outputs import FolderOutputs, OutputSource, ViewOutputs
@@ -23,8 +24,10 @@ log = logging.getLogger("handler.comfy")
 
 
 class Comfy:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, spawn: Spawn):
+        """`spawn` starts this part's threads (the runtime's, in the service)."""
         self.settings = settings
+        self._spawn = spawn
         self.supervisor: ComfySupervisor | None = None
         folders: ComfyFolders | None = None
         if settings.comfyui_url:
@@ -33,12 +36,12 @@ class Comfy:
                 temp = settings.comfyui_temp_dir or settings.comfyui_output_dir.parent / "temp"
                 folders = ComfyFolders(settings.comfyui_input_dir, settings.comfyui_output_dir, temp)
         elif settings.comfyui_path:
-            self.supervisor = ComfySupervisor(settings, self._on_listening, self._on_exit)
+            self.supervisor = ComfySupervisor(settings, self._on_listening, self._on_exit, spawn)
             base_url = self.supervisor.url
             folders = self.supervisor.folders
         else:
             raise ValueError("set COMFYUI_PATH (boot ComfyUI) or COMFYUI_URL (attach to one)")
-        self.client = ComfyClient(base_url, settings, supervised=self.supervisor is not None)
+        self.client = ComfyClient(base_url, settings, supervised=self.supervisor is not None, spawn=spawn)
         self.folders = folders
         self.inputs: InputSink
         self.outputs: OutputSource
@@ -55,6 +58,11 @@ class Comfy:
         self.object_info: dict[str, Any] = {}
         self.version: str | None = None
         self.started_at = time.monotonic()
+        # Seconds, for metrics: the last boot (start or crash → ready), the models' fetch, the warmup.
+        self.boot_s: float | None = None
+        self.models_fetch_s: float | None = None
+        self.warmup_s: float | None = None
+        self._down_since = self.started_at
         self._models: tuple[float, dict[str, list[str]]] | None = None
         self._after_boot: Callable[[], None] | None = None
 
@@ -74,7 +82,7 @@ class Comfy:
             return
         if self.settings.models_source:
             # Runtime models: fetch them first, while /healthz answers 503.
-            threading.Thread(target=self._fetch_models_then_boot, name="models", daemon=True).start()
+            self._spawn("models", self._fetch_models_then_boot)
         else:
             self.supervisor.start()
 
@@ -83,7 +91,9 @@ class Comfy:
 
         self.state = "fetching models"
         try:
+            fetch_started = time.monotonic()
             ensure_models(self.settings)
+            self.models_fetch_s = time.monotonic() - fetch_started
         except Exception as exc:
             self.state = "model fetch failed"
             log.error("cannot fetch the models from MODELS_SOURCE: %s", exc)
@@ -105,13 +115,14 @@ class Comfy:
     def _on_exit(self, code: int) -> None:
         if self.state != "stopping":
             self.state = "restarting"
+        self._down_since = time.monotonic()
         self._booted.clear()
         self.client.comfy_exited()
 
     def _on_connect(self) -> None:
         if self._booted.is_set():
             return  # a websocket reconnect, not a new ComfyUI
-        threading.Thread(target=self._boot, name="comfyui-boot", daemon=True).start()
+        self._spawn("comfyui-boot", self._boot)
 
     def _boot(self) -> None:
         with self._boot_lock:
@@ -124,6 +135,7 @@ class Comfy:
                     continue
                 self.state = "ready"
                 self._booted.set()
+                self.boot_s = time.monotonic() - self._down_since
                 log.info("ComfyUI %s is ready (%.1f s after start)", self.version or "?",
                          time.monotonic() - self.started_at)
 

@@ -19,7 +19,9 @@ from typing import Any, Callable
 import requests
 import websocket
 
+from . import logs
 from .config import Settings
+from .runtime import Spawn, daemon_thread
 from .errors import ComfyUnavailable, ExecutionFailed, ServiceError, WorkflowInvalid
 
 log = logging.getLogger("handler.comfy")
@@ -61,10 +63,19 @@ class PromptWatch:
     finished_at: float | None = None
     # True if the websocket was down while this prompt was in flight: events may be missing.
     missed_events: bool = False
+    # Its place in ComfyUI's queue (lowest runs first), when the submitter chose one.
+    number: float | None = None
+    # Called on the listener thread with every message about this prompt (type, data) and each
+    # binary image ("binary", BinaryImage): it must be quick and must not raise.
+    listener: Callable[[str, Any], None] | None = field(default=None, repr=False)
     # Set on every change a waiter cares about (started, finished); waiters clear it. Other
     # sources (cancel, shutdown) may be linked to it too: one event to wait on.
     changed: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    # For the dashboard: the latest `progress` (value, max), and the ids of the run (logs.labels).
+    progress: tuple[float, float] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    submitted_at: float = field(default_factory=time.monotonic)
 
     @property
     def done(self) -> bool:
@@ -129,9 +140,10 @@ def execution_failed(data: dict[str, Any]) -> ExecutionFailed:
 
 
 class ComfyClient:
-    def __init__(self, base_url: str, settings: Settings, *, supervised: bool):
+    def __init__(self, base_url: str, settings: Settings, *, supervised: bool, spawn: Spawn = daemon_thread):
         self.base_url = base_url.rstrip("/")
         self.ws_url = "ws" + self.base_url[len("http"):] + "/ws"
+        self._spawn = spawn
         self.settings = settings
         self.supervised = supervised
         self.client_id = uuid.uuid4().hex
@@ -161,8 +173,7 @@ class ComfyClient:
         return self._connected.is_set()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._listen_forever, name="comfyui-ws", daemon=True)
-        self._thread.start()
+        self._thread = self._spawn("comfyui-ws", self._listen_forever)
 
     def close(self) -> None:
         self._closing.set()
@@ -237,7 +248,7 @@ class ComfyClient:
         self.connects += 1
         if self.connects > 1:
             # Messages sent while we were away are gone: ask /history about prompts in flight.
-            threading.Thread(target=self._recheck_in_flight, name="comfyui-recheck", daemon=True).start()
+            self._spawn("comfyui-recheck", self._recheck_in_flight)
         self._connected.set()
         log.info("connected to ComfyUI's websocket (client id %s)", self.client_id)
         if self.on_connect:
@@ -274,7 +285,11 @@ class ComfyClient:
         watch = self._watch_for(data.get("prompt_id"))
         if watch is None:
             return
-        if kind == "execution_start":
+        if watch.listener is not None:
+            watch.listener(str(kind), data)
+        if kind == "progress":
+            watch.progress = (float(data.get("value") or 0), float(data.get("max") or 0))
+        elif kind == "execution_start":
             watch.start()
         elif kind == "execution_cached":
             watch.cached_nodes = list(data.get("nodes") or [])
@@ -305,13 +320,18 @@ class ComfyClient:
             if watch is not None:
                 image = BinaryImage(meta.get("node_id"), meta.get("image_type") or "image/png", payload[8 + size :])
                 watch.binary_images.append(image)
+                if watch.listener is not None:
+                    watch.listener("binary", image)
         elif event == PREVIEW_IMAGE:
             (image_format,) = struct.unpack(">I", payload[4:8])
             prompt_id, node_id = self._progress_owner
             watch = self._watch_for(prompt_id)
             if watch is not None:
                 content_type = IMAGE_FORMATS.get(image_format, "application/octet-stream")
-                watch.binary_images.append(BinaryImage(node_id, content_type, payload[8:]))
+                image = BinaryImage(node_id, content_type, payload[8:])
+                watch.binary_images.append(image)
+                if watch.listener is not None:
+                    watch.listener("binary", image)
 
     def _recheck_in_flight(self) -> None:
         with self._lock:
@@ -335,10 +355,26 @@ class ComfyClient:
     # --- prompts ---------------------------------------------------------------------------
 
     def watch(self, prompt_id: str) -> PromptWatch:
-        watch = PromptWatch(prompt_id)
+        watch = PromptWatch(prompt_id, labels=logs.labels())
         with self._lock:
             self._watches[prompt_id] = watch
         return watch
+
+    def ahead_of(self, prompt_id: str) -> int:
+        """How many of our prompts ComfyUI runs before this one: those running, and those
+        waiting with a lower number (ComfyUI's queue is a heap on it)."""
+        with self._lock:
+            mine = self._watches.get(prompt_id)
+            others = [w for w in self._watches.values() if w is not mine and not w.done]
+        if mine is None or mine.number is None:
+            return 0
+        return sum(1 for w in others
+                   if w.started_at is not None or (w.number is not None and w.number < mine.number))
+
+    def in_flight(self) -> list[PromptWatch]:
+        """Prompts submitted and not yet forgotten (the dashboard's running list)."""
+        with self._lock:
+            return list(self._watches.values())
 
     def forget(self, prompt_id: str) -> None:
         with self._lock:

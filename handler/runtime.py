@@ -27,6 +27,16 @@ from .config import ConfigError, Settings
 log = logging.getLogger("handler.runtime")
 
 T = TypeVar("T")
+# How parts that run threads get them: `Runtime.thread` in the service, so that every thread is
+# named and joined in one place.
+Spawn = Callable[[str, Callable[[], None]], threading.Thread]
+
+
+def daemon_thread(name: str, target: Callable[[], None]) -> threading.Thread:
+    """A Spawn for parts used on their own (tests, tools): an untracked daemon thread."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 class Trigger(threading.Event):

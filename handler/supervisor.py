@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import logs
 from .config import Settings
+from .runtime import Spawn, daemon_thread
 
 log = logging.getLogger("handler.supervisor")
 comfy_log = logging.getLogger("comfyui")
@@ -110,6 +112,7 @@ class ComfySupervisor:
         settings: Settings,
         on_listening: Callable[[], None],
         on_exit: Callable[[int], None],
+        spawn: Spawn = daemon_thread,
     ):
         if settings.comfyui_path is None:
             raise ValueError("COMFYUI_PATH is not set")
@@ -118,6 +121,7 @@ class ComfySupervisor:
         self.url = f"http://127.0.0.1:{settings.comfyui_port}"
         self._on_listening = on_listening
         self._on_exit = on_exit
+        self._spawn = spawn
         self._stopping = threading.Event()
         self._process: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
@@ -138,13 +142,15 @@ class ComfySupervisor:
             "--database-url", "sqlite:///:memory:",
             "--disable-auto-launch",
             "--verbose", self.settings.comfy_log_level,
+            *(["--models-directory", str(self.settings.models_dir)] if self.settings.models_dir else []),
             *self.settings.comfyui_args,
         ]
 
     def start(self) -> None:
         self.folders.create()
-        self._thread = threading.Thread(target=self._supervise, name="comfyui-supervisor", daemon=True)
-        self._thread.start()
+        if self.settings.models_dir:
+            self.settings.models_dir.mkdir(parents=True, exist_ok=True)  # ComfyUI wants it to exist
+        self._thread = self._spawn("comfyui-supervisor", self._supervise)
 
     @property
     def pid(self) -> int | None:
@@ -191,7 +197,7 @@ class ComfySupervisor:
         for raw in iter(process.stdout.readline, b""):
             line = ANSI_ESCAPE.sub("", raw.decode("utf-8", "replace")).rstrip()
             if line:
-                comfy_log.info("%s", line)
+                comfy_log.log(logs.comfy_level(line), "%s", line)  # the line's own level, if it says one
             if not announced and LISTENING_MARKER in line:
                 announced = True
                 self._on_listening()

@@ -35,11 +35,12 @@ def attach(service: ServiceProcess) -> Iterator[Attach]:
 
     def make(**settings: Any) -> Pipeline:
         chosen = replace(Settings(), comfyui_url=service.comfy_url, **settings)
-        comfy = Comfy(chosen)
+        runtime = Runtime(chosen)
+        comfy = Comfy(chosen, runtime.thread)
         comfies.append(comfy)
         comfy.start()
         wait_until(lambda: comfy.ready, 30, message="the attached ComfyUI never became ready")
-        return Pipeline(comfy, Runtime(chosen))
+        return Pipeline(comfy, runtime)
 
     yield make
     for comfy in comfies:
