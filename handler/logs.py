@@ -25,8 +25,9 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -55,8 +56,12 @@ class Trace:
     sampled: bool | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class LogContext:
+    """The ids of what a request (or a job's run) is about. One object per request, shared by
+    the event loop's task and the worker thread that runs it, so the prompt id the pipeline
+    binds is on the request's access line too."""
+
     request_id: str | None = None
     job_id: str | None = None
     prompt_id: str | None = None
@@ -67,7 +72,7 @@ class LogContext:
         return {name: value for name in LABELS if (value := getattr(self, name)) is not None}
 
 
-_EMPTY = LogContext()
+_EMPTY = LogContext()  # outside any request or run: never changed
 _context: contextvars.ContextVar[LogContext] = contextvars.ContextVar("comfyrun_log_context", default=_EMPTY)
 
 
@@ -86,18 +91,26 @@ def start(request_id: str, trace: Trace | None) -> None:
 
 def bind(**ids: str | None) -> None:
     """Add ids (job_id, prompt_id, workflow_id) to the current context; None leaves one as it is."""
-    changes = {name: value for name, value in ids.items() if value is not None and name in LABELS}
-    if changes:
-        _context.set(replace(_context.get(), **changes))
+    context = _context.get()
+    if context is _EMPTY:
+        context = LogContext()
+        _context.set(context)
+    for name, value in ids.items():
+        if value is not None and name in LABELS:
+            setattr(context, name, value)
 
 
 def in_context(fn: Callable[..., T]) -> Callable[..., T]:
-    """Run `fn` in a copy of the current context: what it binds is gone when it returns (a
+    """Run `fn` with a copy of the current ids: what it binds is gone when it returns (a
     long-lived worker thread does not carry one job's ids into the next)."""
+
+    def run(*args: Any, **kwargs: Any) -> T:
+        _context.set(replace(_context.get()))
+        return fn(*args, **kwargs)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        return contextvars.copy_context().run(fn, *args, **kwargs)
+        return contextvars.copy_context().run(run, *args, **kwargs)
 
     return wrapper
 

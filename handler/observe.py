@@ -1,0 +1,273 @@
+"""Seeing what the service does: the request middleware, `/metrics` and `/system`.
+
+Contract:
+
+* `RequestObserver` (pure ASGI, outermost of the app's middleware) gives every request an id —
+  the caller's `X-Request-Id` when it is short and plain, else a fresh one — returns it on the
+  answer, starts the request's log context (id and trace, `logs.start`), counts the request by
+  route template and status, times it to its last body byte, and writes the access line.
+* `ServiceCollector` is read at scrape time: jobs queued per priority (the local queue, or the
+  store's line with Cloud Tasks: in the api role the queue is the store's), ComfyUI's restarts,
+  websocket reconnects, readiness, boot, model fetch and warmup times, and ComfyUI's own
+  `/system_stats` (RAM, VRAM total/free, torch VRAM) as gauges.
+* `GET /metrics`: Prometheus' text format. `GET /system`: ComfyUI's system stats, its queue as
+  prompt ids only (never another request's graph), and the settings with secrets masked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__, logs
+from .config import Settings
+from .errors import scrub
+from .metrics import Metrics
+from .taskqueue import PRIORITIES, PullQueue
+
+if TYPE_CHECKING:
+    from .app import Services
+    from .comfy import Comfy
+    from .jobs import Jobs
+
+# Routes that watch the service: counted, but kept out of the dashboard's latency chart.
+WATCHING = frozenset({"/metrics", "/dashboard", "/dashboard/data", "/system", "/healthz"})
+ERROR_PEEK_BYTES = 4096  # of a failed /predict answer, to show its error code on the dashboard
+STATS_TTL_S = 2.0  # ComfyUI's /system_stats, and the queued counts, are read at most this often
+SECRET_WORDS = ("secret", "token", "password", "credential", "private", "key")
+
+
+class RequestObserver:
+    def __init__(self, app: ASGIApp, metrics: Metrics, settings: Settings):
+        self.app = app
+        self.metrics = metrics
+        self.access_log = settings.access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        caller_id = user_agent = None
+        trace_headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                caller_id = value.decode("latin-1")
+            elif name in (b"traceparent", b"x-cloud-trace-context"):
+                trace_headers[name.decode()] = value.decode("latin-1")
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+        request_id = logs.request_id_of(caller_id)
+        logs.start(request_id, logs.trace_of(trace_headers) if trace_headers else None)
+        header = (b"x-request-id", request_id.encode())
+        state = _Answer()
+
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                state.size += len(body)
+                if state.status >= 400 and len(state.peek) < ERROR_PEEK_BYTES:
+                    state.peek += body[:ERROR_PEEK_BYTES]
+                if not message.get("more_body", False) and state.ended is None:
+                    state.ended = time.perf_counter()  # sent: cleanup after this is not the caller's wait
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except BaseException:
+            state.status = 500 if state.ended is None else state.status
+            raise
+        finally:
+            self._record(scope, state, request_id, started, user_agent)
+
+    def _record(self, scope: Scope, state: _Answer, request_id: str, started: float, user_agent: str | None) -> None:
+        seconds = (state.ended or time.perf_counter()) - started
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        method = scope["method"]
+        self.metrics.request(route, method, state.status, seconds, charted=route not in WATCHING)
+        if route == "/predict" and method == "POST" and state.status != 202:  # 202: accepted as a job
+            self.metrics.sync_finished(request_id, state.status, seconds, _error_of(state.peek))
+        if self.access_log:
+            client = scope.get("client")
+            logs.access(method, scope["path"], state.status, seconds, size=state.size, user_agent=user_agent,
+                        remote_ip=client[0] if client else None, protocol=f"HTTP/{scope.get('http_version', '1.1')}")
+
+
+@dataclasses.dataclass
+class _Answer:
+    status: int = 500  # until the app starts an answer
+    size: int = 0
+    ended: float | None = None
+    peek: bytes = b""
+
+
+def _error_of(body: bytes) -> str | None:
+    """`code: message` of the one JSON error shape, from the start of an answer."""
+    if not body:
+        return None
+    try:
+        error = json.loads(body).get("error") or {}
+        return f"{error.get('code', 'error')}: {error.get('message', '')}"[:300]
+    except (ValueError, AttributeError):
+        return None
+
+
+# --- scrape-time values ----------------------------------------------------------------------
+
+
+class Cached:
+    """A value read at most every `ttl_s` (scrapes and the dashboard's polls share one read)."""
+
+    def __init__(self, read: Any, ttl_s: float = STATS_TTL_S):
+        self._read = read
+        self._ttl_s = ttl_s
+        self._value: Any = None
+        self._at = float("-inf")
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self._lock:
+            if time.monotonic() - self._at >= self._ttl_s:
+                try:
+                    self._value = self._read()
+                except Exception:  # ComfyUI restarting, the store hiccuping: nothing this time
+                    self._value = None
+                self._at = time.monotonic()
+            return self._value
+
+
+def queued_counts(jobs: Jobs) -> dict[str, int]:
+    """Jobs waiting per priority: the local queue, or the line kept in the store (Cloud Tasks)."""
+    counts = dict.fromkeys(PRIORITIES, 0)
+    if isinstance(jobs.queue, PullQueue):
+        counts.update({p: int(n) for p, n in jobs.queue.pending().items() if p in counts})
+        return counts
+    for key in jobs.service.repo.store.list("line/"):
+        rank = key.split("/")[1]
+        if rank.isdigit() and int(rank) < len(PRIORITIES):
+            counts[PRIORITIES[int(rank)]] += 1
+    return counts
+
+
+class ServiceCollector(Collector):
+    def __init__(self, comfy: Comfy | None, jobs: Jobs):
+        self.comfy = comfy
+        self.queued = Cached(lambda: queued_counts(jobs))
+        self.stats = Cached(lambda: comfy.client.get_json("/system_stats", timeout_s=2) if comfy and comfy.ready else None)
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # values come at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterable[Metric]:
+        queued = GaugeMetricFamily("comfyrun_jobs_queued", "Jobs waiting in line, by priority", labels=["priority"])
+        for priority, count in (self.queued.get() or {}).items():
+            queued.add_metric([priority], count)
+        yield queued
+        comfy = self.comfy
+        if comfy is None:
+            return
+        yield CounterMetricFamily("comfyui_restarts", "Times ComfyUI was restarted after it exited",
+                                  value=comfy.supervisor.restarts if comfy.supervisor else 0)
+        yield CounterMetricFamily("comfyui_websocket_reconnects", "Websocket connections to ComfyUI after the first",
+                                  value=max(0, comfy.client.connects - 1))
+        yield GaugeMetricFamily("comfyui_ready", "1 when ComfyUI is ready for work", value=1 if comfy.ready else 0)
+        for name, help_text, value in (
+            ("comfyui_boot_seconds", "The last boot of ComfyUI: start (or exit) to ready, models loaded", comfy.boot_s),
+            ("comfyui_models_fetch_seconds", "Fetching runtime models (MODELS_SOURCE) at start", comfy.models_fetch_s),
+            ("comfyui_warmup_seconds", "The warmup workflow's run at boot", comfy.warmup_s),
+        ):
+            if value is not None:
+                yield GaugeMetricFamily(name, help_text, value=value)
+        yield from system_stat_metrics(self.stats.get())
+
+
+def system_stat_metrics(stats: dict[str, Any] | None) -> Iterable[Metric]:
+    if not isinstance(stats, dict):
+        return
+    system = stats.get("system") or {}
+    for key in ("ram_total", "ram_free"):
+        if isinstance(system.get(key), (int, float)):
+            yield GaugeMetricFamily(f"comfyui_{key}_bytes", f"ComfyUI's system_stats {key}", value=system[key])
+    families = {key: GaugeMetricFamily(f"comfyui_{key}_bytes", f"ComfyUI's system_stats {key}, per device",
+                                       labels=["device", "type"])
+                for key in ("vram_total", "vram_free", "torch_vram_total", "torch_vram_free")}
+    for device in stats.get("devices") or []:
+        for key, family in families.items():
+            if isinstance(device.get(key), (int, float)):
+                family.add_metric([str(device.get("name")), str(device.get("type"))], device[key])
+    yield from families.values()
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+def masked_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting; secrets as "***" when set; paths and private names as errors.scrub shows them."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        secret = not field.repr or any(word in field.name.lower() for word in SECRET_WORDS)
+        if secret:
+            value = None if value is None else "***"
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        elif isinstance(value, Path):
+            value = str(value)
+        out[field.name] = scrub(value)  # per value: scrub bounds the items of one object
+    return out
+
+
+def comfy_queue(comfy: Comfy) -> dict[str, list[str]]:
+    """ComfyUI's queue as prompt ids: what is queued, never what others sent."""
+    queue = comfy.client.get_json("/queue", timeout_s=5)
+    return {state: [str(entry[1]) for entry in queue.get(f"queue_{state}") or [] if len(entry) > 1]
+            for state in ("running", "pending")}
+
+
+def routes(services: Services, metrics: Metrics) -> list[BaseRoute]:
+    comfy = services.comfy
+
+    async def metrics_text(request: Request) -> Response:
+        body = await run_in_threadpool(metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    def system_document() -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "service": {"version": __version__, "role": services.settings.service_role.value},
+            "settings": masked_settings(services.settings),
+            "comfyui": None,
+        }
+        if comfy is not None:
+            info: dict[str, Any] = {"state": comfy.state, "ready": comfy.ready, "version": comfy.version}
+            if comfy.ready:
+                info["system_stats"] = scrub(comfy.client.get_json("/system_stats", timeout_s=5))
+                info["queue"] = comfy_queue(comfy)
+            document["comfyui"] = info
+        return document
+
+    async def system(request: Request) -> JSONResponse:
+        return JSONResponse(await run_in_threadpool(system_document))
+
+    return [Route("/metrics", metrics_text), Route("/system", system)]
+
+
+def collector(services: Services) -> ServiceCollector:
+    return ServiceCollector(services.comfy, services.jobs)
