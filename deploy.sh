@@ -21,9 +21,10 @@ Options (each also read from the environment variable in brackets):
   --model-type TYPE         models baked into the image, a type of models.txt or base [MODEL_TYPE] (flux1-dev-fp8)
   --min-instances N         instances kept warm; each bills its GPU all the time [MIN_INSTANCES] (0)
   --max-instances N         most instances (each one L4 of quota) [MAX_INSTANCES] (3)
-  --concurrency N           requests one instance takes at once [CONCURRENCY] (4)
+  --concurrency N           requests one instance takes at once: 2 is one running on the GPU and the
+                            next queued behind it; more only wait in the instance [CONCURRENCY] (2)
   --timeout SECONDS         request timeout, at most 3600 [TIMEOUT] (3600)
-  --cpu N / --memory SIZE   per instance; L4 needs at least 4 CPU and 16Gi [CPU] (8) [MEMORY] (32Gi)
+  --cpu N / --memory SIZE   per instance; with an L4, 4-8 CPU and 16Gi-32Gi [CPU] (8) [MEMORY] (32Gi)
   --bucket NAME             bucket for job inputs and outputs [BUCKET] (PROJECT_ID-SERVICE)
   --retention-days N        days before inputs/ and outputs/ objects are deleted [RETENTION_DAYS] (7)
   --queue-prefix PREFIX     Cloud Tasks queues PREFIX-high/-normal/-low [QUEUE_PREFIX] (SERVICE)
@@ -32,12 +33,18 @@ Options (each also read from the environment variable in brackets):
   --hf-secret NAME          Secret Manager secret with the Hugging Face token [HF_SECRET] (hf-token);
                             created when missing from HF_TOKEN (blank when the model type is not gated)
   --repository NAME         Artifact Registry repository [REPOSITORY] (comfyui)
-  --models-source gs://B/P  runtime models: download MODEL_TYPE's files from gs://B/P at start
-                            instead of baking them into the image [MODELS_SOURCE]
-  --models-mount gs://B/P   runtime models: mount bucket B read-only and link files from P [MODELS_MOUNT]
+  --models-mount gs://B/P   runtime models: mount bucket B read-only and link files from P; nothing
+                            is copied, nothing counts against memory (preferred) [MODELS_MOUNT]
+  --models-source gs://B/P  runtime models: download MODEL_TYPE's files from gs://B/P at each start
+                            into the in-memory disk; refused when they do not fit --memory with room
+                            to run or cannot arrive within the startup probe's window [MODELS_SOURCE]
+  --keep-images N           Artifact Registry keeps the N newest images; untagged ones go after 7
+                            days, others after 30 [KEEP_IMAGES] (5)
   --gpu-zonal-redundancy    reserve failover capacity (costs more, needs its own quota) [GPU_ZONAL_REDUNDANCY=true]
   --custom-nodes "URL[@REF] ..."   extra custom nodes baked into the image [CUSTOM_NODES]
   --skip-build              deploy an image already pushed under TAG [SKIP_BUILD=true]
+  --metrics                 add Managed Service for Prometheus' collector as a sidecar: /metrics lands
+                            in Cloud Monitoring [METRICS=true] (image: GMP_SIDECAR_IMAGE)
   --dry-run                 print every command without running any [DRY_RUN=true]
   -h, --help                this text
 EOF
@@ -53,7 +60,7 @@ SERVICE=${SERVICE:-comfyui}
 MODEL_TYPE=${MODEL_TYPE:-flux1-dev-fp8}
 MIN_INSTANCES=${MIN_INSTANCES:-0}
 MAX_INSTANCES=${MAX_INSTANCES:-3}
-CONCURRENCY=${CONCURRENCY:-4}
+CONCURRENCY=${CONCURRENCY:-2}
 TIMEOUT=${TIMEOUT:-3600}
 CPU=${CPU:-8}
 MEMORY=${MEMORY:-32Gi}
@@ -67,8 +74,11 @@ MODELS_SOURCE=${MODELS_SOURCE:-}
 MODELS_MOUNT=${MODELS_MOUNT:-}
 GPU_ZONAL_REDUNDANCY=${GPU_ZONAL_REDUNDANCY:-false}
 CUSTOM_NODES=${CUSTOM_NODES:-}
+KEEP_IMAGES=${KEEP_IMAGES:-5}
 SKIP_BUILD=${SKIP_BUILD:-false}
 DRY_RUN=${DRY_RUN:-false}
+METRICS=${METRICS:-false}
+GMP_SIDECAR_IMAGE=${GMP_SIDECAR_IMAGE:-us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:1.2.0}
 
 positional=()
 while [[ $# -gt 0 ]]; do
@@ -76,13 +86,14 @@ while [[ $# -gt 0 ]]; do
         -h | --help) usage; exit 0 ;;
         --dry-run) DRY_RUN=true; shift; continue ;;
         --skip-build) SKIP_BUILD=true; shift; continue ;;
+        --metrics) METRICS=true; shift; continue ;;
         --gpu-zonal-redundancy) GPU_ZONAL_REDUNDANCY=true; shift; continue ;;
         --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
     esac
     case $1 in
         --service | --model-type | --min-instances | --max-instances | --concurrency | --timeout | \
             --cpu | --memory | --bucket | --retention-days | --queue-prefix | --webhook-secret | \
-            --hf-secret | --repository | --models-source | --models-mount | --custom-nodes)
+            --hf-secret | --repository | --models-source | --models-mount | --custom-nodes | --keep-images)
             [[ $# -ge 2 ]] || die "$1 needs a value"
             case $1 in
                 --service) SERVICE=$2 ;;
@@ -102,6 +113,7 @@ while [[ $# -gt 0 ]]; do
                 --models-source) MODELS_SOURCE=$2 ;;
                 --models-mount) MODELS_MOUNT=$2 ;;
                 --custom-nodes) CUSTOM_NODES=$2 ;;
+                --keep-images) KEEP_IMAGES=$2 ;;
             esac
             shift 2
             ;;
@@ -128,20 +140,22 @@ BUILD_BUCKET=$PROJECT-$SERVICE-build
 [[ $SERVICE =~ ^[a-z][a-z0-9-]{0,22}[a-z0-9]$ ]] ||
     die "bad --service '$SERVICE' (lowercase letters, digits, '-'; at most 24 characters)"
 for pair in "min-instances:$MIN_INSTANCES" "max-instances:$MAX_INSTANCES" "concurrency:$CONCURRENCY" \
-    "timeout:$TIMEOUT" "cpu:$CPU" "retention-days:$RETENTION_DAYS"; do
+    "timeout:$TIMEOUT" "cpu:$CPU" "retention-days:$RETENTION_DAYS" "keep-images:$KEEP_IMAGES"; do
     [[ ${pair#*:} =~ ^[0-9]+$ ]] || die "--${pair%%:*} must be a whole number, got '${pair#*:}'"
 done
 ((MAX_INSTANCES >= 1)) || die "--max-instances must be at least 1"
 ((MIN_INSTANCES <= MAX_INSTANCES)) || die "--min-instances ($MIN_INSTANCES) exceeds --max-instances ($MAX_INSTANCES)"
 ((CONCURRENCY >= 1 && CONCURRENCY <= 1000)) || die "--concurrency must be 1..1000"
 ((TIMEOUT >= 1 && TIMEOUT <= 3600)) || die "--timeout must be 1..3600 seconds"
-((CPU >= 4)) || die "--cpu must be at least 4 with an L4 GPU"
+# Cloud Run's limits for an instance with one L4 GPU.
+((CPU >= 4 && CPU <= 8)) || die "--cpu must be 4..8 with an L4 GPU, got $CPU"
+((KEEP_IMAGES >= 1)) || die "--keep-images must be at least 1"
 ((RETENTION_DAYS >= 1)) || die "--retention-days must be at least 1"
 [[ $MEMORY =~ ^[0-9]+Gi$ ]] || die "--memory must be like 32Gi, got '$MEMORY'"
-((${MEMORY%Gi} >= 16)) || die "--memory must be at least 16Gi with an L4 GPU"
+((${MEMORY%Gi} >= 16 && ${MEMORY%Gi} <= 32)) || die "--memory must be 16Gi..32Gi with an L4 GPU, got $MEMORY"
 [[ $BUCKET =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || die "bad --bucket '$BUCKET'"
 [[ $QUEUE_PREFIX =~ ^[A-Za-z0-9-]{1,90}$ ]] || die "bad --queue-prefix '$QUEUE_PREFIX'"
-for flag in "$GPU_ZONAL_REDUNDANCY" "$SKIP_BUILD" "$DRY_RUN"; do
+for flag in "$GPU_ZONAL_REDUNDANCY" "$SKIP_BUILD" "$DRY_RUN" "$METRICS"; do
     [[ $flag == true || $flag == false ]] || die "boolean settings take true or false, got '$flag'"
 done
 
@@ -170,6 +184,27 @@ elif [[ -n $MODELS_MOUNT ]]; then
     prefix=${prefix%/}
     RUNTIME_MODELS=/mnt/models$prefix
 fi
+# Downloaded runtime models land on Cloud Run's in-memory disk: they must fit --memory with room
+# left for ComfyUI, PyTorch and the images it makes, and arrive within the startup probe's window
+# (STARTUP_WINDOW_S, Cloud Run's most) at a conservative in-region rate, with ComfyUI's own boot
+# on top. Larger model types belong on the mount.
+RUN_RESERVE_GIB=8
+STARTUP_WINDOW_S=240
+BOOT_S=60
+DOWNLOAD_MB_PER_S=150
+if [[ -n $MODELS_SOURCE ]]; then
+    model_bytes=$(awk -v type="$MODEL_TYPE" '!/^[[:space:]]*(#|$)/ {
+        n = split($1, t, ","); for (i = 1; i <= n; i++) if (t[i] == type) total += $5 } END { printf "%.0f", total }' \
+        "$ROOT/models.txt")
+    model_gib=$(((model_bytes + (1 << 30) - 1) >> 30))
+    download_s=$((model_bytes / (DOWNLOAD_MB_PER_S * 1000000)))
+    if ((model_gib + RUN_RESERVE_GIB > ${MEMORY%Gi})); then
+        die "--models-source: $MODEL_TYPE's files are $model_gib GiB; downloaded, they sit in the instance's in-memory disk and do not fit --memory $MEMORY with ${RUN_RESERVE_GIB} GiB to run. Use --models-mount $MODELS_SOURCE (a Cloud Storage volume: nothing copied, nothing counted against memory)"
+    fi
+    if ((download_s + BOOT_S > STARTUP_WINDOW_S)); then
+        die "--models-source: $MODEL_TYPE's files ($model_gib GiB) need about ${download_s} s to download at ${DOWNLOAD_MB_PER_S} MB/s, past the ${STARTUP_WINDOW_S} s startup window with ComfyUI's boot. Use --models-mount $MODELS_SOURCE"
+    fi
+fi
 # With runtime models the image carries none; MODEL_TYPE still tells the service which to fetch.
 BUILD_MODEL_TYPE=$MODEL_TYPE
 if [[ -n $RUNTIME_MODELS ]]; then
@@ -177,6 +212,8 @@ if [[ -n $RUNTIME_MODELS ]]; then
 fi
 
 IMAGE=$REGION-docker.pkg.dev/$PROJECT/$REPOSITORY/$SERVICE:$TAG
+API_SERVICE=$SERVICE-api
+API_IMAGE=$REGION-docker.pkg.dev/$PROJECT/$REPOSITORY/$SERVICE-api:$TAG
 RUN_SA=$SERVICE-run@$PROJECT.iam.gserviceaccount.com
 TASKS_SA=$SERVICE-tasks@$PROJECT.iam.gserviceaccount.com
 BUILD_SA=$SERVICE-build@$PROJECT.iam.gserviceaccount.com
@@ -232,14 +269,15 @@ run_with_input() {
 }
 
 # retry CMD...: IAM changes on an account created seconds ago may need a moment to take.
+# RETRY_DELAY_S (default 5) scales the waits; RETRY_ATTEMPTS (default 6) bounds the tries.
 retry() {
-    local attempt=1
+    local attempt=1 delay=${RETRY_DELAY_S:-5}
     until run "$@"; do
-        if [[ $DRY_RUN == true ]] || ((attempt >= 6)); then
+        if [[ $DRY_RUN == true ]] || ((attempt >= ${RETRY_ATTEMPTS:-6})); then
             return 1
         fi
-        echo "deploy.sh: retrying in $((attempt * 5))s" >&2
-        sleep $((attempt * 5))
+        echo "deploy.sh: retrying in $((attempt * delay))s" >&2
+        sleep $((attempt * delay))
         attempt=$((attempt + 1))
     done
 }
@@ -259,6 +297,7 @@ run gcloud services enable run.googleapis.com cloudbuild.googleapis.com artifact
 PROJECT_NUMBER=$(capture PROJECT_NUMBER gcloud projects describe "$PROJECT" --format="value(projectNumber)")
 # Cloud Run's deterministic URL: the task target and the OIDC audience the service checks.
 SERVICE_URL=https://$SERVICE-$PROJECT_NUMBER.$REGION.run.app
+API_URL=https://$API_SERVICE-$PROJECT_NUMBER.$REGION.run.app
 
 # ---------------------------------------------------------------- 2. Artifact Registry
 step "Artifact Registry repository $REPOSITORY"
@@ -266,13 +305,27 @@ if ! exists gcloud artifacts repositories describe "$REPOSITORY" --location="$RE
     run gcloud artifacts repositories create "$REPOSITORY" --repository-format=docker --location="$REGION" \
         --description="ComfyUI service images" --project="$PROJECT"
 fi
+# Images run to tens of GB: keep the newest KEEP_IMAGES and the build cache, drop the rest.
+cat >"$TMP/cleanup-policy.json" <<EOF
+[
+  {"name": "keep-newest", "action": {"type": "Keep"}, "mostRecentVersions": {"keepCount": $KEEP_IMAGES}},
+  {"name": "keep-build-cache", "action": {"type": "Keep"}, "condition": {"tagState": "tagged", "tagPrefixes": ["buildcache"]}},
+  {"name": "delete-untagged", "action": {"type": "Delete"}, "condition": {"tagState": "untagged", "olderThan": "7d"}},
+  {"name": "delete-old", "action": {"type": "Delete"}, "condition": {"tagState": "any", "olderThan": "30d"}}
+]
+EOF
+run gcloud artifacts repositories set-cleanup-policies "$REPOSITORY" --location="$REGION" \
+    --policy="$TMP/cleanup-policy.json" --no-dry-run --project="$PROJECT"
 
 # ---------------------------------------------------------------- 3. service accounts
 step "Service accounts"
+# Set when this run created an account: its grants below are seconds old.
+FRESH_IAM=false
 ensure_sa() {
     local name=$1 description=$2
     if ! exists gcloud iam service-accounts describe "$name@$PROJECT.iam.gserviceaccount.com" --project="$PROJECT"; then
         run gcloud iam service-accounts create "$name" --display-name="$description" --project="$PROJECT"
+        FRESH_IAM=true
     fi
 }
 ensure_sa "$SERVICE-run" "$SERVICE Cloud Run runtime"
@@ -386,17 +439,39 @@ else
         [[ $CUSTOM_NODES != *,* ]] || die "--custom-nodes is space-separated; commas are not allowed"
         substitutions+=,_CUSTOM_NODES=$CUSTOM_NODES
     fi
-    run gcloud builds submit "$ROOT" --config="$ROOT/cloudbuild.yaml" --region="$REGION" \
-        --substitutions="$substitutions" \
-        --service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA" \
-        --gcs-source-staging-dir="gs://$BUILD_BUCKET/source" --project="$PROJECT"
+    build=(gcloud builds submit "$ROOT" --config="$ROOT/cloudbuild.yaml" --region="$REGION"
+        --substitutions="$substitutions"
+        --service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA"
+        --gcs-source-staging-dir="gs://$BUILD_BUCKET/source" --project="$PROJECT")
+    if [[ $FRESH_IAM == true ]]; then
+        # The build account and its grants are seconds old: Cloud Build may not see them yet.
+        RETRY_ATTEMPTS=3 retry "${build[@]}"
+    else
+        run "${build[@]}"
+    fi
 fi
 
 # ---------------------------------------------------------------- 9. deploy
-step "Deploying $SERVICE to Cloud Run in $REGION"
-env_vars=MODEL_TYPE=$MODEL_TYPE,GOOGLE_CLOUD_PROJECT=$PROJECT,GCS_BUCKET=$BUCKET
-env_vars+=,TASKS_LOCATION=$REGION,TASKS_QUEUE_PREFIX=$QUEUE_PREFIX,TASKS_SERVICE_ACCOUNT=$TASKS_SA
-env_vars+=,SERVICE_URL=$SERVICE_URL
+# Two services from one codebase (docs/architecture.md, "Roles"): the api ($API_SERVICE: CPU only,
+# scales to zero: async submits, /status, /cancel, listings, webhook delivery) and the worker
+# ($SERVICE: ComfyUI on the L4: sync /predict, /models, /tasks/run). Polling /status or
+# submitting a job never starts a GPU; job tasks go to the worker, webhook tasks to the api.
+common_env=MODEL_TYPE=$MODEL_TYPE,GOOGLE_CLOUD_PROJECT=$PROJECT,GCS_BUCKET=$BUCKET
+common_env+=,TASKS_LOCATION=$REGION,TASKS_QUEUE_PREFIX=$QUEUE_PREFIX,TASKS_SERVICE_ACCOUNT=$TASKS_SA
+common_env+=,API_URL=$API_URL,WORKER_URL=$SERVICE_URL,OUTPUT_RETENTION_DAYS=$RETENTION_DAYS
+
+step "Deploying $API_SERVICE (api role) to Cloud Run in $REGION"
+run gcloud run deploy "$API_SERVICE" --region="$REGION" --project="$PROJECT" \
+    --service-account="$RUN_SA" --image="$API_IMAGE" --cpu=1 --memory=1Gi \
+    --min-instances=0 --max-instances=10 --concurrency=80 --timeout=60 \
+    --no-allow-unauthenticated --quiet \
+    --set-env-vars="$common_env,SERVICE_ROLE=api,SERVICE_URL=$API_URL" \
+    --set-secrets="WEBHOOK_SECRET=$WEBHOOK_SECRET_NAME:latest"
+retry gcloud run services add-iam-policy-binding "$API_SERVICE" --region="$REGION" \
+    --member="serviceAccount:$TASKS_SA" --role=roles/run.invoker --project="$PROJECT"
+
+step "Deploying $SERVICE (worker role) to Cloud Run in $REGION"
+env_vars=$common_env,SERVICE_ROLE=worker,SERVICE_URL=$SERVICE_URL
 if [[ -n $RUNTIME_MODELS ]]; then
     env_vars+=,MODELS_SOURCE=$RUNTIME_MODELS
 fi
@@ -406,22 +481,35 @@ else
     redundancy=--no-gpu-zonal-redundancy
 fi
 # Volumes are replaced as a whole, so a re-run converges on exactly what these options say.
-volumes=(--clear-volume-mounts --clear-volumes)
+volumes=(--clear-volumes)
+mounts=(--clear-volume-mounts)
 if [[ -n $MODELS_MOUNT ]]; then
-    volumes+=(--add-volume="name=models,type=cloud-storage,bucket=$MOUNT_BUCKET,readonly=true"
-        --add-volume-mount="volume=models,mount-path=/mnt/models")
+    volumes+=(--add-volume="name=models,type=cloud-storage,bucket=$MOUNT_BUCKET,readonly=true")
+    mounts+=(--add-volume-mount="volume=models,mount-path=/mnt/models")
 fi
-run gcloud run deploy "$SERVICE" --image="$IMAGE" --region="$REGION" --project="$PROJECT" \
-    --service-account="$RUN_SA" \
-    --gpu=1 --gpu-type=nvidia-l4 "$redundancy" \
-    --cpu="$CPU" --memory="$MEMORY" --no-cpu-throttling --execution-environment=gen2 \
+# --metrics: the service gets two containers, the app (ingress, port 8080) and Managed Service
+# for Prometheus' collector, started after it, whose default configuration scrapes the app's
+# /metrics on port 8080 into Cloud Monitoring. The run identity writes the metrics.
+app_container=()
+collector=()
+if [[ $METRICS == true ]]; then
+    retry gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$RUN_SA" \
+        --role=roles/monitoring.metricWriter --condition=None
+    app_container=(--container=app --port=8080)
+    collector=(--container=collector --image="$GMP_SIDECAR_IMAGE" --cpu=1 --memory=512Mi --depends-on=app)
+fi
+# The service's flags first, then the (app) container's: gcloud reads flags after --container as
+# that container's.
+run gcloud run deploy "$SERVICE" --region="$REGION" --project="$PROJECT" \
+    --service-account="$RUN_SA" --gpu-type=nvidia-l4 "$redundancy" \
+    --no-cpu-throttling --execution-environment=gen2 \
     --min-instances="$MIN_INSTANCES" --max-instances="$MAX_INSTANCES" \
     --concurrency="$CONCURRENCY" --timeout="$TIMEOUT" \
-    --startup-probe=httpGet.path=/healthz,initialDelaySeconds=0,periodSeconds=10,failureThreshold=24,timeoutSeconds=5 \
+    "${volumes[@]}" --no-allow-unauthenticated --quiet \
+    "${app_container[@]}" --image="$IMAGE" --gpu=1 --cpu="$CPU" --memory="$MEMORY" \
+    --startup-probe="httpGet.path=/healthz,initialDelaySeconds=0,periodSeconds=10,failureThreshold=$((STARTUP_WINDOW_S / 10)),timeoutSeconds=5" \
     --set-env-vars="$env_vars" \
-    --set-secrets="WEBHOOK_SECRET=$WEBHOOK_SECRET_NAME:latest" \
-    "${volumes[@]}" \
-    --no-allow-unauthenticated --quiet
+    "${mounts[@]}" "${collector[@]}"
 retry gcloud run services add-iam-policy-binding "$SERVICE" --region="$REGION" \
     --member="serviceAccount:$TASKS_SA" --role=roles/run.invoker --project="$PROJECT"
 
@@ -432,9 +520,11 @@ if [[ $DRY_RUN == true ]]; then
 fi
 cat <<EOF
 
-Service: $SERVICE ($IMAGE)
-URL:     $URL
-Try it (your account needs roles/run.invoker on the service; project owners have it):
+Worker: $SERVICE ($IMAGE)
+URL:    $URL            (sync /predict, /models)
+API:    $API_URL        (async /predict, /status, /cancel, /workflows)
+Try it (your account needs roles/run.invoker on the services; project owners have it):
   curl -H "Authorization: Bearer \$(gcloud auth print-identity-token)" $URL/healthz
   curl -H "Authorization: Bearer \$(gcloud auth print-identity-token)" $URL/models
+  curl -H "Authorization: Bearer \$(gcloud auth print-identity-token)" $API_URL/workflows
 EOF

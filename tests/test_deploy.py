@@ -27,7 +27,7 @@ DEPLOY_ENV = {
     "SERVICE", "MODEL_TYPE", "MIN_INSTANCES", "MAX_INSTANCES", "CONCURRENCY", "TIMEOUT", "CPU", "MEMORY",
     "BUCKET", "RETENTION_DAYS", "QUEUE_PREFIX", "WEBHOOK_SECRET_NAME", "WEBHOOK_SECRET", "HF_SECRET",
     "HF_TOKEN", "REPOSITORY", "MODELS_SOURCE", "MODELS_MOUNT", "GPU_ZONAL_REDUNDANCY", "CUSTOM_NODES",
-    "SKIP_BUILD", "DRY_RUN",
+    "SKIP_BUILD", "DRY_RUN", "KEEP_IMAGES", "RETRY_DELAY_S", "RETRY_ATTEMPTS",
 }
 LEAST_PRIVILEGE_ROLES = {
     "roles/storage.objectAdmin",
@@ -53,7 +53,7 @@ class Stub:
         self.state = tmp / "state.json"
         env = {k: v for k, v in os.environ.items() if k not in DEPLOY_ENV}
         env.update(PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}", GCLOUD_STUB_LOG=str(self.log),
-                   GCLOUD_STUB_STATE=str(self.state))
+                   GCLOUD_STUB_STATE=str(self.state), RETRY_DELAY_S="0")
         self.env = env
 
     def records(self) -> list[dict]:
@@ -141,8 +141,8 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
         assert float(flag(r["argv"], "--max-dispatches-per-second")[0]) == rate
         if lane == "webhooks":
             assert int(flag(r["argv"], "--max-concurrent-dispatches")[0]) == concurrent
-        else:  # as many as the service has request slots: default 3 instances x concurrency 4
-            assert int(flag(r["argv"], "--max-concurrent-dispatches")[0]) == 3 * 4
+        else:  # as many as the service has request slots: default 3 instances x concurrency 2
+            assert int(flag(r["argv"], "--max-concurrent-dispatches")[0]) == 3 * 2
             assert flag(r["argv"], "--max-backoff") == ["10s"]  # a freed GPU is not left idle
 
     # secrets travel on stdin, never on the command line
@@ -164,11 +164,14 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     project_level = find(recs, "projects", "add-iam-policy-binding")
     assert [flag(r["argv"], "--role") for r in project_level] == [["roles/logging.logWriter"]]
 
-    # build, then deploy, then let the task invoker call the service
-    build, deploy = index(recs, "builds", "submit"), index(recs, "run", "deploy")
-    invoker = index(recs, "run", "services", "add-iam-policy-binding")
+    # build, then the api service, then the worker, each followed by the task invoker's grant
+    build = index(recs, "builds", "submit")
+    deploys = [i for i, a in enumerate(cmds) if a[:2] == ["run", "deploy"]]
+    invokers = [i for i, a in enumerate(cmds) if a[:3] == ["run", "services", "add-iam-policy-binding"]]
     last_create = max(i for i, a in enumerate(cmds) if is_create(a))
-    assert last_create < build < deploy < invoker
+    assert len(deploys) == 2 and [cmds[i][2] for i in deploys] == ["comfyui-api", "comfyui"]
+    assert [cmds[i][3] for i in invokers] == ["comfyui-api", "comfyui"]
+    assert last_create < build < deploys[0] < invokers[0] < deploys[1] < invokers[1]
     b = cmds[build]
     assert flag(b, "--config") == [str(ROOT / "cloudbuild.yaml")]
     subs = dict(kv.split("=", 1) for kv in flag(b, "--substitutions")[0].split(","))
@@ -177,39 +180,53 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     assert flag(b, "--service-account") == [
         f"projects/{PROJECT}/serviceAccounts/comfyui-build@{PROJECT}.iam.gserviceaccount.com"]
 
-    d = cmds[deploy]
-    assert d[2] == "comfyui"
+    worker_url = f"https://comfyui-{STUB_NUMBER}.{REGION}.run.app"
+    api_url = f"https://comfyui-api-{STUB_NUMBER}.{REGION}.run.app"
+    common = {
+        "MODEL_TYPE": "flux1-dev-fp8", "GOOGLE_CLOUD_PROJECT": PROJECT, "GCS_BUCKET": f"{PROJECT}-comfyui",
+        "TASKS_LOCATION": REGION, "TASKS_QUEUE_PREFIX": "comfyui",
+        "TASKS_SERVICE_ACCOUNT": f"comfyui-tasks@{PROJECT}.iam.gserviceaccount.com",
+        "API_URL": api_url, "WORKER_URL": worker_url, "OUTPUT_RETENTION_DAYS": "7",
+    }
+    # the api: CPU only, scales to zero, signs webhooks
+    a = cmds[deploys[0]]
+    for name, value in {"--image": f"{REGION}-docker.pkg.dev/{PROJECT}/comfyui/comfyui-api:{TAG}",
+                        "--min-instances": "0", "--cpu": "1",
+                        "--set-secrets": "WEBHOOK_SECRET=comfyui-webhook-secret:latest"}.items():
+        assert flag(a, name) == [value], name
+    assert "--gpu" not in " ".join(a) and "--no-allow-unauthenticated" in a
+    assert dict(kv.split("=", 1) for kv in flag(a, "--set-env-vars")[0].split(",")) == {
+        **common, "SERVICE_ROLE": "api", "SERVICE_URL": api_url}
+
+    # the worker: the L4, no webhook secret (the api sends webhooks)
+    d = cmds[deploys[1]]
     expect = {
         "--image": f"{REGION}-docker.pkg.dev/{PROJECT}/comfyui/comfyui:{TAG}",
         "--gpu": "1", "--gpu-type": "nvidia-l4", "--cpu": "8", "--memory": "32Gi",
-        "--min-instances": "0", "--max-instances": "3", "--concurrency": "4", "--timeout": "3600",
+        "--min-instances": "0", "--max-instances": "3", "--concurrency": "2", "--timeout": "3600",
         "--service-account": f"comfyui-run@{PROJECT}.iam.gserviceaccount.com",
-        "--set-secrets": "WEBHOOK_SECRET=comfyui-webhook-secret:latest",
     }
     for name, value in expect.items():
         assert flag(d, name) == [value], name
+    assert flag(d, "--set-secrets") == []
     for switch in ("--no-cpu-throttling", "--no-allow-unauthenticated", "--no-gpu-zonal-redundancy"):
         assert switch in d
     assert "httpGet.path=/healthz" in flag(d, "--startup-probe")[0]
     env = dict(kv.split("=", 1) for kv in flag(d, "--set-env-vars")[0].split(","))
-    assert env == {
-        "MODEL_TYPE": "flux1-dev-fp8", "GOOGLE_CLOUD_PROJECT": PROJECT, "GCS_BUCKET": f"{PROJECT}-comfyui",
-        "TASKS_LOCATION": REGION, "TASKS_QUEUE_PREFIX": "comfyui",
-        "TASKS_SERVICE_ACCOUNT": f"comfyui-tasks@{PROJECT}.iam.gserviceaccount.com",
-        "SERVICE_URL": f"https://comfyui-{STUB_NUMBER}.{REGION}.run.app",
-    }
-    assert flag(cmds[invoker], "--member") == [f"serviceAccount:comfyui-tasks@{PROJECT}.iam.gserviceaccount.com"]
-    assert flag(cmds[invoker], "--role") == ["roles/run.invoker"]
+    assert env == {**common, "SERVICE_ROLE": "worker", "SERVICE_URL": worker_url}
+    for invoker in invokers:
+        assert flag(cmds[invoker], "--member") == [f"serviceAccount:comfyui-tasks@{PROJECT}.iam.gserviceaccount.com"]
+        assert flag(cmds[invoker], "--role") == ["roles/run.invoker"]
 
     url = f"https://comfyui-stubhash-{REGION}.a.run.app"
-    assert f"URL:     {url}" in proc.stdout
+    assert f"URL:    {url}" in proc.stdout
     assert f'curl -H "Authorization: Bearer $(gcloud auth print-identity-token)" {url}/healthz' in proc.stdout
 
 
 def normal(argv):
     """A command as text, without what differs between runs (temporary paths, the project number)."""
     text = shlex.join(argv).replace("PROJECT_NUMBER", STUB_NUMBER)
-    return re.sub(r"--lifecycle-file=\S*/", "--lifecycle-file=", text)
+    return re.sub(r"--(lifecycle-file|policy)=\S*/", r"--\1=", text)
 
 
 def test_second_run_creates_nothing_and_converges(stub):
@@ -265,15 +282,16 @@ def test_flags_and_environment_shape_the_deployment(stub):
     assert hooks["stdin_len"] == len("whsec_given")
     assert [a[3] for a in cmds if a[:3] == ["tasks", "queues", "create"]] == ["imgq-high", "imgq-normal", "imgq-low", "imgq-webhooks"]
     assert [a[3] for a in cmds if a[:3] == ["iam", "service-accounts", "create"]] == ["img-run", "img-tasks", "img-build"]
-    d = find(recs, "run", "deploy")[0]["argv"]
+    d = find(recs, "run", "deploy")[-1]["argv"]
     for name, value in {"--min-instances": "1", "--max-instances": "5", "--concurrency": "2", "--timeout": "1200",
                         "--cpu": "6", "--memory": "24Gi", "--region": "europe-west4",
-                        "--image": f"europe-west4-docker.pkg.dev/{PROJECT}/comfyui/img:2024-01",
-                        "--set-secrets": "WEBHOOK_SECRET=img-hooks:latest"}.items():
+                        "--image": f"europe-west4-docker.pkg.dev/{PROJECT}/comfyui/img:2024-01"}.items():
         assert flag(d, name) == [value], name
     assert "--gpu-zonal-redundancy" in d and "--no-gpu-zonal-redundancy" not in d
     env = dict(kv.split("=", 1) for kv in flag(d, "--set-env-vars")[0].split(","))
     assert env["MODEL_TYPE"] == "sdxl" and env["GCS_BUCKET"] == "my-outputs" and env["TASKS_QUEUE_PREFIX"] == "imgq"
+    api = find(recs, "run", "deploy")[0]["argv"]
+    assert api[2] == "img-api" and flag(api, "--set-secrets") == ["WEBHOOK_SECRET=img-hooks:latest"]
     b = find(recs, "builds", "submit")[0]["argv"]
     subs = flag(b, "--substitutions")[0]
     assert "_MODEL_TYPE=sdxl" in subs
@@ -288,7 +306,7 @@ def test_runtime_models_from_a_mounted_bucket(stub):
     assert proc.returncode == 0, proc.stderr  # gated, but the image bakes no models: no token needed
     subs = flag(find(recs, "builds", "submit")[0]["argv"], "--substitutions")[0]
     assert "_MODEL_TYPE=base" in subs
-    d = find(recs, "run", "deploy")[0]["argv"]
+    d = find(recs, "run", "deploy")[-1]["argv"]
     assert flag(d, "--add-volume") == ["name=models,type=cloud-storage,bucket=model-store,readonly=true"]
     assert flag(d, "--add-volume-mount") == ["volume=models,mount-path=/mnt/models"]
     env = dict(kv.split("=", 1) for kv in flag(d, "--set-env-vars")[0].split(","))
@@ -299,9 +317,28 @@ def test_runtime_models_from_a_mounted_bucket(stub):
     proc, recs = stub.deploy("--models-source", "gs://model-store/comfy", "--skip-build", PROJECT, REGION, TAG)
     assert proc.returncode == 0, proc.stderr
     assert find(recs, "builds", "submit") == []
-    d = find(recs, "run", "deploy")[0]["argv"]
+    d = find(recs, "run", "deploy")[-1]["argv"]
     assert "--add-volume" not in " ".join(d)
     assert "MODELS_SOURCE=gs://model-store/comfy" in flag(d, "--set-env-vars")[0]
+
+
+def test_metrics_add_the_managed_prometheus_collector_as_a_sidecar(stub):
+    proc, recs = stub.deploy("--metrics", "--skip-build", PROJECT, REGION, TAG)
+    assert proc.returncode == 0, proc.stderr
+    d = find(recs, "run", "deploy")[-1]["argv"]
+    assert flag(d, "--container") == ["app", "collector"]
+    app, collector = d[d.index("--container=app"):d.index("--container=collector")], d[d.index("--container=collector"):]
+    assert flag(app, "--port") == ["8080"] and flag(app, "--gpu") == ["1"] and flag(app, "--set-env-vars")
+    assert flag(collector, "--image")[0].startswith(
+        "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:")
+    assert flag(collector, "--depends-on") == ["app"] and not flag(collector, "--gpu")
+    writer = [r["argv"] for r in find(recs, "projects", "add-iam-policy-binding")
+              if flag(r["argv"], "--role") == ["roles/monitoring.metricWriter"]]
+    assert writer and flag(writer[0], "--member")[0].startswith("serviceAccount:")
+
+    proc, recs = stub.deploy("--skip-build", PROJECT, REGION, TAG)  # without it: one container, as before
+    d = find(recs, "run", "deploy")[-1]["argv"]
+    assert proc.returncode == 0 and not flag(d, "--container") and not flag(d, "--depends-on")
 
 
 def test_gated_model_without_a_token_stops_before_building(stub):
@@ -321,7 +358,11 @@ def test_gated_model_without_a_token_stops_before_building(stub):
         ([PROJECT, REGION], "expected PROJECT_ID REGION TAG, got 2"),
         (["--model-type", "flux2", PROJECT, REGION, TAG], "unknown --model-type 'flux2'; models.txt knows: base flux1-dev"),
         (["--min-instances", "4", "--max-instances", "2", PROJECT, REGION, TAG], "--min-instances (4) exceeds --max-instances (2)"),
-        (["--memory", "8Gi", PROJECT, REGION, TAG], "at least 16Gi"),
+        (["--memory", "8Gi", PROJECT, REGION, TAG], "--memory must be 16Gi..32Gi with an L4 GPU, got 8Gi"),
+        (["--memory", "64Gi", PROJECT, REGION, TAG], "--memory must be 16Gi..32Gi with an L4 GPU, got 64Gi"),
+        (["--cpu", "2", PROJECT, REGION, TAG], "--cpu must be 4..8 with an L4 GPU, got 2"),
+        (["--cpu", "16", PROJECT, REGION, TAG], "--cpu must be 4..8 with an L4 GPU, got 16"),
+        (["--keep-images", "0", PROJECT, REGION, TAG], "--keep-images must be at least 1"),
         (["--timeout", "7200", PROJECT, REGION, TAG], "--timeout must be 1..3600"),
         (["--concurrency", "many", PROJECT, REGION, TAG], "--concurrency must be a whole number"),
         (["--frobnicate", PROJECT, REGION, TAG], "unknown option --frobnicate"),
@@ -346,7 +387,46 @@ def test_a_failing_build_stops_the_deployment(stub):
     stub.fail("builds submit " + str(ROOT), 1)
     proc, recs = stub.deploy(PROJECT, REGION, TAG)
     assert proc.returncode == 1
-    assert find(recs, "builds", "submit") and find(recs, "run", "deploy") == []
+    # the accounts were made in this run: their grants may not have reached Cloud Build yet
+    assert len(find(recs, "builds", "submit")) == 3 and find(recs, "run", "deploy") == []
+    proc, recs = stub.deploy(PROJECT, REGION, TAG)  # now they exist: one try
+    assert proc.returncode == 1
+    assert len(find(recs, "builds", "submit")) == 1 and find(recs, "run", "deploy") == []
+
+
+def test_artifact_registry_keeps_recent_images_and_the_build_cache(stub):
+    proc, recs = stub.deploy("--keep-images", "3", PROJECT, REGION, TAG)
+    assert proc.returncode == 0, proc.stderr
+    (record,) = find(recs, "artifacts", "repositories", "set-cleanup-policies", "comfyui")
+    assert "--no-dry-run" in record["argv"]
+    policies = {p["name"]: p for p in json.loads(Path(next(iter(record["files"].values()))).read_text())}
+    assert policies["keep-newest"] == {"name": "keep-newest", "action": {"type": "Keep"},
+                                       "mostRecentVersions": {"keepCount": 3}}
+    assert policies["keep-build-cache"]["condition"]["tagPrefixes"] == ["buildcache"]
+    assert policies["delete-untagged"]["condition"] == {"tagState": "untagged", "olderThan": "7d"}
+    assert index(recs, "artifacts", "repositories", "set-cleanup-policies") < index(recs, "builds", "submit")
+
+
+@pytest.mark.parametrize("model_type, memory, refused", [
+    ("flux1-dev", "32Gi", "flux1-dev's files are 28 GiB"),   # 29 GB against 32 GiB: no room to run
+    ("flux1-schnell", "32Gi", "flux1-schnell's files are 28 GiB"),
+    ("flux1-dev-fp8", "24Gi", "do not fit --memory 24Gi"),
+    ("flux1-dev-fp8", "32Gi", None),                          # 17 GB: fits, and arrives in time
+    ("sdxl", "16Gi", None),
+])
+def test_downloaded_models_must_fit_the_in_memory_disk(stub, model_type, memory, refused):
+    proc, recs = stub.deploy("--model-type", model_type, "--memory", memory, "--models-source", "gs://store/m",
+                             PROJECT, REGION, TAG, env={"HF_TOKEN": "x"})
+    if refused:
+        assert proc.returncode == 2 and refused in proc.stderr and recs == []
+        assert "Use --models-mount gs://store/m" in proc.stderr
+        # the mount has no such limit
+        proc, recs = stub.deploy("--model-type", model_type, "--memory", memory, "--models-mount", "gs://store/m",
+                                 PROJECT, REGION, TAG)
+    assert proc.returncode == 0, proc.stderr
+    d = find(recs, "run", "deploy")[-1]["argv"]
+    probe = flag(d, "--startup-probe")[0]
+    assert "periodSeconds=10" in probe and "failureThreshold=24" in probe  # Cloud Run's 240 s window
 
 
 # --------------------------------------------------------------------------- the real gcloud
@@ -383,6 +463,7 @@ def test_every_recorded_command_parses_in_the_real_gcloud(stub):
         (("--model-type", "sd3", "--min-instances", "1", "--gpu-zonal-redundancy", "--custom-nodes",
           "https://github.com/o/n@v1", "--models-mount", "gs://model-store/m", PROJECT, "europe-west1", "t2"), {}),
         (("--models-source", "gs://model-store", "--skip-build", PROJECT, REGION, TAG), {}),
+        (("--metrics", "--skip-build", PROJECT, REGION, TAG), {}),
     ]
     records = []
     for args, env in runs:
