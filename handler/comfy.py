@@ -8,10 +8,12 @@ log line, the websocket handshake), not by polling.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable
 
+from . import gpu
 from .comfy_client import ComfyClient
 from .config import Settings
 from .runtime import Spawn
@@ -76,6 +78,8 @@ class Comfy:
         """Boot (or attach to) ComfyUI. `after_boot` runs once the catalogue is loaded and
         before the service is ready: the warmup, publishing the catalogue to the store."""
         self._after_boot = after_boot
+        if self.supervisor is not None:
+            self._check_gpu()  # before anything starts: a worker without its GPU stops here
         self.client.on_connect = self._on_connect
         self.client.start()
         if self.supervisor is None:
@@ -85,6 +89,14 @@ class Comfy:
             self._spawn("models", self._fetch_models_then_boot)
         else:
             self.supervisor.start()
+
+    def _check_gpu(self) -> None:
+        """Log the GPU, its driver and CUDA (NVML: milliseconds, no PyTorch); with REQUIRE_GPU,
+        raise GpuUnavailable when there is none, so the process exits saying why."""
+        info = gpu.probe()
+        log.info("GPU: %s", info.summary() if info else "none (ComfyUI runs on CPU)")
+        if self.settings.require_gpu:
+            gpu.require(info)
 
     def _fetch_models_then_boot(self) -> None:
         from .modelfiles import ensure_models
@@ -146,6 +158,16 @@ class Comfy:
         )
         stats = self.client.get_json("/system_stats")
         self.version = (stats.get("system") or {}).get("comfyui_version")
+        torch_version, devices = gpu.torch_summary(stats)
+        log.info("ComfyUI %s: torch %s, devices %s", self.version or "?", torch_version, ", ".join(devices) or "?")
+        if self.settings.require_gpu and self.supervisor and not any(d.startswith("cuda") for d in devices):
+            # PyTorch cannot use the GPU the driver shows (a CUDA build the driver does not run):
+            # stop now rather than serve prompts on the CPU or not at all.
+            log.critical("REQUIRE_GPU is set but ComfyUI's PyTorch %s sees no CUDA device (%s): stopping",
+                         torch_version, ", ".join(devices) or "none")
+            self.state = "gpu unusable"
+            self.supervisor.stop()
+            os._exit(3)
         self._models = None
         if self._after_boot is not None:
             self._after_boot()

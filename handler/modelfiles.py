@@ -614,10 +614,12 @@ def _link_local(entry: ModelFile, target: Path, root: Path, *, verify: bool) -> 
 
 
 def ensure_models(settings: Settings) -> None:
-    """At container start: when MODELS_SOURCE is set, put MODEL_TYPE's files under COMFYUI_PATH/models."""
+    """At container start: when MODELS_SOURCE is set, put MODEL_TYPE's files under ComfyUI's models
+    folder (MODELS_DIR, else COMFYUI_PATH/models)."""
     if not settings.models_source:
         return
-    if settings.comfyui_path is None:
+    models_dir = settings.comfyui_models_dir
+    if models_dir is None:
         raise ModelFilesError("MODELS_SOURCE is set but COMFYUI_PATH is not: nowhere to put the models")
     files = select(parse_models_file(settings.models_file), settings.model_type)
     if not files:
@@ -626,7 +628,7 @@ def ensure_models(settings: Settings) -> None:
     started = time.monotonic()
     result = fetch_models(
         files,
-        Path(settings.comfyui_path) / "models",
+        models_dir,
         source=settings.models_source,
         hf_token=settings.hf_token,
     )

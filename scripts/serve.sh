@@ -9,24 +9,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-COMFYUI_COMMIT="${COMFYUI_COMMIT:-2f35f4a08176d993cded35dac3332be4f7287f41}"  # ComfyUI 0.33.0
+# The pinned ComfyUI (COMFYUI_VERSION, COMFYUI_COMMIT): the one the image ships and the tests use.
+# shellcheck source=/dev/null
+. deploy/comfyui.env
 PYTHON="${PYTHON:-python3}"
 
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+# Frozen installs from the lock files (./scripts/lock.sh makes them): the same versions every time.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/service.lock
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 
 if [ -z "${COMFYUI_PATH:-}" ] && [ -z "${COMFYUI_URL:-}" ]; then
     if [ ! -f .comfyui/ComfyUI/main.py ]; then
-        echo "fetching ComfyUI ${COMFYUI_COMMIT} into .comfyui/ ..."
+        echo "fetching ComfyUI ${COMFYUI_VERSION} (${COMFYUI_COMMIT}) into .comfyui/ ..."
         mkdir -p .comfyui/ComfyUI
         curl -fsSL "https://github.com/comfyanonymous/ComfyUI/archive/${COMFYUI_COMMIT}.tar.gz" \
             | tar -xz --strip-components=1 -C .comfyui/ComfyUI
     fi
     if [ ! -x .comfyui/venv/bin/python ]; then
         "$PYTHON" -m venv .comfyui/venv
-        .comfyui/venv/bin/python -m pip install --quiet -r .comfyui/ComfyUI/requirements.txt
+        if [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ]; then
+            # The image's lock: ComfyUI's requirements with PyTorch built for CUDA 12.
+            .comfyui/venv/bin/python -m pip install --quiet --require-hashes -r requirements/comfyui.lock
+        else
+            echo "requirements/comfyui.lock is for Linux x86_64: installing ComfyUI's requirements unlocked" >&2
+            .comfyui/venv/bin/python -m pip install --quiet -r .comfyui/ComfyUI/requirements.txt
+        fi
     fi
     export COMFYUI_PATH="$PWD/.comfyui/ComfyUI" COMFYUI_PYTHON="$PWD/.comfyui/venv/bin/python"
 fi

@@ -5,8 +5,11 @@ Markers (registered in pyproject.toml) are applied here, by fixture and by modul
 * `integration`: the test runs real processes over real sockets: it uses a ComfyUI target, a
   service process, the stand-in, an emulator, or lives in a module that starts such servers.
 * `cloud`: it needs the Cloud Tasks emulator, fake-gcs-server or the gcloud CLI.
-* `slow`: it takes seconds (measured; see SLOW below). `./scripts/test.sh -m "not slow"` is the
-  quick loop; `./scripts/test.sh` (what CI runs) runs everything.
+* `slow`: it takes seconds. Listed below (modules, fixtures, names), and also any test whose own
+  run (its call, not its fixtures' setup) took SLOW_S or more the last time it ran on this machine:
+  durations are kept in .pytest_cache, so a new slow test leaves the quick loop after its first
+  run. `./scripts/test.sh -m "not slow"` is the quick loop; `./scripts/test.sh` (what CI runs)
+  runs everything.
 
 The real-gcloud replay (test_deploy.py) runs in CI (CI set, as .ci/run does), with
 `--gcloud-replay`, without a pytest cache (`-p no:cacheprovider`), or when the files that decide the
@@ -26,6 +29,7 @@ pytest_plugins = [
     "tests.fixtures.comfy",
     "tests.fixtures.gcs",
     "tests.fixtures.cloudtasks",
+    "tests.fixtures.tiny_model",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +39,12 @@ INTEGRATION_FIXTURES = {"comfy_target", "service", "fresh_service", "standin", "
                         "fake_gcs", "tasks_emulator", "gcs", "gcs_bucket"}
 CLOUD_FIXTURES = {"fake_gcs", "tasks_emulator", "gcs", "gcs_bucket", "cloud"}
 # Modules whose tests start servers of their own (ServiceProcess, StandIn, uvicorn) without a fixture.
-INTEGRATION_MODULES = {"test_app", "test_comfy", "test_comfy_client", "test_jobs_api", "test_lifecycle",
+INTEGRATION_MODULES = {"test_real_model", "test_app", "test_comfy", "test_comfy_client", "test_jobs_api", "test_lifecycle",
                        "test_standin", "test_supervisor", "test_workflows_api", "test_security", "test_runtime",
-                       "test_pipeline_queue"}
+                       "test_pipeline_queue", "test_observability", "test_client_modes"}
 # Slow (measured: seconds each on 2 cores): modules whose every test runs deploy.sh, external linters or
 # a service and ComfyUI of its own; fixtures that start those; and single tests by name.
-SLOW_MODULES = {"test_deploy", "test_build_files", "test_supervisor", "test_comfy", "test_comfy_client"}
+SLOW_MODULES = {"test_real_model", "test_deploy", "test_build_files", "test_supervisor", "test_comfy", "test_comfy_client"}
 SLOW_FIXTURES = {"fresh_service", "attached", "cloud"}
 SLOW_TESTS = {
     "test_every_recorded_command_parses_in_the_real_gcloud",  # 40-90 s: the real gcloud CLI per command
@@ -52,7 +56,15 @@ SLOW_TESTS = {
     "test_comfyui_crash_is_transient_and_retried_to_success",
     "test_a_body_over_the_limit_is_413",
     "test_not_ready_is_503_with_retry_after",
+    "test_an_answer_over_40_mib_reaches_the_client_through_cloud_runs_limit",  # 56 MB of base64, 10-20 s
+    "test_without_chunking_cloud_runs_limit_would_refuse_that_answer",
+    "test_gs_inputs_are_read_from_allowlisted_buckets_and_url_delivery_goes_to_cloud_storage",
+    "test_a_request_over_32_mib_never_reaches_the_service",
+    "test_cli_stream_raw_and_url",
 }
+
+SLOW_S = 1.0
+DURATIONS_KEY = "comfyrun/call-durations"
 
 GCLOUD_REPLAY = "test_every_recorded_command_parses_in_the_real_gcloud"
 # What decides the commands the replay feeds to the real gcloud.
@@ -93,6 +105,8 @@ def _replay_skip_reason(config: pytest.Config) -> str | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     replay_skip = _replay_skip_reason(config)
+    cache = getattr(config, "cache", None)
+    measured: dict[str, float] = cache.get(DURATIONS_KEY, {}) if cache is not None else {}
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
         name = getattr(item, "originalname", item.name)
@@ -101,7 +115,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if fixtures & CLOUD_FIXTURES or name == GCLOUD_REPLAY:
             item.add_marker(pytest.mark.cloud)
-        if module in SLOW_MODULES or fixtures & SLOW_FIXTURES or name in SLOW_TESTS:
+        if (module in SLOW_MODULES or fixtures & SLOW_FIXTURES or name in SLOW_TESTS
+                or measured.get(item.nodeid, 0.0) >= SLOW_S):
             item.add_marker(pytest.mark.slow)
         if name == GCLOUD_REPLAY:
             item.add_marker(pytest.mark.integration)
@@ -117,3 +132,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         if cache is not None:
             cache.set(CACHE_KEY, gcloud_replay_inputs_hash())
     return report
+
+
+_durations: dict[str, float] = {}  # nodeid -> seconds of its call, this session
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _durations[report.nodeid] = round(report.duration, 3)
+
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    cache = getattr(session.config, "cache", None)
+    if cache is not None and _durations:
+        cache.set(DURATIONS_KEY, {**cache.get(DURATIONS_KEY, {}), **_durations})

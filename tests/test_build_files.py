@@ -20,7 +20,8 @@ from handler import modelfiles
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 CLOUDBUILD = ROOT / "cloudbuild.yaml"
-SHELL_SCRIPTS = [ROOT / "deploy.sh", ROOT / "deploy" / "install_custom_nodes.sh"]
+SHELL_SCRIPTS = [ROOT / "deploy.sh", ROOT / "deploy" / "install_custom_nodes.sh", ROOT / "scripts" / "serve.sh",
+                 ROOT / "scripts" / "test.sh", ROOT / "scripts" / "lock.sh", ROOT / "bench" / "gpu_check.sh"]
 MODEL_TYPES = modelfiles.model_types(modelfiles.parse_models_file(ROOT / "models.txt"))
 
 
@@ -95,19 +96,70 @@ def arg_default(name: str) -> str:
     return match.group(1)
 
 
-def test_dockerfile_pins_cuda_comfyui_and_torch():
-    # Cloud Run's L4 driver is 535 (CUDA 12.2): the base image must not need a newer one
-    cuda = arg_default("CUDA_IMAGE")
-    assert re.fullmatch(r"nvidia/cuda:12\.[0-2]\.\d+-(runtime|base|cudnn[0-9]*-runtime)-ubuntu\d\d\.04", cuda), cuda
-    assert re.fullmatch(r"v\d+\.\d+\.\d+", arg_default("COMFYUI_VERSION"))
-    assert re.fullmatch(r"cu12[0-2]", arg_default("TORCH_CUDA"))
-    assert arg_default("TORCH_INDEX_URL") == "https://download.pytorch.org/whl/${TORCH_CUDA}"
-    assert re.fullmatch(r"\d+\.\d+\.\d+", arg_default("TORCH_VERSION"))
+def comfyui_env() -> dict[str, str]:
+    lines = (ROOT / "deploy" / "comfyui.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
-def test_dockerfile_stages_models_secret_user_and_command():
+def locked(name: str) -> dict[str, str]:
+    """A lock file's pins, name -> version; every pin must carry a hash."""
+    text = (ROOT / "requirements" / name).read_text()
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)", text, re.M))
+    blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", text.strip())
+    assert all("--hash=sha256:" in block for block in blocks), f"{name}: a pin without a hash"
+    return pins
+
+
+def test_one_comfyui_version_stated_once():
+    env = comfyui_env()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", env["COMFYUI_VERSION"])
+    assert re.fullmatch(r"[0-9a-f]{40}", env["COMFYUI_COMMIT"])
+    # the stand-in and the recorded protocol are that version
+    from tests.standin.standin_app import COMFYUI_VERSION
+
+    assert COMFYUI_VERSION == env["COMFYUI_VERSION"]
+    recorded = (ROOT / "test_resources" / "comfy" / "protocol" / "README.md").read_text()
+    assert env["COMFYUI_COMMIT"] in recorded and env["COMFYUI_VERSION"] in recorded
+    # everything that fetches ComfyUI reads the file; no other place names a version or commit
+    for path in (DOCKERFILE, ROOT / "scripts" / "serve.sh", ROOT / "scripts" / "lock.sh", CLOUDBUILD,
+                 ROOT / "bench" / "gpu_check.sh"):
+        text = path.read_text()
+        assert env["COMFYUI_COMMIT"] not in text and not re.search(r"v0\.3\.\d+", text), path.name
+    assert "deploy/comfyui.env" in DOCKERFILE.read_text() and ". deploy/comfyui.env" in (
+        ROOT / "scripts" / "serve.sh").read_text()
+
+
+def test_image_uses_slim_python_and_a_cuda12_pytorch_that_driver_535_runs():
+    base = arg_default("PYTHON_IMAGE")
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), base
+    assert not re.search(r"^(FROM|ARG).*nvidia/cuda", DOCKERFILE.read_text(), re.M)
+    pins = locked("comfyui.lock")
+    assert re.fullmatch(r"2\.\d+\.\d+", pins["torch"])
+    cuda = {name: version for name, version in pins.items() if name.startswith("nvidia-")}
+    # CUDA 12 runtime libraries (minor-version compatible with driver 535), never CUDA 13 (>= 580)
+    assert cuda and all(name.endswith("-cu12") for name in cuda), cuda
+    assert pins["nvidia-cuda-runtime-cu12"].startswith("12.")
+
+
+def test_lock_files_are_frozen_and_used_frozen():
+    service, test, comfy = locked("service.lock"), locked("test.lock"), locked("comfyui.lock")
+    assert "starlette" in service and "torch" not in service and "torch" not in test  # the service never needs torch
+    assert set(service) <= set(test) and all(test[name] == version for name, version in service.items())
+    assert "torch" in comfy and "comfyui-frontend-package" in comfy
+    for script, lock in (("test.sh", "requirements/test.lock"), ("serve.sh", "requirements/service.lock"),
+                         ("serve.sh", "requirements/comfyui.lock")):
+        text = (ROOT / "scripts" / script).read_text()
+        assert re.search(rf"pip install .*--require-hashes -r {re.escape(lock)}", text), (script, lock)
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    assert re.search(r"pip install --require-hashes --requirement /opt/service.lock", text)
+    assert re.search(r"pip install --require-hashes --requirement /opt/comfyui.lock", text)
+    assert "COPY requirements/service.lock" in text and "COPY requirements/comfyui.lock" in text
+
+
+def test_dockerfile_targets_models_secret_user_and_command():
     stages = dockerfile_stages()
-    assert {"python", "models", "comfyui", "final"} <= set(stages)
+    assert {"base", "service", "models", "comfyui", "api", "worker"} <= set(stages)
+    assert list(stages)[-1] == "worker", "worker must be the last stage: the default target"
     text = DOCKERFILE.read_text()
     # the token is a BuildKit secret only: never an ARG, ENV or a file copied in
     assert not re.search(r"^(ARG|ENV)\s+\S*(HF_TOKEN|TOKEN)", text, re.M | re.I)
@@ -115,16 +167,24 @@ def test_dockerfile_stages_models_secret_user_and_command():
     assert len(secret_runs) == 1 and "python -m handler.modelfiles" in secret_runs[0]
     assert '--model-type "${MODEL_TYPE}"' in secret_runs[0]
     assert arg_default("MODEL_TYPE") == "flux1-dev-fp8"
-    final = stages["final"]
-    assert any(i.startswith("COPY --from=models") and "/comfyui/models/" in i for i in final)
-    assert any(re.match(r"RUN python -m pip install .* /app", i) for i in final)
-    user = [i for i in final if i.startswith("USER ")]
-    assert user and user[-1] not in ("USER root", "USER 0", "USER 0:0")
-    assert final[-1] == 'CMD ["python", "-m", "handler"]'
-    env = " ".join(i for i in final if i.startswith("ENV "))
-    assert "COMFYUI_PATH=/comfyui" in env and "MODELS_FILE=/app/models.txt" in env
-    assert "git clone --depth 1 --branch \"${COMFYUI_VERSION}\"" in " ".join(stages["comfyui"])
-    assert any("install_custom_nodes.sh" in i and "${CUSTOM_NODES}" in i for i in stages["comfyui"])
+    worker, api = stages["worker"], stages["api"]
+    assert any(i.startswith("COPY --link --from=models") and "/comfyui/models/" in i for i in worker)
+    for stage in (worker, api):
+        assert any(i.startswith("COPY --from=service /opt/service") for i in stage)
+        user = [i for i in stage if i.startswith("USER ")]
+        assert user and user[-1] not in ("USER root", "USER 0", "USER 0:0")
+        assert stage[-1] == 'CMD ["python", "-m", "handler"]'
+    worker_env = " ".join(i for i in worker if i.startswith("ENV "))
+    for setting in ("COMFYUI_PATH=/comfyui", "COMFYUI_PYTHON=/opt/comfy/bin/python", "MODELS_FILE=/app/models.txt",
+                    "REQUIRE_GPU=true"):
+        assert setting in worker_env
+    api_env = " ".join(i for i in api if i.startswith("ENV "))
+    assert "SERVICE_ROLE=api" in api_env and "COMFYUI" not in api_env
+    assert stages["api"][0].startswith("FROM base ") and not any("comfy" in i and "--from" in i for i in api)
+    fetch = " ".join(stages["comfyui"])
+    assert "${COMFYUI_COMMIT}.tar.gz" in fetch and "comfyui_version.py" in fetch
+    assert any("install_custom_nodes.sh" in i and "${CUSTOM_NODES}" in i and "PIP_CONSTRAINT" in i
+               for i in stages["comfyui"])
 
 
 def test_every_copied_path_exists_and_is_in_the_build_context():
@@ -145,7 +205,8 @@ def test_every_copied_path_exists_and_is_in_the_build_context():
 
 
 def test_models_stage_downloader_runs_from_only_what_the_stage_copies(tmp_path):
-    """The models stage copies three handler files and models.txt; the downloader must need no more."""
+    """The models stage copies three handler files and models.txt; the downloader must need no more
+    than the standard library (the stage has no service venv)."""
     copies = [i for i in dockerfile_stages()["models"] if i.startswith("COPY ")]
     for instr in copies:
         *srcs, dest = instr.split()[1:]
@@ -168,24 +229,25 @@ def test_models_stage_downloader_runs_from_only_what_the_stage_copies(tmp_path):
 # --------------------------------------------------------------------------- cloudbuild.yaml
 
 
-def test_cloudbuild_builds_with_buildkit_and_the_secret():
+def test_cloudbuild_builds_both_images_with_buildkit_a_cache_and_the_secret():
     config = YAML(typ="safe").load(CLOUDBUILD.read_text())
     subs = config["substitutions"]
     for name in ("_MODEL_TYPE", "_REGION", "_REPOSITORY", "_SERVICE", "_TAG", "_HF_SECRET", "_DEPLOY"):
         assert name in subs
     assert subs["_MODEL_TYPE"] in MODEL_TYPES
-    assert subs["_COMFYUI_VERSION"] == arg_default("COMFYUI_VERSION")
+    assert "_COMFYUI_VERSION" not in subs  # deploy/comfyui.env decides
     build = next(s for s in config["steps"] if s["id"] == "build")
     script = build["args"][-1]
     assert "DOCKER_BUILDKIT=1" in build["env"] and build["secretEnv"] == ["HF_TOKEN"]
-    assert "--secret id=hf_token,src=" in script
+    assert script.count("--secret id=hf_token,src=") == 1  # only the worker has models
     assert "HF_TOKEN" not in script.replace('"$$HF_TOKEN"', ""), "the token may only be written to the secret file"
     assert "--build-arg \"MODEL_TYPE=${_MODEL_TYPE}\"" in script
+    assert "--target worker" in script and "--target api" in script
+    assert '--tag "$$image:${_TAG}"' in script and '--tag "$$image-api:${_TAG}"' in script
+    # a registry cache of every stage: the models stage is not downloaded or compressed again
+    assert "buildcache-${_MODEL_TYPE}" in script and "mode=max" in script and script.count("--push") == 2
     assert config["availableSecrets"]["secretManager"][0]["env"] == "HF_TOKEN"
     assert "${_HF_SECRET}" in config["availableSecrets"]["secretManager"][0]["versionName"]
-    push = next(s for s in config["steps"] if s["id"] == "push")
-    assert push["args"][:2] == ["push", "--all-tags"]
-    assert "-docker.pkg.dev/" in config["images"][0]
     deploy = next(s for s in config["steps"] if s["id"] == "deploy")
     assert 'if [ "${_DEPLOY}" != "true" ]' in deploy["args"][-1]
     assert config["options"]["machineType"] in {"E2_HIGHCPU_8", "E2_HIGHCPU_32", "N1_HIGHCPU_32"}

@@ -194,7 +194,7 @@ def test_bad_lines_name_file_and_line(bad, message):
 
 def test_the_projects_models_txt():
     files = mf.parse_models_file(ROOT / "models.txt")
-    assert mf.model_types(files) == ["base", "flux1-dev", "flux1-dev-fp8", "flux1-schnell", "sd3", "sdxl"]
+    assert mf.model_types(files) == ["base", "flux1-dev", "flux1-dev-fp8", "flux1-schnell", "sd15", "sd3", "sdxl"]
     for f in files:
         assert f.sha256 is not None, f"{f.dest} has no sha256"
         assert f.size is not None

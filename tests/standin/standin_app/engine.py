@@ -14,8 +14,9 @@ import struct
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -217,7 +218,7 @@ class ProgressRegistry:
 
 # --- what a node sees -------------------------------------------------------------------------
 class NodeContext:
-    def __init__(self, executor: "Executor", node_id: str, prompt_id: str = "", prompt: dict | None = None,
+    def __init__(self, executor: Executor, node_id: str, prompt_id: str = "", prompt: dict | None = None,
                  extra_data: dict | None = None, progress: ProgressRegistry | None = None):
         self.executor = executor
         self.node_id = node_id

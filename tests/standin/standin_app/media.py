@@ -62,7 +62,7 @@ def write_flac(path_or_file, waveform: np.ndarray, sample_rate: int, metadata: d
     streaminfo += packed.to_bytes(8, "big")
     streaminfo += b"\x00" * 16  # MD5 unknown
     vendor = b"ComfyUI stand-in"
-    comments = [f"{k}={v}".encode("utf-8") for k, v in (metadata or {}).items()]
+    comments = [f"{k}={v}".encode() for k, v in (metadata or {}).items()]
     vorbis = struct.pack("<I", len(vendor)) + vendor + struct.pack("<I", len(comments))
     for comment in comments:
         vorbis += struct.pack("<I", len(comment)) + comment

@@ -363,11 +363,11 @@ class SaveAnimatedWEBP:
         frames = [imaging.to_pil(i) for i in images]
         exif = frames[0].getexif()
         if not ctx.disable_metadata:
-            exif[0x0110] = "prompt:{}".format(json.dumps(ctx.prompt))
+            exif[0x0110] = f"prompt:{json.dumps(ctx.prompt)}"
             if ctx.extra_pnginfo is not None:
                 tag = 0x010F
                 for key, value in ctx.extra_pnginfo.items():
-                    exif[tag] = "{}:{}".format(key, json.dumps(value))
+                    exif[tag] = f"{key}:{json.dumps(value)}"
                     tag -= 1
         name = f"{stem}_{counter:05}_.webp"
         frames[0].save(os.path.join(folder, name), save_all=True, duration=int(1000.0 / fps),

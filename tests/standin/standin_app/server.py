@@ -22,7 +22,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from . import COMFYUI_VERSION
 from .catalog import Catalog
-from .engine import (PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA, UNENCODED_PREVIEW_IMAGE, Executor, PromptQueue)
+from .engine import PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA, UNENCODED_PREVIEW_IMAGE, Executor, PromptQueue
 from .validation import Validator
 
 log = logging.getLogger("standin")
