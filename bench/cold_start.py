@@ -59,8 +59,14 @@ def boot(target: ComfyTarget, models_dir: Path, warmup: Path | None, state: Path
 
         first = request(1)
         steady = statistics.median(request(seed) for seed in (2, 3, 4))
-        return {"listening_s": listening, "ready_s": ready, "service_after_listening_s": ready - listening,
-                "first_request_s": first, "steady_request_s": steady, "first_over_steady": first / steady}
+        return {
+            "listening_s": listening,
+            "ready_s": ready,
+            "service_after_listening_s": ready - listening,
+            "first_request_s": first,
+            "steady_request_s": steady,
+            "first_over_steady": first / steady,
+        }
     finally:
         service.stop()
 
@@ -68,8 +74,11 @@ def boot(target: ComfyTarget, models_dir: Path, warmup: Path | None, state: Path
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--args", default=os.environ.get("COMFYUI_TEST_ARGS", "--cpu --disable-api-nodes"),
-                        help="ComfyUI's arguments (default: --cpu --disable-api-nodes; '' on a GPU)")
+    parser.add_argument(
+        "--args",
+        default=os.environ.get("COMFYUI_TEST_ARGS", "--cpu --disable-api-nodes"),
+        help="ComfyUI's arguments (default: --cpu --disable-api-nodes; '' on a GPU)",
+    )
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args()
     path, python = os.environ.get("COMFYUI_PATH"), os.environ.get("COMFYUI_PYTHON", "python3")
@@ -87,8 +96,14 @@ def main() -> int:
     if options.json:
         print(json.dumps(results, indent=2))
         return 0
-    keys = ["listening_s", "ready_s", "service_after_listening_s", "first_request_s", "steady_request_s",
-            "first_over_steady"]
+    keys = [
+        "listening_s",
+        "ready_s",
+        "service_after_listening_s",
+        "first_request_s",
+        "steady_request_s",
+        "first_over_steady",
+    ]
     print("| boot | " + " | ".join(keys) + " |")
     print("|---|" + "---|" * len(keys))
     for name, runs in results.items():

@@ -43,9 +43,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 import websocket
@@ -152,10 +153,23 @@ def start_comfyui(args: argparse.Namespace, work: Path) -> tuple[Process, str, C
         folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
-        args.comfyui_python, "main.py", "--listen", "127.0.0.1", "--port", str(port),
-        "--input-directory", str(dirs.input), "--output-directory", str(dirs.output),
-        "--temp-directory", str(dirs.temp_arg), "--user-directory", str(dirs.user),
-        "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
+        args.comfyui_python,
+        "main.py",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--input-directory",
+        str(dirs.input),
+        "--output-directory",
+        str(dirs.output),
+        "--temp-directory",
+        str(dirs.temp_arg),
+        "--user-directory",
+        str(dirs.user),
+        "--database-url",
+        "sqlite:///:memory:",
+        "--disable-auto-launch",
         *args.comfyui_args.split(),
     ]
     proc = Process("ComfyUI", cmd, Path(args.comfyui_path), dict(os.environ), work / "comfyui.log")
@@ -164,24 +178,27 @@ def start_comfyui(args: argparse.Namespace, work: Path) -> tuple[Process, str, C
     return proc, url, dirs
 
 
-def start_service(args: argparse.Namespace, work: Path, comfy_url: str, dirs: ComfyDirs,
-                  webhook_secret: str) -> tuple[Process, str]:
+def start_service(
+    args: argparse.Namespace, work: Path, comfy_url: str, dirs: ComfyDirs, webhook_secret: str
+) -> tuple[Process, str]:
     port = free_port()
     drop = ("COMFYUI_", "GCS_", "TASKS_", "QUEUE_", "STORAGE_", "CLOUD_", "WEBHOOK_", "URL_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in ("K_SERVICE", "PORT")}
-    env.update({
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "COMFYUI_URL": comfy_url,
-        "COMFYUI_INPUT_DIR": str(dirs.input),
-        "COMFYUI_OUTPUT_DIR": str(dirs.output),
-        "COMFYUI_TEMP_DIR": str(dirs.temp),
-        "STATE_DIR": str(work / "service-state"),
-        "WEBHOOK_SECRET": webhook_secret,
-        "URL_ALLOWLIST": "127.0.0.1",
-        "LOG_LEVEL": args.service_log_level,
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "COMFYUI_URL": comfy_url,
+            "COMFYUI_INPUT_DIR": str(dirs.input),
+            "COMFYUI_OUTPUT_DIR": str(dirs.output),
+            "COMFYUI_TEMP_DIR": str(dirs.temp),
+            "STATE_DIR": str(work / "service-state"),
+            "WEBHOOK_SECRET": webhook_secret,
+            "URL_ALLOWLIST": "127.0.0.1",
+            "LOG_LEVEL": args.service_log_level,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     python = args.service_command.split() if args.service_command else [sys.executable]
     cmd = [*python, "-m", "handler"]
     if args.trace:
@@ -208,7 +225,7 @@ class Direct:
         self.dirs = dirs
         self.client_id = uuid.uuid4().hex
         self.http = requests.Session()
-        ws_url = "ws" + base_url[len("http"):] + f"/ws?clientId={self.client_id}"
+        ws_url = "ws" + base_url[len("http") :] + f"/ws?clientId={self.client_id}"
         self.ws = websocket.create_connection(ws_url, timeout=600)
         self.queue_remaining: int | None = None
 
@@ -273,8 +290,12 @@ class Direct:
             raise WorkflowFailed(f"direct run produced {len(encoded)} files, expected {expect_files}")
         for path in paths:  # cleanup is not part of what a client waits for
             path.unlink(missing_ok=True)
-        return {"total_ms": (done - started) * 1000, "post_ms": (submitted - started) * 1000,
-                "wait_ms": (finished - submitted) * 1000, "read_ms": (done - finished) * 1000}
+        return {
+            "total_ms": (done - started) * 1000,
+            "post_ms": (submitted - started) * 1000,
+            "wait_ms": (finished - submitted) * 1000,
+            "read_ms": (done - finished) * 1000,
+        }
 
     def run_many(self, graphs: list[dict[str, Any]], expect_files: int) -> float:
         """All prompts queued at once; seconds until the last one's files are read and encoded."""
@@ -388,8 +409,9 @@ class Service:
     def predict(self, graph: dict[str, Any], expect_files: int, trace_id: str = "") -> tuple[float, dict[str, float]]:
         headers = {"x-bench-trace": trace_id} if self.trace and trace_id else None
         started = now()
-        response = self.http.post(self.base_url + "/predict", json={"workflow": graph}, timeout=600, stream=True,
-                                  headers=headers)
+        response = self.http.post(
+            self.base_url + "/predict", json={"workflow": graph}, timeout=600, stream=True, headers=headers
+        )
         headers_at = now()  # the service has built the whole response and started sending it
         content = response.content
         read_at = now()
@@ -400,8 +422,11 @@ class Service:
         images = body.get("images") or []
         if len(images) != expect_files or not all(image.get("image") for image in images):
             raise WorkflowFailed(f"/predict returned {len(images)} images, expected {expect_files}")
-        client = {"client_headers_ms": (headers_at - started) * 1000, "client_read_ms": (read_at - headers_at) * 1000,
-                  "client_decode_ms": (started + elapsed - read_at) * 1000}
+        client = {
+            "client_headers_ms": (headers_at - started) * 1000,
+            "client_read_ms": (read_at - headers_at) * 1000,
+            "client_decode_ms": (started + elapsed - read_at) * 1000,
+        }
         if headers:
             self.marks[trace_id] = {"client_start": started, "client_end": started + elapsed}
         return elapsed * 1000, {**(body.get("timings") or {}), **client}
@@ -473,8 +498,14 @@ class Case:
     traces: list[dict[str, float]] = field(default_factory=list)  # --trace: phases of each measured request
 
 
-def interleave(rounds: int, warmup: int, first: Callable[[], None], second: Callable[[], None],
-               settle: Callable[[], None], label: str) -> None:
+def interleave(
+    rounds: int,
+    warmup: int,
+    first: Callable[[], None],
+    second: Callable[[], None],
+    settle: Callable[[], None],
+    label: str,
+) -> None:
     """ABBA…: each round runs both methods, the order alternating, ComfyUI settled before each
     sample. The callbacks themselves drop the warmup rounds (see `measured`)."""
     for i in range(warmup + rounds):
@@ -535,8 +566,12 @@ def machine_info() -> dict[str, str]:
                 break
     except OSError:
         pass
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "os": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version()}
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
 
 
 def report(cases: dict[str, Case], meta: dict[str, str], args: argparse.Namespace) -> str:
@@ -563,7 +598,8 @@ def report(cases: dict[str, Case], meta: dict[str, str], args: argparse.Namespac
             f"| (a) EmptyImage 512² → SaveImage, sync | {len(a.direct)} | {fmt_ms(median(a.direct))} | "
             f"{fmt_ms(p90(a.direct))} | {fmt_ms(median(a.service))} | {fmt_ms(p90(a.service))} | "
             f"{diff:+.1f} ms | {paired(a):+.1f} ms | {median(a.service) / median(a.direct):.2f}× | "
-            f"≤ +{TARGET_A_MS:g} ms: {met} |")
+            f"≤ +{TARGET_A_MS:g} ms: {met} |"
+        )
     if b and b.direct:
         ratio = median(b.service) / median(b.direct)
         met = "met" if ratio <= TARGET_B_RATIO else "**missed**"
@@ -571,13 +607,15 @@ def report(cases: dict[str, Case], meta: dict[str, str], args: argparse.Namespac
             f"| (b) batch4_noise_1024 (4 PNGs, 10.6 MB), sync | {len(b.direct)} | "
             f"{fmt_ms(median(b.direct))} | {fmt_ms(p90(b.direct))} | {fmt_ms(median(b.service))} | "
             f"{fmt_ms(p90(b.service))} | {median(b.service) - median(b.direct):+.1f} ms | {paired(b):+.1f} ms | "
-            f"{ratio:.3f}× | ≤ {TARGET_B_RATIO:g}×: {met} |")
+            f"{ratio:.3f}× | ≤ {TARGET_B_RATIO:g}×: {met} |"
+        )
     if c and c.direct:
         lines.append(
             f"| (c) async + webhook: submit → webhook received (direct: case (a) sync) | {len(c.direct)} | "
             f"{fmt_ms(median(c.direct))} | {fmt_ms(p90(c.direct))} | {fmt_ms(median(c.service))} | "
             f"{fmt_ms(p90(c.service))} | {median(c.service) - median(c.direct):+.1f} ms | {paired(c):+.1f} ms | "
-            f"{median(c.service) / median(c.direct):.2f}× | – |")
+            f"{median(c.service) / median(c.direct):.2f}× | – |"
+        )
     if d and d.direct:
         n = args.jobs
         lines.append(
@@ -585,7 +623,8 @@ def report(cases: dict[str, Case], meta: dict[str, str], args: argparse.Namespac
             f"{len(d.direct)} | {fmt_ms(median(d.direct) * 1000)} | {fmt_ms(max(d.direct) * 1000)} (max) | "
             f"{fmt_ms(median(d.service) * 1000)} | {fmt_ms(max(d.service) * 1000)} (max) | "
             f"{(median(d.service) - median(d.direct)) * 1000 / n:+.1f} ms/job | {paired(d) * 1000 / n:+.1f} ms/job | "
-            f"{median(d.service) / median(d.direct):.2f}× | – |")
+            f"{median(d.service) / median(d.direct):.2f}× | – |"
+        )
     lines += [
         "",
         "*service − direct*: difference of the medians; *paired Δ*: median of the per-round differences "
@@ -607,7 +646,8 @@ def report(cases: dict[str, Case], meta: dict[str, str], args: argparse.Namespac
             f"{fmt_ms(parts_median(sp, 'submit_ms'))} | {fmt_ms(parts_median(sp, 'comfyui_ms'))} | "
             f"{fmt_ms(parts_median(sp, 'outputs_ms'))} | {fmt_ms(parts_median(sp, 'total_ms'))} | "
             f"{fmt_ms(to_headers)} | {fmt_ms(parts_median(sp, 'client_read_ms'))} | "
-            f"{fmt_ms(parts_median(sp, 'client_decode_ms'))} |")
+            f"{fmt_ms(parts_median(sp, 'client_decode_ms'))} |"
+        )
     if rows:
         lines += [
             "Where the time goes (medians of each part). Direct: `POST /prompt`, then until "
@@ -632,10 +672,17 @@ def report(cases: dict[str, Case], meta: dict[str, str], args: argparse.Namespac
             "|---|" + "---:|" * len(traced_cases),
         ]
         for label, _, _ in TRACE_PHASES:
-            lines.append(f"| {label} | " + " | ".join(
-                fmt_ms(median([t[label] for t in case.traces])) for _, case in traced_cases) + " |")
-        lines += ["| direct: read + base64 | " + " | ".join(
-            fmt_ms(parts_median(case.direct_parts, "read_ms")) for _, case in traced_cases) + " |", ""]
+            lines.append(
+                f"| {label} | "
+                + " | ".join(fmt_ms(median([t[label] for t in case.traces])) for _, case in traced_cases)
+                + " |"
+            )
+        lines += [
+            "| direct: read + base64 | "
+            + " | ".join(fmt_ms(parts_median(case.direct_parts, "read_ms")) for _, case in traced_cases)
+            + " |",
+            "",
+        ]
     if meta.get("healthz"):
         lines += [f"HTTP floor: a `GET /healthz` round trip to the service takes {meta['healthz']} (median).", ""]
     if c and c.service:
@@ -661,14 +708,26 @@ def report(cases: dict[str, Case], meta: dict[str, str], args: argparse.Namespac
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--comfyui-path", default=os.environ.get("COMFYUI_PATH"),
-                        help="ComfyUI's source folder (default: $COMFYUI_PATH)")
-    parser.add_argument("--comfyui-python", default=os.environ.get("COMFYUI_PYTHON") or sys.executable,
-                        help="ComfyUI's interpreter (default: $COMFYUI_PYTHON, else this one)")
-    parser.add_argument("--comfyui-args", default=os.environ.get("COMFYUI_BENCH_ARGS", "--cpu --disable-api-nodes"),
-                        help="extra ComfyUI arguments (default: %(default)s)")
-    parser.add_argument("--service-command", default="",
-                        help="run the service as '<this> -m handler' (e.g. a profiler wrapper); default: this interpreter")
+    parser.add_argument(
+        "--comfyui-path",
+        default=os.environ.get("COMFYUI_PATH"),
+        help="ComfyUI's source folder (default: $COMFYUI_PATH)",
+    )
+    parser.add_argument(
+        "--comfyui-python",
+        default=os.environ.get("COMFYUI_PYTHON") or sys.executable,
+        help="ComfyUI's interpreter (default: $COMFYUI_PYTHON, else this one)",
+    )
+    parser.add_argument(
+        "--comfyui-args",
+        default=os.environ.get("COMFYUI_BENCH_ARGS", "--cpu --disable-api-nodes"),
+        help="extra ComfyUI arguments (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--service-command",
+        default="",
+        help="run the service as '<this> -m handler' (e.g. a profiler wrapper); default: this interpreter",
+    )
     parser.add_argument("--service-log-level", default="INFO", help="the service's LOG_LEVEL (default: %(default)s)")
     parser.add_argument("--cases", default="abcd", help="which cases to run (default: %(default)s)")
     parser.add_argument("--rounds-a", type=int, default=150)
@@ -678,14 +737,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, help="warmup rounds of (a) and (c) (default: %(default)s)")
     parser.add_argument("--warmup-b", type=int, default=2, help="warmup rounds of (b) (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=50, help="jobs per round of (d) (default: %(default)s)")
-    parser.add_argument("--settle", type=float, default=0.1,
-                        help="pause after ComfyUI's queue is empty, between samples (s, default: %(default)s)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.1,
+        help="pause after ComfyUI's queue is empty, between samples (s, default: %(default)s)",
+    )
     parser.add_argument("--startup-timeout", type=float, default=300.0)
-    parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"),
-                        help="where to write the table ('-' for nowhere; default: bench/RESULTS.md)")
-    parser.add_argument("--trace", action="store_true",
-                        help="run the service under bench/trace_service.py and report where the sync requests' time goes")
-    parser.add_argument("--append", action="store_true", help="add this run to the results file instead of replacing it")
+    parser.add_argument(
+        "--results",
+        default=str(ROOT / "bench" / "RESULTS.md"),
+        help="where to write the table ('-' for nowhere; default: bench/RESULTS.md)",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="run the service under bench/trace_service.py and report where the sync requests' time goes",
+    )
+    parser.add_argument(
+        "--append", action="store_true", help="add this run to the results file instead of replacing it"
+    )
     parser.add_argument("--raw", default="", help="also write every sample as JSON to this file")
     parser.add_argument("--workdir", default="", help="folders and logs (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
@@ -733,6 +804,7 @@ def main(argv: list[str] | None = None) -> int:
             def keep() -> bool:
                 calls["n"] += 1
                 return (calls["n"] - 1) // 2 >= warmup
+
             return keep
 
         if "a" in args.cases:
@@ -828,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.trace:
             attach_traces(work / "trace.jsonl", service.marks, traced)
         meta = {
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "comfyui": str(stats.get("comfyui_version") or "?"),
             "pytorch": str(stats.get("pytorch_version") or "?"),
             "omp": os.environ.get("OMP_NUM_THREADS", ""),
@@ -846,8 +918,16 @@ def main(argv: list[str] | None = None) -> int:
                 results.write_text(HEADER + text + "\n")
             print(f"written to {args.results}", file=sys.stderr)
         if args.raw:
-            raw = {k: {"direct": v.direct, "service": v.service, "direct_parts": v.direct_parts,
-                       "service_parts": v.service_parts, "extra": v.extra} for k, v in cases.items()}
+            raw = {
+                k: {
+                    "direct": v.direct,
+                    "service": v.service,
+                    "direct_parts": v.direct_parts,
+                    "service_parts": v.service_parts,
+                    "extra": v.extra,
+                }
+                for k, v in cases.items()
+            }
             Path(args.raw).write_text(json.dumps({"meta": meta, "cases": raw}, indent=1))
         return 0
     except KeyboardInterrupt:

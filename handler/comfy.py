@@ -11,15 +11,16 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import gpu
 from .comfy_client import ComfyClient
 from .config import Settings
-from .runtime import Spawn
 from .errors import ComfyUnavailable, NotFound
 from .inputs import FolderInputs, InputSink, UploadedInputs
 from .outputs import FolderOutputs, OutputSource, ViewOutputs
+from .runtime import Spawn
 from .supervisor import ComfyFolders, ComfySupervisor
 
 log = logging.getLogger("handler.comfy")
@@ -148,8 +149,9 @@ class Comfy:
                 self.state = "ready"
                 self._booted.set()
                 self.boot_s = time.monotonic() - self._down_since
-                log.info("ComfyUI %s is ready (%.1f s after start)", self.version or "?",
-                         time.monotonic() - self.started_at)
+                log.info(
+                    "ComfyUI %s is ready (%.1f s after start)", self.version or "?", time.monotonic() - self.started_at
+                )
 
     def _boot_checks(self) -> None:
         self.object_info = self.client.get_json("/object_info", timeout_s=120)
@@ -163,8 +165,11 @@ class Comfy:
         if self.settings.require_gpu and self.supervisor and not any(d.startswith("cuda") for d in devices):
             # PyTorch cannot use the GPU the driver shows (a CUDA build the driver does not run):
             # stop now rather than serve prompts on the CPU or not at all.
-            log.critical("REQUIRE_GPU is set but ComfyUI's PyTorch %s sees no CUDA device (%s): stopping",
-                         torch_version, ", ".join(devices) or "none")
+            log.critical(
+                "REQUIRE_GPU is set but ComfyUI's PyTorch %s sees no CUDA device (%s): stopping",
+                torch_version,
+                ", ".join(devices) or "none",
+            )
             self.state = "gpu unusable"
             self.supervisor.stop()
             os._exit(3)

@@ -9,9 +9,10 @@ import enum
 import os
 import shlex
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import overload
 
 
 def _bool(value: str | None, default: bool = False) -> bool:
@@ -165,14 +166,20 @@ class Settings:
         return self.comfyui_path / "models" if self.comfyui_path else None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
 
+        @overload
+        def get(name: str) -> str | None: ...
+        @overload
+        def get(name: str, default: str) -> str: ...
+        @overload
+        def get(name: str, default: str | None) -> str | None: ...
         def get(name: str, default: str | None = None) -> str | None:
             value = env.get(name)
             return default if value is None or value == "" else value
 
-        def number(name: str, default: float, kind=float):
+        def number(name: str, default: float, kind: Callable[[str], float] = float) -> float:
             raw = get(name)
             if raw is None:
                 return default
@@ -187,6 +194,10 @@ class Settings:
         def path(name: str, default: str | None = None) -> Path | None:
             raw = get(name, default)
             return Path(raw) if raw else None
+
+        def path_or(name: str, default: str) -> Path:
+            # `default` is never empty, so neither is what `get` gives back.
+            return Path(get(name, default))
 
         gcs_bucket = get("GCS_BUCKET")
         cloud_mode = _bool(get("CLOUD_MODE"), default=bool(get("K_SERVICE")))
@@ -215,8 +226,9 @@ class Settings:
             log_level=get("LOG_LEVEL", "INFO").upper(),
             request_timeout_s=number("REQUEST_TIMEOUT_S", 600.0),
             max_request_timeout_s=number("MAX_REQUEST_TIMEOUT_S", 3600.0),
-            max_body_bytes=int(number("MAX_BODY_BYTES", CLOUD_RUN_MAX_REQUEST_BYTES if cloud_mode else 64 * 1024 * 1024,
-                                      int)),
+            max_body_bytes=int(
+                number("MAX_BODY_BYTES", CLOUD_RUN_MAX_REQUEST_BYTES if cloud_mode else 64 * 1024 * 1024, int)
+            ),
             chunked_above_bytes=int(number("CHUNKED_ABOVE_BYTES", 16 * 1024 * 1024, int)),
             warmup_workflow=path("WARMUP_WORKFLOW"),
             models_cache_ttl_s=number("MODELS_CACHE_TTL_S", 300.0),
@@ -237,7 +249,7 @@ class Settings:
             comfyui_url=(get("COMFYUI_URL") or "").rstrip("/") or None,
             comfyui_port=int(number("COMFYUI_PORT", 8188, int)),
             comfy_log_level=get("COMFY_LOG_LEVEL", "INFO").upper(),
-            state_dir=path("STATE_DIR", ".state"),
+            state_dir=path_or("STATE_DIR", ".state"),
             comfyui_input_dir=path("COMFYUI_INPUT_DIR"),
             comfyui_output_dir=path("COMFYUI_OUTPUT_DIR"),
             comfyui_temp_dir=path("COMFYUI_TEMP_DIR"),
@@ -270,15 +282,16 @@ class Settings:
             job_id_secret=get("JOB_ID_SECRET"),
             verify_task_tokens=_bool(get("VERIFY_TASK_TOKENS"), default=cloud_mode),
             ingress_verifies_tokens=_bool(
-                get("INGRESS_VERIFIES_TOKENS"), default=bool(get("K_SERVICE")) and not _bool(get("PUBLIC_SERVICE"))),
+                get("INGRESS_VERIFIES_TOKENS"), default=bool(get("K_SERVICE")) and not _bool(get("PUBLIC_SERVICE"))
+            ),
             signed_url_ttl_s=int(number("SIGNED_URL_TTL_S", 7 * 24 * 3600, int)),
             inline_max_bytes=int(number("INLINE_MAX_BYTES", 4 * 1024 * 1024, int)),
             webhook_secret=get("WEBHOOK_SECRET"),
             webhook_max_attempts=max(1, int(number("WEBHOOK_MAX_ATTEMPTS", 10, int))),
             webhook_timeout_s=number("WEBHOOK_TIMEOUT_S", 10.0),
             webhook_backoff_s=number("WEBHOOK_BACKOFF_S", 1.0),
-            workflows_dir=path("WORKFLOWS_DIR", "workflows"),
-            models_file=path("MODELS_FILE", "models.txt"),
+            workflows_dir=path_or("WORKFLOWS_DIR", "workflows"),
+            models_file=path_or("MODELS_FILE", "models.txt"),
             models_source=get("MODELS_SOURCE"),
             models_dir=path("MODELS_DIR"),
             hf_token=get("HF_TOKEN"),

@@ -35,9 +35,11 @@ if TYPE_CHECKING:
 
 PAGE = resources.files("handler").joinpath("static/dashboard.html").read_text(encoding="utf-8")
 # The page has no other origin to talk to: everything it needs is inline.
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
-                "style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
-                "Cache-Control": "no-store"}
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+    "Cache-Control": "no-store",
+}
 
 
 def comfy_view(comfy: Comfy, stats: dict[str, Any] | None) -> dict[str, Any]:
@@ -52,9 +54,13 @@ def comfy_view(comfy: Comfy, stats: dict[str, Any] | None) -> dict[str, Any]:
         "pytorch_version": system.get("pytorch_version"),
         "ram_total": system.get("ram_total"),
         "ram_free": system.get("ram_free"),
-        "devices": [{key: device.get(key) for key in ("name", "type", "vram_total", "vram_free",
-                                                       "torch_vram_total", "torch_vram_free")}
-                    for device in (stats or {}).get("devices") or []],
+        "devices": [
+            {
+                key: device.get(key)
+                for key in ("name", "type", "vram_total", "vram_free", "torch_vram_total", "torch_vram_free")
+            }
+            for device in (stats or {}).get("devices") or []
+        ],
     }
 
 
@@ -69,20 +75,32 @@ def running_view(comfy: Comfy | None, metrics: Metrics) -> list[dict[str, Any]]:
         job_id = watch.labels.get("job_id")
         seen_jobs.add(job_id)
         value, maximum = watch.progress or (0.0, 0.0)
-        rows.append({
-            "prompt_id": watch.prompt_id,
-            "job_id": job_id,
-            "request_id": None if job_id else watch.labels.get("request_id"),
-            "workflow_id": watch.labels.get("workflow_id"),
-            "priority": priorities.get(job_id, "high") if job_id else "high",  # sync runs go first
-            "state": "running" if watch.started_at is not None else "queued in ComfyUI",
-            "progress": {"value": value, "max": maximum} if maximum else None,
-            "for_s": round(now - (watch.started_at or watch.submitted_at), 1),
-        })
+        rows.append(
+            {
+                "prompt_id": watch.prompt_id,
+                "job_id": job_id,
+                "request_id": None if job_id else watch.labels.get("request_id"),
+                "workflow_id": watch.labels.get("workflow_id"),
+                "priority": priorities.get(job_id, "high") if job_id else "high",  # sync runs go first
+                "state": "running" if watch.started_at is not None else "queued in ComfyUI",
+                "progress": {"value": value, "max": maximum} if maximum else None,
+                "for_s": round(now - (watch.started_at or watch.submitted_at), 1),
+            }
+        )
     for job_id, priority in priorities.items():  # runs between their lease and their prompt
         if job_id not in seen_jobs:
-            rows.append({"prompt_id": None, "job_id": job_id, "request_id": None, "workflow_id": None,
-                         "priority": priority, "state": "starting", "progress": None, "for_s": None})
+            rows.append(
+                {
+                    "prompt_id": None,
+                    "job_id": job_id,
+                    "request_id": None,
+                    "workflow_id": None,
+                    "priority": priority,
+                    "state": "starting",
+                    "progress": None,
+                    "for_s": None,
+                }
+            )
     return rows
 
 
@@ -94,8 +112,11 @@ def routes(services: Services, metrics: Metrics, collector: ServiceCollector) ->
         now = time.time()
         return {
             "now": now,
-            "service": {"version": __version__, "role": services.settings.service_role.value,
-                        "uptime_s": round(now - started, 1)},
+            "service": {
+                "version": __version__,
+                "role": services.settings.service_role.value,
+                "uptime_s": round(now - started, 1),
+            },
             "comfyui": comfy_view(comfy, collector.stats.get()) if comfy is not None else None,
             "queue": collector.queued.get(),
             "running": running_view(comfy, metrics),

@@ -62,15 +62,15 @@ def scrub(value: Any, budget: list[int] | None = None, depth: int = 0) -> Any:
         return "…"
     if isinstance(value, dict):
         items = list(value.items())
-        out = {scrub(str(k), budget, depth + 1): scrub(v, budget, depth + 1) for k, v in items[:MAX_ITEMS]}
+        mapping = {scrub(str(k), budget, depth + 1): scrub(v, budget, depth + 1) for k, v in items[:MAX_ITEMS]}
         if len(items) > MAX_ITEMS:
-            out["…"] = f"{len(items) - MAX_ITEMS} more"
-        return out
+            mapping["…"] = f"{len(items) - MAX_ITEMS} more"
+        return mapping
     if isinstance(value, (list, tuple)):
-        out = [scrub(v, budget, depth + 1) for v in value[:MAX_ITEMS]]
+        sequence = [scrub(v, budget, depth + 1) for v in value[:MAX_ITEMS]]
         if len(value) > MAX_ITEMS:
-            out.append(f"… {len(value) - MAX_ITEMS} more")
-        return out
+            sequence.append(f"… {len(value) - MAX_ITEMS} more")
+        return sequence
     return scrub(str(value), budget, depth)
 
 

@@ -74,4 +74,5 @@ def require(info: GpuInfo | None) -> None:
     if info is None:
         raise GpuUnavailable(
             "REQUIRE_GPU is set but no NVIDIA GPU is usable here (no driver library libnvidia-ml.so.1, "
-            "or no device): deploy with a GPU (--gpu=1 on Cloud Run), or set COMFYUI_ARGS=--cpu to run on CPU")
+            "or no device): deploy with a GPU (--gpu=1 on Cloud Run), or set COMFYUI_ARGS=--cpu to run on CPU"
+        )

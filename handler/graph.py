@@ -26,8 +26,9 @@ chains of links that ComfyUI's own (recursive) validation would walk, for `MAX_C
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import WorkflowInvalid
 
@@ -143,7 +144,7 @@ class Report:
         return lines
 
     def raise_for_errors(self, strict: bool = False) -> None:
-        if (self.clean if strict else self.ok):
+        if self.clean if strict else self.ok:
             return
         error = self.error or _error("prompt_outputs_failed_validation", "Prompt outputs failed validation")
         # The same body as ComfyUI's own refusal (comfy_client), so callers see one shape either way.
@@ -304,7 +305,9 @@ class _Checker:
         for category in ("required", "optional"):
             for name, config in (spec.get(category) or {}).items():
                 input_type = config[0] if isinstance(config, list) and config else config
-                extra = config[1] if isinstance(config, list) and len(config) > 1 and isinstance(config[1], dict) else {}
+                extra = (
+                    config[1] if isinstance(config, list) and len(config) > 1 and isinstance(config[1], dict) else {}
+                )
                 if isinstance(input_type, str) and input_type in _DYNAMIC:
                     continue
                 if name not in inputs:
@@ -326,31 +329,55 @@ class _Checker:
                         errors.append(error)
         return errors, upstream
 
-    def _link(self, name: str, value: list, input_type: Any, extra: dict) -> tuple[dict[str, Any] | None, str | None]:
+    def _link(
+        self, name: str, value: list[Any], input_type: Any, extra: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, str | None]:
         """(an error, None) for a bad link, else (None, the node it reads from)."""
         config = [input_type, extra]
         if len(value) != 2:
-            return _error("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                          name, input_name=name, input_config=config, received_value=value), None
+            return _error(
+                "bad_linked_input",
+                "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                name,
+                input_name=name,
+                input_config=config,
+                received_value=value,
+            ), None
         source, slot = value
         if not isinstance(source, str) or source not in self.graph:
-            return _error("bad_linked_input", "Linked node does not exist",
-                          f"{name}: node {source!r} is not in the workflow",
-                          input_name=name, input_config=config, linked_node=value), None
+            return _error(
+                "bad_linked_input",
+                "Linked node does not exist",
+                f"{name}: node {source!r} is not in the workflow",
+                input_name=name,
+                input_config=config,
+                linked_node=value,
+            ), None
         class_type = self.graph[source]["class_type"]
         returns = self.object_info[class_type].get("output", [])
         if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < len(returns):
-            return _error("bad_linked_input", "Linked output slot does not exist",
-                          f"{name}: node {source} ({class_type}) has {len(returns)} outputs, not slot {slot!r}",
-                          input_name=name, input_config=config, linked_node=value), None
+            return _error(
+                "bad_linked_input",
+                "Linked output slot does not exist",
+                f"{name}: node {source} ({class_type}) has {len(returns)} outputs, not slot {slot!r}",
+                input_name=name,
+                input_config=config,
+                linked_node=value,
+            ), None
         received = returns[slot]
         if not _types_match(received, input_type):
-            return _error("return_type_mismatch", "Return type mismatch between linked nodes",
-                          f"{name}, received_type({received}) mismatch input_type({input_type})",
-                          input_name=name, input_config=config, received_type=received, linked_node=value), None
+            return _error(
+                "return_type_mismatch",
+                "Return type mismatch between linked nodes",
+                f"{name}, received_type({received}) mismatch input_type({input_type})",
+                input_name=name,
+                input_config=config,
+                received_type=received,
+                linked_node=value,
+            ), None
         return None, source
 
-    def _value(self, name: str, value: Any, input_type: Any, extra: dict) -> dict[str, Any] | None:
+    def _value(self, name: str, value: Any, input_type: Any, extra: dict[str, Any]) -> dict[str, Any] | None:
         config = [input_type, extra]
         if isinstance(value, dict) and "__value__" in value:
             value = value["__value__"]
@@ -386,7 +413,9 @@ class _Checker:
                 input_config=config,
                 received_value=value,
             )
-        options = input_type if isinstance(input_type, list) else extra.get("options") if input_type == "COMBO" else None
+        options = (
+            input_type if isinstance(input_type, list) else extra.get("options") if input_type == "COMBO" else None
+        )
         if options is None or self._custom_checked(extra):
             return None
         values = value if extra.get("multiselect") and isinstance(value, list) else [value]
@@ -406,14 +435,15 @@ class _Checker:
         )
 
     @staticmethod
-    def _custom_checked(extra: dict) -> bool:
+    def _custom_checked(extra: dict[str, Any]) -> bool:
         # Upload widgets and remote lists are validated by the node itself (file exists), not by list.
         return any(key.endswith("_upload") and extra[key] for key in extra) or "remote" in extra
 
 
 def _compare(value: Any, bound: Any, op: str) -> bool:
     try:
-        return value < bound if op == "<" else value > bound
+        result: bool = value < bound if op == "<" else value > bound
+        return result
     except TypeError:
         return False
 

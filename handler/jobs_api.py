@@ -71,16 +71,20 @@ class JobRoutes:
             # A task a client created against /predict: run it now, once per task.
             await self._verify(request)
             if self.jobs.runner is None:
-                raise errors.BadRequest("this is the api service: point client-made tasks at the worker's /predict",
-                                        worker_url=self.settings.worker_url)
+                raise errors.BadRequest(
+                    "this is the api service: point client-made tasks at the worker's /predict",
+                    worker_url=self.settings.worker_url,
+                )
             queue_name = request.headers.get("x-cloudtasks-queuename", "")
-            job_id = await run_in_threadpool(self.service.adopt_task, body, queue_name=queue_name,
-                                             task_name=task_name, base_url=base)
+            job_id = await run_in_threadpool(
+                self.service.adopt_task, body, queue_name=queue_name, task_name=task_name, base_url=base
+            )
             outcome = await self.jobs.runtime.run_long(self.jobs.runner.run, job_id)
             return self._outcome(outcome, base)
         if not self.settings.service_role.accepts_jobs:
-            raise errors.BadRequest("this is a worker: submit async jobs to the api service",
-                                    api_url=self.settings.api_url)
+            raise errors.BadRequest(
+                "this is a worker: submit async jobs to the api service", api_url=self.settings.api_url
+            )
         job = await run_in_threadpool(self.service.submit, body, base_url=base)
         status_url = f"{base}/status/{job.job_id}"
         return JSONResponse(
@@ -144,8 +148,9 @@ class JobRoutes:
     async def status(self, request: Request) -> Response:
         inline_param = request.query_params.get("inline")
         inline = None if inline_param is None else inline_param.lower() in {"1", "true", "yes"}
-        view = await run_in_threadpool(self.service.status, request.path_params["job_id"],
-                                       base_url=self.base_url(request), inline=inline)
+        view = await run_in_threadpool(
+            self.service.status, request.path_params["job_id"], base_url=self.base_url(request), inline=inline
+        )
         return JSONResponse(view)
 
     async def cancel(self, request: Request) -> Response:

@@ -37,16 +37,28 @@ T = TypeVar("T")
 
 # The label names Cloud Logging shows; a context carries no other ids.
 LABELS = ("request_id", "job_id", "prompt_id", "workflow_id")
-SEVERITY = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARNING",
-            logging.ERROR: "ERROR", logging.CRITICAL: "CRITICAL"}
+SEVERITY = {
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARNING",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "CRITICAL",
+}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/(\d{1,20}))?(?:;o=([01]))?")
 # A forwarded line's own level: "[WARNING] …", "WARNING: …", "ERROR …"; tracebacks are errors.
 _LEVEL_PREFIX = re.compile(r"\s*\[?(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL)\]?[\s:]", re.IGNORECASE)
 _ERROR_LINE = re.compile(r"Traceback \(most recent call last\)|^!!! Exception|^\w*(Error|Exception): ")
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "WARN": logging.WARNING,
-           "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL, "FATAL": logging.CRITICAL}
+_LEVELS = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "WARN": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
+    "FATAL": logging.CRITICAL,
+}
 
 
 @dataclass(frozen=True)
@@ -159,8 +171,7 @@ class CloudFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "severity": SEVERITY.get(record.levelno, "DEFAULT"),
             "message": message,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "logger": record.name,
         }
         context = _context.get()
@@ -170,7 +181,8 @@ class CloudFormatter(logging.Formatter):
         trace = context.trace
         if trace is not None:
             entry["logging.googleapis.com/trace"] = (
-                f"projects/{self.project}/traces/{trace.trace_id}" if self.project else trace.trace_id)
+                f"projects/{self.project}/traces/{trace.trace_id}" if self.project else trace.trace_id
+            )
             if trace.span_id:
                 entry["logging.googleapis.com/spanId"] = trace.span_id
             if trace.sampled is not None:
@@ -212,15 +224,27 @@ def configure(settings: Settings) -> None:
 access_log = logging.getLogger("handler.access")
 
 
-def access(method: str, path: str, status: int, duration_s: float, *, size: int | None,
-           user_agent: str | None, remote_ip: str | None, protocol: str) -> None:
+def access(
+    method: str,
+    path: str,
+    status: int,
+    duration_s: float,
+    *,
+    size: int | None,
+    user_agent: str | None,
+    remote_ip: str | None,
+    protocol: str,
+) -> None:
     """One access line: `httpRequest` for Cloud Logging, `METHOD path status ms` for people."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     # The path only: a query string may carry what a log must not keep.
     http_request: dict[str, Any] = {
-        "requestMethod": method, "requestUrl": path, "status": status,
-        "latency": f"{duration_s:.6f}s", "protocol": protocol,
+        "requestMethod": method,
+        "requestUrl": path,
+        "status": status,
+        "latency": f"{duration_s:.6f}s",
+        "protocol": protocol,
     }
     if size is not None:
         http_request["responseSize"] = str(size)
@@ -228,5 +252,4 @@ def access(method: str, path: str, status: int, duration_s: float, *, size: int 
         http_request["userAgent"] = user_agent
     if remote_ip:
         http_request["remoteIp"] = remote_ip
-    access_log.info("%s %s %d %.1f ms", method, path, status, duration_s * 1000,
-                    extra={"http_request": http_request})
+    access_log.info("%s %s %d %.1f ms", method, path, status, duration_s * 1000, extra={"http_request": http_request})

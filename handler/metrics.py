@@ -38,8 +38,29 @@ from .taskqueue import PRIORITIES
 
 PHASES = ("inputs", "submit", "queued", "comfyui", "outputs", "total")
 # From a millisecond to an hour: request, phase and job durations alike.
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
-           1800, 3600, float("inf"))
+BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+    float("inf"),
+)
 WEBHOOK_OUTCOMES = {"delivered": "delivered", "failed": "failed", "pending": "retry"}
 RECENT = 50  # finished runs kept for the dashboard
 LATENCY_WINDOW_S = 600  # the dashboard's chart: the last ten minutes
@@ -85,9 +106,14 @@ class LatencyWindow:
         for start in range(int(last) - LATENCY_WINDOW_S + LATENCY_STEP_S, int(last) + 1, LATENCY_STEP_S):
             slot = by_start.get(float(start))
             count = int(slot[1]) if slot else 0
-            out.append({"t": float(start), "count": count,
-                        "mean_ms": round(slot[2] / count * 1000, 2) if slot and count else 0.0,
-                        "max_ms": round(slot[3] * 1000, 2) if slot else 0.0})
+            out.append(
+                {
+                    "t": float(start),
+                    "count": count,
+                    "mean_ms": round(slot[2] / count * 1000, 2) if slot and count else 0.0,
+                    "max_ms": round(slot[3] * 1000, 2) if slot else 0.0,
+                }
+            )
         return out
 
 
@@ -100,26 +126,65 @@ class Metrics:
             MultiProcessCollector(self.registry, path=str(settings.metrics_multiproc_dir))  # type: ignore[no-untyped-call]
         # In multiprocess mode the values live in files and MultiProcessCollector reads them all.
         own = None if self.multiprocess else self.registry
-        self.requests = Counter("comfyrun_http_requests", "HTTP requests answered, by route template and status",
-                                ["route", "method", "status"], registry=own)
-        self.request_seconds = Histogram("comfyrun_http_request_duration_seconds",
-                                         "Time to answer an HTTP request (to the end of its body)",
-                                         ["route"], buckets=BUCKETS, registry=own)
-        self.sync_phase_seconds = Histogram("comfyrun_predict_phase_seconds",
-                                            "Sync /predict runs, split as the answer's `timings` are",
-                                            ["phase"], buckets=BUCKETS, registry=own)
-        self.job_states = Counter("comfyrun_job_state_changes", "Jobs entering a state (queued includes hand-backs)",
-                                  ["state", "priority"], registry=own)
-        self.jobs_running = Gauge("comfyrun_jobs_running", "Jobs running in this service (its processes)",
-                                  ["priority"], registry=own, multiprocess_mode="livesum")
-        self.queue_wait = Histogram("comfyrun_job_queue_wait_seconds", "Time a job waited in line before a run",
-                                    ["priority"], buckets=BUCKETS, registry=own)
-        self.run_seconds = Histogram("comfyrun_job_run_seconds", "Time from a run's start to its end",
-                                     ["priority"], buckets=BUCKETS, registry=own)
-        self.attempts = Counter("comfyrun_job_attempts", "Runs of jobs, by how they ended "
-                                "(succeeded, failed, cancelled, retried, taken_over)", ["outcome"], registry=own)
-        self.webhooks = Counter("comfyrun_webhook_deliveries", "Webhook delivery attempts, by outcome "
-                                "(delivered, failed, retry)", ["outcome"], registry=own)
+        self.requests = Counter(
+            "comfyrun_http_requests",
+            "HTTP requests answered, by route template and status",
+            ["route", "method", "status"],
+            registry=own,
+        )
+        self.request_seconds = Histogram(
+            "comfyrun_http_request_duration_seconds",
+            "Time to answer an HTTP request (to the end of its body)",
+            ["route"],
+            buckets=BUCKETS,
+            registry=own,
+        )
+        self.sync_phase_seconds = Histogram(
+            "comfyrun_predict_phase_seconds",
+            "Sync /predict runs, split as the answer's `timings` are",
+            ["phase"],
+            buckets=BUCKETS,
+            registry=own,
+        )
+        self.job_states = Counter(
+            "comfyrun_job_state_changes",
+            "Jobs entering a state (queued includes hand-backs)",
+            ["state", "priority"],
+            registry=own,
+        )
+        self.jobs_running = Gauge(
+            "comfyrun_jobs_running",
+            "Jobs running in this service (its processes)",
+            ["priority"],
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.queue_wait = Histogram(
+            "comfyrun_job_queue_wait_seconds",
+            "Time a job waited in line before a run",
+            ["priority"],
+            buckets=BUCKETS,
+            registry=own,
+        )
+        self.run_seconds = Histogram(
+            "comfyrun_job_run_seconds",
+            "Time from a run's start to its end",
+            ["priority"],
+            buckets=BUCKETS,
+            registry=own,
+        )
+        self.attempts = Counter(
+            "comfyrun_job_attempts",
+            "Runs of jobs, by how they ended (succeeded, failed, cancelled, retried, taken_over)",
+            ["outcome"],
+            registry=own,
+        )
+        self.webhooks = Counter(
+            "comfyrun_webhook_deliveries",
+            "Webhook delivery attempts, by outcome (delivered, failed, retry)",
+            ["outcome"],
+            registry=own,
+        )
         for priority in PRIORITIES:  # the series exist (at 0) before the first job
             self.jobs_running.labels(priority)
         # Children resolved once: `labels()` costs more than the observation itself, per request.
@@ -160,9 +225,14 @@ class Metrics:
     def job_changed(self, before: Job | None, after: Job) -> None:
         priority = after.priority
         was = before.state if before is not None else None
-        taken_over = (was is JobState.RUNNING and after.state is JobState.RUNNING and before is not None
-                      and before.lease is not None and after.lease is not None
-                      and before.lease.token != after.lease.token)
+        taken_over = (
+            was is JobState.RUNNING
+            and after.state is JobState.RUNNING
+            and before is not None
+            and before.lease is not None
+            and after.lease is not None
+            and before.lease.token != after.lease.token
+        )
         if was is not after.state or taken_over:
             self.job_states.labels(after.state.value, priority).inc()
         if was is JobState.RUNNING and (after.state is not JobState.RUNNING or taken_over):
@@ -198,8 +268,9 @@ class Metrics:
         if job.error:
             error = f"{job.error.get('code', 'error')}: {job.error.get('message', '')}"[:300]
         duration = (job.finished_at - job.started_at) if job.finished_at and job.started_at else None
-        self.recent.append(Finished("job", job.job_id, job.state.value, job.priority,
-                                    job.finished_at or time.time(), duration, error))
+        self.recent.append(
+            Finished("job", job.job_id, job.state.value, job.priority, job.finished_at or time.time(), duration, error)
+        )
 
     def _webhook(self, before: Job | None, after: Job) -> None:
         now = after.webhook or {}

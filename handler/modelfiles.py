@@ -160,9 +160,7 @@ def parse_models_text(text: str, source: str = "models.txt") -> list[ModelFile]:
         for t in types:
             other = seen.get((t, dest))
             if other is not None:
-                raise ModelsFileError(
-                    f"{where}: {dest} is already listed for {t!r} on line {other.line}"
-                )
+                raise ModelsFileError(f"{where}: {dest} is already listed for {t!r} on line {other.line}")
             seen[(t, dest)] = entry
         files.append(entry)
     return files
@@ -262,8 +260,15 @@ def sha256_file(path: Path, hasher: hashlib._Hash | None = None) -> hashlib._Has
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
-                         headers: email.message.Message, newurl: str) -> None:
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: email.message.Message,
+        newurl: str,
+    ) -> None:
         return None  # surface 3xx as HTTPError; redirects are followed by hand
 
 
@@ -283,8 +288,9 @@ def _repo_hint(url: str) -> str:
     return ""
 
 
-def _open(url: str, *, token: str | None, token_hosts: Sequence[str], offset: int,
-          timeout: float) -> http.client.HTTPResponse | None:
+def _open(
+    url: str, *, token: str | None, token_hosts: Sequence[str], offset: int, timeout: float
+) -> http.client.HTTPResponse | None:
     """GET with Range from `offset`, following redirects; the token goes only to token hosts."""
     current = url
     for _ in range(10):
@@ -535,7 +541,9 @@ def fetch_models(
                 if attempt_no == retries:
                     raise DownloadError(f"{where}: gave up after {retries} attempts: {exc}") from None
                 delay = min(backoff_s * 2 ** (attempt_no - 1), 30.0)
-                log.warning("%s: %s; retrying in %.1fs (attempt %d of %d)", entry.dest, exc, delay, attempt_no + 1, retries)
+                log.warning(
+                    "%s: %s; retrying in %.1fs (attempt %d of %d)", entry.dest, exc, delay, attempt_no + 1, retries
+                )
                 time.sleep(delay)
         _finish(entry, part, target, manifest)
         with lock:
@@ -571,7 +579,9 @@ def _finish(entry: ModelFile, part: Path, target: Path, manifest: _Manifest) -> 
     if entry.sha256 is None:
         log.warning(
             "%s: UNVERIFIED (no sha256 in models.txt, line %d); its sha256 is %s — add it to models.txt",
-            entry.dest, entry.line, digest,
+            entry.dest,
+            entry.line,
+            digest,
         )
     elif digest != entry.sha256:
         part.unlink(missing_ok=True)
@@ -594,7 +604,9 @@ def _link_local(entry: ModelFile, target: Path, root: Path, *, verify: bool) -> 
         raise ChecksumError(f"{entry.dest}: {src} has {size} bytes, models.txt says {entry.size}")
     if verify:
         if entry.sha256 is None:
-            log.warning("%s: UNVERIFIED (no sha256 in models.txt); its sha256 is %s", entry.dest, sha256_file(src).hexdigest())
+            log.warning(
+                "%s: UNVERIFIED (no sha256 in models.txt); its sha256 is %s", entry.dest, sha256_file(src).hexdigest()
+            )
         else:
             digest = sha256_file(src).hexdigest()
             if digest != entry.sha256:
@@ -634,8 +646,11 @@ def ensure_models(settings: Settings) -> None:
     )
     log.info(
         "models for %s ready in %.1fs: %d downloaded, %d linked, %d already present",
-        settings.model_type, time.monotonic() - started,
-        len(result.downloaded), len(result.linked), len(result.present),
+        settings.model_type,
+        time.monotonic() - started,
+        len(result.downloaded),
+        len(result.linked),
+        len(result.present),
     )
 
 
@@ -648,12 +663,27 @@ def _parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
         description="Fetch the model files of one MODEL_TYPE listed in models.txt, verified by sha256.",
     )
     p.add_argument("--model-type", default=defaults["model_type"], help="default: MODEL_TYPE or 'base'")
-    p.add_argument("--models-file", type=Path, default=defaults["models_file"], help="default: MODELS_FILE or models.txt")
-    p.add_argument("--dest", type=Path, default=defaults["dest"], help="ComfyUI's models/ folder (default: COMFYUI_PATH/models)")
-    p.add_argument("--source", default=defaults["source"], help="gs://bucket/prefix or a mounted folder laid out like models/ (default: the URLs)")
-    p.add_argument("--hf-token-file", type=Path, default=None, help=f"file holding the Hugging Face token (default: HF_TOKEN, then {DEFAULT_TOKEN_FILE} if present)")
+    p.add_argument(
+        "--models-file", type=Path, default=defaults["models_file"], help="default: MODELS_FILE or models.txt"
+    )
+    p.add_argument(
+        "--dest", type=Path, default=defaults["dest"], help="ComfyUI's models/ folder (default: COMFYUI_PATH/models)"
+    )
+    p.add_argument(
+        "--source",
+        default=defaults["source"],
+        help="gs://bucket/prefix or a mounted folder laid out like models/ (default: the URLs)",
+    )
+    p.add_argument(
+        "--hf-token-file",
+        type=Path,
+        default=None,
+        help=f"file holding the Hugging Face token (default: HF_TOKEN, then {DEFAULT_TOKEN_FILE} if present)",
+    )
     p.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
-    p.add_argument("--allow-unverified", action="store_true", help="fetch lines whose SHA256 is '-' and print their digest")
+    p.add_argument(
+        "--allow-unverified", action="store_true", help="fetch lines whose SHA256 is '-' and print their digest"
+    )
     p.add_argument("--verify", action="store_true", help="also hash files linked from a mounted folder")
     p.add_argument("--list", action="store_true", help="print the model type's lines and exit")
     p.add_argument("--token-host", action="append", default=None, help=argparse.SUPPRESS)
@@ -712,7 +742,11 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
         return exc.exit_code
     log.info(
         "%s: %d downloaded, %d linked, %d already present in %s",
-        args.model_type, len(result.downloaded), len(result.linked), len(result.present), args.dest,
+        args.model_type,
+        len(result.downloaded),
+        len(result.linked),
+        len(result.present),
+        args.dest,
     )
     return 0
 

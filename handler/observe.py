@@ -107,8 +107,16 @@ class RequestObserver:
             self.metrics.sync_finished(request_id, state.status, seconds, _error_of(state.peek))
         if self.access_log:
             client = scope.get("client")
-            logs.access(method, scope["path"], state.status, seconds, size=state.size, user_agent=user_agent,
-                        remote_ip=client[0] if client else None, protocol=f"HTTP/{scope.get('http_version', '1.1')}")
+            logs.access(
+                method,
+                scope["path"],
+                state.status,
+                seconds,
+                size=state.size,
+                user_agent=user_agent,
+                remote_ip=client[0] if client else None,
+                protocol=f"HTTP/{scope.get('http_version', '1.1')}",
+            )
 
 
 @dataclasses.dataclass
@@ -171,7 +179,9 @@ class ServiceCollector(Collector):
     def __init__(self, comfy: Comfy | None, jobs: Jobs):
         self.comfy = comfy
         self.queued = Cached(lambda: queued_counts(jobs))
-        self.stats = Cached(lambda: comfy.client.get_json("/system_stats", timeout_s=2) if comfy and comfy.ready else None)
+        self.stats = Cached(
+            lambda: comfy.client.get_json("/system_stats", timeout_s=2) if comfy and comfy.ready else None
+        )
 
     def describe(self) -> Iterable[Metric]:
         return []  # values come at scrape time; nothing to check at registration
@@ -184,10 +194,16 @@ class ServiceCollector(Collector):
         comfy = self.comfy
         if comfy is None:
             return
-        yield CounterMetricFamily("comfyui_restarts", "Times ComfyUI was restarted after it exited",
-                                  value=comfy.supervisor.restarts if comfy.supervisor else 0)
-        yield CounterMetricFamily("comfyui_websocket_reconnects", "Websocket connections to ComfyUI after the first",
-                                  value=max(0, comfy.client.connects - 1))
+        yield CounterMetricFamily(
+            "comfyui_restarts",
+            "Times ComfyUI was restarted after it exited",
+            value=comfy.supervisor.restarts if comfy.supervisor else 0,
+        )
+        yield CounterMetricFamily(
+            "comfyui_websocket_reconnects",
+            "Websocket connections to ComfyUI after the first",
+            value=max(0, comfy.client.connects - 1),
+        )
         yield GaugeMetricFamily("comfyui_ready", "1 when ComfyUI is ready for work", value=1 if comfy.ready else 0)
         for name, help_text, value in (
             ("comfyui_boot_seconds", "The last boot of ComfyUI: start (or exit) to ready, models loaded", comfy.boot_s),
@@ -206,9 +222,12 @@ def system_stat_metrics(stats: dict[str, Any] | None) -> Iterable[Metric]:
     for key in ("ram_total", "ram_free"):
         if isinstance(system.get(key), (int, float)):
             yield GaugeMetricFamily(f"comfyui_{key}_bytes", f"ComfyUI's system_stats {key}", value=system[key])
-    families = {key: GaugeMetricFamily(f"comfyui_{key}_bytes", f"ComfyUI's system_stats {key}, per device",
-                                       labels=["device", "type"])
-                for key in ("vram_total", "vram_free", "torch_vram_total", "torch_vram_free")}
+    families = {
+        key: GaugeMetricFamily(
+            f"comfyui_{key}_bytes", f"ComfyUI's system_stats {key}, per device", labels=["device", "type"]
+        )
+        for key in ("vram_total", "vram_free", "torch_vram_total", "torch_vram_free")
+    }
     for device in stats.get("devices") or []:
         for key, family in families.items():
             if isinstance(device.get(key), (int, float)):
@@ -238,8 +257,10 @@ def masked_settings(settings: Settings) -> dict[str, Any]:
 def comfy_queue(comfy: Comfy) -> dict[str, list[str]]:
     """ComfyUI's queue as prompt ids: what is queued, never what others sent."""
     queue = comfy.client.get_json("/queue", timeout_s=5)
-    return {state: [str(entry[1]) for entry in queue.get(f"queue_{state}") or [] if len(entry) > 1]
-            for state in ("running", "pending")}
+    return {
+        state: [str(entry[1]) for entry in queue.get(f"queue_{state}") or [] if len(entry) > 1]
+        for state in ("running", "pending")
+    }
 
 
 def routes(services: Services, metrics: Metrics) -> list[BaseRoute]:

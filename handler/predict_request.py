@@ -40,7 +40,6 @@ def is_folder_name(name: Any) -> bool:
     return isinstance(name, str) and REQUEST_FOLDER.fullmatch(name) is not None
 
 
-
 @dataclass
 class PredictRequest:
     workflow: dict[str, Any]

@@ -17,7 +17,9 @@ import functools
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -101,8 +103,9 @@ class Runtime:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise ConfigError(f"another process is already serving from STATE_DIR ({path.name}); "
-                              "give each process its own STATE_DIR") from None
+            raise ConfigError(
+                f"another process is already serving from STATE_DIR ({path.name}); give each process its own STATE_DIR"
+            ) from None
         self._state_lock = handle
 
     # --- threads ---------------------------------------------------------------------------

@@ -17,9 +17,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import logs
 from .config import Settings
@@ -35,14 +35,46 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 STABLE_RUN_S = 60.0
 
 # What ComfyUI inherits: exact names, and prefixes (ending in "_"). Everything else stays here.
-ENV_NAMES = frozenset({
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
-    "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
-    "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TRANSFORMERS_CACHE",
-    "TORCH_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
-})
-ENV_PREFIXES = ("LC_", "PYTHON", "CUDA_", "NVIDIA_", "CUDNN_", "NCCL_", "PYTORCH_", "TORCH_", "OMP_", "MKL_",
-                "OPENBLAS_", "TRITON_")
+ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TERM",
+        "LD_LIBRARY_PATH",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "HF_HUB_DISABLE_TELEMETRY",
+        "TRANSFORMERS_CACHE",
+        "TORCH_HOME",
+        "XDG_CACHE_HOME",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+    }
+)
+ENV_PREFIXES = (
+    "LC_",
+    "PYTHON",
+    "CUDA_",
+    "NVIDIA_",
+    "CUDNN_",
+    "NCCL_",
+    "PYTORCH_",
+    "TORCH_",
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "TRITON_",
+)
 # Never passed, whatever the lists above or COMFYUI_ENV_PASSTHROUGH say: cloud credentials and
 # anything named like a secret.
 ENV_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE", "_KEY", "APIKEY")
@@ -55,8 +87,12 @@ def comfy_env(environ: dict[str, str], passthrough: tuple[str, ...] = ()) -> dic
     extra_prefixes = tuple(name[:-1] for name in passthrough if name.endswith("*"))
     env = {}
     for name, value in environ.items():
-        allowed = name in ENV_NAMES or name.startswith(ENV_PREFIXES) or name in extra_names or (
-            extra_prefixes and name.startswith(extra_prefixes))
+        allowed = (
+            name in ENV_NAMES
+            or name.startswith(ENV_PREFIXES)
+            or name in extra_names
+            or (extra_prefixes and name.startswith(extra_prefixes))
+        )
         secret = name.upper().startswith(ENV_NEVER_PREFIXES) or any(word in name.upper() for word in ENV_SECRET_WORDS)
         if allowed and not secret:
             env[name] = value
@@ -82,7 +118,7 @@ class ComfyFolders:
     temp: Path  # where ComfyUI's type="temp" files land
 
     @classmethod
-    def under(cls, base: Path) -> "ComfyFolders":
+    def under(cls, base: Path) -> ComfyFolders:
         # ComfyUI appends "temp" to --temp-directory itself.
         return cls(input=base / "input", output=base / "output", temp=base / "temp" / "temp")
 
@@ -132,16 +168,24 @@ class ComfySupervisor:
         return [
             self.settings.comfyui_python,
             "main.py",
-            "--listen", "127.0.0.1",
-            "--port", str(self.settings.comfyui_port),
-            "--input-directory", str(self.folders.input),
-            "--output-directory", str(self.folders.output),
-            "--temp-directory", str(base / "temp"),
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.settings.comfyui_port),
+            "--input-directory",
+            str(self.folders.input),
+            "--output-directory",
+            str(self.folders.output),
+            "--temp-directory",
+            str(base / "temp"),
             # Keep ComfyUI's user data and database out of its source tree (read-only in the image).
-            "--user-directory", str(base / "user"),
-            "--database-url", "sqlite:///:memory:",
+            "--user-directory",
+            str(base / "user"),
+            "--database-url",
+            "sqlite:///:memory:",
             "--disable-auto-launch",
-            "--verbose", self.settings.comfy_log_level,
+            "--verbose",
+            self.settings.comfy_log_level,
             *(["--models-directory", str(self.settings.models_dir)] if self.settings.models_dir else []),
             *self.settings.comfyui_args,
         ]

@@ -33,8 +33,15 @@ CLOCK_SKEW_S = 30
 
 
 class TaskTokenVerifier:
-    def __init__(self, audience: str | None, service_account: str | None, *, ingress_verified: bool = False,
-                 certs_url: str = GOOGLE_CERTS_URL, certs_ttl_s: float = 3600.0):
+    def __init__(
+        self,
+        audience: str | None,
+        service_account: str | None,
+        *,
+        ingress_verified: bool = False,
+        certs_url: str = GOOGLE_CERTS_URL,
+        certs_ttl_s: float = 3600.0,
+    ):
         self.audience = audience
         self.service_account = service_account
         self.ingress_verified = ingress_verified
@@ -45,8 +52,9 @@ class TaskTokenVerifier:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TaskTokenVerifier:
-        return cls(settings.service_url, settings.tasks_service_account,
-                   ingress_verified=settings.ingress_verifies_tokens)
+        return cls(
+            settings.service_url, settings.tasks_service_account, ingress_verified=settings.ingress_verifies_tokens
+        )
 
     def verify(self, authorization: str | None) -> dict[str, Any]:
         if not self.audience or not self.service_account:
@@ -73,7 +81,7 @@ class TaskTokenVerifier:
 
     def _verified_claims(self, token: str) -> dict[str, Any]:
         try:
-            header = jwt.decode_header(token)
+            header = jwt.decode_header(token)  # type: ignore[no-untyped-call]  # unannotated in google-auth
         except (ValueError, TypeError):
             raise Unauthorized("the token is not a JWT") from None
         try:
@@ -83,8 +91,9 @@ class TaskTokenVerifier:
         except (requests.RequestException, ValueError):
             raise errors.ComfyUnavailable("cannot fetch Google's token certificates; retry shortly") from None
         try:
-            claims: dict[str, Any] = jwt.decode(token, certs=certs, audience=self.audience,
-                                                clock_skew_in_seconds=CLOCK_SKEW_S)
+            claims: dict[str, Any] = jwt.decode(  # type: ignore[no-untyped-call]  # unannotated in google-auth
+                token, certs=certs, audience=self.audience, clock_skew_in_seconds=CLOCK_SKEW_S
+            )
         except (ValueError, google.auth.exceptions.GoogleAuthError):
             raise Unauthorized("the task token is not valid (signature, audience or expiry)") from None
         return claims

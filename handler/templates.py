@@ -27,20 +27,25 @@ Unknown template → `NotFound` (404); a bad parameter → `InvalidParameter` (4
 
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import logging
 import random
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jsonschema
 
 from .errors import BadRequest, InvalidParameter, NotFound
 from .graph import shape_problem
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger("handler.templates")
 
@@ -118,6 +123,10 @@ SHARED_SCHEMA = {
 }
 
 
+# A folder's file stamps: (name, mtime_ns, size) per JSON file, or ("missing",).
+Stamp = tuple[str | tuple[str, int, int], ...]
+
+
 class ManifestError(ValueError):
     """A template the service refuses to load; the message says which file and what is wrong."""
 
@@ -176,7 +185,7 @@ class Param:
                     base["enum"] = list(self.values)
                 if self.max_length:
                     base["maxLength"] = self.max_length
-        schema = {"anyOf": [base, {"const": "random"}]} if self.random else base
+        schema: dict[str, Any] = {"anyOf": [base, {"const": "random"}]} if self.random else base
         if self.title:
             schema["title"] = self.title
         description = self.description
@@ -232,14 +241,14 @@ class Templates:
 
     directory: Path
     model_type: str | None = None  # this image's MODEL_TYPE: templates for others are "unavailable"
-    settings: Any = None  # for image parameters (URL checks, size limits), as for /predict images
-    _stamp: tuple = field(default=(), init=False, repr=False)
+    settings: Settings | None = None  # for image parameters (URL checks, size limits), as for /predict images
+    _stamp: Stamp = field(default=(), init=False, repr=False)
     _templates: dict[str, Template] = field(default_factory=dict, init=False, repr=False)
     _errors: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
-    def from_settings(cls, settings) -> "Templates":
+    def from_settings(cls, settings: Settings) -> Templates:
         return cls(Path(settings.workflows_dir), model_type=settings.model_type, settings=settings)
 
     # --- reading ------------------------------------------------------------------------------
@@ -256,8 +265,9 @@ class Templates:
         template = self._current().get(workflow_id)
         if template is None:
             if workflow_id in self._errors:
-                raise NotFound(f"workflow {workflow_id!r} is not available: its manifest was refused",
-                               workflow_id=workflow_id)
+                raise NotFound(
+                    f"workflow {workflow_id!r} is not available: its manifest was refused", workflow_id=workflow_id
+                )
             raise NotFound(f"no workflow named {workflow_id!r}", workflow_id=workflow_id)
         return template
 
@@ -274,7 +284,7 @@ class Templates:
         template = self.get(workflow_id)
         values = resolve(template, params)
         graph = copy.deepcopy(template.graph)
-        raw_images: list[tuple[str, dict[str, str]]] = []
+        raw_images: builtins.list[tuple[str, dict[str, str]]] = []
         for name, value in values.items():
             param = template.params[name]
             if param.type == "image" and not _IMAGE_NAME.match(value):
@@ -285,14 +295,15 @@ class Templates:
                 graph[target.node]["inputs"][target.input] = value
         return Rendered(graph, self._images(raw_images))
 
-    def _images(self, raw: list[tuple[str, dict[str, str]]]) -> list[Any]:
+    # `builtins.list`: inside this class body, `list` names the method above.
+    def _images(self, raw: builtins.list[tuple[str, dict[str, str]]]) -> builtins.list[Any]:
         if not raw:
             return []
         from .config import Settings
         from .inputs import parse_images
 
         settings = self.settings or Settings()
-        images = []
+        images: builtins.list[Any] = []
         for name, entry in raw:
             try:
                 images += parse_images([entry], settings)
@@ -311,18 +322,17 @@ class Templates:
                 self._stamp = stamp
                 for workflow_id, message in self._errors.items():
                     log.error("workflow template %s refused: %s", workflow_id, message)
-                log.info("workflow templates loaded from %s: %s", self.directory,
-                         ", ".join(self._templates) or "none")
+                log.info("workflow templates loaded from %s: %s", self.directory, ", ".join(self._templates) or "none")
             return self._templates
 
 
-def _stamp(directory: Path) -> tuple:
+def _stamp(directory: Path) -> Stamp:
     """Name, mtime and size of every JSON file: cheap enough to take on each request."""
     try:
         entries = sorted(directory.glob("*.json"))
     except OSError:
         return ("missing",)
-    stamp = []
+    stamp: list[tuple[str, int, int]] = []
     for path in entries:
         try:
             st = path.stat()
@@ -363,7 +373,7 @@ def _read_json(path: Path) -> Any:
         raise ManifestError(f"{path.name} is not valid JSON: {exc}") from None
 
 
-def _schema_error(path: Path, data: Any, schema: dict) -> None:
+def _schema_error(path: Path, data: Any, schema: dict[str, Any]) -> None:
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "top level"
@@ -375,7 +385,8 @@ def load_shared(path: Path) -> dict[str, dict[str, Any]]:
     _schema_error(path, data, SHARED_SCHEMA)
     for name, definition in data["params"].items():
         _build_param(name, definition, (), path.name)  # checks the definition on its own
-    return data["params"]
+    params: dict[str, dict[str, Any]] = data["params"]
+    return params
 
 
 def load_template(
@@ -423,7 +434,7 @@ def load_template(
     )
 
 
-def _as_list(value: Any) -> list:
+def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
@@ -440,10 +451,12 @@ def _check_graph(name: str, graph: Any) -> None:
         raise ManifestError(f"{name}: {problem}")
 
 
-def _check_target(where: str, graph_name: str, graph: dict, param: str, target: Target) -> None:
+def _check_target(where: str, graph_name: str, graph: dict[str, Any], param: str, target: Target) -> None:
     node = graph.get(target.node)
     if node is None:
-        raise ManifestError(f"{where}: parameter {param!r} points at node {target.node!r}, which {graph_name} does not have")
+        raise ManifestError(
+            f"{where}: parameter {param!r} points at node {target.node!r}, which {graph_name} does not have"
+        )
     inputs = node.get("inputs") or {}
     if target.input not in inputs:
         known = ", ".join(sorted(inputs)) or "none"
@@ -459,7 +472,11 @@ def _check_target(where: str, graph_name: str, graph: dict, param: str, target: 
 
 
 def _build_param(
-    name: str, definition: Mapping[str, Any], targets: tuple[Target, ...], where: str, graph: dict | None = None
+    name: str,
+    definition: Mapping[str, Any],
+    targets: tuple[Target, ...],
+    where: str,
+    graph: dict[str, Any] | None = None,
 ) -> Param:
     prefix = f"{where}: parameter {name!r}"
     kind = definition.get("type")
@@ -512,13 +529,14 @@ def _build_param(
 def _problem(param: Param, value: Any) -> str | None:
     """Why `value` does not fit `param`, or None."""
     errors = jsonschema.Draft202012Validator(param.schema()).iter_errors(value)
-    error = jsonschema.exceptions.best_match(errors)
+    # The stubs leave best_match's return unannotated.
+    error: jsonschema.exceptions.ValidationError | None = jsonschema.exceptions.best_match(errors)
     if error is None:
         if param.type == "image" and not _image_value_ok(value):
             return "expected base64, a data URI, an http(s) URL or an image file name"
         return None
     if error.validator in ("anyOf", "oneOf") and param.random:
-        return f"{value!r} is neither an integer within the limits nor \"random\""
+        return f'{value!r} is neither an integer within the limits nor "random"'
     return error.message
 
 
@@ -576,4 +594,3 @@ def _final(param: Param, value: Any) -> Any:
     if param.type == "image":
         return value.strip()
     return value
-

@@ -16,8 +16,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 from . import errors
@@ -29,9 +29,7 @@ MAX_POST_RESPONSE_BYTES = 64 * 1024
 
 # Names that reach a cloud metadata server without going through DNS we could inspect.
 _METADATA_HOSTS = frozenset({"metadata", "metadata.google.internal", "metadata.goog"})
-_METADATA_IPS = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254")
-)
+_METADATA_IPS = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254"))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -108,9 +106,7 @@ def vet(url: str, settings: Settings, *, purpose: str) -> Target:
         reason = _refusal(ip)
         if reason:
             shown = host if host == str(ip) else f"{host} ({ip})"
-            raise errors.UnsafeURL(
-                f"{purpose}: {shown} is {reason}; add it to URL_ALLOWLIST to allow it"
-            )
+            raise errors.UnsafeURL(f"{purpose}: {shown} is {reason}; add it to URL_ALLOWLIST to allow it")
     return Target(url=url, scheme=scheme, host=host, port=port, path=path, addresses=addresses)
 
 
@@ -199,17 +195,23 @@ class _PinnedHTTP(http.client.HTTPConnection):
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
     def __init__(self, target: Target, ip: IPAddress, timeout: float):
-        super().__init__(target.host, target.port, timeout=timeout, context=_ssl_context())
+        # Kept here too: the base class holds it as `_context`, which typeshed does not declare.
+        self._tls = _ssl_context()
+        super().__init__(target.host, target.port, timeout=timeout, context=self._tls)
         self._ip = str(ip)
 
     def connect(self) -> None:
         sock = socket.create_connection((self._ip, self.port), self.timeout)
         # The certificate is checked against the host name, not the address we dialled.
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
 
 
 def _open(
-    target: Target, method: str, body: bytes | None, headers: Mapping[str, str], timeout: float,
+    target: Target,
+    method: str,
+    body: bytes | None,
+    headers: Mapping[str, str],
+    timeout: float,
     opened: list[http.client.HTTPConnection],
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     kind = _PinnedHTTPS if target.scheme == "https" else _PinnedHTTP
@@ -291,8 +293,16 @@ def _request(
 
 
 def _request_hops(
-    method: str, url: str, settings: Settings, purpose: str, body: bytes | None, headers: Mapping[str, str],
-    deadline: float, max_bytes: int, follow: frozenset[int], opened: list[http.client.HTTPConnection],
+    method: str,
+    url: str,
+    settings: Settings,
+    purpose: str,
+    body: bytes | None,
+    headers: Mapping[str, str],
+    deadline: float,
+    max_bytes: int,
+    follow: frozenset[int],
+    opened: list[http.client.HTTPConnection],
 ) -> tuple[Response, bool]:
     redirects: list[str] = []
     while True:

@@ -15,9 +15,10 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from standardwebhooks import Webhook
@@ -57,7 +58,7 @@ def new_webhook_id() -> str:
 
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """The three Standard Webhooks headers for `body`."""
-    when = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    when = datetime.fromtimestamp(timestamp, tz=UTC)
     signature = Webhook(secret).sign(webhook_id, when, body.decode("utf-8"))
     return {"webhook-id": webhook_id, "webhook-timestamp": str(timestamp), "webhook-signature": signature}
 
@@ -95,8 +96,9 @@ def attempt(url: str, body: bytes, settings: Settings, *, webhook_id: str) -> At
         log.info("webhook %s delivered to %s", webhook_id, shown_url(url))
         return Attempt(resp.status, None, retryable=False)
     retryable = resp.status >= 500 or resp.status in _RETRYABLE
-    return Attempt(resp.status, f"receiver answered HTTP {resp.status}", retryable,
-                   _retry_after(resp.headers.get("retry-after")))
+    return Attempt(
+        resp.status, f"receiver answered HTTP {resp.status}", retryable, _retry_after(resp.headers.get("retry-after"))
+    )
 
 
 def deliver(
@@ -110,21 +112,30 @@ def deliver(
 ) -> Delivery:
     """`attempt` until a 2xx, a permanent failure or WEBHOOK_MAX_ATTEMPTS, with backoff; `stop`
     cuts the waiting short. Never raises: the returned Delivery says what happened."""
-    record = Delivery(webhook_id=webhook_id or new_webhook_id(), url=shown_url(url),
-                      signed=bool(settings.webhook_secret))
+    record = Delivery(
+        webhook_id=webhook_id or new_webhook_id(), url=shown_url(url), signed=bool(settings.webhook_secret)
+    )
     wait = sleep or (stop.wait if stop is not None else time.sleep)
     for number in range(1, max(1, settings.webhook_max_attempts) + 1):
         record.attempts = number
         result = attempt(url, body, settings, webhook_id=record.webhook_id)
         record.last_status, record.error = result.status, result.error
         if result.delivered:
-            record.delivered_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            record.delivered_at = datetime.now(UTC).isoformat(timespec="milliseconds")
             return record
-        log.warning("webhook %s to %s failed (attempt %d/%d): %s", record.webhook_id, record.url,
-                    number, settings.webhook_max_attempts, record.error)
+        log.warning(
+            "webhook %s to %s failed (attempt %d/%d): %s",
+            record.webhook_id,
+            record.url,
+            number,
+            settings.webhook_max_attempts,
+            record.error,
+        )
         if not result.retryable or number >= settings.webhook_max_attempts:
             break
-        delay = result.retry_after_s if result.retry_after_s is not None else backoff(settings.webhook_backoff_s, number)
+        delay = (
+            result.retry_after_s if result.retry_after_s is not None else backoff(settings.webhook_backoff_s, number)
+        )
         if wait(delay) is True:  # Event.wait returns True when `stop` was set
             record.error = (record.error or "") + "; gave up at shutdown"
             break
@@ -133,7 +144,7 @@ def deliver(
 
 def backoff(base_s: float, attempt: int) -> float:
     """base, 2×base, 4×base … (±20 % so receivers coming back up are not hit in lockstep)."""
-    delay = min(MAX_BACKOFF_S, base_s * 2 ** (attempt - 1))
+    delay: float = min(MAX_BACKOFF_S, base_s * 2 ** (attempt - 1))
     return delay * random.uniform(0.8, 1.2)
 
 

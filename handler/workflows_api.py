@@ -41,6 +41,7 @@ _PAGE = """<!doctype html>
 </html>
 """
 
+
 def routes(services: Any) -> list[BaseRoute]:
     """GET /workflows, /workflows/{workflow_id}, /openapi.json, /docs (+ its static files)."""
 
@@ -71,13 +72,15 @@ def routes(services: Any) -> list[BaseRoute]:
 
         present = [route.path for route in request.app.routes if isinstance(route, Route)]
         root = request.scope.get("root_path") or ""
-        return JSONResponse(openapi.document(templates(), present=present, version=__version__,
-                                             server_url=root or None))
+        return JSONResponse(
+            openapi.document(templates(), present=present, version=__version__, server_url=root or None)
+        )
 
     def docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path") or ""
-        return HTMLResponse(_PAGE.format(title=html.escape("comfyrun API"), assets=root + ASSETS,
-                                        spec=root + "/openapi.json"))
+        return HTMLResponse(
+            _PAGE.format(title=html.escape("comfyrun API"), assets=root + ASSETS, spec=root + "/openapi.json")
+        )
 
     mounted: list[BaseRoute] = [
         Route("/workflows", list_workflows, methods=["GET"]),

@@ -35,16 +35,47 @@ pytest_plugins = [
 ROOT = Path(__file__).resolve().parents[1]
 
 # Fixtures that mean real processes on real sockets, and those that mean the cloud emulators.
-INTEGRATION_FIXTURES = {"comfy_target", "service", "fresh_service", "standin", "attached", "local", "cloud",
-                        "fake_gcs", "tasks_emulator", "gcs", "gcs_bucket"}
+INTEGRATION_FIXTURES = {
+    "comfy_target",
+    "service",
+    "fresh_service",
+    "standin",
+    "attached",
+    "local",
+    "cloud",
+    "fake_gcs",
+    "tasks_emulator",
+    "gcs",
+    "gcs_bucket",
+}
 CLOUD_FIXTURES = {"fake_gcs", "tasks_emulator", "gcs", "gcs_bucket", "cloud"}
 # Modules whose tests start servers of their own (ServiceProcess, StandIn, uvicorn) without a fixture.
-INTEGRATION_MODULES = {"test_real_model", "test_app", "test_comfy", "test_comfy_client", "test_jobs_api", "test_lifecycle",
-                       "test_standin", "test_supervisor", "test_workflows_api", "test_security", "test_runtime",
-                       "test_pipeline_queue", "test_observability", "test_client_modes"}
+INTEGRATION_MODULES = {
+    "test_real_model",
+    "test_app",
+    "test_comfy",
+    "test_comfy_client",
+    "test_jobs_api",
+    "test_lifecycle",
+    "test_standin",
+    "test_supervisor",
+    "test_workflows_api",
+    "test_security",
+    "test_runtime",
+    "test_pipeline_queue",
+    "test_observability",
+    "test_client_modes",
+}
 # Slow (measured: seconds each on 2 cores): modules whose every test runs deploy.sh, external linters or
 # a service and ComfyUI of its own; fixtures that start those; and single tests by name.
-SLOW_MODULES = {"test_real_model", "test_deploy", "test_build_files", "test_supervisor", "test_comfy", "test_comfy_client"}
+SLOW_MODULES = {
+    "test_real_model",
+    "test_deploy",
+    "test_build_files",
+    "test_supervisor",
+    "test_comfy",
+    "test_comfy_client",
+}
 SLOW_FIXTURES = {"fresh_service", "attached", "cloud"}
 SLOW_TESTS = {
     "test_every_recorded_command_parses_in_the_real_gcloud",  # 40-90 s: the real gcloud CLI per command
@@ -73,8 +104,11 @@ CACHE_KEY = "comfyrun/gcloud-replay-passed"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--gcloud-replay", action="store_true",
-                     help="run the real-gcloud replay of deploy.sh's commands even if they did not change")
+    parser.addoption(
+        "--gcloud-replay",
+        action="store_true",
+        help="run the real-gcloud replay of deploy.sh's commands even if they did not change",
+    )
 
 
 def gcloud_replay_inputs_hash() -> str:
@@ -99,8 +133,10 @@ def _replay_skip_reason(config: pytest.Config) -> str | None:
         return None
     if cache.get(CACHE_KEY, None) != gcloud_replay_inputs_hash():
         return None
-    return ("deploy.sh and its recorded commands are unchanged since this replay last passed here "
-            "(CI=1 or --gcloud-replay runs it anyway)")
+    return (
+        "deploy.sh and its recorded commands are unchanged since this replay last passed here "
+        "(CI=1 or --gcloud-replay runs it anyway)"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -115,8 +151,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if fixtures & CLOUD_FIXTURES or name == GCLOUD_REPLAY:
             item.add_marker(pytest.mark.cloud)
-        if (module in SLOW_MODULES or fixtures & SLOW_FIXTURES or name in SLOW_TESTS
-                or measured.get(item.nodeid, 0.0) >= SLOW_S):
+        if (
+            module in SLOW_MODULES
+            or fixtures & SLOW_FIXTURES
+            or name in SLOW_TESTS
+            or measured.get(item.nodeid, 0.0) >= SLOW_S
+        ):
             item.add_marker(pytest.mark.slow)
         if name == GCLOUD_REPLAY:
             item.add_marker(pytest.mark.integration)
@@ -140,7 +180,6 @@ _durations: dict[str, float] = {}  # nodeid -> seconds of its call, this session
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call":
         _durations[report.nodeid] = round(report.duration, 3)
-
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

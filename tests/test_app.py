@@ -95,8 +95,10 @@ def test_recorded_invalid_workflows_are_400_with_comfyuis_errors(service: Servic
 
 
 def test_an_execution_error_is_500_with_node_and_message(service: ServiceProcess):
-    body = {"workflow": load(RECORDED / "execution_error_loadimage.json"),
-            "images": [{"name": "notes.txt", "image": b64(b"this is not an image\n")}]}
+    body = {
+        "workflow": load(RECORDED / "execution_error_loadimage.json"),
+        "images": [{"name": "notes.txt", "image": b64(b"this is not an image\n")}],
+    }
     response = service.post("/predict", json=body)
     assert response.status_code == 500, response.text
     error = response.json()["error"]
@@ -149,6 +151,7 @@ def test_output_format_and_quality(service: ServiceProcess):
 
 
 # --- isolation and concurrency ----------------------------------------------------------------
+
 
 def invert_graph(prefix: str) -> dict:
     return {
@@ -222,6 +225,7 @@ def test_a_timeout_interrupts_comfyui_and_is_504(service: ServiceProcess):
 
 # --- bad requests ------------------------------------------------------------------------------
 
+
 def test_invalid_json_is_400(service: ServiceProcess):
     response = service.post("/predict", data=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
@@ -251,6 +255,7 @@ def test_unknown_routes_are_json_404(service: ServiceProcess):
 
 # --- models and info ---------------------------------------------------------------------------
 
+
 def test_models_lists_folders_as_comfyui_sees_them(service: ServiceProcess):
     body = service.get("/models").json()
     assert {"checkpoints", "loras", "vae"} <= set(body["models"])
@@ -266,6 +271,7 @@ def test_info_describes_the_service(service: ServiceProcess):
 
 
 # --- limits and readiness (own services) -------------------------------------------------------
+
 
 def test_a_body_over_the_limit_is_413(comfy_target: ComfyTarget, tmp_path: Path):
     service = start_service(comfy_target, tmp_path / "s", MAX_BODY_BYTES="2000")
@@ -284,6 +290,7 @@ def test_not_ready_is_503_with_retry_after(tmp_path: Path):
     (fake / "main.py").write_text("import time\nwhile True:\n    time.sleep(1)\n")
     service = ServiceProcess(ComfyTarget("never", fake, "python3", ""), tmp_path / "s").start()
     try:
+
         def answered():  # a 503 Response is falsy: wrap it
             try:
                 return [service.get("/healthz", timeout=2)]

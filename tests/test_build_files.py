@@ -20,8 +20,14 @@ from handler import modelfiles
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 CLOUDBUILD = ROOT / "cloudbuild.yaml"
-SHELL_SCRIPTS = [ROOT / "deploy.sh", ROOT / "deploy" / "install_custom_nodes.sh", ROOT / "scripts" / "serve.sh",
-                 ROOT / "scripts" / "test.sh", ROOT / "scripts" / "lock.sh", ROOT / "bench" / "gpu_check.sh"]
+SHELL_SCRIPTS = [
+    ROOT / "deploy.sh",
+    ROOT / "deploy" / "install_custom_nodes.sh",
+    ROOT / "scripts" / "serve.sh",
+    ROOT / "scripts" / "test.sh",
+    ROOT / "scripts" / "lock.sh",
+    ROOT / "bench" / "gpu_check.sh",
+]
 MODEL_TYPES = modelfiles.model_types(modelfiles.parse_models_file(ROOT / "models.txt"))
 
 
@@ -121,12 +127,19 @@ def test_one_comfyui_version_stated_once():
     recorded = (ROOT / "test_resources" / "comfy" / "protocol" / "README.md").read_text()
     assert env["COMFYUI_COMMIT"] in recorded and env["COMFYUI_VERSION"] in recorded
     # everything that fetches ComfyUI reads the file; no other place names a version or commit
-    for path in (DOCKERFILE, ROOT / "scripts" / "serve.sh", ROOT / "scripts" / "lock.sh", CLOUDBUILD,
-                 ROOT / "bench" / "gpu_check.sh"):
+    for path in (
+        DOCKERFILE,
+        ROOT / "scripts" / "serve.sh",
+        ROOT / "scripts" / "lock.sh",
+        CLOUDBUILD,
+        ROOT / "bench" / "gpu_check.sh",
+    ):
         text = path.read_text()
         assert env["COMFYUI_COMMIT"] not in text and not re.search(r"v0\.3\.\d+", text), path.name
-    assert "deploy/comfyui.env" in DOCKERFILE.read_text() and ". deploy/comfyui.env" in (
-        ROOT / "scripts" / "serve.sh").read_text()
+    assert (
+        "deploy/comfyui.env" in DOCKERFILE.read_text()
+        and ". deploy/comfyui.env" in (ROOT / "scripts" / "serve.sh").read_text()
+    )
 
 
 def test_image_uses_slim_python_and_a_cuda12_pytorch_that_driver_535_runs():
@@ -146,8 +159,11 @@ def test_lock_files_are_frozen_and_used_frozen():
     assert "starlette" in service and "torch" not in service and "torch" not in test  # the service never needs torch
     assert set(service) <= set(test) and all(test[name] == version for name, version in service.items())
     assert "torch" in comfy and "comfyui-frontend-package" in comfy
-    for script, lock in (("test.sh", "requirements/test.lock"), ("serve.sh", "requirements/service.lock"),
-                         ("serve.sh", "requirements/comfyui.lock")):
+    for script, lock in (
+        ("test.sh", "requirements/test.lock"),
+        ("serve.sh", "requirements/service.lock"),
+        ("serve.sh", "requirements/comfyui.lock"),
+    ):
         text = (ROOT / "scripts" / script).read_text()
         assert re.search(rf"pip install .*--require-hashes -r {re.escape(lock)}", text), (script, lock)
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
@@ -175,21 +191,27 @@ def test_dockerfile_targets_models_secret_user_and_command():
         assert user and user[-1] not in ("USER root", "USER 0", "USER 0:0")
         assert stage[-1] == 'CMD ["python", "-m", "handler"]'
     worker_env = " ".join(i for i in worker if i.startswith("ENV "))
-    for setting in ("COMFYUI_PATH=/comfyui", "COMFYUI_PYTHON=/opt/comfy/bin/python", "MODELS_FILE=/app/models.txt",
-                    "REQUIRE_GPU=true"):
+    for setting in (
+        "COMFYUI_PATH=/comfyui",
+        "COMFYUI_PYTHON=/opt/comfy/bin/python",
+        "MODELS_FILE=/app/models.txt",
+        "REQUIRE_GPU=true",
+    ):
         assert setting in worker_env
     api_env = " ".join(i for i in api if i.startswith("ENV "))
     assert "SERVICE_ROLE=api" in api_env and "COMFYUI" not in api_env
     assert stages["api"][0].startswith("FROM base ") and not any("comfy" in i and "--from" in i for i in api)
     fetch = " ".join(stages["comfyui"])
     assert "${COMFYUI_COMMIT}.tar.gz" in fetch and "comfyui_version.py" in fetch
-    assert any("install_custom_nodes.sh" in i and "${CUSTOM_NODES}" in i and "PIP_CONSTRAINT" in i
-               for i in stages["comfyui"])
+    assert any(
+        "install_custom_nodes.sh" in i and "${CUSTOM_NODES}" in i and "PIP_CONSTRAINT" in i for i in stages["comfyui"]
+    )
 
 
 def test_every_copied_path_exists_and_is_in_the_build_context():
-    allowed = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.startswith("!")]
+    allowed = [
+        line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")
+    ]
     sources = []
     for stage in dockerfile_stages().values():
         for instr in stage:
@@ -216,13 +238,36 @@ def test_models_stage_downloader_runs_from_only_what_the_stage_copies(tmp_path):
             shutil.copy(ROOT / src, target)
     assert sorted(p.name for p in (tmp_path / "handler").iterdir()) == ["__init__.py", "config.py", "modelfiles.py"]
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "HF_TOKEN", "MODEL_TYPE", "COMFYUI_PATH"}}
-    proc = run(sys.executable, "-m", "handler.modelfiles", "--model-type", "base", "--models-file", "models.txt",
-               "--dest", tmp_path / "models", "--hf-token-file", tmp_path / "absent", cwd=tmp_path, env=env)
+    proc = run(
+        sys.executable,
+        "-m",
+        "handler.modelfiles",
+        "--model-type",
+        "base",
+        "--models-file",
+        "models.txt",
+        "--dest",
+        tmp_path / "models",
+        "--hf-token-file",
+        tmp_path / "absent",
+        cwd=tmp_path,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "models").is_dir()
     for model_type in MODEL_TYPES:
-        proc = run(sys.executable, "-m", "handler.modelfiles", "--model-type", model_type, "--models-file",
-                   "models.txt", "--list", cwd=tmp_path, env=env)
+        proc = run(
+            sys.executable,
+            "-m",
+            "handler.modelfiles",
+            "--model-type",
+            model_type,
+            "--models-file",
+            "models.txt",
+            "--list",
+            cwd=tmp_path,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stderr
 
 
@@ -241,7 +286,7 @@ def test_cloudbuild_builds_both_images_with_buildkit_a_cache_and_the_secret():
     assert "DOCKER_BUILDKIT=1" in build["env"] and build["secretEnv"] == ["HF_TOKEN"]
     assert script.count("--secret id=hf_token,src=") == 1  # only the worker has models
     assert "HF_TOKEN" not in script.replace('"$$HF_TOKEN"', ""), "the token may only be written to the secret file"
-    assert "--build-arg \"MODEL_TYPE=${_MODEL_TYPE}\"" in script
+    assert '--build-arg "MODEL_TYPE=${_MODEL_TYPE}"' in script
     assert "--target worker" in script and "--target api" in script
     assert '--tag "$$image:${_TAG}"' in script and '--tag "$$image-api:${_TAG}"' in script
     # a registry cache of every stage: the models stage is not downloaded or compressed again
@@ -267,8 +312,13 @@ def test_deploy_defaults_agree_with_models_txt():
 
 
 def _git(*args, cwd):
-    subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args], cwd=cwd, check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

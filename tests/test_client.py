@@ -57,14 +57,24 @@ def test_cancel_and_errors_through_the_module(svc):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "handler.client", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "handler.client", *args], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
 
 
 def test_cli_async_with_an_input_image(svc, tmp_path):
     out = tmp_path / "out"
-    done = run_cli(svc.url, str(LOAD_INVERT), "--async", "--priority", "low",
-                   "--image", f"proto_upload/test_input.png={INPUT_PNG}", "--out", str(out))
+    done = run_cli(
+        svc.url,
+        str(LOAD_INVERT),
+        "--async",
+        "--priority",
+        "low",
+        "--image",
+        f"proto_upload/test_input.png={INPUT_PNG}",
+        "--out",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["state"] == "succeeded" and summary["priority"] == "low"
@@ -95,6 +105,9 @@ def test_argument_helpers(tmp_path):
     png = tmp_path / "x.png"
     png.write_bytes(b"\x89PNG")
     assert image_entry(png) == {"name": "x.png", "image": "iVBORw=="}
-    assert image_entry("https://example.com/a/b.png?sig=1") == {"name": "b.png", "image": "https://example.com/a/b.png?sig=1"}
+    assert image_entry("https://example.com/a/b.png?sig=1") == {
+        "name": "b.png",
+        "image": "https://example.com/a/b.png?sig=1",
+    }
     with pytest.raises(SystemExit):
         main(["http://127.0.0.1:9"])  # neither a workflow nor --workflow-id

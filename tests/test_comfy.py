@@ -33,7 +33,9 @@ def models_setup(tmp_path: Path, payload: bytes, digest: str) -> dict[str, str]:
 def test_runtime_models_are_fetched_before_comfyui_boots(tmp_path: Path):
     payload = b"lora weights"
     target = standin_copy(tmp_path)
-    service = start_service(target, tmp_path / "s", **models_setup(tmp_path, payload, hashlib.sha256(payload).hexdigest()))
+    service = start_service(
+        target, tmp_path / "s", **models_setup(tmp_path, payload, hashlib.sha256(payload).hexdigest())
+    )
     try:
         assert (target.path / "models" / "loras" / "detail.safetensors").read_bytes() == payload
         assert "detail.safetensors" in service.get("/models/loras").json()["models"]
@@ -71,8 +73,9 @@ def test_the_warmup_workflow_runs_before_ready(tmp_path: Path):
     warmup.write_text((RESOURCES / "comfy" / "workflows" / "empty_save.json").read_text())
     import sys
 
-    service = start_service(ComfyTarget("standin", STANDIN, sys.executable, ""), tmp_path / "s",
-                            WARMUP_WORKFLOW=str(warmup))
+    service = start_service(
+        ComfyTarget("standin", STANDIN, sys.executable, ""), tmp_path / "s", WARMUP_WORKFLOW=str(warmup)
+    )
     try:
         log = service.log()
         assert "warmup workflow warmup.json ran" in log

@@ -86,14 +86,32 @@ def attached(comfy_target: ComfyTarget, tmp_path: Path, request: pytest.FixtureR
     for folder in folders.values():
         folder.mkdir(parents=True)
     port = free_port()
-    args = [comfy_target.python, "main.py", "--listen", "127.0.0.1", "--port", str(port),
-            "--input-directory", str(folders["input"]), "--output-directory", str(folders["output"]),
-            "--temp-directory", str(folders["temp"]), "--disable-auto-launch", *comfy_target.args.split()]
+    args = [
+        comfy_target.python,
+        "main.py",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--input-directory",
+        str(folders["input"]),
+        "--output-directory",
+        str(folders["output"]),
+        "--temp-directory",
+        str(folders["temp"]),
+        "--disable-auto-launch",
+        *comfy_target.args.split(),
+    ]
     if comfy_target.is_real:
         args += ["--user-directory", str(base / "user"), "--database-url", "sqlite:///:memory:"]
     log = open(tmp_path / "comfy.log", "wb")
-    comfy = subprocess.Popen(args, cwd=comfy_target.path, stdout=log, stderr=subprocess.STDOUT,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1", "STANDIN_TEST_GATE": "1"})
+    comfy = subprocess.Popen(
+        args,
+        cwd=comfy_target.path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "STANDIN_TEST_GATE": "1"},
+    )
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -105,8 +123,11 @@ def attached(comfy_target: ComfyTarget, tmp_path: Path, request: pytest.FixtureR
     proxy = CuttableProxy(port)
     env = {"COMFYUI_URL": f"http://127.0.0.1:{proxy.port}", "COMFYUI_PATH": ""}
     if not remote:
-        env.update(COMFYUI_INPUT_DIR=str(folders["input"]), COMFYUI_OUTPUT_DIR=str(folders["output"]),
-                   COMFYUI_TEMP_DIR=str(folders["temp"] / "temp"))
+        env.update(
+            COMFYUI_INPUT_DIR=str(folders["input"]),
+            COMFYUI_OUTPUT_DIR=str(folders["output"]),
+            COMFYUI_TEMP_DIR=str(folders["temp"] / "temp"),
+        )
     service = ServiceProcess(comfy_target, tmp_path / "service", env=env).start().wait_ready()
     service.comfy_port = port  # straight to ComfyUI, not through the proxy (service.gate())
     yield service, proxy
@@ -146,8 +167,10 @@ def test_attached_without_shared_folders_uploads_inputs_and_fetches_outputs(atta
     service, _ = attached
     image = (RESOURCES / "comfy" / "test_input.png").read_bytes()
     workflow = json.loads((RESOURCES / "comfy" / "workflows" / "loadimage_invert_save.json").read_text())
-    body = {"workflow": workflow,
-            "images": [{"name": "proto_upload/test_input.png", "image": base64.b64encode(image).decode()}]}
+    body = {
+        "workflow": workflow,
+        "images": [{"name": "proto_upload/test_input.png", "image": base64.b64encode(image).decode()}],
+    }
     response = service.post("/predict", json=body)
     assert response.status_code == 200, response.text
     kinds = {(item["node_id"], item["type"]) for item in response.json()["images"]}

@@ -15,11 +15,17 @@ def test_defaults_need_no_environment():
 
 
 def test_reads_the_seed_names_and_splits_arguments():
-    settings = Settings.from_env({
-        "COMFYUI_PATH": "/comfyui", "COMFYUI_ARGS": "--cpu --preview-method 'none'",
-        "COMFY_LOG_LEVEL": "debug", "WEBSOCKET_RECONNECT_ATTEMPTS": "7",
-        "WEBSOCKET_RECONNECT_DELAY_S": "0.5", "WEBSOCKET_TRACE": "true", "COMFYUI_URL": "http://x:8188/",
-    })
+    settings = Settings.from_env(
+        {
+            "COMFYUI_PATH": "/comfyui",
+            "COMFYUI_ARGS": "--cpu --preview-method 'none'",
+            "COMFY_LOG_LEVEL": "debug",
+            "WEBSOCKET_RECONNECT_ATTEMPTS": "7",
+            "WEBSOCKET_RECONNECT_DELAY_S": "0.5",
+            "WEBSOCKET_TRACE": "true",
+            "COMFYUI_URL": "http://x:8188/",
+        }
+    )
     assert settings.comfyui_path == Path("/comfyui")
     assert settings.comfyui_args == ("--cpu", "--preview-method", "none")
     assert settings.comfy_log_level == "DEBUG"
@@ -32,12 +38,15 @@ def test_cloud_run_turns_on_cloud_mode_and_a_bucket_selects_gcs():
     assert settings.cloud_mode and settings.storage_backend == "gcs"
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"PORT": "http"}, "PORT must be a number"),
-    ({"REQUEST_TIMEOUT_S": "-1"}, "must not be negative"),
-    ({"QUEUE_BACKEND": "sqs"}, "QUEUE_BACKEND"),
-    ({"STORAGE_BACKEND": "gcs"}, "needs GCS_BUCKET"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"PORT": "http"}, "PORT must be a number"),
+        ({"REQUEST_TIMEOUT_S": "-1"}, "must not be negative"),
+        ({"QUEUE_BACKEND": "sqs"}, "QUEUE_BACKEND"),
+        ({"STORAGE_BACKEND": "gcs"}, "needs GCS_BUCKET"),
+    ],
+)
 def test_bad_values_are_named(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)

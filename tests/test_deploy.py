@@ -24,10 +24,31 @@ PROJECT, REGION, TAG = "demo-project", "us-central1", "v1"
 STUB_NUMBER = "123456789012"
 # What deploy.sh reads from the environment; none of it may leak in from the machine.
 DEPLOY_ENV = {
-    "SERVICE", "MODEL_TYPE", "MIN_INSTANCES", "MAX_INSTANCES", "CONCURRENCY", "TIMEOUT", "CPU", "MEMORY",
-    "BUCKET", "RETENTION_DAYS", "QUEUE_PREFIX", "WEBHOOK_SECRET_NAME", "WEBHOOK_SECRET", "HF_SECRET",
-    "HF_TOKEN", "REPOSITORY", "MODELS_SOURCE", "MODELS_MOUNT", "GPU_ZONAL_REDUNDANCY", "CUSTOM_NODES",
-    "SKIP_BUILD", "DRY_RUN", "KEEP_IMAGES", "RETRY_DELAY_S", "RETRY_ATTEMPTS",
+    "SERVICE",
+    "MODEL_TYPE",
+    "MIN_INSTANCES",
+    "MAX_INSTANCES",
+    "CONCURRENCY",
+    "TIMEOUT",
+    "CPU",
+    "MEMORY",
+    "BUCKET",
+    "RETENTION_DAYS",
+    "QUEUE_PREFIX",
+    "WEBHOOK_SECRET_NAME",
+    "WEBHOOK_SECRET",
+    "HF_SECRET",
+    "HF_TOKEN",
+    "REPOSITORY",
+    "MODELS_SOURCE",
+    "MODELS_MOUNT",
+    "GPU_ZONAL_REDUNDANCY",
+    "CUSTOM_NODES",
+    "SKIP_BUILD",
+    "DRY_RUN",
+    "KEEP_IMAGES",
+    "RETRY_DELAY_S",
+    "RETRY_ATTEMPTS",
 }
 LEAST_PRIVILEGE_ROLES = {
     "roles/storage.objectAdmin",
@@ -52,8 +73,12 @@ class Stub:
         self.log = tmp / "gcloud.log"
         self.state = tmp / "state.json"
         env = {k: v for k, v in os.environ.items() if k not in DEPLOY_ENV}
-        env.update(PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}", GCLOUD_STUB_LOG=str(self.log),
-                   GCLOUD_STUB_STATE=str(self.state), RETRY_DELAY_S="0")
+        env.update(
+            PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}",
+            GCLOUD_STUB_LOG=str(self.log),
+            GCLOUD_STUB_STATE=str(self.state),
+            RETRY_DELAY_S="0",
+        )
         self.env = env
 
     def records(self) -> list[dict]:
@@ -64,8 +89,12 @@ class Stub:
     def deploy(self, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
         before = len(self.records())
         proc = subprocess.run(
-            ["bash", str(DEPLOY), *args], capture_output=True, text=True,
-            env={**self.env, **(env or {})}, cwd=self.dir, timeout=120,
+            ["bash", str(DEPLOY), *args],
+            capture_output=True,
+            text=True,
+            env={**self.env, **(env or {})},
+            cwd=self.dir,
+            timeout=120,
         )
         return proc, self.records()[before:]
 
@@ -124,10 +153,15 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     created = {(a[0], a[1]) if a[0] != "secrets" else ("secrets", a[2]) for a in cmds if is_create(a)}
     assert ("artifacts", "repositories") in created
     assert [a[3] for a in cmds if a[:3] == ["iam", "service-accounts", "create"]] == [
-        "comfyui-run", "comfyui-tasks", "comfyui-build"]
+        "comfyui-run",
+        "comfyui-tasks",
+        "comfyui-build",
+    ]
     assert [a[2] for a in cmds if a[:2] == ["secrets", "create"]] == ["hf-token", "comfyui-webhook-secret"]
     assert [a[3] for a in cmds if a[:3] == ["storage", "buckets", "create"]] == [
-        f"gs://{PROJECT}-comfyui", f"gs://{PROJECT}-comfyui-build"]
+        f"gs://{PROJECT}-comfyui",
+        f"gs://{PROJECT}-comfyui-build",
+    ]
     queues = find(recs, "tasks", "queues", "create")
     assert [r["argv"][3] for r in queues] == ["comfyui-high", "comfyui-normal", "comfyui-low", "comfyui-webhooks"]
     for r in queues:
@@ -175,35 +209,60 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     b = cmds[build]
     assert flag(b, "--config") == [str(ROOT / "cloudbuild.yaml")]
     subs = dict(kv.split("=", 1) for kv in flag(b, "--substitutions")[0].split(","))
-    assert subs == {"_REGION": REGION, "_REPOSITORY": "comfyui", "_SERVICE": "comfyui", "_TAG": TAG,
-                    "_MODEL_TYPE": "flux1-dev-fp8", "_HF_SECRET": "hf-token", "_DEPLOY": "false"}
+    assert subs == {
+        "_REGION": REGION,
+        "_REPOSITORY": "comfyui",
+        "_SERVICE": "comfyui",
+        "_TAG": TAG,
+        "_MODEL_TYPE": "flux1-dev-fp8",
+        "_HF_SECRET": "hf-token",
+        "_DEPLOY": "false",
+    }
     assert flag(b, "--service-account") == [
-        f"projects/{PROJECT}/serviceAccounts/comfyui-build@{PROJECT}.iam.gserviceaccount.com"]
+        f"projects/{PROJECT}/serviceAccounts/comfyui-build@{PROJECT}.iam.gserviceaccount.com"
+    ]
 
     worker_url = f"https://comfyui-{STUB_NUMBER}.{REGION}.run.app"
     api_url = f"https://comfyui-api-{STUB_NUMBER}.{REGION}.run.app"
     common = {
-        "MODEL_TYPE": "flux1-dev-fp8", "GOOGLE_CLOUD_PROJECT": PROJECT, "GCS_BUCKET": f"{PROJECT}-comfyui",
-        "TASKS_LOCATION": REGION, "TASKS_QUEUE_PREFIX": "comfyui",
+        "MODEL_TYPE": "flux1-dev-fp8",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "GCS_BUCKET": f"{PROJECT}-comfyui",
+        "TASKS_LOCATION": REGION,
+        "TASKS_QUEUE_PREFIX": "comfyui",
         "TASKS_SERVICE_ACCOUNT": f"comfyui-tasks@{PROJECT}.iam.gserviceaccount.com",
-        "API_URL": api_url, "WORKER_URL": worker_url, "OUTPUT_RETENTION_DAYS": "7",
+        "API_URL": api_url,
+        "WORKER_URL": worker_url,
+        "OUTPUT_RETENTION_DAYS": "7",
     }
     # the api: CPU only, scales to zero, signs webhooks
     a = cmds[deploys[0]]
-    for name, value in {"--image": f"{REGION}-docker.pkg.dev/{PROJECT}/comfyui/comfyui-api:{TAG}",
-                        "--min-instances": "0", "--cpu": "1",
-                        "--set-secrets": "WEBHOOK_SECRET=comfyui-webhook-secret:latest"}.items():
+    for name, value in {
+        "--image": f"{REGION}-docker.pkg.dev/{PROJECT}/comfyui/comfyui-api:{TAG}",
+        "--min-instances": "0",
+        "--cpu": "1",
+        "--set-secrets": "WEBHOOK_SECRET=comfyui-webhook-secret:latest",
+    }.items():
         assert flag(a, name) == [value], name
     assert "--gpu" not in " ".join(a) and "--no-allow-unauthenticated" in a
     assert dict(kv.split("=", 1) for kv in flag(a, "--set-env-vars")[0].split(",")) == {
-        **common, "SERVICE_ROLE": "api", "SERVICE_URL": api_url}
+        **common,
+        "SERVICE_ROLE": "api",
+        "SERVICE_URL": api_url,
+    }
 
     # the worker: the L4, no webhook secret (the api sends webhooks)
     d = cmds[deploys[1]]
     expect = {
         "--image": f"{REGION}-docker.pkg.dev/{PROJECT}/comfyui/comfyui:{TAG}",
-        "--gpu": "1", "--gpu-type": "nvidia-l4", "--cpu": "8", "--memory": "32Gi",
-        "--min-instances": "0", "--max-instances": "3", "--concurrency": "2", "--timeout": "3600",
+        "--gpu": "1",
+        "--gpu-type": "nvidia-l4",
+        "--cpu": "8",
+        "--memory": "32Gi",
+        "--min-instances": "0",
+        "--max-instances": "3",
+        "--concurrency": "2",
+        "--timeout": "3600",
         "--service-account": f"comfyui-run@{PROJECT}.iam.gserviceaccount.com",
     }
     for name, value in expect.items():
@@ -268,11 +327,31 @@ def test_dry_run_prints_every_command_and_runs_none(stub):
 def test_flags_and_environment_shape_the_deployment(stub):
     stub.put("secret", "hf-token")  # an operator-made token secret is used as it is
     proc, recs = stub.deploy(
-        "--service", "img", "--model-type=sdxl", "--min-instances", "1", "--max-instances", "5",
-        "--concurrency", "2", "--timeout", "1200", "--bucket", "my-outputs", "--queue-prefix", "imgq",
-        "--webhook-secret", "img-hooks", "--retention-days", "3", "--gpu-zonal-redundancy",
-        "--custom-nodes", "https://github.com/o/ComfyUI-X@v1 https://github.com/o/ComfyUI-Y",
-        PROJECT, "europe-west4", "2024-01",
+        "--service",
+        "img",
+        "--model-type=sdxl",
+        "--min-instances",
+        "1",
+        "--max-instances",
+        "5",
+        "--concurrency",
+        "2",
+        "--timeout",
+        "1200",
+        "--bucket",
+        "my-outputs",
+        "--queue-prefix",
+        "imgq",
+        "--webhook-secret",
+        "img-hooks",
+        "--retention-days",
+        "3",
+        "--gpu-zonal-redundancy",
+        "--custom-nodes",
+        "https://github.com/o/ComfyUI-X@v1 https://github.com/o/ComfyUI-Y",
+        PROJECT,
+        "europe-west4",
+        "2024-01",
         env={"CPU": "6", "MEMORY": "24Gi", "WEBHOOK_SECRET": "whsec_given"},
     )
     assert proc.returncode == 0, proc.stderr
@@ -280,12 +359,28 @@ def test_flags_and_environment_shape_the_deployment(stub):
     assert find(recs, "secrets", "create", "hf-token") == []
     hooks = find(recs, "secrets", "create", "img-hooks")[0]
     assert hooks["stdin_len"] == len("whsec_given")
-    assert [a[3] for a in cmds if a[:3] == ["tasks", "queues", "create"]] == ["imgq-high", "imgq-normal", "imgq-low", "imgq-webhooks"]
-    assert [a[3] for a in cmds if a[:3] == ["iam", "service-accounts", "create"]] == ["img-run", "img-tasks", "img-build"]
+    assert [a[3] for a in cmds if a[:3] == ["tasks", "queues", "create"]] == [
+        "imgq-high",
+        "imgq-normal",
+        "imgq-low",
+        "imgq-webhooks",
+    ]
+    assert [a[3] for a in cmds if a[:3] == ["iam", "service-accounts", "create"]] == [
+        "img-run",
+        "img-tasks",
+        "img-build",
+    ]
     d = find(recs, "run", "deploy")[-1]["argv"]
-    for name, value in {"--min-instances": "1", "--max-instances": "5", "--concurrency": "2", "--timeout": "1200",
-                        "--cpu": "6", "--memory": "24Gi", "--region": "europe-west4",
-                        "--image": f"europe-west4-docker.pkg.dev/{PROJECT}/comfyui/img:2024-01"}.items():
+    for name, value in {
+        "--min-instances": "1",
+        "--max-instances": "5",
+        "--concurrency": "2",
+        "--timeout": "1200",
+        "--cpu": "6",
+        "--memory": "24Gi",
+        "--region": "europe-west4",
+        "--image": f"europe-west4-docker.pkg.dev/{PROJECT}/comfyui/img:2024-01",
+    }.items():
         assert flag(d, name) == [value], name
     assert "--gpu-zonal-redundancy" in d and "--no-gpu-zonal-redundancy" not in d
     env = dict(kv.split("=", 1) for kv in flag(d, "--set-env-vars")[0].split(","))
@@ -302,7 +397,9 @@ def test_flags_and_environment_shape_the_deployment(stub):
 
 
 def test_runtime_models_from_a_mounted_bucket(stub):
-    proc, recs = stub.deploy("--model-type", "flux1-dev", "--models-mount", "gs://model-store/comfy/", PROJECT, REGION, TAG)
+    proc, recs = stub.deploy(
+        "--model-type", "flux1-dev", "--models-mount", "gs://model-store/comfy/", PROJECT, REGION, TAG
+    )
     assert proc.returncode == 0, proc.stderr  # gated, but the image bakes no models: no token needed
     subs = flag(find(recs, "builds", "submit")[0]["argv"], "--substitutions")[0]
     assert "_MODEL_TYPE=base" in subs
@@ -327,13 +424,20 @@ def test_metrics_add_the_managed_prometheus_collector_as_a_sidecar(stub):
     assert proc.returncode == 0, proc.stderr
     d = find(recs, "run", "deploy")[-1]["argv"]
     assert flag(d, "--container") == ["app", "collector"]
-    app, collector = d[d.index("--container=app"):d.index("--container=collector")], d[d.index("--container=collector"):]
+    app, collector = (
+        d[d.index("--container=app") : d.index("--container=collector")],
+        d[d.index("--container=collector") :],
+    )
     assert flag(app, "--port") == ["8080"] and flag(app, "--gpu") == ["1"] and flag(app, "--set-env-vars")
     assert flag(collector, "--image")[0].startswith(
-        "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:")
+        "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:"
+    )
     assert flag(collector, "--depends-on") == ["app"] and not flag(collector, "--gpu")
-    writer = [r["argv"] for r in find(recs, "projects", "add-iam-policy-binding")
-              if flag(r["argv"], "--role") == ["roles/monitoring.metricWriter"]]
+    writer = [
+        r["argv"]
+        for r in find(recs, "projects", "add-iam-policy-binding")
+        if flag(r["argv"], "--role") == ["roles/monitoring.metricWriter"]
+    ]
     assert writer and flag(writer[0], "--member")[0].startswith("serviceAccount:")
 
     proc, recs = stub.deploy("--skip-build", PROJECT, REGION, TAG)  # without it: one container, as before
@@ -356,8 +460,14 @@ def test_gated_model_without_a_token_stops_before_building(stub):
     [
         ([], "expected PROJECT_ID REGION TAG, got 0"),
         ([PROJECT, REGION], "expected PROJECT_ID REGION TAG, got 2"),
-        (["--model-type", "flux2", PROJECT, REGION, TAG], "unknown --model-type 'flux2'; models.txt knows: base flux1-dev"),
-        (["--min-instances", "4", "--max-instances", "2", PROJECT, REGION, TAG], "--min-instances (4) exceeds --max-instances (2)"),
+        (
+            ["--model-type", "flux2", PROJECT, REGION, TAG],
+            "unknown --model-type 'flux2'; models.txt knows: base flux1-dev",
+        ),
+        (
+            ["--min-instances", "4", "--max-instances", "2", PROJECT, REGION, TAG],
+            "--min-instances (4) exceeds --max-instances (2)",
+        ),
         (["--memory", "8Gi", PROJECT, REGION, TAG], "--memory must be 16Gi..32Gi with an L4 GPU, got 8Gi"),
         (["--memory", "64Gi", PROJECT, REGION, TAG], "--memory must be 16Gi..32Gi with an L4 GPU, got 64Gi"),
         (["--cpu", "2", PROJECT, REGION, TAG], "--cpu must be 4..8 with an L4 GPU, got 2"),
@@ -400,29 +510,46 @@ def test_artifact_registry_keeps_recent_images_and_the_build_cache(stub):
     (record,) = find(recs, "artifacts", "repositories", "set-cleanup-policies", "comfyui")
     assert "--no-dry-run" in record["argv"]
     policies = {p["name"]: p for p in json.loads(Path(next(iter(record["files"].values()))).read_text())}
-    assert policies["keep-newest"] == {"name": "keep-newest", "action": {"type": "Keep"},
-                                       "mostRecentVersions": {"keepCount": 3}}
+    assert policies["keep-newest"] == {
+        "name": "keep-newest",
+        "action": {"type": "Keep"},
+        "mostRecentVersions": {"keepCount": 3},
+    }
     assert policies["keep-build-cache"]["condition"]["tagPrefixes"] == ["buildcache"]
     assert policies["delete-untagged"]["condition"] == {"tagState": "untagged", "olderThan": "7d"}
     assert index(recs, "artifacts", "repositories", "set-cleanup-policies") < index(recs, "builds", "submit")
 
 
-@pytest.mark.parametrize("model_type, memory, refused", [
-    ("flux1-dev", "32Gi", "flux1-dev's files are 28 GiB"),   # 29 GB against 32 GiB: no room to run
-    ("flux1-schnell", "32Gi", "flux1-schnell's files are 28 GiB"),
-    ("flux1-dev-fp8", "24Gi", "do not fit --memory 24Gi"),
-    ("flux1-dev-fp8", "32Gi", None),                          # 17 GB: fits, and arrives in time
-    ("sdxl", "16Gi", None),
-])
+@pytest.mark.parametrize(
+    "model_type, memory, refused",
+    [
+        ("flux1-dev", "32Gi", "flux1-dev's files are 28 GiB"),  # 29 GB against 32 GiB: no room to run
+        ("flux1-schnell", "32Gi", "flux1-schnell's files are 28 GiB"),
+        ("flux1-dev-fp8", "24Gi", "do not fit --memory 24Gi"),
+        ("flux1-dev-fp8", "32Gi", None),  # 17 GB: fits, and arrives in time
+        ("sdxl", "16Gi", None),
+    ],
+)
 def test_downloaded_models_must_fit_the_in_memory_disk(stub, model_type, memory, refused):
-    proc, recs = stub.deploy("--model-type", model_type, "--memory", memory, "--models-source", "gs://store/m",
-                             PROJECT, REGION, TAG, env={"HF_TOKEN": "x"})
+    proc, recs = stub.deploy(
+        "--model-type",
+        model_type,
+        "--memory",
+        memory,
+        "--models-source",
+        "gs://store/m",
+        PROJECT,
+        REGION,
+        TAG,
+        env={"HF_TOKEN": "x"},
+    )
     if refused:
         assert proc.returncode == 2 and refused in proc.stderr and recs == []
         assert "Use --models-mount gs://store/m" in proc.stderr
         # the mount has no such limit
-        proc, recs = stub.deploy("--model-type", model_type, "--memory", memory, "--models-mount", "gs://store/m",
-                                 PROJECT, REGION, TAG)
+        proc, recs = stub.deploy(
+            "--model-type", model_type, "--memory", memory, "--models-mount", "gs://store/m", PROJECT, REGION, TAG
+        )
     assert proc.returncode == 0, proc.stderr
     d = find(recs, "run", "deploy")[-1]["argv"]
     probe = flag(d, "--startup-probe")[0]
@@ -432,16 +559,22 @@ def test_downloaded_models_must_fit_the_in_memory_disk(stub, model_type, memory,
 # --------------------------------------------------------------------------- the real gcloud
 
 CREDENTIALS_MISSING = re.compile(
-    r"You do not currently have an active account selected|credentials|gcloud auth login", re.I)
+    r"You do not currently have an active account selected|credentials|gcloud auth login", re.I
+)
 ARGUMENT_ERROR = re.compile(
     r"unrecognized arguments|argument --?[\w-]+:|Invalid value|not recognized|Bad value|"
     r"interpreting .* as build config|Unable to read file|is not a valid|must be specified|"
-    r"invalid choice|expected one argument|mutually exclusive", re.I)
+    r"invalid choice|expected one argument|mutually exclusive",
+    re.I,
+)
 
 
 def _real_gcloud_env(config_dir: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CLOUDSDK_", "GOOGLE_", "GCE_")) and k not in DEPLOY_ENV}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CLOUDSDK_", "GOOGLE_", "GCE_")) and k not in DEPLOY_ENV
+    }
     env.update(
         CLOUDSDK_CONFIG=config_dir,
         CLOUDSDK_CORE_DISABLE_PROMPTS="1",
@@ -460,8 +593,23 @@ def _real_gcloud_env(config_dir: str) -> dict[str, str]:
 def test_every_recorded_command_parses_in_the_real_gcloud(stub):
     runs = [
         ((PROJECT, REGION, TAG), {"HF_TOKEN": "x"}),
-        (("--model-type", "sd3", "--min-instances", "1", "--gpu-zonal-redundancy", "--custom-nodes",
-          "https://github.com/o/n@v1", "--models-mount", "gs://model-store/m", PROJECT, "europe-west1", "t2"), {}),
+        (
+            (
+                "--model-type",
+                "sd3",
+                "--min-instances",
+                "1",
+                "--gpu-zonal-redundancy",
+                "--custom-nodes",
+                "https://github.com/o/n@v1",
+                "--models-mount",
+                "gs://model-store/m",
+                PROJECT,
+                "europe-west1",
+                "t2",
+            ),
+            {},
+        ),
         (("--models-source", "gs://model-store", "--skip-build", PROJECT, REGION, TAG), {}),
         (("--metrics", "--skip-build", PROJECT, REGION, TAG), {}),
     ]
@@ -472,8 +620,10 @@ def test_every_recorded_command_parses_in_the_real_gcloud(stub):
         records += recs
     unique: dict[tuple, dict] = {}
     for r in records:
-        argv = [next((f"{a.split('=', 1)[0]}={copy}" for path, copy in r["files"].items() if a.endswith("=" + path)), a)
-                for a in r["argv"]]
+        argv = [
+            next((f"{a.split('=', 1)[0]}={copy}" for path, copy in r["files"].items() if a.endswith("=" + path)), a)
+            for a in r["argv"]
+        ]
         unique.setdefault(tuple(argv), r)
     kinds = {" ".join(argv[:3]) for argv in unique}
     assert any(k.startswith("run deploy") for k in kinds) and any(k.startswith("builds submit") for k in kinds)
@@ -485,8 +635,15 @@ def test_every_recorded_command_parses_in_the_real_gcloud(stub):
 
     def replay(item):
         argv, record = item
-        proc = subprocess.run(["gcloud", *argv], input="replayed-secret\n", capture_output=True, text=True,
-                              env=env, cwd=record["cwd"], timeout=120)
+        proc = subprocess.run(
+            ["gcloud", *argv],
+            input="replayed-secret\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=record["cwd"],
+            timeout=120,
+        )
         return argv, proc
 
     results = [replay(first)]

@@ -26,8 +26,11 @@ def test_registered_folders_become_placeholders(tmp_path: Path):
 def test_every_error_body_is_scrubbed_and_bounded(tmp_path: Path):
     register_private_path(tmp_path, "<server>")
     name = new_folder_name()
-    error = WorkflowInvalid("refused", comfyui_error={"details": f"{tmp_path}/{name}"},
-                            node_errors={str(i): {"errors": ["x" * 10_000]} for i in range(500)})
+    error = WorkflowInvalid(
+        "refused",
+        comfyui_error={"details": f"{tmp_path}/{name}"},
+        node_errors={str(i): {"errors": ["x" * 10_000]} for i in range(500)},
+    )
     body = json.dumps(error.to_dict())
     assert name not in body and str(tmp_path) not in body
     assert len(body) < 100_000

@@ -24,11 +24,30 @@ def test_no_input_the_schema_allows_or_forbids_gets_a_5xx(service, tmp_path):
     if binary is None:
         pytest.fail("schemathesis is not installed: it is in the project's test extras")
     proc = subprocess.run(
-        [binary, "run", f"{service.url}/openapi.json", "--checks", "not_a_server_error",
-         "--max-time", str(FUZZ_SECONDS), "--workers", "2", "--phases", "examples,coverage,fuzzing",
-         "--suppress-health-check", "all", "--request-timeout", "30", "--max-failures", "5"],
-        capture_output=True, text=True, timeout=FUZZ_SECONDS + 240, cwd=tmp_path,
+        [
+            binary,
+            "run",
+            f"{service.url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-time",
+            str(FUZZ_SECONDS),
+            "--workers",
+            "2",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--suppress-health-check",
+            "all",
+            "--request-timeout",
+            "30",
+            "--max-failures",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=FUZZ_SECONDS + 240,
+        cwd=tmp_path,
     )
-    assert proc.returncode == 0, (proc.stdout[-6000:] + proc.stderr[-2000:])
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     counts = re.search(r"(\d+) generated, (\d+) passed", proc.stdout)
     assert counts and int(counts[1]) == int(counts[2]) > 50, proc.stdout[-3000:]  # it did send requests

@@ -11,8 +11,10 @@ from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess
 
 
 def test_torch_summary_reads_comfyuis_system_stats():
-    stats = {"system": {"pytorch_version": "2.10.0+cu128"},
-             "devices": [{"type": "cuda", "name": "cuda:0 NVIDIA L4 : cudaMallocAsync"}]}
+    stats = {
+        "system": {"pytorch_version": "2.10.0+cu128"},
+        "devices": [{"type": "cuda", "name": "cuda:0 NVIDIA L4 : cudaMallocAsync"}],
+    }
     assert gpu.torch_summary(stats) == ("2.10.0+cu128", ["cuda:cuda:0 NVIDIA L4 : cudaMallocAsync"])
     assert gpu.torch_summary({}) == ("?", [])
 

@@ -31,8 +31,16 @@ def only_error(report: graph.Report, node_id: str) -> dict:
 
 @pytest.mark.parametrize(
     "name",
-    ["empty_save", "empty_blur_invert_scale_save", "latent_save", "loadimage_invert_save", "preview_only",
-     "websocket_save", "long_running", "execution_error_loadimage"],
+    [
+        "empty_save",
+        "empty_blur_invert_scale_save",
+        "latent_save",
+        "loadimage_invert_save",
+        "preview_only",
+        "websocket_save",
+        "long_running",
+        "execution_error_loadimage",
+    ],
 )
 def test_recorded_valid_workflows_pass(object_info, name):
     report = graph.check(workflow(name), object_info)
@@ -187,8 +195,15 @@ def test_malformed_graphs(object_info, bad):
 
 def test_dynamic_v3_inputs_are_left_to_comfyui(object_info):
     wf = workflow("empty_save")
-    wf["5"] = {"class_type": "ResizeImageMaskNode", "inputs": {"input": ["1", 0], "resize_type": "scale by multiplier",
-                                                                "resize_type.multiplier": 0.5, "scale_method": "area"}}
+    wf["5"] = {
+        "class_type": "ResizeImageMaskNode",
+        "inputs": {
+            "input": ["1", 0],
+            "resize_type": "scale by multiplier",
+            "resize_type.multiplier": 0.5,
+            "scale_method": "area",
+        },
+    }
     wf["2"]["inputs"]["images"] = ["5", 0]
     if "ResizeImageMaskNode" not in object_info:
         pytest.skip("node not in this object_info")

@@ -12,13 +12,16 @@ from handler import errors
 from handler.config import Settings
 from handler.jobs import Job, Jobs, JobState, Outcome, Runs
 from handler.jobs.model import Lease
-from handler.runtime import Runtime
 from handler.outputs import OutputFile
 from handler.pipeline import PredictResult
+from handler.runtime import Runtime
 from handler.storage.gcs import GCSStore
 from handler.storage.local import LocalStore
 
-WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
+WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+}
 
 
 class ScriptedPipeline:
@@ -90,8 +93,9 @@ class Harness:
         self.outbox_queue = RecordingQueue()
         self.runtime = Runtime(settings)
         checked = Preflighted(pipeline)
-        self.jobs = Jobs.build(settings, store, self.queue, self.outbox_queue, checked, Runs(checked, Comfy()),
-                               None, self.runtime)
+        self.jobs = Jobs.build(
+            settings, store, self.queue, self.outbox_queue, checked, Runs(checked, Comfy()), None, self.runtime
+        )
         self.service = self.jobs.service
         self.runner = self.jobs.runner
         self.submit = self.service.submit
@@ -140,7 +144,9 @@ def test_a_run_succeeds_once_and_a_second_delivery_does_nothing(store):
     assert again.kind is Outcome.FINAL and pipeline.runs == 1
     view = svc.status(job.job_id, inline=True)
     (file,) = view["result"]["files"]
-    assert file["base64"] and store.get_bytes(file["uri"].split("/", 3)[3] if file["uri"].startswith("gs://") else file["uri"].removeprefix("local://")).startswith(b"\x89PNG")
+    assert file["base64"] and store.get_bytes(
+        file["uri"].split("/", 3)[3] if file["uri"].startswith("gs://") else file["uri"].removeprefix("local://")
+    ).startswith(b"\x89PNG")
 
 
 def test_two_instances_never_run_one_job_at_once(store):
@@ -178,8 +184,10 @@ def test_an_expired_lease_is_taken_over(store):
 def test_a_live_foreign_lease_is_respected_unless_taking_over(store):
     svc = service(store, ScriptedPipeline())
     job = svc.submit({"workflow": WORKFLOW})
-    svc.service.repo.update(job.job_id, lambda j: (setattr(j, "state", JobState.RUNNING),
-                                                   setattr(j, "lease", Lease("x", "t", time.time() + 60))))
+    svc.service.repo.update(
+        job.job_id,
+        lambda j: (setattr(j, "state", JobState.RUNNING), setattr(j, "lease", Lease("x", "t", time.time() + 60))),
+    )
     assert svc.run(job.job_id).kind is Outcome.BUSY
     assert svc.run(job.job_id, takeover=True).job.state is JobState.SUCCEEDED  # the local queue's orphans
 
@@ -269,10 +277,17 @@ def test_task_tokens_are_verified(tmp_path):
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
     import datetime
 
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     certs = json.dumps({"k1": cert.public_bytes(serialization.Encoding.PEM).decode()}).encode()
 
     class Certs(BaseHTTPRequestHandler):
@@ -287,19 +302,28 @@ def test_task_tokens_are_verified(tmp_path):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     signer = crypt.RSASigner.from_string(pem, key_id="k1")
 
     def token(**claims) -> str:
-        base = {"iss": "https://accounts.google.com", "aud": "https://svc.run.app",
-                "email": "tasks@p.iam.gserviceaccount.com", "email_verified": True,
-                "iat": int(time.time()), "exp": int(time.time()) + 300}
+        base = {
+            "iss": "https://accounts.google.com",
+            "aud": "https://svc.run.app",
+            "email": "tasks@p.iam.gserviceaccount.com",
+            "email_verified": True,
+            "iat": int(time.time()),
+            "exp": int(time.time()) + 300,
+        }
         base.update(claims)
         return "Bearer " + jwt.encode(signer, base).decode()
 
-    verifier = TaskTokenVerifier("https://svc.run.app", "tasks@p.iam.gserviceaccount.com",
-                                 certs_url=f"http://127.0.0.1:{server.server_address[1]}/certs")
+    verifier = TaskTokenVerifier(
+        "https://svc.run.app",
+        "tasks@p.iam.gserviceaccount.com",
+        certs_url=f"http://127.0.0.1:{server.server_address[1]}/certs",
+    )
     try:
         assert verifier.verify(token())["email"] == "tasks@p.iam.gserviceaccount.com"
         with pytest.raises(Unauthorized):

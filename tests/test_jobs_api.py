@@ -7,14 +7,14 @@ signature with the standardwebhooks library.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import requests
@@ -83,8 +83,9 @@ def status(service: ServiceProcess, job_id: str) -> dict[str, Any]:
     return response.json()
 
 
-def wait_for(service: ServiceProcess, job_id: str, done: Callable[[dict], bool] | None = None,
-             timeout: float = 90) -> dict[str, Any]:
+def wait_for(
+    service: ServiceProcess, job_id: str, done: Callable[[dict], bool] | None = None, timeout: float = 90
+) -> dict[str, Any]:
     done = done or (lambda s: s["state"] in FINAL)
     deadline = time.monotonic() + timeout
     while True:
@@ -148,8 +149,14 @@ def test_requests_that_cannot_run_are_refused_before_they_are_accepted(local):
         ({"workflow": quick(1), "webhook": {"url": "http://127.0.0.2:9/hook"}}, 400, "unsafe_url"),
         ({"workflow": quick(1), "webhook": {"url": "http://[::1]:9/hook"}}, 400, "unsafe_url"),
         ({"workflow": quick(1), "webhook": {"url": "file:///etc/passwd"}}, 400, "unsafe_url"),
-        ({"workflow": load("comfy/workflows/loadimage_invert_save.json"),
-          "images": [{"name": "in.png", "image": "http://169.254.169.254/latest/meta-data"}]}, 400, "unsafe_url"),
+        (
+            {
+                "workflow": load("comfy/workflows/loadimage_invert_save.json"),
+                "images": [{"name": "in.png", "image": "http://169.254.169.254/latest/meta-data"}],
+            },
+            400,
+            "unsafe_url",
+        ),
     ]
     for body, code, error in cases:
         response = local.post("/predict", json={**body, "async": True})
@@ -275,20 +282,22 @@ def cloud(tmp_path_factory, tasks_emulator, fake_gcs):
     tasks_emulator.create_queues(settings)
     bucket = fake_gcs.new_bucket("jobs")
     env = dict(BASE_ENV)
-    env.update({
-        "QUEUE_BACKEND": "cloudtasks",
-        "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
-        "TASKS_LOCATION": settings.tasks_location,
-        "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
-        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
-        "SERVICE_URL": url,
-        "VERIFY_TASK_TOKENS": "1",
-        "INGRESS_VERIFIES_TOKENS": "1",
-        "TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
-        "STORAGE_BACKEND": "gcs",
-        "GCS_BUCKET": bucket,
-        "STORAGE_EMULATOR_HOST": fake_gcs.url,
-    })
+    env.update(
+        {
+            "QUEUE_BACKEND": "cloudtasks",
+            "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
+            "TASKS_LOCATION": settings.tasks_location,
+            "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
+            "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
+            "SERVICE_URL": url,
+            "VERIFY_TASK_TOKENS": "1",
+            "INGRESS_VERIFIES_TOKENS": "1",
+            "TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
+            "STORAGE_BACKEND": "gcs",
+            "GCS_BUCKET": bucket,
+            "STORAGE_EMULATOR_HOST": fake_gcs.url,
+        }
+    )
     svc = ServiceProcess(STANDIN_TARGET, tmp_path_factory.mktemp("jobs-cloud"), env=env, port=port)
     svc.start().wait_ready()
     svc.queue_settings = settings
@@ -382,10 +391,12 @@ def test_task_deliveries_need_a_task_token_stripped_by_cloud_run_or_signed(cloud
     ok = cloud.post("/tasks/run", json={"job_id": "nosuchjob"}, headers=headers)
     assert ok.status_code == 200 and ok.json()["outcome"] == "idle", ok.text
     assert cloud.post("/tasks/run", json={"job_id": "nosuchjob"}).status_code == 401
-    for claims, status_code in [({"email": "intruder@evil.iam.gserviceaccount.com"}, 403),
-                                ({"aud": "https://other.run.app"}, 401),
-                                ({"exp": int(time.time()) - 600}, 401),
-                                ({"iss": "https://evil.example"}, 401)]:
+    for claims, status_code in [
+        ({"email": "intruder@evil.iam.gserviceaccount.com"}, 403),
+        ({"aud": "https://other.run.app"}, 401),
+        ({"exp": int(time.time()) - 600}, 401),
+        ({"iss": "https://evil.example"}, 401),
+    ]:
         bad = {"Authorization": "Bearer " + stripped_token(audience, TASKS_ACCOUNT, **claims)}
         for path in ("/tasks/run", "/tasks/webhook"):
             response = cloud.post(path, json={"job_id": "x"}, headers=bad)
@@ -423,11 +434,13 @@ def test_sigkill_at_each_step_loses_no_job_and_no_webhook(tmp_path):
         try:
             svc.start().wait_ready()
             gate.release()  # the new ComfyUI's gate: open from now on
-            finals = {job_id: wait_for(svc, job_id, lambda s: s["state"] in FINAL and s["webhook"].get("delivered_at"))
-                      for job_id in (done, running, queued)}
+            finals = {
+                job_id: wait_for(svc, job_id, lambda s: s["state"] in FINAL and s["webhook"].get("delivered_at"))
+                for job_id in (done, running, queued)
+            }
             assert all(f["state"] == "succeeded" for f in finals.values()), finals
             assert finals[running]["attempts"] == 2  # the killed run counts: nobody could tell
-            for job_id, final in finals.items():
+            for final in finals.values():
                 (file,) = final["result"]["files"]
                 data = requests.get(file["url"], timeout=10).content
                 assert data.startswith(b"\x89PNG") and len(data) == file["size"]
@@ -448,14 +461,23 @@ def test_strict_priority_through_cloud_tasks_at_full_concurrency(tmp_path, tasks
     settings = tasks_emulator.settings(ingress.url)
     tasks_emulator.create_queues(settings)
     env = dict(BASE_ENV)
-    env.update({
-        "QUEUE_BACKEND": "cloudtasks", "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
-        "TASKS_LOCATION": settings.tasks_location, "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
-        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host, "SERVICE_URL": ingress.url,
-        "VERIFY_TASK_TOKENS": "1", "INGRESS_VERIFIES_TOKENS": "1", "TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
-        "STORAGE_BACKEND": "gcs", "GCS_BUCKET": fake_gcs.new_bucket("strict"), "STORAGE_EMULATOR_HOST": fake_gcs.url,
-        "GCS_OBJECT_WRITE_INTERVAL_S": "0",
-    })
+    env.update(
+        {
+            "QUEUE_BACKEND": "cloudtasks",
+            "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
+            "TASKS_LOCATION": settings.tasks_location,
+            "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
+            "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
+            "SERVICE_URL": ingress.url,
+            "VERIFY_TASK_TOKENS": "1",
+            "INGRESS_VERIFIES_TOKENS": "1",
+            "TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
+            "STORAGE_BACKEND": "gcs",
+            "GCS_BUCKET": fake_gcs.new_bucket("strict"),
+            "STORAGE_EMULATOR_HOST": fake_gcs.url,
+            "GCS_OBJECT_WRITE_INTERVAL_S": "0",
+        }
+    )
     svc = ServiceProcess(STANDIN_TARGET, tmp_path / "svc", env=env, port=port).start().wait_ready()
     try:
         gate = svc.gate()

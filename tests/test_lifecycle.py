@@ -15,9 +15,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -44,13 +44,18 @@ def test_saturating_sync_runs_leave_health_and_listings_free(tmp_path: Path):
     gate = service.gate()
     try:
         with ThreadPoolExecutor(SATURATING_RUNS) as pool:
-            runs = [pool.submit(service.post, "/predict", json={"workflow": gate.workflow()})
-                    for _ in range(SATURATING_RUNS)]
+            runs = [
+                pool.submit(service.post, "/predict", json={"workflow": gate.workflow()})
+                for _ in range(SATURATING_RUNS)
+            ]
             try:
                 # As many runs inside ComfyUI (one running, the rest queued) as anyio's default
                 # pool has threads: each holds a thread while it waits.
-                wait_until(lambda: held_in_comfy(service, ANYIO_DEFAULT_THREADS), 60,
-                           message=lambda: f"ComfyUI holds {comfy_queue(service)}")
+                wait_until(
+                    lambda: held_in_comfy(service, ANYIO_DEFAULT_THREADS),
+                    60,
+                    message=lambda: f"ComfyUI holds {comfy_queue(service)}",
+                )
                 assert service.get("/healthz", timeout=5).status_code == 200
                 models = service.get("/models", params={"refresh": "1"}, timeout=5)
                 assert models.status_code == 200, models.text
@@ -101,8 +106,13 @@ def test_sigterm_mid_run_answers_503_with_retry_after_within_the_grace(tmp_path:
 @pytest.fixture(scope="module")
 def strict_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """Short read timeouts, and URLs on loopback allowed (the slow image server)."""
-    running = start_service(STANDIN_TARGET, tmp_path_factory.mktemp("strict"), HEADER_READ_TIMEOUT_S="1",
-                            BODY_READ_TIMEOUT_S="1", URL_ALLOWLIST="127.0.0.1")
+    running = start_service(
+        STANDIN_TARGET,
+        tmp_path_factory.mktemp("strict"),
+        HEADER_READ_TIMEOUT_S="1",
+        BODY_READ_TIMEOUT_S="1",
+        URL_ALLOWLIST="127.0.0.1",
+    )
     yield running
     running.stop()
 
@@ -150,8 +160,10 @@ def test_slow_headers_are_408_and_the_connection_closed(strict_service: ServiceP
 @pytest.mark.parametrize("trickled", [False, True], ids=["short-body", "one-byte-at-a-time"])
 def test_slow_or_short_bodies_are_408(strict_service: ServiceProcess, trickled: bool):
     body = json.dumps({"workflow": {"1": {"class_type": "EmptyImage", "inputs": {}}}}).encode() + b" " * 200
-    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body) + (0 if trickled else 1000)}\r\n\r\n").encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body) + (0 if trickled else 1000)}\r\n\r\n"
+    ).encode()
     stop = threading.Event()
     with socket.create_connection(("127.0.0.1", strict_service.port)) as sock:
         sock.sendall(head + body[:5])
@@ -191,11 +203,14 @@ def test_fetching_input_urls_counts_inside_the_request_timeout(strict_service: S
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/slow.png"
-        workflow = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
-                    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+        workflow = {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+        }
         started = time.monotonic()
-        response = strict_service.post("/predict", json={"workflow": workflow, "timeout": 2,
-                                                         "images": [{"name": "in.png", "image": url}]})
+        response = strict_service.post(
+            "/predict", json={"workflow": workflow, "timeout": 2, "images": [{"name": "in.png", "image": url}]}
+        )
         elapsed = time.monotonic() - started
     finally:
         server.shutdown()

@@ -183,7 +183,10 @@ def test_parse_columns_comments_and_types():
         ("t https://h/x checkpoints/x.safetensors " + "a" * 64 + " 12kb", r"models.txt:2: SIZE must be"),
         ("base https://h/x checkpoints/x.safetensors " + "a" * 64, r"models.txt:2: model type 'base'"),
         ("T! https://h/x checkpoints/x.safetensors " + "a" * 64, r"models.txt:2: bad model type"),
-        ("t https://h/y checkpoints/ok.safetensors " + "b" * 64, r"models.txt:2: checkpoints/ok.safetensors is already listed for 't' on line 1"),
+        (
+            "t https://h/y checkpoints/ok.safetensors " + "b" * 64,
+            r"models.txt:2: checkpoints/ok.safetensors is already listed for 't' on line 1",
+        ),
     ],
 )
 def test_bad_lines_name_file_and_line(bad, message):
@@ -272,7 +275,9 @@ def test_server_that_ignores_range_starts_over(server, tmp_path):
 def test_bad_checksum_is_an_error_and_leaves_nothing(server, tmp_path):
     server.state.files["/x.bin"] = b"not the model"
     entry = mf.ModelFile(("t",), server.url("/x.bin"), "checkpoints/x.safetensors", "0" * 64, None, 4)
-    with pytest.raises(mf.ChecksumError, match=r"checkpoints/x.safetensors: sha256 mismatch: expected 0{64}, got [0-9a-f]{64}"):
+    with pytest.raises(
+        mf.ChecksumError, match=r"checkpoints/x.safetensors: sha256 mismatch: expected 0{64}, got [0-9a-f]{64}"
+    ):
         fetch([entry], tmp_path)
     assert not (tmp_path / "checkpoints" / "x.safetensors").exists()
     assert not (tmp_path / "checkpoints" / "x.safetensors.part").exists()
@@ -310,7 +315,9 @@ def test_token_is_not_sent_to_other_hosts_or_across_redirects(server, tmp_path):
     assert seen == {"/resolve/file.bin": f"Bearer {TOKEN}", "/cdn/file.bin": None}
     # and a URL on a host that is not a token host never gets it
     server.state.requests.clear()
-    other = mf.ModelFile(("t",), server.url("/cdn/file.bin", host="localhost"), "clip/g.safetensors", sha(body), None, 2)
+    other = mf.ModelFile(
+        ("t",), server.url("/cdn/file.bin", host="localhost"), "clip/g.safetensors", sha(body), None, 2
+    )
     fetch([other], tmp_path, hf_token=TOKEN)
     assert [r["auth"] for r in server.state.requests] == [None]
 
@@ -434,19 +441,36 @@ def test_ensure_models_uses_settings(tmp_path):
     # no MODELS_SOURCE: baked models, nothing to do
     mf.ensure_models(Settings.from_env({"MODEL_TYPE": "mine", "MODELS_FILE": str(models_txt)}))
     # base: no files
-    mf.ensure_models(Settings.from_env({"MODEL_TYPE": "base", "MODELS_FILE": str(models_txt), "MODELS_SOURCE": str(mount), "COMFYUI_PATH": str(comfy)}))
+    mf.ensure_models(
+        Settings.from_env(
+            {
+                "MODEL_TYPE": "base",
+                "MODELS_FILE": str(models_txt),
+                "MODELS_SOURCE": str(mount),
+                "COMFYUI_PATH": str(comfy),
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------- the command line
 
 
 def run_cli(args, env_extra=None, cwd=None):
-    env = {k: v for k, v in os.environ.items() if k not in {"HF_TOKEN", "MODEL_TYPE", "MODELS_FILE", "MODELS_SOURCE", "COMFYUI_PATH"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"HF_TOKEN", "MODEL_TYPE", "MODELS_FILE", "MODELS_SOURCE", "COMFYUI_PATH"}
+    }
     env["PYTHONPATH"] = str(ROOT)
     env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, "-m", "handler.modelfiles", *args],
-        capture_output=True, text=True, env=env, cwd=cwd or ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or ROOT,
+        timeout=60,
     )
 
 
@@ -458,13 +482,24 @@ def test_cli_downloads_with_a_token_file_and_never_prints_it(server, tmp_path):
     models_txt = tmp_path / "models.txt"
     models_txt.write_text(
         "# test models\n"
-        + line("one", server.url("/gated/a.bin"), "checkpoints/a.safetensors", sha(body), len(body)) + "\n"
-        + line("one,two", server.url("/open/b.bin"), "vae/b.safetensors", sha(b"open")) + "\n"
+        + line("one", server.url("/gated/a.bin"), "checkpoints/a.safetensors", sha(body), len(body))
+        + "\n"
+        + line("one,two", server.url("/open/b.bin"), "vae/b.safetensors", sha(b"open"))
+        + "\n"
     )
     token_file = tmp_path / "hf_token"
     token_file.write_text(TOKEN + "\n")
     dest = tmp_path / "models"
-    common = ["--models-file", str(models_txt), "--dest", str(dest), "--token-host", "127.0.0.1", "--retry-backoff", "0.01"]
+    common = [
+        "--models-file",
+        str(models_txt),
+        "--dest",
+        str(dest),
+        "--token-host",
+        "127.0.0.1",
+        "--retry-backoff",
+        "0.01",
+    ]
     proc = run_cli(["--model-type", "one", "--hf-token-file", str(token_file), *common])
     assert proc.returncode == 0, proc.stderr
     assert TOKEN not in proc.stdout + proc.stderr
@@ -477,7 +512,18 @@ def test_cli_downloads_with_a_token_file_and_never_prints_it(server, tmp_path):
     proc = run_cli(["--model-type", "one", "--dest", str(tmp_path / "fresh"), *common[:2], *common[4:]])
     assert proc.returncode == 1
     assert "HTTP 401: this file needs a Hugging Face token; set HF_TOKEN" in proc.stderr
-    proc = run_cli(["--model-type", "one", "--hf-token-file", str(tmp_path / "absent"), "--dest", str(tmp_path / "fresh2"), *common[:2], *common[4:]])
+    proc = run_cli(
+        [
+            "--model-type",
+            "one",
+            "--hf-token-file",
+            str(tmp_path / "absent"),
+            "--dest",
+            str(tmp_path / "fresh2"),
+            *common[:2],
+            *common[4:],
+        ]
+    )
     assert proc.returncode == 1 and "needs a Hugging Face token" in proc.stderr
 
 

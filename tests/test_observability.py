@@ -50,8 +50,11 @@ def scrape(svc: ServiceProcess) -> Samples:
     response = svc.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -91,10 +94,17 @@ def test_metrics_follow_a_scripted_sequence(observed: ServiceProcess) -> None:
     for phase in ("inputs", "submit", "queued", "comfyui", "outputs", "total"):
         assert d("comfyrun_predict_phase_seconds_count", phase=phase) == 2, phase
     assert d("comfyrun_predict_phase_seconds_sum", phase="comfyui") > 0
-    assert d("comfyrun_predict_phase_seconds_sum", phase="total") >= d("comfyrun_predict_phase_seconds_sum",
-                                                                       phase="comfyui")
-    for state, priority in (("queued", "normal"), ("running", "normal"), ("succeeded", "normal"),
-                            ("queued", "low"), ("running", "low"), ("cancelled", "low")):
+    assert d("comfyrun_predict_phase_seconds_sum", phase="total") >= d(
+        "comfyrun_predict_phase_seconds_sum", phase="comfyui"
+    )
+    for state, priority in (
+        ("queued", "normal"),
+        ("running", "normal"),
+        ("succeeded", "normal"),
+        ("queued", "low"),
+        ("running", "low"),
+        ("cancelled", "low"),
+    ):
         assert d("comfyrun_job_state_changes_total", state=state, priority=priority) == 1, (state, priority)
     assert d("comfyrun_job_state_changes_total", state="failed", priority="normal") == 0
     assert d("comfyrun_job_attempts_total", outcome="succeeded") == 1
@@ -118,13 +128,19 @@ def test_metrics_follow_a_scripted_sequence(observed: ServiceProcess) -> None:
 
 def test_json_log_lines_carry_severity_trace_and_labels(observed: ServiceProcess) -> None:
     request_id = f"test-{uuid.uuid4().hex[:8]}"
-    response = observed.post("/predict", json={"workflow": quick(7)},
-                             headers={"X-Request-Id": request_id, "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"})
+    response = observed.post(
+        "/predict",
+        json={"workflow": quick(7)},
+        headers={"X-Request-Id": request_id, "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"},
+    )
     assert response.status_code == 200
     assert response.headers["x-request-id"] == request_id
     prompt_id = response.json()["prompt_id"]
-    accepted = observed.post("/predict", json={"workflow": quick(8), "async": True},
-                             headers={"X-Cloud-Trace-Context": f"{TRACE[::-1]}/12345;o=1"})
+    accepted = observed.post(
+        "/predict",
+        json={"workflow": quick(8), "async": True},
+        headers={"X-Cloud-Trace-Context": f"{TRACE[::-1]}/12345;o=1"},
+    )
     assert accepted.status_code == 202 and accepted.headers["x-request-id"]
     job_id = accepted.json()["job_id"]
     assert wait_for(observed, job_id)["state"] == "succeeded"
@@ -136,8 +152,15 @@ def test_json_log_lines_carry_severity_trace_and_labels(observed: ServiceProcess
         return [json.loads(line) for line in lines]
 
     def access_line() -> dict[str, Any] | None:
-        return next((e for e in entries() if e.get("httpRequest", {}).get("requestUrl") == "/predict"
-                     and e.get("logging.googleapis.com/labels", {}).get("request_id") == request_id), None)
+        return next(
+            (
+                e
+                for e in entries()
+                if e.get("httpRequest", {}).get("requestUrl") == "/predict"
+                and e.get("logging.googleapis.com/labels", {}).get("request_id") == request_id
+            ),
+            None,
+        )
 
     access = wait_until(access_line)
     assert access["severity"] == "INFO"
@@ -146,12 +169,26 @@ def test_json_log_lines_carry_severity_trace_and_labels(observed: ServiceProcess
     assert access["logging.googleapis.com/labels"]["prompt_id"] == prompt_id
     assert access["httpRequest"]["status"] == 200 and access["httpRequest"]["requestMethod"] == "POST"
     assert access["httpRequest"]["latency"].endswith("s")
-    job_line = wait_until(lambda: next((e for e in entries() if job_id in e["message"] and "succeeded" in e["message"]
-                                        and e.get("logging.googleapis.com/labels", {}).get("job_id") == job_id), None))
+    job_line = wait_until(
+        lambda: next(
+            (
+                e
+                for e in entries()
+                if job_id in e["message"]
+                and "succeeded" in e["message"]
+                and e.get("logging.googleapis.com/labels", {}).get("job_id") == job_id
+            ),
+            None,
+        )
+    )
     assert job_line["severity"] == "INFO" and job_line["logger"] == "handler.jobs.runner"
     assert "prompt_id" in job_line["logging.googleapis.com/labels"]
-    submit_line = next(e for e in entries() if e.get("httpRequest", {}).get("status") == 202
-                       and e.get("logging.googleapis.com/trace") == f"projects/{PROJECT}/traces/{TRACE[::-1]}")
+    submit_line = next(
+        e
+        for e in entries()
+        if e.get("httpRequest", {}).get("status") == 202
+        and e.get("logging.googleapis.com/trace") == f"projects/{PROJECT}/traces/{TRACE[::-1]}"
+    )
     assert submit_line["logging.googleapis.com/spanId"] == f"{12345:016x}"
     every = entries()
     assert all(e["severity"] in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"} for e in every)
@@ -188,15 +225,18 @@ def test_masked_settings_hide_every_secret() -> None:
     assert "w-s" not in json.dumps(shown) and shown["gcs_bucket"] is None
 
 
-@pytest.mark.parametrize(("line", "level"), [
-    ("To see the GUI go to: http://127.0.0.1:8188", 20),
-    ("WARNING: the node is deprecated", 30),
-    ("[ERROR] cannot load model", 40),
-    ("!!! Exception during processing !!! boom", 40),
-    ("Traceback (most recent call last):", 40),
-    ("ValueError: bad", 40),
-    ("got prompt", 20),
-])
+@pytest.mark.parametrize(
+    ("line", "level"),
+    [
+        ("To see the GUI go to: http://127.0.0.1:8188", 20),
+        ("WARNING: the node is deprecated", 30),
+        ("[ERROR] cannot load model", 40),
+        ("!!! Exception during processing !!! boom", 40),
+        ("Traceback (most recent call last):", 40),
+        ("ValueError: bad", 40),
+        ("got prompt", 20),
+    ],
+)
 def test_comfyui_lines_keep_their_level(line: str, level: int) -> None:
     assert logs.comfy_level(line) == level
 
@@ -215,8 +255,10 @@ def test_trace_headers_and_request_ids() -> None:
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-NO_BROWSER = ("no Chromium with chromedriver here: scripts/test.sh installs Debian's chromium and "
-              "chromium-driver where apt-get can run; install them to run this test")
+NO_BROWSER = (
+    "no Chromium with chromedriver here: scripts/test.sh installs Debian's chromium and "
+    "chromium-driver where apt-get can run; install them to run this test"
+)
 
 
 @pytest.fixture
@@ -228,10 +270,19 @@ def browser(tmp_path: Path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                 "--window-size=1280,1100"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1280,1100",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -252,8 +303,10 @@ def test_dashboard_in_a_real_browser(observed: ServiceProcess, browser: Any, tmp
     try:
         browser.get(observed.url + "/dashboard")
         text = lambda element_id: browser.find_element(By.ID, element_id).text  # noqa: E731
-        wait_until(lambda: browser.execute_script("return Number(document.body.dataset.updates || 0)") >= 1,
-                   message=lambda: browser.page_source[-2000:])
+        wait_until(
+            lambda: browser.execute_script("return Number(document.body.dataset.updates || 0)") >= 1,
+            message=lambda: browser.page_source[-2000:],
+        )
         assert text("comfy-state") == "ready"
         assert text("comfy-version") == observed.get("/").json()["comfyui"]["version"]
         memory = text("memory")
@@ -275,8 +328,13 @@ def test_dashboard_in_a_real_browser(observed: ServiceProcess, browser: Any, tmp
         gate.release()
     assert wait_for(observed, held)["state"] == "succeeded"
     # Updated live: the held job leaves the running list without a reload.
-    wait_until(lambda: held not in browser.find_element(By.ID, "running").text
-               and held in browser.find_element(By.ID, "recent").text, timeout_s=15)
+    wait_until(
+        lambda: (
+            held not in browser.find_element(By.ID, "running").text
+            and held in browser.find_element(By.ID, "recent").text
+        ),
+        timeout_s=15,
+    )
 
 
 def test_dashboard_page_is_self_contained(observed: ServiceProcess) -> None:

@@ -26,8 +26,17 @@ def test_whole_document_is_valid_openapi(templates):
     validate(doc)
     assert doc["openapi"] == "3.1.0"
     assert doc["info"]["version"] == "1.2.3"
-    for path in ("/", "/healthz", "/models", "/predict", "/status/{job_id}", "/cancel/{job_id}",
-                 "/workflows", "/workflows/{workflow_id}", "/openapi.json"):
+    for path in (
+        "/",
+        "/healthz",
+        "/models",
+        "/predict",
+        "/status/{job_id}",
+        "/cancel/{job_id}",
+        "/workflows",
+        "/workflows/{workflow_id}",
+        "/openapi.json",
+    ):
         assert path in doc["paths"], path
 
 
@@ -55,8 +64,10 @@ def test_predict_takes_a_raw_workflow_or_any_template(templates):
 def test_request_schema_accepts_good_bodies_and_refuses_bad_ones(templates):
     doc = openapi.document(templates)
     # The components sit beside the schema so its "#/components/..." references resolve.
-    schema = {**doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"],
-              "components": doc["components"]}
+    schema = {
+        **doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"],
+        "components": doc["components"],
+    }
     validator = jsonschema.Draft202012Validator(schema)
     assert validator.is_valid({"workflow_id": "solid-blur", "params": {"width": 64, "color": "random"}})
     assert validator.is_valid({"workflow_id": "invert", "params": {"image": "photo.png"}})
@@ -67,8 +78,9 @@ def test_request_schema_accepts_good_bodies_and_refuses_bad_ones(templates):
 
 
 def test_paths_follow_the_mounted_routes(templates):
-    doc = openapi.document(templates, present=["/", "/predict", "/workflows", "/outputs/{job_id}/{name:path}",
-                                               "/tasks/run"])
+    doc = openapi.document(
+        templates, present=["/", "/predict", "/workflows", "/outputs/{job_id}/{name:path}", "/tasks/run"]
+    )
     assert set(doc["paths"]) == {"/", "/predict", "/workflows", "/outputs/{job_id}/{name}"}
     validate(doc)
 

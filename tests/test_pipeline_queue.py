@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -62,7 +63,7 @@ class Run:
         except BaseException as exc:  # handed to the test
             self.error = exc
 
-    def join(self, timeout_s: float = 60) -> "Run":
+    def join(self, timeout_s: float = 60) -> Run:
         self.thread.join(timeout_s)
         assert not self.thread.is_alive(), "the run did not end"
         return self
@@ -73,14 +74,20 @@ def pending(service: ServiceProcess) -> int:
 
 
 def quick_workflow() -> dict:
-    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
-                                                         "color": time.monotonic_ns() % 0xFFFFFF}},
-            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "q/out"}}}
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": time.monotonic_ns() % 0xFFFFFF},
+        },
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "q/out"}},
+    }
 
 
 def test_queue_numbers_order_by_priority_then_arrival():
-    numbers = [queue_number(priority, arrival) for priority, arrival in
-               [("high", 7), ("high", 8), ("normal", 1), ("low", 0), ("low", 3)]]
+    numbers = [
+        queue_number(priority, arrival)
+        for priority, arrival in [("high", 7), ("high", 8), ("normal", 1), ("low", 0), ("low", 3)]
+    ]
     assert numbers == sorted(numbers)
 
 

@@ -16,8 +16,14 @@ def parse(body):
 
 
 def test_a_plain_workflow_with_images_options_and_timeout():
-    request = parse({"workflow": GRAPH, "images": [{"name": "in.png", "image": PNG}],
-                     "timeout": 5, "output": {"format": "jpg", "quality": 70}})
+    request = parse(
+        {
+            "workflow": GRAPH,
+            "images": [{"name": "in.png", "image": PNG}],
+            "timeout": 5,
+            "output": {"format": "jpg", "quality": 70},
+        }
+    )
     assert request.workflow == GRAPH
     assert request.images[0].name == "in.png" and request.images[0].data.startswith(b"\x89PNG")
     assert request.timeout_s == 5.0
@@ -25,7 +31,9 @@ def test_a_plain_workflow_with_images_options_and_timeout():
 
 
 def test_data_uris_and_the_input_envelope_are_accepted():
-    request = parse({"input": {"workflow": GRAPH, "images": [{"name": "a.png", "image": "data:image/png;base64," + PNG}]}})
+    request = parse(
+        {"input": {"workflow": GRAPH, "images": [{"name": "a.png", "image": "data:image/png;base64," + PNG}]}}
+    )
     assert request.images[0].data.startswith(b"\x89PNG")
 
 
@@ -33,27 +41,30 @@ def test_each_request_gets_its_own_id():
     assert parse({"workflow": GRAPH}).request_id != parse({"workflow": GRAPH}).request_id
 
 
-@pytest.mark.parametrize("body, message", [
-    ([], "JSON object"),
-    ({}, "needs a workflow"),
-    ({"workflow": {"nodes": [], "links": []}}, "Export \\(API\\)"),
-    ({"workflow": {"1": {"inputs": {}}}}, "class_type"),
-    ({"workflow": "x"}, "API format"),
-    ({"workflow": GRAPH, "images": [{"name": "a.png", "image": "%%%"}]}, "base64"),
-    ({"workflow": GRAPH, "images": [{"name": "../etc/passwd", "image": PNG}]}, "not allowed"),
-    ({"workflow": GRAPH, "images": [{"name": "sub/../../a.png", "image": PNG}]}, "not allowed"),
-    ({"workflow": GRAPH, "images": [{"name": "/etc/a.png", "image": PNG}]}, "not allowed"),
-    ({"workflow": GRAPH, "images": [{"name": "a\\..\\b.png", "image": PNG}]}, "not allowed"),
-    ({"workflow": GRAPH, "images": [{"name": ".hidden", "image": PNG}]}, "not allowed"),
-    ({"workflow": GRAPH, "images": [{"name": "a.png", "image": PNG}, {"name": "a.png", "image": PNG}]}, "twice"),
-    ({"workflow": GRAPH, "images": {"name": "a.png"}}, "must be a list"),
-    ({"workflow": GRAPH, "timeout": 0}, "positive"),
-    ({"workflow": GRAPH, "timeout": 61}, "at most 60"),
-    ({"workflow": GRAPH, "output": {"format": "gif"}}, "png, jpeg, webp"),
-    ({"workflow": GRAPH, "output": {"format": "png", "quality": 0}}, "quality"),
-    ({"workflow": GRAPH, "workflow_id": "x"}, "not both"),
-    ({"workflow_id": "txt2img"}, "not available"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ([], "JSON object"),
+        ({}, "needs a workflow"),
+        ({"workflow": {"nodes": [], "links": []}}, "Export \\(API\\)"),
+        ({"workflow": {"1": {"inputs": {}}}}, "class_type"),
+        ({"workflow": "x"}, "API format"),
+        ({"workflow": GRAPH, "images": [{"name": "a.png", "image": "%%%"}]}, "base64"),
+        ({"workflow": GRAPH, "images": [{"name": "../etc/passwd", "image": PNG}]}, "not allowed"),
+        ({"workflow": GRAPH, "images": [{"name": "sub/../../a.png", "image": PNG}]}, "not allowed"),
+        ({"workflow": GRAPH, "images": [{"name": "/etc/a.png", "image": PNG}]}, "not allowed"),
+        ({"workflow": GRAPH, "images": [{"name": "a\\..\\b.png", "image": PNG}]}, "not allowed"),
+        ({"workflow": GRAPH, "images": [{"name": ".hidden", "image": PNG}]}, "not allowed"),
+        ({"workflow": GRAPH, "images": [{"name": "a.png", "image": PNG}, {"name": "a.png", "image": PNG}]}, "twice"),
+        ({"workflow": GRAPH, "images": {"name": "a.png"}}, "must be a list"),
+        ({"workflow": GRAPH, "timeout": 0}, "positive"),
+        ({"workflow": GRAPH, "timeout": 61}, "at most 60"),
+        ({"workflow": GRAPH, "output": {"format": "gif"}}, "png, jpeg, webp"),
+        ({"workflow": GRAPH, "output": {"format": "png", "quality": 0}}, "quality"),
+        ({"workflow": GRAPH, "workflow_id": "x"}, "not both"),
+        ({"workflow_id": "txt2img"}, "not available"),
+    ],
+)
 def test_bad_bodies_say_what_is_wrong(body, message):
     with pytest.raises(BadRequest, match=message):
         parse(body)
@@ -78,19 +89,34 @@ def test_folder_names_are_unguessable_secrets_of_one_shape():
     assert all(re.fullmatch(r"r[0-9a-f]{32}", name) for name in names)
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"workflow": GRAPH, "timeout": float("nan")}, "finite"),
-    ({"workflow": GRAPH, "timeout": float("inf")}, "finite"),
-    ({"workflow": GRAPH, "timeout": 10**400}, "at most"),
-    ({"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"width": float("nan")}}}}, "finite"),
-    ({"workflow": {"1": {"class_type": "X", "inputs": {"v": [[[[[[[[[[1]]]]]]]]]]}}}}, None),
-    ({"workflow": {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png [temp]"}}}}, "shared output or temp"),
-    ({"workflow": {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png [output]"}}}}, "shared output or temp"),
-    ({"workflow": GRAPH, "images": [{"name": "a", "image": PNG}, {"name": "a/b.png", "image": PNG}]}, "file and a folder"),
-    ({"workflow": GRAPH, "images": [{"name": "x/a/b.png", "image": PNG}, {"name": "x/a", "image": PNG}]}, "file and a folder"),
-    ({"workflow": GRAPH, "images": [{"name": "é" * 150 + ".png", "image": PNG}]}, "too long"),
-    ({"workflow": GRAPH, "images": [{"name": "\ud800.png", "image": PNG}]}, "UTF-8"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"workflow": GRAPH, "timeout": float("nan")}, "finite"),
+        ({"workflow": GRAPH, "timeout": float("inf")}, "finite"),
+        ({"workflow": GRAPH, "timeout": 10**400}, "at most"),
+        ({"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"width": float("nan")}}}}, "finite"),
+        ({"workflow": {"1": {"class_type": "X", "inputs": {"v": [[[[[[[[[[1]]]]]]]]]]}}}}, None),
+        (
+            {"workflow": {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png [temp]"}}}},
+            "shared output or temp",
+        ),
+        (
+            {"workflow": {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png [output]"}}}},
+            "shared output or temp",
+        ),
+        (
+            {"workflow": GRAPH, "images": [{"name": "a", "image": PNG}, {"name": "a/b.png", "image": PNG}]},
+            "file and a folder",
+        ),
+        (
+            {"workflow": GRAPH, "images": [{"name": "x/a/b.png", "image": PNG}, {"name": "x/a", "image": PNG}]},
+            "file and a folder",
+        ),
+        ({"workflow": GRAPH, "images": [{"name": "é" * 150 + ".png", "image": PNG}]}, "too long"),
+        ({"workflow": GRAPH, "images": [{"name": "\ud800.png", "image": PNG}]}, "UTF-8"),
+    ],
+)
 def test_bad_values_are_400s(body, message):
     if message is None:  # ten levels is fine
         parse(body)

@@ -32,9 +32,21 @@ def txt2img(checkpoint: str = NAME, seed: int = 1, prefix: str = "tiny") -> dict
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["1", 1]}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": seed,
-            "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "seed": seed,
+                "steps": 2,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+            },
+        },
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
     }
@@ -47,9 +59,21 @@ def img2img(image: str = "in.png", seed: int = 1) -> dict:
         "3": {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["1", 2]}},
         "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "an oil painting", "clip": ["1", 1]}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "6": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["3", 0], "seed": seed,
-            "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.5}},
+        "6": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "positive": ["4", 0],
+                "negative": ["5", 0],
+                "latent_image": ["3", 0],
+                "seed": seed,
+                "steps": 2,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 0.5,
+            },
+        },
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
         "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "tiny-img2img"}},
     }
@@ -77,12 +101,14 @@ def real_target(tiny: TinyCheckpoint, config: pytest.Config) -> ComfyTarget:
 
 
 @pytest.fixture(scope="module")
-def sd_service(tiny_checkpoint: TinyCheckpoint, request: pytest.FixtureRequest,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def sd_service(
+    tiny_checkpoint: TinyCheckpoint, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
     """The service on the real ComfyUI, its models folder the tiny checkpoint's (MODELS_DIR)."""
     target = real_target(tiny_checkpoint, request.config)
-    service = ServiceProcess(target, tmp_path_factory.mktemp("real-model"),
-                             env={"MODELS_DIR": str(tiny_checkpoint.models_dir)})
+    service = ServiceProcess(
+        target, tmp_path_factory.mktemp("real-model"), env={"MODELS_DIR": str(tiny_checkpoint.models_dir)}
+    )
     yield service.start().wait_ready(300)
     service.stop()
 
@@ -128,8 +154,15 @@ def test_txt2img_as_an_async_job(sd_service):
 
 @pytest.mark.parametrize("workflow_id", ["sd15-txt2img", "sd15-img2img"])
 def test_the_shipped_sd15_templates(sd_service, workflow_id):
-    params = {"prompt": "a lighthouse", "checkpoint": NAME, "width": SIZE, "height": SIZE, "steps": 2,
-              "seed": 5, "sampler": "euler"}
+    params = {
+        "prompt": "a lighthouse",
+        "checkpoint": NAME,
+        "width": SIZE,
+        "height": SIZE,
+        "steps": 2,
+        "seed": 5,
+        "sampler": "euler",
+    }
     if workflow_id == "sd15-img2img":
         params.update(image=png(96, 80), denoise=0.5)
     else:
@@ -145,21 +178,27 @@ def test_a_missing_checkpoint_is_refused_before_running(sd_service):
     assert response.json()["error"]["code"] == "workflow_invalid"
 
 
-def test_downloaded_from_cloud_storage_with_its_checksum_then_warmed_up(tiny_checkpoint, fake_gcs, request,
-                                                                      tmp_path):
+def test_downloaded_from_cloud_storage_with_its_checksum_then_warmed_up(tiny_checkpoint, fake_gcs, request, tmp_path):
     """MODELS_SOURCE=gs://…: the downloader fetches and verifies the checkpoint before ComfyUI boots,
     and the warmup workflow runs on it before the service says ready."""
     bucket = fake_gcs.new_bucket("models")
     blob = fake_gcs.client().bucket(bucket).blob(f"store/checkpoints/{NAME}")
     blob.upload_from_filename(str(tiny_checkpoint.path))
     models_file = tmp_path / "models.txt"
-    line = f"tiny-sd15 https://example.invalid/{NAME} checkpoints/{NAME} {tiny_checkpoint.sha256} {tiny_checkpoint.size}\n"
+    line = (
+        f"tiny-sd15 https://example.invalid/{NAME} checkpoints/{NAME} {tiny_checkpoint.sha256} {tiny_checkpoint.size}\n"
+    )
     models_file.write_text(line)
     warmup = tmp_path / "warmup.json"
     warmup.write_text(json.dumps(txt2img(prefix="warmup")))
-    env = {"MODELS_DIR": str(tmp_path / "models"), "MODELS_SOURCE": f"gs://{bucket}/store",
-           "MODELS_FILE": str(models_file), "MODEL_TYPE": "tiny-sd15", "STORAGE_EMULATOR_HOST": fake_gcs.url,
-           "WARMUP_WORKFLOW": str(warmup)}
+    env = {
+        "MODELS_DIR": str(tmp_path / "models"),
+        "MODELS_SOURCE": f"gs://{bucket}/store",
+        "MODELS_FILE": str(models_file),
+        "MODEL_TYPE": "tiny-sd15",
+        "STORAGE_EMULATOR_HOST": fake_gcs.url,
+        "WARMUP_WORKFLOW": str(warmup),
+    }
     service = ServiceProcess(real_target(tiny_checkpoint, request.config), tmp_path / "state", env=env)
     try:
         service.start().wait_ready(300)

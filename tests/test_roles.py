@@ -29,17 +29,35 @@ def split(tmp_path, tasks_emulator, fake_gcs):
     tasks_emulator.create_queues(settings)
     bucket = fake_gcs.new_bucket("split")
     common = dict(BASE_ENV)
-    common.update({
-        "QUEUE_BACKEND": "cloudtasks", "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
-        "TASKS_LOCATION": settings.tasks_location, "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
-        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host, "STORAGE_BACKEND": "gcs", "GCS_BUCKET": bucket,
-        "STORAGE_EMULATOR_HOST": fake_gcs.url, "VERIFY_TASK_TOKENS": "1", "INGRESS_VERIFIES_TOKENS": "1",
-        "TASKS_SERVICE_ACCOUNT": ACCOUNT, "API_URL": api_ingress.url, "WORKER_URL": worker_ingress.url,
-    })
-    api = ServiceProcess(STANDIN_TARGET, tmp_path / "api", port=api_port,
-                         env={**common, "SERVICE_ROLE": "api", "SERVICE_URL": api_ingress.url})
-    worker = ServiceProcess(STANDIN_TARGET, tmp_path / "worker", port=worker_port,
-                            env={**common, "SERVICE_ROLE": "worker", "SERVICE_URL": worker_ingress.url})
+    common.update(
+        {
+            "QUEUE_BACKEND": "cloudtasks",
+            "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
+            "TASKS_LOCATION": settings.tasks_location,
+            "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
+            "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
+            "STORAGE_BACKEND": "gcs",
+            "GCS_BUCKET": bucket,
+            "STORAGE_EMULATOR_HOST": fake_gcs.url,
+            "VERIFY_TASK_TOKENS": "1",
+            "INGRESS_VERIFIES_TOKENS": "1",
+            "TASKS_SERVICE_ACCOUNT": ACCOUNT,
+            "API_URL": api_ingress.url,
+            "WORKER_URL": worker_ingress.url,
+        }
+    )
+    api = ServiceProcess(
+        STANDIN_TARGET,
+        tmp_path / "api",
+        port=api_port,
+        env={**common, "SERVICE_ROLE": "api", "SERVICE_URL": api_ingress.url},
+    )
+    worker = ServiceProcess(
+        STANDIN_TARGET,
+        tmp_path / "worker",
+        port=worker_port,
+        env={**common, "SERVICE_ROLE": "worker", "SERVICE_URL": worker_ingress.url},
+    )
     yield api, worker
     for process in (api, worker):
         process.stop()
@@ -57,8 +75,9 @@ def test_the_api_serves_status_while_no_worker_is_up_then_a_worker_runs_the_job(
     assert sync.status_code == 400 and sync.json()["error"]["worker_url"].startswith("http://127.0.0.1:")
     receiver = Receiver()
     try:
-        submitted = api.post("/predict", json={"workflow": quick(11000), "async": True,
-                                               "webhook": {"url": receiver.url}})
+        submitted = api.post(
+            "/predict", json={"workflow": quick(11000), "async": True, "webhook": {"url": receiver.url}}
+        )
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["job_id"]
         # No worker yet: the task keeps failing at the worker's door, the status stays readable.
@@ -71,8 +90,9 @@ def test_the_api_serves_status_while_no_worker_is_up_then_a_worker_runs_the_job(
         (delivery,) = receiver.received
         assert delivery["verified"] and delivery["payload"]["data"]["job_id"] == job_id
         # The worker published its catalogue: the api now refuses what no worker could run.
-        unknown = api.post("/predict", json={"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}},
-                                             "async": True})
+        unknown = api.post(
+            "/predict", json={"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}, "async": True}
+        )
         assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "workflow_invalid"
         sync_on_worker = worker.post("/predict", json={"workflow": quick(3)})
         assert sync_on_worker.status_code == 200 and sync_on_worker.json()["status"] == "success"

@@ -42,8 +42,10 @@ def save(prefix: str = "sec/out", image_node: str = "1") -> dict:
 
 
 def empty_image() -> dict:
-    return {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
-                                                   "color": int.from_bytes(os.urandom(3), "big")}}
+    return {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": int.from_bytes(os.urandom(3), "big")},
+    }
 
 
 def server_paths(service: ServiceProcess) -> list[str]:
@@ -97,10 +99,18 @@ def test_live_requests_folders_are_secret_and_never_listed(service: ServiceProce
         folders = [name for name in input_folders(service) if FOLDER_NAME.match(name)]
         assert folders, f"the victim's inputs are not in a folder of the secret shape: {input_folders(service)}"
         # The attack: a dataset loader with a folder that is not there makes ComfyUI list them all.
-        attack = {"workflow": {"1": {"class_type": "LoadImageDataSetFromFolder", "inputs": {"folder": "nope"}},
-                               "2": save(image_node="1")}}
+        attack = {
+            "workflow": {
+                "1": {"class_type": "LoadImageDataSetFromFolder", "inputs": {"folder": "nope"}},
+                "2": save(image_node="1"),
+            }
+        }
         response = answer(service, attack)
-        if response.status_code == 400 and "LoadImageDataSetFromFolder" in response.text and "not found" in response.text:
+        if (
+            response.status_code == 400
+            and "LoadImageDataSetFromFolder" in response.text
+            and "not found" in response.text
+        ):
             pytest.skip("this ComfyUI has no LoadImageDataSetFromFolder")
         error = refused(response, "workflow_invalid")
         for name in folders:
@@ -132,8 +142,10 @@ def test_an_async_jobs_folder_is_not_its_job_id(service: ServiceProcess):
 
 
 def test_an_execution_error_names_neither_the_folder_nor_the_path(service: ServiceProcess):
-    body = {"workflow": {"1": {"class_type": "LoadImage", "inputs": {"image": "broken.png"}}, "2": save()},
-            "images": [{"name": "broken.png", "image": base64.b64encode(b"not an image at all").decode()}]}
+    body = {
+        "workflow": {"1": {"class_type": "LoadImage", "inputs": {"image": "broken.png"}}, "2": save()},
+        "images": [{"name": "broken.png", "image": base64.b64encode(b"not an image at all").decode()}],
+    }
     response = answer(service, body)
     assert response.status_code == 500, response.text[:2000]
     error = response.json()["error"]
@@ -144,8 +156,9 @@ def test_an_execution_error_names_neither_the_folder_nor_the_path(service: Servi
 # --- 3. shared temp and output folders -------------------------------------------------------
 
 
-@pytest.mark.parametrize("reference", ["ComfyUI_temp_abcde_00001_.png [temp]", "x_00001_.png [output]",
-                                       "x.png [OUTPUT] "])
+@pytest.mark.parametrize(
+    "reference", ["ComfyUI_temp_abcde_00001_.png [temp]", "x_00001_.png [output]", "x.png [OUTPUT] "]
+)
 def test_references_into_the_shared_temp_and_output_folders_are_refused(service: ServiceProcess, reference: str):
     body = {"workflow": {"1": {"class_type": "LoadImage", "inputs": {"image": reference}}, "2": save()}}
     refused(answer(service, body), contains="shared output or temp folder")
@@ -225,16 +238,25 @@ def bad_body(what: str) -> bytes:
     if what == "an image name over 255 bytes":
         return json.dumps({"workflow": small, "images": [{"name": "é" * 150 + ".png", "image": png_b64()}]}).encode()
     if what == "a file and a folder of one name":
-        return json.dumps({"workflow": small, "images": [{"name": "a", "image": png_b64()},
-                                                         {"name": "a/b.png", "image": png_b64()}]}).encode()
+        return json.dumps(
+            {"workflow": small, "images": [{"name": "a", "image": png_b64()}, {"name": "a/b.png", "image": png_b64()}]}
+        ).encode()
     assert what == "a lone surrogate in an image name"
     return json.dumps({"workflow": small, "images": [{"name": "\ud800.png", "image": png_b64()}]}).encode()
 
 
-@pytest.mark.parametrize("what", ["JSON nested 5,000 deep", "a node input nested 900 deep",
-                                  "an async chain of 1,200 nodes", "a sync chain of 1,200 nodes",
-                                  "an image name over 255 bytes", "a file and a folder of one name",
-                                  "a lone surrogate in an image name"])
+@pytest.mark.parametrize(
+    "what",
+    [
+        "JSON nested 5,000 deep",
+        "a node input nested 900 deep",
+        "an async chain of 1,200 nodes",
+        "a sync chain of 1,200 nodes",
+        "an image name over 255 bytes",
+        "a file and a folder of one name",
+        "a lone surrogate in an image name",
+    ],
+)
 def test_bad_input_is_a_clear_400_and_one_log_line_at_most(service: ServiceProcess, what: str):
     lines_before = len(service.log().splitlines())
     response = answer(service, data=bad_body(what), timeout=60)
@@ -252,19 +274,27 @@ def test_a_huge_prefix_or_name_makes_a_small_answer(service: ServiceProcess):
     response = answer(service, {"workflow": {"1": empty_image(), "2": save(huge)}})
     refused(response, contains="filename_prefix")
     assert len(response.content) < 20_000, len(response.content)
-    response = answer(service, {"workflow": {"1": empty_image(), "2": save()},
-                                "images": [{"name": huge + ".png", "image": png_b64()}]})
+    response = answer(
+        service,
+        {"workflow": {"1": empty_image(), "2": save()}, "images": [{"name": huge + ".png", "image": png_b64()}]},
+    )
     refused(response)
     assert len(response.content) < 20_000, len(response.content)
 
 
 def test_traversal_and_ssrf_are_refused_by_the_service(service: ServiceProcess):
     workflow = {"1": empty_image(), "2": save()}
-    refused(answer(service, {"workflow": workflow, "images": [{"name": "../in.png", "image": png_b64()}]}),
-            contains="not allowed")
-    refused(answer(service, {"workflow": workflow,
-                             "images": [{"name": "in.png", "image": "http://169.254.169.254/latest/meta-data"}]}),
-            "unsafe_url")
+    refused(
+        answer(service, {"workflow": workflow, "images": [{"name": "../in.png", "image": png_b64()}]}),
+        contains="not allowed",
+    )
+    refused(
+        answer(
+            service,
+            {"workflow": workflow, "images": [{"name": "in.png", "image": "http://169.254.169.254/latest/meta-data"}]},
+        ),
+        "unsafe_url",
+    )
 
 
 # --- 11. ComfyUI's environment ---------------------------------------------------------------

@@ -64,11 +64,29 @@ class StandIn:
         self.lines: list[str] = []
         self.ready = threading.Event()
         self.process = subprocess.Popen(
-            [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--input-directory", str(self.input), "--output-directory", str(self.output),
-             "--temp-directory", str(base / "temp"), "--disable-auto-launch", "--cpu",
-             "--verbose", "INFO", *extra_args],
-            cwd=STANDIN, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "main.py",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--input-directory",
+                str(self.input),
+                "--output-directory",
+                str(self.output),
+                "--temp-directory",
+                str(base / "temp"),
+                "--disable-auto-launch",
+                "--cpu",
+                "--verbose",
+                "INFO",
+                *extra_args,
+            ],
+            cwd=STANDIN,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "STANDIN_TEST_GATE": "1" if gate else "0"},
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -103,8 +121,11 @@ class StandIn:
         return self.http.get(f"{self.url}/history/{prompt_id}").json().get(prompt_id, {})
 
     def wait_history(self, prompt_id: str, done=bool, timeout: float = 30.0) -> dict:
-        return wait_until(lambda: (lambda entry: entry if done(entry) else None)(self.history(prompt_id)), timeout,
-                          message=f"no history entry for {prompt_id}")
+        return wait_until(
+            lambda: (lambda entry: entry if done(entry) else None)(self.history(prompt_id)),
+            timeout,
+            message=f"no history entry for {prompt_id}",
+        )
 
     def gate_entered(self, name: str, count: int = 1, timeout: float = 30.0) -> dict:
         state = self.http.get(f"{self.url}/test/gate/{name}", params={"entered": count, "timeout": timeout}).json()
@@ -170,11 +191,21 @@ class WS:
 
     def wait_done(self, prompt_id: str, timeout: float = 30.0, since: int = 0) -> list:
         """Frames since index `since`, up to and including `executing node:null` for this prompt."""
-        self.wait_for(lambda f: isinstance(f, dict) and f["type"] == "executing"
-                      and f["data"].get("node") is None and f["data"].get("prompt_id") == prompt_id, timeout)
+        self.wait_for(
+            lambda f: (
+                isinstance(f, dict)
+                and f["type"] == "executing"
+                and f["data"].get("node") is None
+                and f["data"].get("prompt_id") == prompt_id
+            ),
+            timeout,
+        )
         with self.cond:
-            return [f for f in self.frames[since:] if not isinstance(f, dict) or f["type"] == "status"
-                    or f["data"].get("prompt_id") == prompt_id]
+            return [
+                f
+                for f in self.frames[since:]
+                if not isinstance(f, dict) or f["type"] == "status" or f["data"].get("prompt_id") == prompt_id
+            ]
 
     def close(self) -> None:
         try:
@@ -258,8 +289,11 @@ def test_read_only_endpoints(standin):
     assert full.pop("TestGate")["python_module"] == "custom_nodes.comfyrun_test_gate"  # STANDIN_TEST_GATE=1
     assert len(full) == 849 and full["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == []
     for body in (None, {}, {"prompt_id": str(uuid.uuid4())}):
-        response = standin.http.post(standin.url + "/interrupt", json=body) if body is not None \
+        response = (
+            standin.http.post(standin.url + "/interrupt", json=body)
+            if body is not None
             else standin.http.post(standin.url + "/interrupt")
+        )
         assert response.status_code == 200 and response.content == b""
     assert standin.http.post(standin.url + "/free", json={"unload_models": True}).status_code == 200
 
@@ -285,8 +319,10 @@ def test_validation_errors_match_comfyui(standin, ws):
     errors = {e["type"]: e for e in body["node_errors"]["1"]["errors"]}
     assert errors["invalid_input_type"]["details"] == "height, abc, invalid literal for int() with base 10: 'abc'"
     assert errors["value_smaller_than_min"]["message"] == "Value 0 smaller than min of 1"
-    assert body["node_errors"]["2"]["errors"][0]["details"] == \
-        "upscale_method: 'no-such-method' not in ['nearest-exact', 'bilinear', 'area', 'bicubic', 'lanczos']"
+    assert (
+        body["node_errors"]["2"]["errors"][0]["details"]
+        == "upscale_method: 'no-such-method' not in ['nearest-exact', 'bilinear', 'area', 'bicubic', 'lanczos']"
+    )
     assert body["node_errors"]["1"]["dependent_outputs"] == ["3"]
 
     body = standin.post_prompt(workflow("missing_model"), ws.client_id).json()
@@ -298,25 +334,35 @@ def test_validation_errors_match_comfyui(standin, ws):
 
     body = standin.post_prompt(workflow("missing_input_file"), ws.client_id).json()
     error = body["node_errors"]["1"]["errors"][0]
-    assert (error["type"], error["details"]) == ("custom_validation_failed", "image - Invalid image file: no_such_file.png")
+    assert (error["type"], error["details"]) == (
+        "custom_validation_failed",
+        "image - Invalid image file: no_such_file.png",
+    )
 
     body = standin.post_prompt(workflow("invalid_node_class"), ws.client_id).json()
-    assert body == {"error": {"type": "missing_node_type",
-                              "message": "Node 'NoSuchNodeClass' not found. The custom node may not be installed.",
-                              "details": "Node ID '#2'",
-                              "extra_info": {"node_id": "2", "class_type": "NoSuchNodeClass",
-                                             "node_title": "NoSuchNodeClass"}},
-                    "node_errors": {}}
+    assert body == {
+        "error": {
+            "type": "missing_node_type",
+            "message": "Node 'NoSuchNodeClass' not found. The custom node may not be installed.",
+            "details": "Node ID '#2'",
+            "extra_info": {"node_id": "2", "class_type": "NoSuchNodeClass", "node_title": "NoSuchNodeClass"},
+        },
+        "node_errors": {},
+    }
     assert standin.post_prompt(workflow("no_outputs"), ws.client_id).json()["error"]["type"] == "prompt_no_outputs"
 
-    mismatch = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    mismatch = {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
     body = standin.post_prompt(mismatch, ws.client_id).json()
     assert body["node_errors"]["2"]["errors"][0]["type"] == "return_type_mismatch"
     too_big = workflow("empty_save")
     too_big["1"]["inputs"]["color"] = 0x1000000
-    assert standin.post_prompt(too_big, ws.client_id).json()["node_errors"]["1"]["errors"][0]["type"] == \
-        "value_bigger_than_max"
+    assert (
+        standin.post_prompt(too_big, ws.client_id).json()["node_errors"]["1"]["errors"][0]["type"]
+        == "value_bigger_than_max"
+    )
     # Then one accepted prompt: its frames come in order after anything the refused ones sent. Before
     # its execution_start there are only the connect status and the status of its own put and get.
     marker = workflow("empty_save")
@@ -332,9 +378,22 @@ def test_success_sequence_and_output_file(standin, ws):
     prompt = workflow("empty_save")
     prompt["1"]["inputs"]["color"] = 0x123456
     prompt_id, frames = run(standin, ws, prompt)
-    assert types(frames) == ["status", "status", "execution_start", "execution_cached", "progress_state",
-                             "executing", "progress_state", "progress_state", "executing", "executed",
-                             "progress_state", "execution_success", "status", "executing"]
+    assert types(frames) == [
+        "status",
+        "status",
+        "execution_start",
+        "execution_cached",
+        "progress_state",
+        "executing",
+        "progress_state",
+        "progress_state",
+        "executing",
+        "executed",
+        "progress_state",
+        "execution_success",
+        "status",
+        "executing",
+    ]
     executed = next(f for f in frames if f["type"] == "executed")["data"]
     image = executed["output"]["images"][0]
     assert image["subfolder"] == "proto" and image["type"] == "output"
@@ -376,8 +435,17 @@ def test_cache_full_and_partial_resubmission(standin, ws):
     files = sorted(p.name for p in (standin.output / "cache").iterdir())
 
     second_id, second = run(standin, ws, copy.deepcopy(prompt))
-    assert types(second) == ["status", "status", "execution_start", "execution_cached", "executed",
-                             "progress_state", "execution_success", "status", "executing"]
+    assert types(second) == [
+        "status",
+        "status",
+        "execution_start",
+        "execution_cached",
+        "executed",
+        "progress_state",
+        "execution_success",
+        "status",
+        "executing",
+    ]
     data = {f["type"]: f["data"] for f in second if isinstance(f, dict)}
     assert data["execution_cached"]["nodes"] == ["1", "2"]
     assert data["executed"]["output"]["images"][0]["filename"] == name
@@ -409,8 +477,10 @@ def test_loadimage_subfolder_mask_preview_and_reupload_changes_cache_key(standin
     with Image.open(standin.temp / preview["filename"]) as png:
         assert png.size == (64, 48)
     saved = outputs["3"]["images"][0]
-    with Image.open(standin.output / saved["subfolder"] / saved["filename"]) as png, \
-            Image.open(RESOURCES / "test_input.png") as source:
+    with (
+        Image.open(standin.output / saved["subfolder"] / saved["filename"]) as png,
+        Image.open(RESOURCES / "test_input.png") as source,
+    ):
         assert png.size == source.size
         r, g, b = png.convert("RGB").getpixel((5, 5))
         sr, sg, sb = source.convert("RGB").getpixel((5, 5))
@@ -448,7 +518,7 @@ def test_latent_save_and_view(standin, ws):
     view = standin.http.get(f"{standin.url}/view", params=latent)
     assert view.headers["Content-Type"] == "application/octet-stream"
     (length,) = struct.unpack("<Q", view.content[:8])
-    header = json.loads(view.content[8: 8 + length])
+    header = json.loads(view.content[8 : 8 + length])
     assert header["latent_tensor"]["shape"] == [1, 4, 96, 96]
     assert len(view.content) == 8 + length + 4 * 96 * 96 * 4
 
@@ -458,20 +528,33 @@ def test_text_preview_image_size_and_animated_outputs(standin, ws):
         "1": {"class_type": "EmptyImage", "inputs": {"width": 320, "height": 200, "batch_size": 3, "color": 99}},
         "2": {"class_type": "GetImageSize", "inputs": {"image": ["1", 0]}},
         "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
-        "4": {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["1", 0], "filename_prefix": "anim/w", "fps": 6.0,
-                                                           "lossless": True, "quality": 80, "method": "default"}},
-        "5": {"class_type": "SaveAnimatedPNG", "inputs": {"images": ["1", 0], "filename_prefix": "anim/p", "fps": 6.0,
-                                                          "compress_level": 4}},
+        "4": {
+            "class_type": "SaveAnimatedWEBP",
+            "inputs": {
+                "images": ["1", 0],
+                "filename_prefix": "anim/w",
+                "fps": 6.0,
+                "lossless": True,
+                "quality": 80,
+                "method": "default",
+            },
+        },
+        "5": {
+            "class_type": "SaveAnimatedPNG",
+            "inputs": {"images": ["1", 0], "filename_prefix": "anim/p", "fps": 6.0, "compress_level": 4},
+        },
     }
     _, frames = run(standin, ws, prompt)
-    outputs = {f["data"]["node"]: f["data"]["output"] for f in frames if isinstance(f, dict) and f["type"] == "executed"}
+    outputs = {
+        f["data"]["node"]: f["data"]["output"] for f in frames if isinstance(f, dict) and f["type"] == "executed"
+    }
     assert outputs["3"] == {"text": ["320"]}
     assert outputs["4"]["animated"] == [True] and outputs["4"]["images"][0]["filename"].endswith("_.webp")
     assert outputs["5"]["animated"] == [True] and outputs["5"]["images"][0]["filename"].endswith("_.png")
     text = next(f for f in frames if isinstance(f, bytes) and struct.unpack(">I", f[:4])[0] == 3)
     (id_length,) = struct.unpack(">I", text[4:8])
-    assert text[8: 8 + id_length] == b"2"
-    assert text[8 + id_length:].decode() == "width: 320, height: 200\n batch size: 3"
+    assert text[8 : 8 + id_length] == b"2"
+    assert text[8 + id_length :].decode() == "width: 320, height: 200\n batch size: 3"
 
 
 def test_websocket_binary_frames_old_and_new_format(standin):
@@ -496,12 +579,19 @@ def test_websocket_binary_frames_old_and_new_format(standin):
     assert sequence[first + 1] == "progress", "type 4 comes before its progress message"
     frame = next(f for f in frames if isinstance(f, bytes))
     (length,) = struct.unpack(">I", frame[4:8])
-    meta = json.loads(frame[8: 8 + length])
-    assert meta == {"node_id": "2", "prompt_id": prompt_id, "display_node_id": "2", "parent_node_id": None,
-                    "real_node_id": "2", "image_type": "image/png"}
-    assert frame[8 + length: 16 + length] == b"\x89PNG\r\n\x1a\n"
-    assert "execution_cached" in sequence and \
-        next(f for f in frames if isinstance(f, dict) and f["type"] == "execution_cached")["data"]["nodes"] == ["1"]
+    meta = json.loads(frame[8 : 8 + length])
+    assert meta == {
+        "node_id": "2",
+        "prompt_id": prompt_id,
+        "display_node_id": "2",
+        "parent_node_id": None,
+        "real_node_id": "2",
+        "image_type": "image/png",
+    }
+    assert frame[8 + length : 16 + length] == b"\x89PNG\r\n\x1a\n"
+    assert "execution_cached" in sequence and next(
+        f for f in frames if isinstance(f, dict) and f["type"] == "execution_cached"
+    )["data"]["nodes"] == ["1"]
     new.close()
 
 
@@ -516,14 +606,20 @@ def test_messages_go_only_to_the_prompts_client(standin, ws):
     wait_until(statuses(other, 4))
     assert set(types(other.frames)) == {"status"}, "a second client only sees status"
 
-    response = standin.post_prompt(dict(prompt, **{"1": {**prompt["1"], "inputs": {**prompt["1"]["inputs"],
-                                                                                   "color": 31338}}}))
+    response = standin.post_prompt(
+        dict(prompt, **{"1": {**prompt["1"], "inputs": {**prompt["1"]["inputs"], "color": 31338}}})
+    )
     orphan = response.json()["prompt_id"]
     standin.wait_history(orphan)
     wait_until(statuses(ws, 7))  # ...and 3 more (put, get, done) once the orphan's run is over
     wait_until(statuses(other, 7))
     assert set(types(ws.frames)) - {"status", "progress_state"} == {
-        "execution_start", "execution_cached", "executing", "executed", "execution_success"}
+        "execution_start",
+        "execution_cached",
+        "executing",
+        "executed",
+        "execution_success",
+    }
     orphan_types = {f["type"] for f in ws.frames if isinstance(f, dict) and f["data"].get("prompt_id") == orphan}
     assert orphan_types == {"progress_state"}, "without client_id only status and progress_state are sent"
     assert set(types(other.frames)) == {"status", "progress_state"}, "...to every client"
@@ -534,8 +630,10 @@ def test_messages_go_only_to_the_prompts_client(standin, ws):
 def held_prompt(gate: str, interruptible: bool = True) -> dict:
     """EmptyImage -> TestGate (held until released) -> ImageInvert -> SaveImage."""
     return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": int(time.time() * 1000) % 9999}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": int(time.time() * 1000) % 9999},
+        },
         "2": {"class_type": "TestGate", "inputs": {"image": ["1", 0], "gate": gate, "interruptible": interruptible}},
         "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "held/s"}},
@@ -546,14 +644,19 @@ def test_gate_holds_a_prompt_running_until_released(standin, ws):
     gate = f"g-{uuid.uuid4().hex}"
     prompt_id = standin.post_prompt(held_prompt(gate), ws.client_id).json()["prompt_id"]
     assert standin.gate_entered(gate) == {"entered": 1, "waiting": 1, "passed": 0, "released": False}
-    assert stays(lambda: [i[1] for i in standin.http.get(f"{standin.url}/queue").json()["queue_running"]]
-                 == [prompt_id], 0.2)
+    assert stays(
+        lambda: [i[1] for i in standin.http.get(f"{standin.url}/queue").json()["queue_running"]] == [prompt_id], 0.2
+    )
     assert standin.history(prompt_id) == {}
     assert standin.release(gate)["released"] is True
     frames = ws.wait_done(prompt_id)
     assert "execution_success" in types(frames)
-    assert standin.http.get(f"{standin.url}/test/gate/{gate}").json() == \
-        {"entered": 1, "waiting": 0, "passed": 1, "released": True}
+    assert standin.http.get(f"{standin.url}/test/gate/{gate}").json() == {
+        "entered": 1,
+        "waiting": 0,
+        "passed": 1,
+        "released": True,
+    }
     # Never a cache hit: the same graph runs through the (now open) gate again.
     again, frames = run(standin, ws, held_prompt(gate))
     cached = next(f for f in frames if f["type"] == "execution_cached")["data"]["nodes"]
@@ -641,8 +744,15 @@ def test_reconnect_with_same_client_id_mid_run(standin):
     second = WS(standin, client_id=client_id)
     second.wait_for(lambda f: f["type"] == "status")
     standin.release(gate)
-    second.wait_for(lambda f: isinstance(f, dict) and f["type"] == "executing" and f["data"].get("node") is None
-                    and f["data"].get("prompt_id") == prompt_id, 30)
+    second.wait_for(
+        lambda f: (
+            isinstance(f, dict)
+            and f["type"] == "executing"
+            and f["data"].get("node") is None
+            and f["data"].get("prompt_id") == prompt_id
+        ),
+        30,
+    )
     head = second.frames[:2]
     assert head[0]["type"] == "status" and head[0]["data"]["sid"] == client_id
     assert head[1] == {"type": "executing", "data": {"node": "2"}}
@@ -658,14 +768,19 @@ def test_reconnect_with_same_client_id_mid_run(standin):
 def test_upload_and_view(standin):
     png = (RESOURCES / "test_input.png").read_bytes()
     upload = lambda data, name="up.png", **form: standin.http.post(  # noqa: E731
-        f"{standin.url}/upload/image", files={"image": (name, data, "image/png")}, data=form)
+        f"{standin.url}/upload/image", files={"image": (name, data, "image/png")}, data=form
+    )
     assert upload(png).json() == {"name": "up.png", "subfolder": "", "type": "input"}
     assert upload(png).json()["name"] == "up.png", "same content is not duplicated"
     other = io.BytesIO()
     Image.new("RGB", (3, 3)).save(other, format="PNG")
     assert upload(other.getvalue()).json()["name"] == "up (1).png"
     assert upload(other.getvalue(), overwrite="true").json()["name"] == "up.png"
-    assert upload(png, subfolder="sub", overwrite="true").json() == {"name": "up.png", "subfolder": "sub", "type": "input"}
+    assert upload(png, subfolder="sub", overwrite="true").json() == {
+        "name": "up.png",
+        "subfolder": "sub",
+        "type": "input",
+    }
     assert upload(png, name="t.png", type="temp").json()["type"] == "temp"
     assert upload(png, name="../evil.png").status_code == 400
     assert upload(png, subfolder="../../etc").status_code == 400
@@ -679,7 +794,9 @@ def test_upload_and_view(standin):
     assert view(filename="up.png", type="bogus").status_code == 400
     assert view(filename="../x", type="input").status_code == 400
     assert view(type="input").status_code == 404
-    listed = standin.http.get(f"{standin.url}/object_info/LoadImage").json()["LoadImage"]["input"]["required"]["image"][0]
+    listed = standin.http.get(f"{standin.url}/object_info/LoadImage").json()["LoadImage"]["input"]["required"]["image"][
+        0
+    ]
     assert "up.png" in listed and "notes2.txt" not in listed
 
 
@@ -709,8 +826,10 @@ def test_project_media_workflows(standin, ws):
     view = standin.http.get(f"{standin.url}/view", params=entry)
     assert view.headers["Content-Type"] == "audio/flac" and view.content[:4] == b"fLaC"
 
-    prompt = {"1": {"class_type": "EmptyAudio", "inputs": {"duration": 0.5, "sample_rate": 8000, "channels": 2}},
-              "2": {"class_type": "PreviewAudio", "inputs": {"audio": ["1", 0]}}}
+    prompt = {
+        "1": {"class_type": "EmptyAudio", "inputs": {"duration": 0.5, "sample_rate": 8000, "channels": 2}},
+        "2": {"class_type": "PreviewAudio", "inputs": {"audio": ["1", 0]}},
+    }
     _, frames = run(standin, ws, prompt)
     (preview,) = next(f for f in frames if f["type"] == "executed")["data"]["output"]["audio"]
     assert preview["type"] == "temp" and preview["filename"].startswith("ComfyUI_temp_")
@@ -737,8 +856,9 @@ def recorded_frames(scenario: dict) -> list:
         if message["kind"] == "text":
             out.append(message["json"])
         elif message["kind"] == "binary":
-            out.append({"type": f"binary:{message['event_type']}", "data": message.get("metadata") or {},
-                        "binary": message})
+            out.append(
+                {"type": f"binary:{message['event_type']}", "data": message.get("metadata") or {}, "binary": message}
+            )
     return out
 
 
@@ -754,8 +874,13 @@ def frame_key(frame, ids: dict, files: dict) -> tuple:
         kind = struct.unpack(">I", frame[:4])[0]
         if kind == 4:
             (length,) = struct.unpack(">I", frame[4:8])
-            meta = json.loads(frame[8: 8 + length])
-            return (f"binary:{kind}", meta["node_id"], ids.get(meta["prompt_id"], meta["prompt_id"]), meta["image_type"])
+            meta = json.loads(frame[8 : 8 + length])
+            return (
+                f"binary:{kind}",
+                meta["node_id"],
+                ids.get(meta["prompt_id"], meta["prompt_id"]),
+                meta["image_type"],
+            )
         if kind == 1:
             return (f"binary:{kind}", struct.unpack(">I", frame[4:8])[0])
         return (f"binary:{kind}",)
@@ -779,16 +904,25 @@ def frame_key(frame, ids: dict, files: dict) -> tuple:
     if kind == "executed":
         output = data["output"] or {}
         shape = tuple(sorted((k, len(v) if isinstance(v, list) else v) for k, v in output.items()))
-        files_out = [(file_pattern(i["filename"]), i["subfolder"], i["type"])
-                     for key in ("images", "latents", "audio") for i in output.get(key, [])]
+        files_out = [
+            (file_pattern(i["filename"]), i["subfolder"], i["type"])
+            for key in ("images", "latents", "audio")
+            for i in output.get(key, [])
+        ]
         return (kind, data["node"], pid, shape, tuple(files_out))
     if kind == "progress_state":
         return (kind, pid, tuple(sorted((n, s["state"]) for n, s in data["nodes"].items())))
     if kind == "progress":
         return (kind, data["value"], data["max"], data["node"], pid)
     if kind in ("execution_error", "execution_interrupted"):
-        return (kind, pid, data["node_id"], data["node_type"], tuple(sorted(data["executed"])),
-                data.get("exception_type"))
+        return (
+            kind,
+            pid,
+            data["node_id"],
+            data["node_type"],
+            tuple(sorted(data["executed"])),
+            data.get("exception_type"),
+        )
     if kind == "feature_flags":
         return (kind, json.dumps(data, sort_keys=True))
     return (kind,)
@@ -874,8 +1008,10 @@ class Replay:
         url = self.server.url + path
         params = self.rewrite(request.get("params"))
         if "files" in request:
-            files = {field: (spec["filename"], upload_payload(spec), spec["content_type"])
-                     for field, spec in request["files"].items()}
+            files = {
+                field: (spec["filename"], upload_payload(spec), spec["content_type"])
+                for field, spec in request["files"].items()
+            }
             return self.server.http.post(url, files=files, data=request.get("form"), params=params)
         if "raw_body" in request:
             return self.server.http.request(request["method"], url, data=request["raw_body"], params=params)
@@ -916,6 +1052,7 @@ class Replay:
             got_nodes = {n: sorted(e["type"] for e in v["errors"]) for n, v in got.get("node_errors", {}).items()}
             if want_nodes != got_nodes:
                 self.problems.append(f"{label}: node_errors {got_nodes}, recorded {want_nodes}")
+
             # The whole body must match; only the order of a node's errors may differ (ComfyUI's follows
             # set iteration).
             def canonical(body):
@@ -923,6 +1060,7 @@ class Replay:
                 for entry in body.get("node_errors", {}).values():
                     entry["errors"].sort(key=lambda e: json.dumps(e, sort_keys=True))
                 return body
+
             if canonical(got) != canonical(want):
                 self.problems.append(f"{label}: body {json.dumps(got)[:800]}, recorded {json.dumps(want)[:800]}")
         elif isinstance(want, dict) and "prompt_id" in want and "number" in want:
@@ -949,13 +1087,17 @@ class Replay:
             self.problems.append(f"{label}: history keys {list(mine)}, recorded {list(entry)}")
         for field in ("status_str", "completed"):
             if mine["status"][field] != entry["status"][field]:
-                self.problems.append(f"{label}: status.{field} {mine['status'][field]}, recorded {entry['status'][field]}")
+                self.problems.append(
+                    f"{label}: status.{field} {mine['status'][field]}, recorded {entry['status'][field]}"
+                )
         if [m[0] for m in mine["status"]["messages"]] != [m[0] for m in entry["status"]["messages"]]:
             self.problems.append(f"{label}: history messages differ")
         shape = lambda outputs: {n: sorted(v) for n, v in outputs.items()}  # noqa: E731
         if shape(mine["outputs"]) != shape(entry["outputs"]) or sorted(mine["meta"]) != sorted(entry["meta"]):
             self.problems.append(f"{label}: outputs {mine['outputs']}, recorded {entry['outputs']}")
-        if sorted(mine["prompt"][3]) != sorted(entry["prompt"][3]) or sorted(mine["prompt"][4]) != sorted(entry["prompt"][4]):
+        if sorted(mine["prompt"][3]) != sorted(entry["prompt"][3]) or sorted(mine["prompt"][4]) != sorted(
+            entry["prompt"][4]
+        ):
             self.problems.append(f"{label}: prompt item {mine['prompt'][3:]}, recorded {entry['prompt'][3:]}")
 
     def play(self) -> list[str]:
@@ -1000,8 +1142,10 @@ class Replay:
         got = [frame_key(f, {}, {}) for f in ours]
         # The queue size a `status` carries depends on the same race, except in the last one.
         last_status = max((i for i, k in enumerate(want) if k[0] == "status"), default=None)
-        got = [w if w != g and w[0] == g[0] == "status" and i != last_status else g
-               for i, (w, g) in enumerate(zip(want, got))]
+        got = [
+            w if w != g and w[0] == g[0] == "status" and i != last_status else g
+            for i, (w, g) in enumerate(zip(want, got))
+        ]
         if want == got:
             return
         outputs = [n for n in (self.scenario_prompt() or {}).values() if n.get("class_type") in OUTPUT_NODES]
@@ -1024,8 +1168,15 @@ class Replay:
 # Answers keyed by content (history entries, frontend data) rather than by field names.
 CONTENT_KEYED = {"/history", "/node_replacements", "/global_subgraphs"}
 
-OUTPUT_NODES = {"SaveImage", "PreviewImage", "SaveLatent", "SaveImageWebsocket", "PreviewAny",
-                "SaveAnimatedWEBP", "SaveAnimatedPNG"}
+OUTPUT_NODES = {
+    "SaveImage",
+    "PreviewImage",
+    "SaveLatent",
+    "SaveImageWebsocket",
+    "PreviewAny",
+    "SaveAnimatedWEBP",
+    "SaveAnimatedPNG",
+}
 
 
 def request_path(step: dict) -> str:

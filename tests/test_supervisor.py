@@ -83,13 +83,36 @@ def test_comfyui_does_not_outlive_a_service_that_is_killed(fresh_service: Servic
 def test_comfyui_gets_an_allowlisted_environment():
     from handler.supervisor import comfy_env
 
-    environ = {"PATH": "/bin", "HOME": "/h", "LANG": "C.UTF-8", "LC_ALL": "C", "PYTHONPATH": "/p",
-               "CUDA_VISIBLE_DEVICES": "0", "LD_LIBRARY_PATH": "/l", "HF_HOME": "/hf",
-               "HF_TOKEN": "t", "WEBHOOK_SECRET": "s", "GOOGLE_APPLICATION_CREDENTIALS": "/c", "AWS_SECRET_ACCESS_KEY": "k",
-               "GCS_BUCKET": "b", "K_SERVICE": "svc", "STANDIN_TEST_GATE": "1", "CUDA_API_TOKEN": "t2"}
+    environ = {
+        "PATH": "/bin",
+        "HOME": "/h",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C",
+        "PYTHONPATH": "/p",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "LD_LIBRARY_PATH": "/l",
+        "HF_HOME": "/hf",
+        "HF_TOKEN": "t",
+        "WEBHOOK_SECRET": "s",
+        "GOOGLE_APPLICATION_CREDENTIALS": "/c",
+        "AWS_SECRET_ACCESS_KEY": "k",
+        "GCS_BUCKET": "b",
+        "K_SERVICE": "svc",
+        "STANDIN_TEST_GATE": "1",
+        "CUDA_API_TOKEN": "t2",
+    }
     env = comfy_env(environ)
-    assert env == {"PATH": "/bin", "HOME": "/h", "LANG": "C.UTF-8", "LC_ALL": "C", "PYTHONPATH": "/p",
-                   "CUDA_VISIBLE_DEVICES": "0", "LD_LIBRARY_PATH": "/l", "HF_HOME": "/hf", "PYTHONUNBUFFERED": "1"}
+    assert env == {
+        "PATH": "/bin",
+        "HOME": "/h",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C",
+        "PYTHONPATH": "/p",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "LD_LIBRARY_PATH": "/l",
+        "HF_HOME": "/hf",
+        "PYTHONUNBUFFERED": "1",
+    }
     # Operators may pass more by name or prefix, but never a secret-looking one.
     more = comfy_env({**environ, "GOOGLE_CLOUD_PROJECT": "p"}, ("STANDIN_*", "K_SERVICE", "HF_TOKEN", "GOOGLE_*"))
     assert more["STANDIN_TEST_GATE"] == "1" and more["K_SERVICE"] == "svc"

@@ -74,8 +74,14 @@ def test_schemas_are_valid_json_schema(templates):
 
 def test_schema_shows_shared_definitions_local_overrides_and_graph_defaults(templates):
     props = templates.json_schema("solid-blur")["properties"]
-    assert props["width"] == {"type": "integer", "minimum": 8, "maximum": 2048, "multipleOf": 8,
-                              "description": "Image width in pixels.", "default": 64}  # default from the graph
+    assert props["width"] == {
+        "type": "integer",
+        "minimum": 8,
+        "maximum": 2048,
+        "multipleOf": 8,
+        "description": "Image width in pixels.",
+        "default": 64,
+    }  # default from the graph
     assert props["color"]["default"] == 16711680  # the manifest overrides the shared definition
     assert {"const": "random"} in props["color"]["anyOf"]
     assert props["prefix"]["maxLength"] == 64
@@ -271,30 +277,53 @@ BLUR_GRAPH = json.loads((TEST_TEMPLATES / "solid-blur.json").read_text())
     ("manifest", "graph_data", "words"),
     [
         ("{not json", BLUR_GRAPH, "broken.manifest.json is not valid JSON"),
-        ({"params": {"w": {"type": "integer", "to": "9.width"}}}, BLUR_GRAPH,
-         "parameter 'w' points at node '9', which broken.json does not have"),
-        ({"params": {"w": {"type": "integer", "to": "1.widht"}}}, BLUR_GRAPH,
-         "parameter 'w' points at input 'widht' of node 1 (EmptyImage), which has no such input"),
+        (
+            {"params": {"w": {"type": "integer", "to": "9.width"}}},
+            BLUR_GRAPH,
+            "parameter 'w' points at node '9', which broken.json does not have",
+        ),
+        (
+            {"params": {"w": {"type": "integer", "to": "1.widht"}}},
+            BLUR_GRAPH,
+            "parameter 'w' points at input 'widht' of node 1 (EmptyImage), which has no such input",
+        ),
         ({"params": {"w": {"type": "integer", "to": "2.image"}}}, BLUR_GRAPH, "which is a link to node '1'"),
-        ({"params": {"w": {"type": "integer", "to": "1.width"}}}, {"nodes": [], "links": []},
-         "UI format"),
+        ({"params": {"w": {"type": "integer", "to": "1.width"}}}, {"nodes": [], "links": []}, "UI format"),
         ({"params": {"w": {"type": "integer", "to": "1.width"}}}, None, "broken.json does not exist"),
         ({"params": {"nope": {"to": "1.width"}}}, BLUR_GRAPH, "_params.json defines no 'nope'"),
-        ({"params": {"a": {"type": "integer", "to": "1.width"}, "b": {"type": "integer", "to": "1.width"}}},
-         BLUR_GRAPH, "parameters 'a' and 'b' both set 1.width"),
-        ({"params": {"w": {"type": "integer", "default": "big", "to": "1.width"}}}, BLUR_GRAPH,
-         "the default 'big' is not valid"),
-        ({"params": {"w": {"type": "integer", "required": True, "default": 3, "to": "1.width"}}}, BLUR_GRAPH,
-         "a required parameter cannot have a default"),
-        ({"params": {"w": {"type": "integer", "min": 9, "max": 3, "to": "1.width"}}}, BLUR_GRAPH,
-         "min 9 is larger than max 3"),
+        (
+            {"params": {"a": {"type": "integer", "to": "1.width"}, "b": {"type": "integer", "to": "1.width"}}},
+            BLUR_GRAPH,
+            "parameters 'a' and 'b' both set 1.width",
+        ),
+        (
+            {"params": {"w": {"type": "integer", "default": "big", "to": "1.width"}}},
+            BLUR_GRAPH,
+            "the default 'big' is not valid",
+        ),
+        (
+            {"params": {"w": {"type": "integer", "required": True, "default": 3, "to": "1.width"}}},
+            BLUR_GRAPH,
+            "a required parameter cannot have a default",
+        ),
+        (
+            {"params": {"w": {"type": "integer", "min": 9, "max": 3, "to": "1.width"}}},
+            BLUR_GRAPH,
+            "min 9 is larger than max 3",
+        ),
         ({"params": {"w": {"type": "enum", "to": "1.width"}}}, BLUR_GRAPH, "an enum needs a non-empty list"),
         ({"params": {"w": {"type": "colour", "to": "1.width"}}}, BLUR_GRAPH, "at params/w/type"),
         ({"params": {"w": {"type": "integer"}}}, BLUR_GRAPH, "'to' is a required property"),
-        ({"params": {"w": {"type": "integer", "to": "1.width", "minimum": 3}}}, BLUR_GRAPH,
-         "Additional properties are not allowed ('minimum' was unexpected)"),
-        ({"params": {"w": {"type": "string", "random": True, "to": "3.filename_prefix"}}}, BLUR_GRAPH,
-         "only integer parameters can be random"),
+        (
+            {"params": {"w": {"type": "integer", "to": "1.width", "minimum": 3}}},
+            BLUR_GRAPH,
+            "Additional properties are not allowed ('minimum' was unexpected)",
+        ),
+        (
+            {"params": {"w": {"type": "string", "random": True, "to": "3.filename_prefix"}}},
+            BLUR_GRAPH,
+            "only integer parameters can be random",
+        ),
     ],
 )
 def test_broken_manifest_is_refused_and_others_keep_working(templates, folder, manifest, graph_data, words):
@@ -312,8 +341,10 @@ def test_broken_manifest_is_refused_and_others_keep_working(templates, folder, m
 
 
 def test_broken_shared_params_only_take_down_templates_that_use_them(templates, folder):
-    write(folder / "standalone.manifest.json",
-          {"workflow": "solid-blur.json", "params": {"w": {"type": "integer", "to": "1.width"}}})
+    write(
+        folder / "standalone.manifest.json",
+        {"workflow": "solid-blur.json", "params": {"w": {"type": "integer", "to": "1.width"}}},
+    )
     write(folder / "_params.json", {"params": {"width": {"type": "integer", "min": 10, "max": 1}}})
     errors = templates.errors()
     assert "min 10 is larger than max 1" in errors["_params.json"]
@@ -330,7 +361,10 @@ def test_refusals_are_logged(folder, caplog):
 
 
 def test_a_manifest_may_name_its_graph_file(folder):
-    write(folder / "other.manifest.json", {"workflow": "solid-blur.json", "params": {"w": {"type": "integer", "to": "1.width"}}})
+    write(
+        folder / "other.manifest.json",
+        {"workflow": "solid-blur.json", "params": {"w": {"type": "integer", "to": "1.width"}}},
+    )
     template = load_template(folder / "other.manifest.json", {})
     assert template.params["w"].default == 64
 
@@ -370,8 +404,16 @@ def test_shipped_template_passes_the_graph_check(workflow_id, object_info):
     jsonschema.Draft202012Validator.check_schema(templates.json_schema(workflow_id))
 
 
-MODEL_INPUTS = {"ckpt_name": "checkpoints", "unet_name": "unet", "clip_name": "clip", "clip_name1": "clip",
-                "clip_name2": "clip", "clip_name3": "clip", "vae_name": "vae", "lora_name": "loras"}
+MODEL_INPUTS = {
+    "ckpt_name": "checkpoints",
+    "unet_name": "unet",
+    "clip_name": "clip",
+    "clip_name1": "clip",
+    "clip_name2": "clip",
+    "clip_name3": "clip",
+    "vae_name": "vae",
+    "lora_name": "loras",
+}
 
 
 def model_files_of(workflow: dict) -> set[str]:

@@ -285,8 +285,7 @@ def _fake_dns(monkeypatch, table: dict[str, str | list[str]]) -> list[str]:
             answers = table[host]
             answers = [answers] if isinstance(answers, str) else answers
             return [
-                (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
-                for a in answers
+                (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers
             ]
         if host.endswith(".test"):
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")

@@ -48,8 +48,7 @@ def base_url(folder: Path):
     settings = Settings(workflows_dir=folder, model_type="base")
     services = SimpleNamespace(settings=settings, templates=Templates.from_settings(settings))
     stub = Route("/predict", lambda request: JSONResponse({}), methods=["POST"])
-    app = Starlette(routes=[stub, *workflows_api.routes(services)],
-                    exception_handlers={ServiceError: _service_error})
+    app = Starlette(routes=[stub, *workflows_api.routes(services)], exception_handlers={ServiceError: _service_error})
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -151,9 +150,13 @@ def _pixels(data: bytes):
 def test_e2e_solid_blur(template_service):
     import base64
 
-    response = template_service.post("/predict", json={
-        "workflow_id": "solid-blur", "params": {"width": 40, "height": 24, "color": 0x00FF00, "blur_radius": 2},
-    })
+    response = template_service.post(
+        "/predict",
+        json={
+            "workflow_id": "solid-blur",
+            "params": {"width": 40, "height": 24, "color": 0x00FF00, "blur_radius": 2},
+        },
+    )
     assert response.status_code == 200, response.text
     (image,) = response.json()["images"]
     data = base64.b64decode(image["image"])
@@ -189,11 +192,14 @@ def test_e2e_image_parameter_by_name_uses_the_request_images(template_service):
     import base64
 
     source = (ROOT / "test_resources" / "comfy" / "test_input.png").read_bytes()
-    response = template_service.post("/predict", json={
-        "workflow_id": "invert",
-        "params": {"image": "mine.png"},
-        "images": [{"name": "mine.png", "image": base64.b64encode(source).decode()}],
-    })
+    response = template_service.post(
+        "/predict",
+        json={
+            "workflow_id": "invert",
+            "params": {"image": "mine.png"},
+            "images": [{"name": "mine.png", "image": base64.b64encode(source).decode()}],
+        },
+    )
     assert response.status_code == 200, response.text
     assert len(response.json()["images"]) == 1
 
@@ -214,9 +220,14 @@ def test_e2e_hot_reload(template_service):
     graph = json.loads((folder / "solid-blur.json").read_text())
     graph["3"]["inputs"]["filename_prefix"] = "tests/hot"
     (folder / "hot.json").write_text(json.dumps(graph))
-    (folder / "hot.manifest.json").write_text(json.dumps({
-        "title": "Hot", "params": {"side": {"type": "integer", "min": 8, "max": 64, "to": ["1.width", "1.height"]}},
-    }))
+    (folder / "hot.manifest.json").write_text(
+        json.dumps(
+            {
+                "title": "Hot",
+                "params": {"side": {"type": "integer", "min": 8, "max": 64, "to": ["1.width", "1.height"]}},
+            }
+        )
+    )
     try:
         listed = [w["id"] for w in template_service.get("/workflows").json()["workflows"]]
         assert "hot" in listed
@@ -267,8 +278,12 @@ def test_e2e_shipped_templates_lack_nothing_but_model_files(shipped_service, wor
     response = shipped_service.post("/predict", json={"workflow_id": workflow_id, "params": params})
     assert response.status_code == 400, response.text
     node_errors = response.json()["error"]["node_errors"]
-    problems = [(e["type"], e["extra_info"].get("input_name")) for entry in node_errors.values() for e in entry["errors"]]
-    assert problems and all(kind == "value_not_in_list" and name in MODEL_INPUT_NAMES for kind, name in problems), problems
+    problems = [
+        (e["type"], e["extra_info"].get("input_name")) for entry in node_errors.values() for e in entry["errors"]
+    ]
+    assert problems and all(kind == "value_not_in_list" and name in MODEL_INPUT_NAMES for kind, name in problems), (
+        problems
+    )
 
 
 MODEL_INPUT_NAMES = {"ckpt_name", "unet_name", "clip_name1", "clip_name2", "vae_name"}
@@ -277,9 +292,15 @@ MODEL_INPUT_NAMES = {"ckpt_name", "unet_name", "clip_name1", "clip_name2", "vae_
 def test_e2e_async_template_job(template_service):
     if not template_service.get("/").json()["async"]:
         pytest.skip("this service runs no async jobs")
-    accepted = template_service.post("/predict", json={
-        "workflow_id": "solid-scale", "params": {"size": 24}, "async": True, "inline": True,
-    })
+    accepted = template_service.post(
+        "/predict",
+        json={
+            "workflow_id": "solid-scale",
+            "params": {"size": 24},
+            "async": True,
+            "inline": True,
+        },
+    )
     assert accepted.status_code == 202, accepted.text
     job_id = accepted.json()["job_id"]
     deadline = time.monotonic() + 60
@@ -296,7 +317,8 @@ def test_e2e_async_template_job(template_service):
     assert _png_size(base64.b64decode(entry["base64"])) == (24, 24)
 
     # Parameters are checked before a job is accepted.
-    refused = template_service.post("/predict", json={"workflow_id": "solid-scale", "params": {"size": 7},
-                                                      "async": True})
+    refused = template_service.post(
+        "/predict", json={"workflow_id": "solid-scale", "params": {"size": 7}, "async": True}
+    )
     assert refused.status_code == 422 and refused.json()["error"]["param"] == "size"
     assert template_service.post("/predict", json={"workflow_id": "nope", "async": True}).status_code == 404

@@ -22,23 +22,34 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
-from . import retention
 from ..runtime import Runtime
 from ..storage import Store
 from ..storage.local import LocalStore
 from ..taskqueue import PullQueue, TaskQueue
+from . import retention
 from .model import FINAL_STATES, Job, JobState
 from .outbox import LocalSender, Outbox, OutboxQueue, Sent
 from .repo import JobRepo, Observer
-from .runner import Outcome, Pipeline, Readiness, RunOutcome, Runner
+from .runner import Outcome, Pipeline, Readiness, Runner, RunOutcome
 from .service import AsyncOptions, JobService, Preflight
 from .views import JobViews
 from .worker import LocalWorker
 
 log = logging.getLogger("handler.jobs")
 
-__all__ = ["FINAL_STATES", "AsyncOptions", "Job", "JobService", "JobState", "Jobs", "Outcome", "Preflight", "RunOutcome",
-           "Runs", "Sent"]
+__all__ = [
+    "FINAL_STATES",
+    "AsyncOptions",
+    "Job",
+    "JobService",
+    "JobState",
+    "Jobs",
+    "Outcome",
+    "Preflight",
+    "RunOutcome",
+    "Runs",
+    "Sent",
+]
 
 
 @dataclass(frozen=True)
@@ -61,15 +72,28 @@ class Jobs:
     runtime: Runtime
 
     @classmethod
-    def build(cls, settings: Settings, store: Store, queue: TaskQueue, outbox_queue: OutboxQueue,
-              checks: Preflight, runs: Runs | None, templates: Any, runtime: Runtime,
-              observer: Observer | None = None) -> Jobs:
+    def build(
+        cls,
+        settings: Settings,
+        store: Store,
+        queue: TaskQueue,
+        outbox_queue: OutboxQueue,
+        checks: Preflight,
+        runs: Runs | None,
+        templates: Any,
+        runtime: Runtime,
+        observer: Observer | None = None,
+    ) -> Jobs:
         """`runs`: the pipeline and ComfyUI's readiness where this process runs jobs (roles
         all and worker); `checks`: how submits are checked (the pipeline, or the catalogue the
         workers published)."""
         instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        repo = JobRepo(store, keeps_line=not isinstance(queue, PullQueue), observer=observer,
-                       min_write_interval_s=0.0 if isinstance(store, LocalStore) else settings.gcs_object_write_interval_s)
+        repo = JobRepo(
+            store,
+            keeps_line=not isinstance(queue, PullQueue),
+            observer=observer,
+            min_write_interval_s=0.0 if isinstance(store, LocalStore) else settings.gcs_object_write_interval_s,
+        )
         views = JobViews(settings, store, serves_outputs=isinstance(store, LocalStore))
         outbox = Outbox(settings, repo, views, outbox_queue)
         runner = worker = None
@@ -78,8 +102,11 @@ class Jobs:
             if isinstance(queue, PullQueue):
                 worker = LocalWorker(runner, queue, repo, runs.comfy, runtime)
         service = JobService(settings, repo, queue, views, outbox, runner, checks, templates)
-        sender = (LocalSender(outbox, outbox_queue, settings, runtime.stopping)
-                  if isinstance(outbox_queue, PullQueue) else None)
+        sender = (
+            LocalSender(outbox, outbox_queue, settings, runtime.stopping)
+            if isinstance(outbox_queue, PullQueue)
+            else None
+        )
         return cls(service, runner, outbox, worker, sender, queue, outbox_queue, runtime)
 
     def start(self) -> None:

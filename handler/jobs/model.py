@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 LEASE_TTL_S = 60.0  # a run renews its lease every LEASE_TTL_S / 4
 
@@ -49,7 +50,7 @@ def now() -> float:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def error(code: str, message: str) -> dict[str, Any]:
@@ -120,8 +121,9 @@ class Job:
         self.started_at = at
         self.lease = Lease(owner, token, at + ttl_s)
 
-    def finish(self, state: JobState, *, error: dict[str, Any] | None = None,
-               result: dict[str, Any] | None = None) -> None:
+    def finish(
+        self, state: JobState, *, error: dict[str, Any] | None = None, result: dict[str, Any] | None = None
+    ) -> None:
         assert state.final
         self.state = state
         self.finished_at = now()

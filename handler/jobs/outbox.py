@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 from .. import webhooks
@@ -66,12 +66,22 @@ class Outbox:
             state = WebhookState.DELIVERED
         elif not result.retryable or attempts >= self.settings.webhook_max_attempts:
             state = WebhookState.FAILED
-            log.warning("webhook %s of job %s failed for good after %d attempt(s): %s",
-                        job.webhook_id, job_id, attempts, result.error)
+            log.warning(
+                "webhook %s of job %s failed for good after %d attempt(s): %s",
+                job.webhook_id,
+                job_id,
+                attempts,
+                result.error,
+            )
         else:
             state = WebhookState.PENDING
-            log.info("webhook %s of job %s: attempt %d failed (%s); retried later",
-                     job.webhook_id, job_id, attempts, result.error)
+            log.info(
+                "webhook %s of job %s: attempt %d failed (%s); retried later",
+                job.webhook_id,
+                job_id,
+                attempts,
+                result.error,
+            )
 
         def record(current: Job) -> None:
             if not self.pending(current):
@@ -81,8 +91,7 @@ class Outbox:
                 "attempts": attempts,
                 "last_status": result.status,
                 "error": result.error,
-                "delivered_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-                if result.delivered else None,
+                "delivered_at": datetime.now(UTC).isoformat(timespec="milliseconds") if result.delivered else None,
             }
 
         try:
@@ -123,10 +132,10 @@ class LocalSender:
                 sent = Sent.RETRY
             try:
                 if sent is Sent.RETRY:
-                    self.queue.release(claim.job_id, delay_s=webhooks.backoff(self.settings.webhook_backoff_s,
-                                                                              claim.deliveries))
+                    self.queue.release(
+                        claim.job_id, delay_s=webhooks.backoff(self.settings.webhook_backoff_s, claim.deliveries)
+                    )
                 else:
                     self.queue.done(claim.job_id)
             except Exception as exc:  # the queue closed at shutdown: the entry stays for the next start
                 log.info("outbox bookkeeping skipped: %s", exc)
-

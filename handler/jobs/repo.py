@@ -22,6 +22,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from .. import errors
 from ..storage import PreconditionFailed, Store
@@ -68,8 +69,9 @@ Observer = Callable[[Job | None, Job], None]
 
 
 class JobRepo:
-    def __init__(self, store: Store, *, keeps_line: bool, observer: Observer | None = None,
-                 min_write_interval_s: float = 0.0):
+    def __init__(
+        self, store: Store, *, keeps_line: bool, observer: Observer | None = None, min_write_interval_s: float = 0.0
+    ):
         """`min_write_interval_s`: Cloud Storage takes about one write a second per object, so
         this process spaces its writes of one job record that far apart (1 s on GCS)."""
         self.store = store
@@ -104,13 +106,13 @@ class JobRepo:
             raise errors.NotFound("no such job")
         return job
 
-    def request(self, job_id: str) -> dict | None:
+    def request(self, job_id: str) -> dict[str, Any] | None:
         found = self.store.get_json(request_key(job_id))
         return None if found is None else found.data
 
     # --- writing
 
-    def create(self, job: Job, request: dict) -> None:
+    def create(self, job: Job, request: dict[str, Any]) -> None:
         """Store the request, then the job (must not exist yet), then its place in line."""
         self.store.put_json(request_key(job.job_id), request)
         job.revision = uuid.uuid4().hex

@@ -29,8 +29,8 @@ from ..errors import ServiceError
 from ..pipeline import PredictResult
 from ..predict_request import PredictRequest, parse_predict_body
 from ..runtime import Runtime, Trigger
-from .model import Job, JobState, error, now
 from . import retention
+from .model import Job, JobState, error, now
 from .outbox import Outbox
 from .repo import JobRepo, Keep, LeaseLost, outputs_prefix
 
@@ -81,8 +81,17 @@ class ActiveRun:
 
 
 class Runner:
-    def __init__(self, settings: Settings, repo: JobRepo, pipeline: Pipeline, comfy: Readiness,
-                 outbox: Outbox, runtime: Runtime, templates: Any, instance_id: str):
+    def __init__(
+        self,
+        settings: Settings,
+        repo: JobRepo,
+        pipeline: Pipeline,
+        comfy: Readiness,
+        outbox: Outbox,
+        runtime: Runtime,
+        templates: Any,
+        instance_id: str,
+    ):
         self.settings = settings
         self.repo = repo
         self.pipeline = pipeline
@@ -131,22 +140,24 @@ class Runner:
             if settled.kind is Outcome.RETRY:
                 return settled
         line = self.repo.line()
-        if hinted is not None and hinted.job_id not in line and (
-            hinted.state is JobState.QUEUED or not hinted.lease_alive(now())
+        if (
+            hinted is not None
+            and hinted.job_id not in line
+            and (hinted.state is JobState.QUEUED or not hinted.lease_alive(now()))
         ):
             self.repo.join_line(hinted)
             line = self.repo.line()
         for job_id in line:
             outcome = self.run(job_id, takeover=False)
             skipped = outcome.kind in (Outcome.BUSY, Outcome.IDLE) or (
-                outcome.kind is Outcome.FINAL and outcome.detail == "already")
+                outcome.kind is Outcome.FINAL and outcome.detail == "already"
+            )
             if not skipped:
                 return outcome
         return settled or RunOutcome(Outcome.IDLE, hinted, "no job is waiting")
 
     @logs.in_context  # the job's id labels this delivery's log lines, and no later ones
-    def run(self, job_id: str, *, takeover: bool = False,
-            after_comfy: Callable[[], None] | None = None) -> RunOutcome:
+    def run(self, job_id: str, *, takeover: bool = False, after_comfy: Callable[[], None] | None = None) -> RunOutcome:
         """One delivery of a job. `takeover`: a live lease held by another process is void (the
         local queue has one consumer, so a running job it hands out is an orphan)."""
         logs.bind(job_id=job_id)
@@ -171,7 +182,9 @@ class Runner:
                 decision = "cancelled"
             elif job.attempts >= self.settings.job_max_attempts:
                 last = (job.last_error or {}).get("message", "transient failures")
-                job.finish(JobState.FAILED, error=error("gave_up", f"gave up after {job.attempts} attempts; the last: {last}"))
+                job.finish(
+                    JobState.FAILED, error=error("gave_up", f"gave up after {job.attempts} attempts; the last: {last}")
+                )
                 decision = "gave_up"
             else:
                 job.claim(self.instance_id, token, at, self.lease_ttl_s)
@@ -260,8 +273,15 @@ class Runner:
             entries.append({**file.describe(), "key": key})
         return entries
 
-    def _final(self, job: Job, active: ActiveRun, state: JobState, *, error: dict[str, Any] | None = None,
-               result: dict[str, Any] | None = None) -> RunOutcome:
+    def _final(
+        self,
+        job: Job,
+        active: ActiveRun,
+        state: JobState,
+        *,
+        error: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> RunOutcome:
         def change(current: Job) -> None:
             if not current.owned_by(active.token):
                 raise LeaseLost(current.job_id)
@@ -271,7 +291,9 @@ class Runner:
             job = self.repo.update(job.job_id, change)
         except LeaseLost:
             self.repo.discard_outputs(job.job_id, active.token)
-            return RunOutcome(Outcome.BUSY, self.repo.find(job.job_id), "the lease was taken over; this run's result is dropped")
+            return RunOutcome(
+                Outcome.BUSY, self.repo.find(job.job_id), "the lease was taken over; this run's result is dropped"
+            )
         log.info("job %s %s after %d attempt(s)", job.job_id, state.value, job.attempts)
         return self._announced(job, state.value)
 
@@ -282,8 +304,12 @@ class Runner:
             if current.cancel_requested:
                 current.finish(JobState.CANCELLED, error=error("cancelled", "cancelled"))
             elif counts and current.attempts >= self.settings.job_max_attempts:
-                current.finish(JobState.FAILED, error=error(
-                    "gave_up", f"gave up after {current.attempts} attempts; the last: {reason.get('message')}"))
+                current.finish(
+                    JobState.FAILED,
+                    error=error(
+                        "gave_up", f"gave up after {current.attempts} attempts; the last: {reason.get('message')}"
+                    ),
+                )
             else:
                 current.hand_back(reason, counts=counts)
 

@@ -24,8 +24,8 @@ from ..errors import ServiceError
 from ..predict_request import parse_predict_body
 from ..storage import PreconditionFailed, Store
 from ..taskqueue import PRIORITIES, PullQueue, TaskQueue
-from .model import Job, JobState, error, now
 from . import retention
+from .model import Job, JobState, error, now
 from .outbox import Outbox
 from .repo import JobRepo, Keep
 from .runner import Runner
@@ -70,8 +70,17 @@ class AsyncOptions:
 
 
 class JobService:
-    def __init__(self, settings: Settings, repo: JobRepo, queue: TaskQueue, views: JobViews, outbox: Outbox,
-                 runner: Runner | None, checks: Preflight, templates: Any):
+    def __init__(
+        self,
+        settings: Settings,
+        repo: JobRepo,
+        queue: TaskQueue,
+        views: JobViews,
+        outbox: Outbox,
+        runner: Runner | None,
+        checks: Preflight,
+        templates: Any,
+    ):
         self.settings = settings
         self.repo = repo
         self.queue = queue
@@ -87,8 +96,15 @@ class JobService:
 
     # --- submit
 
-    def submit(self, body: Any, *, base_url: str | None = None, job_id: str | None = None,
-               source: str = "api", task: str | None = None) -> Job:
+    def submit(
+        self,
+        body: Any,
+        *,
+        base_url: str | None = None,
+        job_id: str | None = None,
+        source: str = "api",
+        task: str | None = None,
+    ) -> Job:
         """Validate, store and queue a job. Raises ServiceError (4xx) when it could not run."""
         if not isinstance(body, dict):
             raise errors.BadRequest("the request body must be a JSON object")
@@ -98,7 +114,8 @@ class JobService:
         if self.settings.queue_backend == "cloudtasks" and request.timeout_s > limit:
             raise errors.BadRequest(
                 f"timeout may be at most {limit:g} seconds for async jobs: Cloud Tasks ends a dispatch "
-                f"after {self.settings.tasks_dispatch_deadline_s} s")
+                f"after {self.settings.tasks_dispatch_deadline_s} s"
+            )
         self.checks.preflight(request.workflow)
         job = Job(
             job_id=job_id or uuid.uuid4().hex,
@@ -122,8 +139,10 @@ class JobService:
             self.queue.enqueue(job.job_id, job.priority)
         except Exception as exc:
             log.error("could not queue job %s: %s", job.job_id, exc)
-            self.repo.update(job.job_id, lambda j: j.finish(
-                JobState.FAILED, error=error("queue_unavailable", "the job queue is unavailable")))
+            self.repo.update(
+                job.job_id,
+                lambda j: j.finish(JobState.FAILED, error=error("queue_unavailable", "the job queue is unavailable")),
+            )
             raise errors.ComfyUnavailable("the job queue is unavailable; try again shortly") from None
 
     # --- tasks a client created for /predict (the route has verified the task's token)
@@ -214,22 +233,37 @@ class JobService:
         except Keep as keep:
             job = self.repo.get(job_id)
             if keep.why == "final":
-                raise errors.Conflict(f"the job is already {job.state.value}", job_id=job_id,
-                                      state=job.state.value) from None
+                raise errors.Conflict(
+                    f"the job is already {job.state.value}", job_id=job_id, state=job.state.value
+                ) from None
             outcome = "requested"
         if outcome == "dequeued":
             self._drop_from_queue(job)
             self.repo.leave_line(job)
             retention.discard_request(self.repo, job_id)
             self.outbox.announce(job)
-            return {"job_id": job_id, "state": "cancelled", "cancel": "dequeued",
-                    "detail": "the job was queued and will never run"}
+            return {
+                "job_id": job_id,
+                "state": "cancelled",
+                "cancel": "dequeued",
+                "detail": "the job was queued and will never run",
+            }
         if self.runner is not None and self.runner.interrupt(job_id):
-            return {"job_id": job_id, "state": job.state.value, "cancel": "interrupting",
-                    "detail": "the job is running on this instance and is being interrupted"}
-        return {"job_id": job_id, "state": job.state.value, "cancel": "requested",
-                "detail": (f"the job is running on another instance; it stops at its next lease renewal "
-                           f"(within {self.settings.job_lease_ttl_s / 4:.0f} s)")}
+            return {
+                "job_id": job_id,
+                "state": job.state.value,
+                "cancel": "interrupting",
+                "detail": "the job is running on this instance and is being interrupted",
+            }
+        return {
+            "job_id": job_id,
+            "state": job.state.value,
+            "cancel": "requested",
+            "detail": (
+                f"the job is running on another instance; it stops at its next lease renewal "
+                f"(within {self.settings.job_lease_ttl_s / 4:.0f} s)"
+            ),
+        }
 
     def _drop_from_queue(self, job: Job) -> None:
         try:

@@ -46,14 +46,20 @@ class JobViews:
         elif job.last_error is not None and not job.final:
             out["last_error"] = job.last_error
         if job.webhook_url:
-            out["webhook"] = {"url": webhooks.shown_url(job.webhook_url), "webhook_id": job.webhook_id,
-                              **(job.webhook or {})}
+            out["webhook"] = {
+                "url": webhooks.shown_url(job.webhook_url),
+                "webhook_id": job.webhook_id,
+                **(job.webhook or {}),
+            }
         return out
 
     def event(self, job: Job) -> bytes:
         """The webhook body: `{type, timestamp, data}` with `data` the job's status."""
-        payload = {"type": f"job.{job.state.value}", "timestamp": iso(now()),
-                   "data": self.status(job, inline=job.inline)}
+        payload = {
+            "type": f"job.{job.state.value}",
+            "timestamp": iso(now()),
+            "data": self.status(job, inline=job.inline),
+        }
         return json.dumps(payload, separators=(",", ":")).encode()
 
     def _result(self, job: Job, base: str, inline: bool) -> dict[str, Any]:

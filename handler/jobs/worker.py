@@ -8,6 +8,7 @@ handed over early never runs before a high one that arrives later.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 
@@ -15,7 +16,7 @@ from ..runtime import Runtime
 from ..taskqueue import Claim, PullQueue
 from .model import JobState
 from .repo import JobRepo
-from .runner import Outcome, Readiness, RunOutcome, Runner
+from .runner import Outcome, Readiness, Runner, RunOutcome
 
 log = logging.getLogger("handler.jobs.worker")
 
@@ -24,8 +25,15 @@ READY_POLL_S = 0.1
 
 
 class LocalWorker:
-    def __init__(self, runner: Runner, queue: PullQueue, repo: JobRepo, comfy: Readiness, runtime: Runtime,
-                 slots: int = LOCAL_SLOTS):
+    def __init__(
+        self,
+        runner: Runner,
+        queue: PullQueue,
+        repo: JobRepo,
+        comfy: Readiness,
+        runtime: Runtime,
+        slots: int = LOCAL_SLOTS,
+    ):
         self.runner = runner
         self.queue = queue
         self.repo = repo
@@ -56,7 +64,7 @@ class LocalWorker:
             if claim is None:
                 self.slots.release()
                 continue
-            self.runtime.thread(f"job-{claim.job_id[:8]}", lambda claim=claim: self._work(claim))
+            self.runtime.thread(f"job-{claim.job_id[:8]}", functools.partial(self._work, claim))
 
     def _work(self, claim: Claim) -> None:
         freed = threading.Event()

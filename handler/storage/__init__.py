@@ -12,6 +12,7 @@ def from_settings(settings: Settings) -> Store:
     if settings.storage_backend == "gcs":
         from .gcs import GCSStore  # imported lazily: the local mode needs no Google libraries
 
+        assert settings.gcs_bucket is not None  # Settings.from_env refuses STORAGE_BACKEND=gcs without GCS_BUCKET
         return GCSStore(
             settings.gcs_bucket,
             project=settings.gcp_project,

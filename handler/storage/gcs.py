@@ -47,7 +47,8 @@ class GCSStore:
             if emulator_host:
                 if "://" not in emulator_host:
                     emulator_host = "http://" + emulator_host
-                self._credentials: google.auth.credentials.Credentials = AnonymousCredentials()
+                # google-auth marks itself typed (py.typed) but leaves these methods unannotated.
+                self._credentials: google.auth.credentials.Credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
                 client = storage.Client(
                     project=project or "local",
                     credentials=self._credentials,
@@ -65,11 +66,14 @@ class GCSStore:
         self.bucket = client.bucket(bucket)
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self.bucket.blob(check_key(key)).upload_from_string(data, content_type=content_type, timeout=CALL_TIMEOUT_S, retry=RETRY)
+        self.bucket.blob(check_key(key)).upload_from_string(
+            data, content_type=content_type, timeout=CALL_TIMEOUT_S, retry=RETRY
+        )
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
-            return self.bucket.blob(check_key(key)).download_as_bytes(timeout=CALL_TIMEOUT_S, retry=RETRY)
+            data: bytes = self.bucket.blob(check_key(key)).download_as_bytes(timeout=CALL_TIMEOUT_S, retry=RETRY)
+            return data
         except gexc.NotFound:
             return None
 
@@ -91,8 +95,11 @@ class GCSStore:
         blob = self.bucket.blob(check_key(key))
         try:
             blob.upload_from_string(
-                dump_json(obj), content_type="application/json", if_generation_match=generation,
-                timeout=CALL_TIMEOUT_S, retry=RETRY,
+                dump_json(obj),
+                content_type="application/json",
+                if_generation_match=generation,
+                timeout=CALL_TIMEOUT_S,
+                retry=RETRY,
             )
         except (gexc.PreconditionFailed, gexc.NotFound) as exc:
             raise PreconditionFailed(f"{key}: not at generation {generation}") from exc
@@ -132,14 +139,19 @@ class GCSStore:
             if not isinstance(creds, google.auth.credentials.Signing):
                 # Metadata-server credentials: sign remotely through IAM with our own token.
                 if not creds.valid:
-                    creds.refresh(google.auth.transport.requests.Request())
-                kwargs = {"service_account_email": creds.service_account_email, "access_token": creds.token}
-            return self.bucket.blob(check_key(key)).generate_signed_url(
+                    creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]  # unannotated in google-auth
+                kwargs = {
+                    # compute_engine.Credentials has it; the base class that types `creds` does not.
+                    "service_account_email": creds.service_account_email,  # type: ignore[attr-defined]
+                    "access_token": creds.token,
+                }
+            url: str = self.bucket.blob(check_key(key)).generate_signed_url(
                 version="v4",
                 expiration=timedelta(seconds=max(1, min(ttl_s, _MAX_SIGNED_TTL_S))),
                 method="GET",
                 **kwargs,
             )
+            return url
         except Exception as exc:  # signing is a convenience: the gs:// URI still names the file
             log.warning("cannot sign a URL for %s: %s", key, exc)
             return None

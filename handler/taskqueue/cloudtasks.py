@@ -48,8 +48,7 @@ class CloudTasksQueue:
     """`lane=None`: the job queues, one per priority, to /tasks/run. `lane="webhooks"`: the
     outbox, one queue whatever the priority, to /tasks/webhook."""
 
-    def __init__(self, settings: Settings, client: tasks_v2.CloudTasksClient | None = None, *,
-                 lane: str | None = None):
+    def __init__(self, settings: Settings, client: tasks_v2.CloudTasksClient | None = None, *, lane: str | None = None):
         missing = [
             name
             for name, value in (
@@ -61,8 +60,9 @@ class CloudTasksQueue:
         ]
         if missing:
             raise ValueError(f"QUEUE_BACKEND=cloudtasks needs {', '.join(missing)}")
-        self.project = settings.gcp_project
-        self.location = settings.tasks_location
+        assert settings.gcp_project and settings.tasks_location  # checked just above: narrows the types
+        self.project: str = settings.gcp_project
+        self.location: str = settings.tasks_location
         self.prefix = settings.tasks_queue_prefix
         self.lane = lane
         # Job tasks go to the workers, webhook tasks to the api role (one URL in role "all"); each
@@ -71,9 +71,7 @@ class CloudTasksQueue:
         self.target_url = f"{target}/tasks/{'webhook' if lane == WEBHOOKS_LANE else 'run'}"
         self.audience = target
         self.service_account = settings.tasks_service_account
-        self.deadline_s = max(
-            MIN_DISPATCH_DEADLINE_S, min(settings.tasks_dispatch_deadline_s, MAX_DISPATCH_DEADLINE_S)
-        )
+        self.deadline_s = max(MIN_DISPATCH_DEADLINE_S, min(settings.tasks_dispatch_deadline_s, MAX_DISPATCH_DEADLINE_S))
         if client is None:
             client = _client(settings.tasks_emulator_host)
         self.client = client
@@ -93,9 +91,7 @@ class CloudTasksQueue:
             body=json.dumps({"job_id": job_id}).encode(),
         )
         if self.service_account:
-            request.oidc_token = tasks_v2.OidcToken(
-                service_account_email=self.service_account, audience=self.audience
-            )
+            request.oidc_token = tasks_v2.OidcToken(service_account_email=self.service_account, audience=self.audience)
         return tasks_v2.Task(
             name=self.task_path(job_id, priority),
             http_request=request,
@@ -127,9 +123,7 @@ class CloudTasksQueue:
             rate, concurrent = QUEUE_LIMITS[name]
             queue = tasks_v2.Queue(
                 name=self.client.queue_path(self.project, self.location, f"{self.prefix}-{name}"),
-                rate_limits=tasks_v2.RateLimits(
-                    max_dispatches_per_second=rate, max_concurrent_dispatches=concurrent
-                ),
+                rate_limits=tasks_v2.RateLimits(max_dispatches_per_second=rate, max_concurrent_dispatches=concurrent),
                 # The job bounds its own runs (JOB_MAX_ATTEMPTS) and then answers 2xx; the
                 # queue's limit is only a backstop, so 409s from duplicates do not exhaust it.
                 retry_config=tasks_v2.RetryConfig(
@@ -158,7 +152,7 @@ def _client(emulator_host: str | None) -> tasks_v2.CloudTasksClient:
     if not emulator_host:
         return tasks_v2.CloudTasksClient()
     # The emulator speaks plain gRPC without credentials.
-    import grpc
+    import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints (no types-grpcio here)
     from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
     channel = grpc.insecure_channel(emulator_host.removeprefix("http://"))

@@ -45,9 +45,7 @@ class LocalQueue:
     def enqueue(self, job_id: str, priority: str = "normal") -> None:
         rank = PRIORITIES.index(check_priority(priority))
         with self._cond:
-            self._db.execute(
-                "INSERT OR IGNORE INTO queue (job_id, priority) VALUES (?, ?)", (job_id, rank)
-            )
+            self._db.execute("INSERT OR IGNORE INTO queue (job_id, priority) VALUES (?, ?)", (job_id, rank))
             self._cond.notify_all()
 
     def next(self, timeout: float | None = None) -> Claim | None:
@@ -102,9 +100,7 @@ class LocalQueue:
     def pending(self) -> dict[str, int]:
         counts = dict.fromkeys(PRIORITIES, 0)
         with self._cond:
-            for rank, n in self._db.execute(
-                "SELECT priority, COUNT(*) FROM queue WHERE claimed = 0 GROUP BY priority"
-            ):
+            for rank, n in self._db.execute("SELECT priority, COUNT(*) FROM queue WHERE claimed = 0 GROUP BY priority"):
                 counts[PRIORITIES[rank]] = n
         return counts
 

@@ -34,15 +34,36 @@ NAME = "tiny-sd15.safetensors"
 
 # ComfyUI's SD15 UNet, shrunk in depth only: the keys ComfyUI's detection reads keep SD1.5's shapes.
 UNET = {
-    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
-    "num_res_blocks": [1, 1], "channel_mult": [1, 2],
-    "transformer_depth": [1, 0], "transformer_depth_middle": 1, "transformer_depth_output": [1, 1, 0, 0],
-    "use_spatial_transformer": True, "legacy": False, "context_dim": 768, "num_heads": 8,
-    "use_linear_in_transformer": False, "adm_in_channels": None, "use_checkpoint": False,
+    "image_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [1, 1],
+    "channel_mult": [1, 2],
+    "transformer_depth": [1, 0],
+    "transformer_depth_middle": 1,
+    "transformer_depth_output": [1, 1, 0, 0],
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "context_dim": 768,
+    "num_heads": 8,
+    "use_linear_in_transformer": False,
+    "adm_in_channels": None,
+    "use_checkpoint": False,
 }
 # The SD 1.x autoencoder (the `first_stage_model`), as ComfyUI builds it for such checkpoints.
-VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-       "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+VAE = {
+    "double_z": True,
+    "z_channels": 4,
+    "resolution": 256,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 128,
+    "ch_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+}
 
 
 def _import_comfy(comfyui_path: Path):  # type: ignore[no-untyped-def]
@@ -67,7 +88,8 @@ def state_dict(comfyui_path: Path, seed: int) -> dict:  # type: ignore[type-arg]
     clip_config = json.loads((comfyui_path / "comfy" / "sd1_clip_config.json").read_text())
     parts = {
         "model.diffusion_model.": comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel(
-            **UNET, dtype=torch.float32, device="cpu", operations=ops),
+            **UNET, dtype=torch.float32, device="cpu", operations=ops
+        ),
         "cond_stage_model.transformer.": comfy.clip_model.CLIPTextModel(clip_config, torch.float32, "cpu", ops),
         "first_stage_model.": comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=VAE, embed_dim=4),
     }
@@ -99,8 +121,11 @@ def build(dest_dir: Path, comfyui_path: Path, seed: int = 0) -> tuple[Path, str,
     target = dest_dir / "checkpoints" / NAME
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{NAME}.{os.getpid()}.part")
-    save_file(state_dict(comfyui_path, seed), str(partial),
-              metadata={"comment": f"comfyrun tiny SD1.5 test checkpoint, random weights, seed {seed}"})
+    save_file(
+        state_dict(comfyui_path, seed),
+        str(partial),
+        metadata={"comment": f"comfyrun tiny SD1.5 test checkpoint, random weights, seed {seed}"},
+    )
     digest = hashlib.sha256()
     with partial.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -112,8 +137,12 @@ def build(dest_dir: Path, comfyui_path: Path, seed: int = 0) -> tuple[Path, str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dest_dir", type=Path, help="writes DEST_DIR/checkpoints/" + NAME)
-    parser.add_argument("--comfyui-path", type=Path, default=os.environ.get("COMFYUI_PATH"),
-                        help="ComfyUI's source folder, whose model classes build the weights (default: $COMFYUI_PATH)")
+    parser.add_argument(
+        "--comfyui-path",
+        type=Path,
+        default=os.environ.get("COMFYUI_PATH"),
+        help="ComfyUI's source folder, whose model classes build the weights (default: $COMFYUI_PATH)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.comfyui_path is None or not (args.comfyui_path / "comfy").is_dir():

@@ -34,8 +34,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--temp-directory", type=str, default=None)
     parser.add_argument("--user-directory", type=str, default=None)
     parser.add_argument("--base-directory", type=str, default=None)
-    parser.add_argument("--verbose", default="INFO", const="DEBUG", nargs="?",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    parser.add_argument(
+        "--verbose", default="INFO", const="DEBUG", nargs="?", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    )
     parser.add_argument("--log-stdout", action="store_true")
     parser.add_argument("--disable-metadata", action="store_true")
     parser.add_argument("--dont-print-server", action="store_true")
@@ -44,15 +45,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     cache.add_argument("--cache-lru", type=int, default=0)
     cache.add_argument("--cache-none", action="store_true")
     cache.add_argument("--cache-ram", nargs="*", type=float, default=[])
-    for flag in ("--cpu", "--disable-auto-launch", "--disable-api-nodes", "--disable-all-custom-nodes",
-                 "--disable-smart-memory", "--quick-test-for-ci", "--windows-standalone-build"):
+    for flag in (
+        "--cpu",
+        "--disable-auto-launch",
+        "--disable-api-nodes",
+        "--disable-all-custom-nodes",
+        "--disable-smart-memory",
+        "--quick-test-for-ci",
+        "--windows-standalone-build",
+    ):
         parser.add_argument(flag, action="store_true")
     args, _unknown = parser.parse_known_args(argv)
     return args
 
 
-LEVEL_COLORS = {"DEBUG": "\033[36m", "INFO": "\033[32m", "WARNING": "\033[33m", "ERROR": "\033[31m",
-                "CRITICAL": "\033[35m"}
+LEVEL_COLORS = {
+    "DEBUG": "\033[36m",
+    "INFO": "\033[32m",
+    "WARNING": "\033[33m",
+    "ERROR": "\033[31m",
+    "CRITICAL": "\033[35m",
+}
 
 
 class LevelTagFormatter(logging.Formatter):
@@ -98,8 +111,11 @@ def main(argv: list[str]) -> int:
     base = os.path.abspath(args.base_directory) if args.base_directory else here
     output_dir = os.path.abspath(args.output_directory or os.path.join(base, "output"))
     input_dir = os.path.abspath(args.input_directory or os.path.join(base, "input"))
-    temp_dir = os.path.join(os.path.abspath(args.temp_directory), "temp") if args.temp_directory \
+    temp_dir = (
+        os.path.join(os.path.abspath(args.temp_directory), "temp")
+        if args.temp_directory
         else os.path.join(base, "temp")
+    )
     models_dir = os.path.join(base, "models")
 
     log.info("Python version: %s", sys.version)
@@ -126,11 +142,15 @@ def main(argv: list[str]) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     server = StandinServer(
-        loop, catalog, REGISTRY, paths,
+        loop,
+        catalog,
+        REGISTRY,
+        paths,
         lambda srv: Executor(srv, catalog, REGISTRY, paths, cache, disable_metadata=args.disable_metadata),
     )
     if os.environ.get("STANDIN_TEST_GATE") == "1" and not args.disable_all_custom_nodes:
         from standin_app import testgate
+
         testgate.install(catalog, REGISTRY, server.app)
         log.info("Import times for custom nodes:\n   0.0 seconds: custom_nodes/comfyrun_test_gate\n")
     stop = threading.Event()
@@ -148,6 +168,7 @@ def main(argv: list[str]) -> int:
 
     async def run() -> int:
         from aiohttp import web
+
         runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
         await runner.setup()
         publisher = asyncio.ensure_future(server.publish_loop())
@@ -158,8 +179,12 @@ def main(argv: list[str]) -> int:
                 await site.start()
             except OSError as e:
                 if e.errno == errno.EADDRINUSE:
-                    log.error("Port %s is already in use on address %s. Please close the other application "
-                              "or use a different port with --port.", args.port, address)
+                    log.error(
+                        "Port %s is already in use on address %s. Please close the other application "
+                        "or use a different port with --port.",
+                        args.port,
+                        address,
+                    )
                     return 1
                 raise
             shown = f"[{address}]" if ":" in address else address

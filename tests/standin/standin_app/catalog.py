@@ -20,8 +20,12 @@ DEFAULT_OBJECT_INFO = REPO_ROOT / "test_resources" / "comfy" / "object_info.json
 # extension -> content type ("image", "video", ...), like the real server's cache
 _content_types: dict[str, str | None] = {}
 # Nodes whose `folder` combo lists the input folder's subfolders (ComfyUI rebuilds it per request).
-_FOLDER_LISTS = {"LoadImageDataSetFromFolder", "LoadImageTextDataSetFromFolder",
-                 "LoadVideoDataSetFromFolder", "LoadVideoTextDataSetFromFolder"}
+_FOLDER_LISTS = {
+    "LoadImageDataSetFromFolder",
+    "LoadImageTextDataSetFromFolder",
+    "LoadVideoDataSetFromFolder",
+    "LoadVideoTextDataSetFromFolder",
+}
 _UPLOAD_FLAGS = {"image_upload": ("image",), "video_upload": ("video",), "audio_upload": ("audio", "video")}
 
 
@@ -57,8 +61,9 @@ class Catalog:
         with open(path, encoding="utf-8") as f:
             self.nodes: dict[str, dict] = json.load(f)
         if not api_nodes:  # --disable-api-nodes: the comfy_api_nodes package is not loaded at all
-            self.nodes = {k: v for k, v in self.nodes.items()
-                          if not str(v.get("python_module", "")).startswith("comfy_api_nodes")}
+            self.nodes = {
+                k: v for k, v in self.nodes.items() if not str(v.get("python_module", "")).startswith("comfy_api_nodes")
+            }
         # (class, category, input name, upload kinds, legacy list form?) for inputs listing input files
         self._upload_inputs: list[tuple[str, str, str, tuple[str, ...], bool]] = []
         for class_type, info in self.nodes.items():

@@ -218,8 +218,15 @@ class ProgressRegistry:
 
 # --- what a node sees -------------------------------------------------------------------------
 class NodeContext:
-    def __init__(self, executor: Executor, node_id: str, prompt_id: str = "", prompt: dict | None = None,
-                 extra_data: dict | None = None, progress: ProgressRegistry | None = None):
+    def __init__(
+        self,
+        executor: Executor,
+        node_id: str,
+        prompt_id: str = "",
+        prompt: dict | None = None,
+        extra_data: dict | None = None,
+        progress: ProgressRegistry | None = None,
+    ):
         self.executor = executor
         self.node_id = node_id
         self.unique_id = node_id
@@ -453,8 +460,9 @@ class PromptQueue:
 
 # --- the executor -----------------------------------------------------------------------------
 class Executor:
-    def __init__(self, server, catalog: Catalog, registry: dict, paths, cache: OutputCache,
-                 disable_metadata: bool = False):
+    def __init__(
+        self, server, catalog: Catalog, registry: dict, paths, cache: OutputCache, disable_metadata: bool = False
+    ):
         self.server = server
         self.catalog = catalog
         self.registry = registry
@@ -485,8 +493,9 @@ class Executor:
         node_id = ctx.node_id
         if self._progress is not None:
             self._progress.update(node_id, value, total, preview)
-        self.server.send_sync("progress", {"value": value, "max": total, "prompt_id": ctx.prompt_id, "node": node_id},
-                              self._client_id)
+        self.server.send_sync(
+            "progress", {"value": value, "max": total, "prompt_id": ctx.prompt_id, "node": node_id}, self._client_id
+        )
         if preview is not None and not self.server.supports_preview_metadata(self._client_id):
             self.server.send_sync(UNENCODED_PREVIEW_IMAGE, preview, self._client_id)
 
@@ -501,8 +510,9 @@ class Executor:
         if check is not None:
             info = self.catalog.info(node["class_type"])
             required, optional = expand_inputs(info.get("input", {}), node["inputs"])
-            given = {k: (None if is_link(v) else v) for k, v in node["inputs"].items()
-                     if k in required or k in optional}
+            given = {
+                k: (None if is_link(v) else v) for k, v in node["inputs"].items() if k in required or k in optional
+            }
             try:
                 value = check(NodeContext(self, node_id), **given)
             except Exception as ex:
@@ -589,13 +599,19 @@ class Executor:
             node_id = scheduler.next()
             if node_id is None:
                 ex = DependencyCycleError("Dependency cycle detected")
-                error = {"node_id": next(iter(scheduler.pending)), "exception_message": str(ex),
-                         "exception_type": "graph.DependencyCycleError", "traceback": [], "current_inputs": []}
+                error = {
+                    "node_id": next(iter(scheduler.pending)),
+                    "exception_message": str(ex),
+                    "exception_type": "graph.DependencyCycleError",
+                    "traceback": [],
+                    "current_inputs": [],
+                }
                 self._report_error(prompt_id, prompt, executed, error, ex)
                 failed = True
                 break
-            ok, error, ex = self._execute_node(prompt, prompt_id, node_id, extra_data, executed, results,
-                                               ui_outputs, progress)
+            ok, error, ex = self._execute_node(
+                prompt, prompt_id, node_id, extra_data, executed, results, ui_outputs, progress
+            )
             if not ok:
                 self._report_error(prompt_id, prompt, executed, error, ex)
                 failed = True
@@ -687,10 +703,16 @@ class Executor:
             if cached.ui is not None:
                 ui_outputs[node_id] = cached.ui
             if self._client_id is not None:
-                self.server.send_sync("executed", {
-                    "node": node_id, "display_node": node_id,
-                    "output": (cached.ui or {}).get("output"), "prompt_id": prompt_id,
-                }, self._client_id)
+                self.server.send_sync(
+                    "executed",
+                    {
+                        "node": node_id,
+                        "display_node": node_id,
+                        "output": (cached.ui or {}).get("output"),
+                        "prompt_id": prompt_id,
+                    },
+                    self._client_id,
+                )
             progress.finish(node_id)
             results[node_id] = cached.outputs
             return True, None, None
@@ -701,8 +723,9 @@ class Executor:
             data, hidden = self._inputs_for(prompt, node_id, results, extra_data)
             if self._client_id is not None:
                 self.server.last_node_id = node_id
-                self.server.send_sync("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id},
-                                      self._client_id)
+                self.server.send_sync(
+                    "executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}, self._client_id
+                )
             key = (node_id, class_type)
             impl = self.objects.get(key)
             if impl is None:
@@ -720,8 +743,11 @@ class Executor:
                     "output": ui,
                 }
                 if self._client_id is not None:
-                    self.server.send_sync("executed", {"node": node_id, "display_node": node_id, "output": ui,
-                                                       "prompt_id": prompt_id}, self._client_id)
+                    self.server.send_sync(
+                        "executed",
+                        {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt_id},
+                        self._client_id,
+                    )
             results[node_id] = outputs
             self.cache.set(node_id, CacheEntry(ui=ui_outputs.get(node_id), outputs=outputs))
         except InterruptProcessingException as ex:
@@ -734,13 +760,17 @@ class Executor:
                     formatted[name] = [format_value(v) for v in values]
             log.error("!!! Exception during processing !!! %s", ex)
             log.error(traceback.format_exc())
-            return False, {
-                "node_id": node_id,
-                "exception_message": f"{ex}\n",
-                "exception_type": full_type_name(type(ex)),
-                "traceback": traceback.format_tb(ex.__traceback__),
-                "current_inputs": formatted,
-            }, ex
+            return (
+                False,
+                {
+                    "node_id": node_id,
+                    "exception_message": f"{ex}\n",
+                    "exception_type": full_type_name(type(ex)),
+                    "traceback": traceback.format_tb(ex.__traceback__),
+                    "current_inputs": formatted,
+                },
+                ex,
+            )
         progress.finish(node_id)
         executed.add(node_id)
         return True, None, None
@@ -756,13 +786,15 @@ class Executor:
         if isinstance(ex, InterruptProcessingException):
             self.add_message("execution_interrupted", message, broadcast=True)
         else:
-            message.update({
-                "exception_message": error["exception_message"],
-                "exception_type": error["exception_type"],
-                "traceback": error["traceback"],
-                "current_inputs": error["current_inputs"],
-                "current_outputs": list(prompt.keys()),
-            })
+            message.update(
+                {
+                    "exception_message": error["exception_message"],
+                    "exception_type": error["exception_type"],
+                    "traceback": error["traceback"],
+                    "current_inputs": error["current_inputs"],
+                    "current_outputs": list(prompt.keys()),
+                }
+            )
             self.add_message("execution_error", message, broadcast=False)
 
 
@@ -782,11 +814,15 @@ def prompt_worker(queue: PromptQueue, executor: Executor, server, stop: threadin
                 log.exception("stand-in executor failure")
                 executor.success = False
                 executor.history_result = {"outputs": {}, "meta": {}}
-            queue.task_done(task_id, executor.history_result, {
-                "status_str": "success" if executor.success else "error",
-                "completed": executor.success,
-                "messages": executor.status_messages,
-            })
+            queue.task_done(
+                task_id,
+                executor.history_result,
+                {
+                    "status_str": "success" if executor.success else "error",
+                    "completed": executor.success,
+                    "messages": executor.status_messages,
+                },
+            )
             if server.client_id is not None:
                 server.send_sync("executing", {"node": None, "prompt_id": prompt_id}, server.client_id)
             log.info("Prompt executed in %.2f seconds", time.perf_counter() - started)

@@ -47,7 +47,7 @@ def resize_planes(planes: np.ndarray, width: int, height: int, method: str, crop
     """Resize [N, H, W] float planes to [N, height, width]."""
     if crop == "center":
         x, y = center_crop_box(planes.shape[2], planes.shape[1], width, height)
-        planes = planes[:, y: planes.shape[1] - y, x: planes.shape[2] - x]
+        planes = planes[:, y : planes.shape[1] - y, x : planes.shape[2] - x]
     resample = RESAMPLE.get(method, Image.Resampling.BILINEAR)
     out = np.empty((planes.shape[0], height, width), dtype=np.float32)
     for index, plane in enumerate(planes):
@@ -85,7 +85,8 @@ def blur(images: np.ndarray, radius: int, sigma: float, check=None) -> np.ndarra
     if radius >= h or radius >= w:
         raise RuntimeError(
             f"Argument #4: Padding size should be less than the corresponding input dimension, "
-            f"but got: padding ({radius}, {radius}) at dimension {3 if radius >= w else 2} of input [{b}, {c}, {h}, {w}]")
+            f"but got: padding ({radius}, {radius}) at dimension {3 if radius >= w else 2} of input [{b}, {c}, {h}, {w}]"
+        )
     kernel = gaussian_kernel_1d(2 * radius + 1, sigma)
     out = np.empty_like(images, dtype=np.float32)
     for index in range(b):
@@ -97,7 +98,7 @@ def blur(images: np.ndarray, radius: int, sigma: float, check=None) -> np.ndarra
             acc = np.zeros_like(image)
             tmp = np.empty_like(image)
             for k, weight in enumerate(kernel):
-                window = padded[k: k + length] if axis == 0 else padded[:, k: k + length]
+                window = padded[k : k + length] if axis == 0 else padded[:, k : k + length]
                 np.multiply(window, weight, out=tmp)
                 acc += tmp
             image = acc
@@ -114,10 +115,16 @@ def next_save_path(prefix: str, output_dir: str, width: int = 0, height: int = 0
     """
     if "%" in prefix:
         now = time.localtime()
-        for key, value in (("%width%", str(width)), ("%height%", str(height)), ("%year%", str(now.tm_year)),
-                           ("%month%", f"{now.tm_mon:02}"), ("%day%", f"{now.tm_mday:02}"),
-                           ("%hour%", f"{now.tm_hour:02}"), ("%minute%", f"{now.tm_min:02}"),
-                           ("%second%", f"{now.tm_sec:02}")):
+        for key, value in (
+            ("%width%", str(width)),
+            ("%height%", str(height)),
+            ("%year%", str(now.tm_year)),
+            ("%month%", f"{now.tm_mon:02}"),
+            ("%day%", f"{now.tm_mday:02}"),
+            ("%hour%", f"{now.tm_hour:02}"),
+            ("%minute%", f"{now.tm_min:02}"),
+            ("%second%", f"{now.tm_sec:02}"),
+        ):
             prefix = prefix.replace(key, value)
     normalized = os.path.normpath(prefix)
     subfolder = os.path.dirname(normalized)
@@ -125,8 +132,10 @@ def next_save_path(prefix: str, output_dir: str, width: int = 0, height: int = 0
     folder = os.path.join(output_dir, subfolder)
     base = os.path.abspath(output_dir)
     if os.path.commonpath((base, os.path.abspath(folder))) != base:
-        message = ("**** ERROR: Saving image outside the output folder is not allowed."
-                   f"\n full_output_folder: {os.path.abspath(folder)}\n         output_dir: {output_dir}")
+        message = (
+            "**** ERROR: Saving image outside the output folder is not allowed."
+            f"\n full_output_folder: {os.path.abspath(folder)}\n         output_dir: {output_dir}"
+        )
         raise Exception(message)
     try:
         names = os.listdir(folder)
@@ -140,7 +149,7 @@ def next_save_path(prefix: str, output_dir: str, width: int = 0, height: int = 0
         if os.path.normcase(head[:-1]) != os.path.normcase(stem) or head[-1:] != "_":
             continue
         try:
-            best = max(best, int(name[length + 1:].split(".")[0].split("_")[0]))
+            best = max(best, int(name[length + 1 :].split(".")[0].split("_")[0]))
         except ValueError:
             pass
     return folder, stem, best + 1, subfolder
@@ -157,7 +166,11 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[
     for name in sorted(tensors):
         array = np.ascontiguousarray(tensors[name])
         data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": dtypes[array.dtype], "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": dtypes[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         offset += len(data)
         blobs.append(data)
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")

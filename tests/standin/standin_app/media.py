@@ -50,8 +50,9 @@ def _utf8_number(n: int) -> bytes:
     return bytes([0xF0 | (n >> 18), 0x80 | ((n >> 12) & 0x3F), 0x80 | ((n >> 6) & 0x3F), 0x80 | (n & 0x3F)])
 
 
-def write_flac(path_or_file, waveform: np.ndarray, sample_rate: int, metadata: dict[str, str] | None = None,
-               block_size: int = 4096) -> None:
+def write_flac(
+    path_or_file, waveform: np.ndarray, sample_rate: int, metadata: dict[str, str] | None = None, block_size: int = 4096
+) -> None:
     """waveform: [channels, samples] floats in [-1, 1]."""
     channels, total = waveform.shape
     pcm = np.clip(np.round(waveform * 32767.0), -32768, 32767).astype(">i2")
@@ -70,7 +71,7 @@ def write_flac(path_or_file, waveform: np.ndarray, sample_rate: int, metadata: d
     out += bytes([0x00]) + len(streaminfo).to_bytes(3, "big") + streaminfo
     out += bytes([0x80 | 4]) + len(vorbis).to_bytes(3, "big") + vorbis
     for number, start in enumerate(range(0, max(total, 1), block_size)):
-        block = pcm[:, start: start + block_size]
+        block = pcm[:, start : start + block_size]
         size = block.shape[1]
         if size == 0:
             break
@@ -98,15 +99,16 @@ def read_wav(path: str) -> tuple[np.ndarray, int]:
     if width == 1:
         data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:
-        data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 2 ** 15
+        data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 2**15
     elif width == 3:
         bytes3 = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3)
-        ints = (bytes3[:, 0].astype(np.int32) | (bytes3[:, 1].astype(np.int32) << 8)
-                | (bytes3[:, 2].astype(np.int32) << 16))
+        ints = (
+            bytes3[:, 0].astype(np.int32) | (bytes3[:, 1].astype(np.int32) << 8) | (bytes3[:, 2].astype(np.int32) << 16)
+        )
         ints = np.where(ints & 0x800000, ints - 0x1000000, ints)
-        data = ints.astype(np.float32) / 2 ** 23
+        data = ints.astype(np.float32) / 2**23
     else:
-        data = np.frombuffer(raw, dtype="<i4").astype(np.float32) / 2 ** 31
+        data = np.frombuffer(raw, dtype="<i4").astype(np.float32) / 2**31
     return data.reshape(-1, channels).T.copy(), rate
 
 
@@ -128,8 +130,9 @@ def write_mp4_mjpeg(path: str, frames: np.ndarray, fps: float, quality: int = 90
     jpegs = []
     for frame in frames:
         buffer = io.BytesIO()
-        Image.fromarray(np.clip(frame[..., :3] * 255, 0, 255).astype(np.uint8)).save(buffer, format="JPEG",
-                                                                                     quality=quality)
+        Image.fromarray(np.clip(frame[..., :3] * 255, 0, 255).astype(np.uint8)).save(
+            buffer, format="JPEG", quality=quality
+        )
         jpegs.append(buffer.getvalue())
     timescale = max(1, round(fps * 1000))
     delta = 1000
@@ -140,18 +143,47 @@ def write_mp4_mjpeg(path: str, frames: np.ndarray, fps: float, quality: int = 90
     mdat = _box(b"mdat", b"".join(jpegs))
     data_offset = len(ftyp) + 8
 
-    mvhd = _full_box(b"mvhd", 0, 0, struct.pack(">IIII", 0, 0, 1000, movie_duration) + struct.pack(">IH", 0x00010000, 0x0100)
-                     + b"\x00" * 10 + _MATRIX + b"\x00" * 24 + struct.pack(">I", 2))
-    tkhd = _full_box(b"tkhd", 0, 3, struct.pack(">IIIII", 0, 0, 1, 0, movie_duration) + b"\x00" * 8
-                     + struct.pack(">hhhH", 0, 0, 0, 0) + _MATRIX + struct.pack(">II", width << 16, height << 16))
-    mdhd = _full_box(b"mdhd", 0, 0, struct.pack(">IIII", 0, 0, timescale, media_duration) + struct.pack(">HH", 0x55C4, 0))
+    mvhd = _full_box(
+        b"mvhd",
+        0,
+        0,
+        struct.pack(">IIII", 0, 0, 1000, movie_duration)
+        + struct.pack(">IH", 0x00010000, 0x0100)
+        + b"\x00" * 10
+        + _MATRIX
+        + b"\x00" * 24
+        + struct.pack(">I", 2),
+    )
+    tkhd = _full_box(
+        b"tkhd",
+        0,
+        3,
+        struct.pack(">IIIII", 0, 0, 1, 0, movie_duration)
+        + b"\x00" * 8
+        + struct.pack(">hhhH", 0, 0, 0, 0)
+        + _MATRIX
+        + struct.pack(">II", width << 16, height << 16),
+    )
+    mdhd = _full_box(
+        b"mdhd", 0, 0, struct.pack(">IIII", 0, 0, timescale, media_duration) + struct.pack(">HH", 0x55C4, 0)
+    )
     hdlr = _full_box(b"hdlr", 0, 0, struct.pack(">I", 0) + b"vide" + b"\x00" * 12 + b"VideoHandler\x00")
     vmhd = _full_box(b"vmhd", 0, 1, struct.pack(">HHHH", 0, 0, 0, 0))
     dinf = _box(b"dinf", _full_box(b"dref", 0, 0, struct.pack(">I", 1) + _full_box(b"url ", 0, 1, b"")))
     name = b"Photo - JPEG"
-    entry = _box(b"jpeg", b"\x00" * 6 + struct.pack(">H", 1) + b"\x00" * 16 + struct.pack(">HH", width, height)
-                 + struct.pack(">II", 0x00480000, 0x00480000) + struct.pack(">I", 0) + struct.pack(">H", 1)
-                 + bytes([len(name)]) + name.ljust(31, b"\x00") + struct.pack(">Hh", 0x18, -1))
+    entry = _box(
+        b"jpeg",
+        b"\x00" * 6
+        + struct.pack(">H", 1)
+        + b"\x00" * 16
+        + struct.pack(">HH", width, height)
+        + struct.pack(">II", 0x00480000, 0x00480000)
+        + struct.pack(">I", 0)
+        + struct.pack(">H", 1)
+        + bytes([len(name)])
+        + name.ljust(31, b"\x00")
+        + struct.pack(">Hh", 0x18, -1),
+    )
     stsd = _full_box(b"stsd", 0, 0, struct.pack(">I", 1) + entry)
     stts = _full_box(b"stts", 0, 0, struct.pack(">III", 1, count, delta))
     stsc = _full_box(b"stsc", 0, 0, struct.pack(">IIII", 1, 1, count, 1))

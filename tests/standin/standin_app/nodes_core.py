@@ -30,6 +30,7 @@ def node(name: str):
     def register(cls):
         REGISTRY[name] = cls
         return cls
+
     return register
 
 
@@ -136,8 +137,10 @@ def file_sha256(path: str) -> str:
 @node("EmptyImage")
 class EmptyImage:
     def run(self, ctx, width, height, batch_size=1, color=0):
-        planes = [np.full((batch_size, height, width, 1), ((color >> shift) & 0xFF) / 0xFF, dtype=np.float32)
-                  for shift in (16, 8, 0)]
+        planes = [
+            np.full((batch_size, height, width, 1), ((color >> shift) & 0xFF) / 0xFF, dtype=np.float32)
+            for shift in (16, 8, 0)
+        ]
         return (np.concatenate(planes, axis=-1),)
 
 
@@ -209,7 +212,7 @@ class ImageFromBatch:
             batch_index += image.shape[0]
         batch_index = max(0, min(image.shape[0] - 1, batch_index))
         length = min(image.shape[0] - batch_index, length)
-        return (image[batch_index: batch_index + length].copy(),)
+        return (image[batch_index : batch_index + length].copy(),)
 
 
 @node("ImageCrop")
@@ -217,7 +220,7 @@ class ImageCrop:
     def run(self, ctx, image, width, height, x, y):
         x = min(x, image.shape[2] - 1)
         y = min(y, image.shape[1] - 1)
-        return (image[:, y: y + height, x: x + width, :].copy(),)
+        return (image[:, y : y + height, x : x + width, :].copy(),)
 
 
 @node("ImageFlip")
@@ -273,10 +276,13 @@ class InvertMask:
 class JoinImageWithAlpha:
     def run(self, ctx, image, alpha):
         count = max(len(image), len(alpha))
-        alpha = 1.0 - imaging.resize_planes(alpha.reshape((-1,) + alpha.shape[-2:]), image.shape[2], image.shape[1],
-                                            "bilinear", "disabled")
-        out = [np.concatenate([image[i % len(image)][..., :3], alpha[i % len(alpha)][..., None]], axis=-1)
-               for i in range(count)]
+        alpha = 1.0 - imaging.resize_planes(
+            alpha.reshape((-1,) + alpha.shape[-2:]), image.shape[2], image.shape[1], "bilinear", "disabled"
+        )
+        out = [
+            np.concatenate([image[i % len(image)][..., :3], alpha[i % len(alpha)][..., None]], axis=-1)
+            for i in range(count)
+        ]
         return (np.stack(out),)
 
 
@@ -359,7 +365,8 @@ class SaveAnimatedWEBP:
 
     def run(self, ctx, images, filename_prefix, fps, lossless, quality, method):
         folder, stem, counter, subfolder = imaging.next_save_path(
-            filename_prefix, ctx.paths.output, images[0].shape[1], images[0].shape[0])
+            filename_prefix, ctx.paths.output, images[0].shape[1], images[0].shape[0]
+        )
         frames = [imaging.to_pil(i) for i in images]
         exif = frames[0].getexif()
         if not ctx.disable_metadata:
@@ -370,9 +377,16 @@ class SaveAnimatedWEBP:
                     exif[tag] = f"{key}:{json.dumps(value)}"
                     tag -= 1
         name = f"{stem}_{counter:05}_.webp"
-        frames[0].save(os.path.join(folder, name), save_all=True, duration=int(1000.0 / fps),
-                       append_images=frames[1:], exif=exif, lossless=lossless, quality=quality,
-                       method=self.METHODS.get(method))
+        frames[0].save(
+            os.path.join(folder, name),
+            save_all=True,
+            duration=int(1000.0 / fps),
+            append_images=frames[1:],
+            exif=exif,
+            lossless=lossless,
+            quality=quality,
+            method=self.METHODS.get(method),
+        )
         ui = {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
         if len(images) > 1:
             ui["animated"] = (True,)
@@ -383,7 +397,8 @@ class SaveAnimatedWEBP:
 class SaveAnimatedPNG:
     def run(self, ctx, images, filename_prefix, fps, compress_level):
         folder, stem, counter, subfolder = imaging.next_save_path(
-            filename_prefix, ctx.paths.output, images[0].shape[1], images[0].shape[0])
+            filename_prefix, ctx.paths.output, images[0].shape[1], images[0].shape[0]
+        )
         frames = [imaging.to_pil(i) for i in images]
         info = None
         if not ctx.disable_metadata:
@@ -391,11 +406,20 @@ class SaveAnimatedPNG:
             if ctx.prompt:
                 info.add(b"comf", b"prompt\0" + json.dumps(ctx.prompt).encode("latin-1", "strict"), after_idat=True)
             for key, value in (ctx.extra_pnginfo or {}).items():
-                info.add(b"comf", key.encode("latin-1") + b"\0" + json.dumps(value).encode("latin-1", "strict"),
-                         after_idat=True)
+                info.add(
+                    b"comf",
+                    key.encode("latin-1") + b"\0" + json.dumps(value).encode("latin-1", "strict"),
+                    after_idat=True,
+                )
         name = f"{stem}_{counter:05}_.png"
-        frames[0].save(os.path.join(folder, name), pnginfo=info, compress_level=compress_level, save_all=True,
-                       duration=int(1000.0 / fps), append_images=frames[1:])
+        frames[0].save(
+            os.path.join(folder, name),
+            pnginfo=info,
+            compress_level=compress_level,
+            save_all=True,
+            duration=int(1000.0 / fps),
+            append_images=frames[1:],
+        )
         ui = {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
         if len(images) > 1:
             ui["animated"] = (True,)
@@ -406,8 +430,12 @@ class SaveAnimatedPNG:
 @node("EmptyLatentImage")
 class EmptyLatentImage:
     def run(self, ctx, width, height, batch_size=1):
-        return ({"samples": np.zeros((batch_size, 4, height // 8, width // 8), dtype=np.float32),
-                 "downscale_ratio_spacial": 8},)
+        return (
+            {
+                "samples": np.zeros((batch_size, 4, height // 8, width // 8), dtype=np.float32),
+                "downscale_ratio_spacial": 8,
+            },
+        )
 
 
 @node("LatentUpscale")
@@ -434,8 +462,9 @@ class LatentUpscaleBy:
     def run(self, ctx, samples, upscale_method, scale_by):
         latent = samples["samples"]
         out = dict(samples)
-        out["samples"] = imaging.resize_latent(latent, round(latent.shape[-1] * scale_by),
-                                               round(latent.shape[-2] * scale_by), upscale_method)
+        out["samples"] = imaging.resize_latent(
+            latent, round(latent.shape[-1] * scale_by), round(latent.shape[-2] * scale_by), upscale_method
+        )
         return (out,)
 
 
@@ -446,7 +475,7 @@ class LatentFromBatch:
         batch_index = min(latent.shape[0] - 1, batch_index)
         length = min(latent.shape[0] - batch_index, length)
         out = dict(samples)
-        out["samples"] = latent[batch_index: batch_index + length].copy()
+        out["samples"] = latent[batch_index : batch_index + length].copy()
         return (out,)
 
 
@@ -468,12 +497,15 @@ class SaveLatent:
             for key in ctx.extra_pnginfo or {}:
                 metadata[key] = json.dumps(ctx.extra_pnginfo[key])
         name = f"{stem}_{counter:05}_.latent"
-        imaging.write_safetensors(os.path.join(folder, name), {
-            "latent_tensor": np.ascontiguousarray(samples["samples"], dtype=np.float32),
-            "latent_format_version_0": np.zeros((0,), dtype=np.float32),
-        }, metadata)
-        return {"ui": {"latents": [{"filename": name, "subfolder": subfolder, "type": "output"}]},
-                "result": (samples,)}
+        imaging.write_safetensors(
+            os.path.join(folder, name),
+            {
+                "latent_tensor": np.ascontiguousarray(samples["samples"], dtype=np.float32),
+                "latent_format_version_0": np.zeros((0,), dtype=np.float32),
+            },
+            metadata,
+        )
+        return {"ui": {"latents": [{"filename": name, "subfolder": subfolder, "type": "output"}]}, "result": (samples,)}
 
 
 # --- text and primitives ----------------------------------------------------------------------
@@ -501,6 +533,7 @@ def _primitive(name: str):
     class Primitive:
         def run(self, ctx, value):
             return (value,)
+
     Primitive.__name__ = name
     return Primitive
 

@@ -67,9 +67,9 @@ def load_audio(path: str) -> tuple[np.ndarray, int]:
                 raise ValueError("No audio frames decoded.")
             data = np.concatenate(chunks, axis=1)
             if data.dtype == np.int16:
-                data = data.astype(np.float32) / 2 ** 15
+                data = data.astype(np.float32) / 2**15
             elif data.dtype == np.int32:
-                data = data.astype(np.float32) / 2 ** 31
+                data = data.astype(np.float32) / 2**31
             return data.astype(np.float32), rate
         except av.error.InvalidDataError:
             raise
@@ -117,8 +117,9 @@ def _encode_audio_av(path: str, waveform: np.ndarray, rate: int, fmt: str, quali
         bitrates = {"64k": 64000, "96k": 96000, "128k": 128000, "192k": 192000, "320k": 320000}
         if fmt in ("opus", "mp3") and quality in bitrates:
             stream.bit_rate = bitrates[quality]
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(waveform.T.reshape(1, -1), dtype=np.float32),
-                                           format="flt", layout=layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(waveform.T.reshape(1, -1), dtype=np.float32), format="flt", layout=layout
+        )
         frame.sample_rate = rate
         frame.pts = 0
         container.mux(stream.encode(frame))
@@ -194,7 +195,9 @@ class Video:
         return int(self.images.nbytes)
 
     def __str__(self) -> str:
-        return f"<Video {self.images.shape[2]}x{self.images.shape[1]} {len(self.images)} frames @{float(self.frame_rate)}>"
+        return (
+            f"<Video {self.images.shape[2]}x{self.images.shape[1]} {len(self.images)} frames @{float(self.frame_rate)}>"
+        )
 
     def save(self, path: str, metadata: dict | None, crf=None) -> None:
         if av is None:
@@ -213,16 +216,19 @@ class Video:
             audio_stream = waveform = layout = None
             if self.audio:
                 sample_rate = int(self.audio["sample_rate"])
-                waveform = np.asarray(self.audio["waveform"])[0, :, :math.ceil(sample_rate / rate * len(self.images))]
+                waveform = np.asarray(self.audio["waveform"])[0, :, : math.ceil(sample_rate / rate * len(self.images))]
                 layout = {1: "mono", 2: "stereo", 6: "5.1"}.get(waveform.shape[0], "stereo")
                 audio_stream = output.add_stream("aac", rate=sample_rate, layout=layout)
             for image in self.images:
-                frame = av.VideoFrame.from_ndarray(np.clip(image[..., :3] * 255, 0, 255).astype(np.uint8), format="rgb24")
+                frame = av.VideoFrame.from_ndarray(
+                    np.clip(image[..., :3] * 255, 0, 255).astype(np.uint8), format="rgb24"
+                )
                 output.mux(stream.encode(frame.reformat(format=pix_fmt)))
             output.mux(stream.encode(None))
             if audio_stream is not None:
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(waveform, dtype=np.float32), format="fltp",
-                                                   layout=layout)
+                frame = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(waveform, dtype=np.float32), format="fltp", layout=layout
+                )
                 frame.sample_rate = int(self.audio["sample_rate"])
                 frame.pts = 0
                 output.mux(audio_stream.encode(frame))
@@ -245,7 +251,8 @@ class GetVideoComponents:
 class SaveVideo:
     def run(self, ctx, video, filename_prefix="video/ComfyUI", format="auto", codec="auto", **options):
         folder, stem, counter, subfolder = imaging.next_save_path(
-            filename_prefix, ctx.paths.output, video.images.shape[2], video.images.shape[1])
+            filename_prefix, ctx.paths.output, video.images.shape[2], video.images.shape[1]
+        )
         metadata = None
         if not ctx.disable_metadata:
             metadata = dict(ctx.extra_pnginfo or {})
@@ -254,8 +261,10 @@ class SaveVideo:
             metadata = metadata or None
         name = f"{stem}_{counter:05}_.mp4"
         video.save(os.path.join(folder, name), metadata, crf=options.get("codec.encoding.crf"))
-        return {"ui": {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": (True,)},
-                "result": (video,)}
+        return {
+            "ui": {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": (True,)},
+            "result": (video,),
+        }
 
 
 @node("SaveWEBM")
@@ -263,23 +272,29 @@ class SaveWEBM:
     def run(self, ctx, images, filename_prefix, codec, fps, crf):
         _need_av("SaveWEBM")
         folder, stem, counter, subfolder = imaging.next_save_path(
-            filename_prefix, ctx.paths.output, images[0].shape[1], images[0].shape[0])
+            filename_prefix, ctx.paths.output, images[0].shape[1], images[0].shape[0]
+        )
         name = f"{stem}_{counter:05}_.webm"
         with av.open(os.path.join(folder, name), mode="w") as container:
             for key, value in _metadata(ctx).items():
                 container.metadata[key] = value
-            stream = container.add_stream({"vp9": "libvpx-vp9", "av1": "libsvtav1"}[codec],
-                                          rate=Fraction(round(fps * 1000), 1000))
+            stream = container.add_stream(
+                {"vp9": "libvpx-vp9", "av1": "libsvtav1"}[codec], rate=Fraction(round(fps * 1000), 1000)
+            )
             stream.width, stream.height = images.shape[-2], images.shape[-3]
             stream.pix_fmt = "yuv420p10le" if codec == "av1" else "yuv420p"
             stream.bit_rate = 0
             stream.options = {"crf": str(crf)}
             for image in images:
-                frame = av.VideoFrame.from_ndarray(np.clip(image[..., :3] * 255, 0, 255).astype(np.uint8), format="rgb24")
+                frame = av.VideoFrame.from_ndarray(
+                    np.clip(image[..., :3] * 255, 0, 255).astype(np.uint8), format="rgb24"
+                )
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
-        return {"ui": {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": (True,)},
-                "result": (images,)}
+        return {
+            "ui": {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": (True,)},
+            "result": (images,),
+        }
 
 
 @node("LoadVideo")

@@ -37,11 +37,33 @@ SERVER_FEATURES = {
 }
 
 MODEL_FOLDERS = [
-    "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
-    "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models",
-    "latent_upscale_models", "custom_nodes", "datasets", "hypernetworks", "photomaker", "classifiers",
-    "model_patches", "audio_encoders", "background_removal", "frame_interpolation", "geometry_estimation",
-    "optical_flow", "detection",
+    "checkpoints",
+    "configs",
+    "loras",
+    "vae",
+    "text_encoders",
+    "diffusion_models",
+    "clip_vision",
+    "style_models",
+    "embeddings",
+    "diffusers",
+    "vae_approx",
+    "controlnet",
+    "gligen",
+    "upscale_models",
+    "latent_upscale_models",
+    "custom_nodes",
+    "datasets",
+    "hypernetworks",
+    "photomaker",
+    "classifiers",
+    "model_patches",
+    "audio_encoders",
+    "background_removal",
+    "frame_interpolation",
+    "geometry_estimation",
+    "optical_flow",
+    "detection",
 ]
 
 JOB_STATUSES = ["pending", "in_progress", "completed", "failed", "cancelled"]
@@ -76,8 +98,9 @@ class Paths:
 
 
 class StandinServer:
-    def __init__(self, loop: asyncio.AbstractEventLoop, catalog: Catalog, registry: dict, paths: Paths,
-                 executor_factory):
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, catalog: Catalog, registry: dict, paths: Paths, executor_factory
+    ):
         self.loop = loop
         self.catalog = catalog
         self.registry = registry
@@ -97,6 +120,7 @@ class StandinServer:
 
     def _validation_context(self, node_id: str):
         from .engine import NodeContext
+
         return NodeContext(self.executor, node_id)
 
     # --- messaging ------------------------------------------------------------------------------
@@ -127,7 +151,9 @@ class StandinServer:
             await self._send_bytes(PREVIEW_IMAGE, self._encode_preview(data), sid)
         elif event == PREVIEW_IMAGE_WITH_METADATA:
             image, metadata = data
-            await self._send_bytes(PREVIEW_IMAGE_WITH_METADATA, self._encode_preview_with_metadata(image, metadata), sid)
+            await self._send_bytes(
+                PREVIEW_IMAGE_WITH_METADATA, self._encode_preview_with_metadata(image, metadata), sid
+            )
         elif isinstance(data, (bytes, bytearray)):
             await self._send_bytes(event, data, sid)
         else:
@@ -429,27 +455,36 @@ class StandinServer:
 
     async def system_stats(self, request):
         total, free = _memory()
-        return web.json_response({
-            "system": {
-                "os": sys.platform,
-                "ram_total": total,
-                "ram_free": free,
-                "comfyui_version": COMFYUI_VERSION,
-                "required_frontend_version": "1.48.7",
-                "installed_templates_version": "0.11.41",
-                "required_templates_version": "0.11.41",
-                "comfy_package_versions": [],
-                "python_version": sys.version,
-                "pytorch_version": "none (stand-in)",
-                "embedded_python": False,
-                "deploy_environment": "local-git",
-                "argv": sys.argv,
-            },
-            "devices": [{
-                "name": "cpu", "type": "cpu", "index": None,
-                "vram_total": total, "vram_free": free, "torch_vram_total": total, "torch_vram_free": free,
-            }],
-        })
+        return web.json_response(
+            {
+                "system": {
+                    "os": sys.platform,
+                    "ram_total": total,
+                    "ram_free": free,
+                    "comfyui_version": COMFYUI_VERSION,
+                    "required_frontend_version": "1.48.7",
+                    "installed_templates_version": "0.11.41",
+                    "required_templates_version": "0.11.41",
+                    "comfy_package_versions": [],
+                    "python_version": sys.version,
+                    "pytorch_version": "none (stand-in)",
+                    "embedded_python": False,
+                    "deploy_environment": "local-git",
+                    "argv": sys.argv,
+                },
+                "devices": [
+                    {
+                        "name": "cpu",
+                        "type": "cpu",
+                        "index": None,
+                        "vram_total": total,
+                        "vram_free": free,
+                        "torch_vram_total": total,
+                        "torch_vram_free": free,
+                    }
+                ],
+            }
+        )
 
     async def features(self, request):
         return web.json_response(dict(SERVER_FEATURES))
@@ -471,10 +506,12 @@ class StandinServer:
     async def get_history(self, request):
         max_items = request.rel_url.query.get("max_items")
         offset = request.rel_url.query.get("offset")
-        return web.json_response(self.prompt_queue.get_history(
-            max_items=int(max_items) if max_items is not None else None,
-            offset=int(offset) if offset is not None else -1,
-        ))
+        return web.json_response(
+            self.prompt_queue.get_history(
+                max_items=int(max_items) if max_items is not None else None,
+                offset=int(offset) if offset is not None else -1,
+            )
+        )
 
     async def get_history_item(self, request):
         return web.json_response(self.prompt_queue.get_history(prompt_id=request.match_info["prompt_id"]))
@@ -538,8 +575,12 @@ class StandinServer:
             self.number += 1
 
         if "prompt" not in data:
-            error = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided",
-                     "extra_info": {}}
+            error = {
+                "type": "no_prompt",
+                "message": "No prompt provided",
+                "details": "No prompt provided",
+                "extra_info": {},
+            }
             return web.json_response({"error": error, "node_errors": {}}, status=400)
 
         prompt = data["prompt"]
@@ -554,7 +595,7 @@ class StandinServer:
                     "type": "invalid_prompt_id",
                     "message": "prompt_id must be a valid UUID",
                     "details": "prompt_id must be a UUID string in canonical lowercase hyphenated form; "
-                               "omit it to let the server generate one",
+                    "omit it to let the server generate one",
                     "extra_info": {},
                 }
                 return web.json_response({"error": error, "node_errors": {}}, status=400)
@@ -591,8 +632,10 @@ class StandinServer:
             statuses = [s.strip().lower() for s in query["status"].split(",") if s.strip()]
             bad = [s for s in statuses if s not in JOB_STATUSES]
             if bad:
-                return web.json_response({"error": f"Invalid status value(s): {', '.join(bad)}. "
-                                                   f"Valid values: {', '.join(JOB_STATUSES)}"}, status=400)
+                return web.json_response(
+                    {"error": f"Invalid status value(s): {', '.join(bad)}. Valid values: {', '.join(JOB_STATUSES)}"},
+                    status=400,
+                )
         sort_order = query.get("sort_order", "desc").lower()
         limit = None
         if "limit" in query:
@@ -612,8 +655,17 @@ class StandinServer:
         page = jobs[offset:]
         if limit is not None:
             page = page[:limit]
-        return web.json_response({"jobs": page, "pagination": {
-            "offset": offset, "limit": limit, "total": total, "has_more": offset + len(page) < total}})
+        return web.json_response(
+            {
+                "jobs": page,
+                "pagination": {
+                    "offset": offset,
+                    "limit": limit,
+                    "total": total,
+                    "has_more": offset + len(page) < total,
+                },
+            }
+        )
 
     async def get_job(self, request):
         job_id = request.match_info["job_id"]
@@ -639,8 +691,14 @@ class StandinServer:
 
 
 def _queue_job(item, status: str) -> dict:
-    return {"id": item[1], "status": status, "priority": item[0], "create_time": item[3].get("create_time"),
-            "outputs_count": 0, "previewable_outputs_count": 0}
+    return {
+        "id": item[1],
+        "status": status,
+        "priority": item[0],
+        "create_time": item[3].get("create_time"),
+        "outputs_count": 0,
+        "previewable_outputs_count": 0,
+    }
 
 
 def _history_job(prompt_id: str, entry: dict, full: bool = False) -> dict:
@@ -672,9 +730,18 @@ def _history_job(prompt_id: str, entry: dict, full: bool = False) -> dict:
                     previewable += 1
                     if preview is None and isinstance(item, dict):
                         preview = {**item, "nodeId": node_id, "mediaType": media}
-    job = {"id": prompt_id, "status": state, "priority": number, "create_time": extra_data.get("create_time"),
-           "execution_start_time": start, "execution_end_time": end, "execution_error": error,
-           "outputs_count": count, "previewable_outputs_count": previewable, "preview_output": preview}
+    job = {
+        "id": prompt_id,
+        "status": state,
+        "priority": number,
+        "create_time": extra_data.get("create_time"),
+        "execution_start_time": start,
+        "execution_end_time": end,
+        "execution_error": error,
+        "outputs_count": count,
+        "previewable_outputs_count": previewable,
+        "preview_output": preview,
+    }
     job = {k: v for k, v in job.items() if v is not None}
     if full:
         job["outputs"] = outputs
@@ -694,7 +761,12 @@ def _memory() -> tuple[int, int]:
 
 def start_worker(server: StandinServer, stop: threading.Event) -> threading.Thread:
     from .engine import prompt_worker
-    thread = threading.Thread(target=prompt_worker, args=(server.prompt_queue, server.executor, server, stop),
-                              name="prompt-worker", daemon=True)
+
+    thread = threading.Thread(
+        target=prompt_worker,
+        args=(server.prompt_queue, server.executor, server, stop),
+        name="prompt-worker",
+        daemon=True,
+    )
     thread.start()
     return thread

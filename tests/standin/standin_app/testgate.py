@@ -29,8 +29,10 @@ CLASS_TYPE = "TestGate"
 POLL_S = 0.02
 
 NODE_INFO = {
-    "input": {"required": {"image": ["IMAGE"], "gate": ["STRING", {"default": "gate", "multiline": False}]},
-              "optional": {"interruptible": ["BOOLEAN", {"default": True}]}},
+    "input": {
+        "required": {"image": ["IMAGE"], "gate": ["STRING", {"default": "gate", "multiline": False}]},
+        "optional": {"interruptible": ["BOOLEAN", {"default": True}]},
+    },
     "input_order": {"required": ["image", "gate"], "optional": ["interruptible"]},
     "is_input_list": False,
     "output": ["IMAGE"],

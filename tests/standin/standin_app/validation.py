@@ -107,16 +107,22 @@ class Validator:
         if node_id in validated:
             return validated[node_id]
         if node_id in visiting:
-            path = visiting[visiting.index(node_id):] + [node_id]
+            path = visiting[visiting.index(node_id) :] + [node_id]
             members = list(dict.fromkeys(path))
             text = " -> ".join(f"{n} ({prompt[n]['class_type']})" for n in path)
             for member in members:
-                validated[member] = (False, [{
-                    "type": "dependency_cycle",
-                    "message": "Dependency cycle detected",
-                    "details": text,
-                    "extra_info": {"node_id": member, "cycle_nodes": members},
-                }], member)
+                validated[member] = (
+                    False,
+                    [
+                        {
+                            "type": "dependency_cycle",
+                            "message": "Dependency cycle detected",
+                            "details": text,
+                            "extra_info": {"node_id": member, "cycle_nodes": members},
+                        }
+                    ],
+                    member,
+                )
             return validated[node_id]
 
         inputs = prompt[node_id]["inputs"]
@@ -136,40 +142,46 @@ class Validator:
             config = [input_type, extra]
             if name not in inputs:
                 if name in required:
-                    errors.append({
-                        "type": "required_input_missing",
-                        "message": "Required input is missing",
-                        "details": name.split(".")[-1] if "." in name else name,
-                        "extra_info": {"input_name": name},
-                    })
+                    errors.append(
+                        {
+                            "type": "required_input_missing",
+                            "message": "Required input is missing",
+                            "details": name.split(".")[-1] if "." in name else name,
+                            "extra_info": {"input_name": name},
+                        }
+                    )
                 continue
 
             value = inputs[name]
             if isinstance(value, list):
                 if len(value) != 2:
-                    errors.append({
-                        "type": "bad_linked_input",
-                        "message": "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                        "details": name,
-                        "extra_info": {"input_name": name, "input_config": config, "received_value": value},
-                    })
+                    errors.append(
+                        {
+                            "type": "bad_linked_input",
+                            "message": "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                            "details": name,
+                            "extra_info": {"input_name": name, "input_config": config, "received_value": value},
+                        }
+                    )
                     continue
                 source_id = value[0]
                 source_class = prompt[source_id]["class_type"]
                 received = self.catalog.output_types(source_class)[value[1]]
                 received_types[name] = received
                 if "input_types" not in validator_params and not types_compatible(received, input_type):
-                    errors.append({
-                        "type": "return_type_mismatch",
-                        "message": "Return type mismatch between linked nodes",
-                        "details": f"{name}, received_type({received}) mismatch input_type({input_type})",
-                        "extra_info": {
-                            "input_name": name,
-                            "input_config": config,
-                            "received_type": received,
-                            "linked_node": value,
-                        },
-                    })
+                    errors.append(
+                        {
+                            "type": "return_type_mismatch",
+                            "message": "Return type mismatch between linked nodes",
+                            "details": f"{name}, received_type({received}) mismatch input_type({input_type})",
+                            "extra_info": {
+                                "input_name": name,
+                                "input_config": config,
+                                "received_type": received,
+                                "linked_node": value,
+                            },
+                        }
+                    )
                     continue
                 try:
                     visiting.append(node_id)
@@ -182,19 +194,25 @@ class Validator:
                         continue
                 except Exception as ex:
                     valid = False
-                    validated[source_id] = (False, [{
-                        "type": "exception_during_inner_validation",
-                        "message": "Exception when validating inner node",
-                        "details": str(ex),
-                        "extra_info": {
-                            "input_name": name,
-                            "input_config": config,
-                            "exception_message": str(ex),
-                            "exception_type": full_type_name(type(ex)),
-                            "traceback": traceback.format_tb(ex.__traceback__),
-                            "linked_node": value,
-                        },
-                    }], source_id)
+                    validated[source_id] = (
+                        False,
+                        [
+                            {
+                                "type": "exception_during_inner_validation",
+                                "message": "Exception when validating inner node",
+                                "details": str(ex),
+                                "extra_info": {
+                                    "input_name": name,
+                                    "input_config": config,
+                                    "exception_message": str(ex),
+                                    "exception_type": full_type_name(type(ex)),
+                                    "traceback": traceback.format_tb(ex.__traceback__),
+                                    "linked_node": value,
+                                },
+                            }
+                        ],
+                        source_id,
+                    )
                     continue
                 continue
 
@@ -203,41 +221,48 @@ class Validator:
                     value = value["__value__"]
                     inputs[name] = value
                 converter = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}.get(
-                    input_type if isinstance(input_type, str) else None)
+                    input_type if isinstance(input_type, str) else None
+                )
                 if converter is not None:
                     value = converter(value)
                     inputs[name] = value
             except Exception as ex:
-                errors.append({
-                    "type": "invalid_input_type",
-                    "message": f"Failed to convert an input value to a {input_type} value",
-                    "details": f"{name}, {value}, {ex}",
-                    "extra_info": {
-                        "input_name": name,
-                        "input_config": config,
-                        "received_value": value,
-                        "exception_message": str(ex),
-                    },
-                })
+                errors.append(
+                    {
+                        "type": "invalid_input_type",
+                        "message": f"Failed to convert an input value to a {input_type} value",
+                        "details": f"{name}, {value}, {ex}",
+                        "extra_info": {
+                            "input_name": name,
+                            "input_config": config,
+                            "received_value": value,
+                            "exception_message": str(ex),
+                        },
+                    }
+                )
                 continue
 
             if name in validator_params or validator_kwargs:
                 continue
             if "min" in extra and value < extra["min"]:
-                errors.append({
-                    "type": "value_smaller_than_min",
-                    "message": f"Value {value} smaller than min of {extra['min']}",
-                    "details": name,
-                    "extra_info": {"input_name": name, "input_config": config, "received_value": value},
-                })
+                errors.append(
+                    {
+                        "type": "value_smaller_than_min",
+                        "message": f"Value {value} smaller than min of {extra['min']}",
+                        "details": name,
+                        "extra_info": {"input_name": name, "input_config": config, "received_value": value},
+                    }
+                )
                 continue
             if "max" in extra and value > extra["max"]:
-                errors.append({
-                    "type": "value_bigger_than_max",
-                    "message": f"Value {value} bigger than max of {extra['max']}",
-                    "details": name,
-                    "extra_info": {"input_name": name, "input_config": config, "received_value": value},
-                })
+                errors.append(
+                    {
+                        "type": "value_bigger_than_max",
+                        "message": f"Value {value} bigger than max of {extra['max']}",
+                        "details": name,
+                        "extra_info": {"input_name": name, "input_config": config, "received_value": value},
+                    }
+                )
                 continue
             if isinstance(input_type, list) or input_type == COMBO:
                 options = input_type if isinstance(input_type, list) else extra.get("options", [])
@@ -250,12 +275,14 @@ class Validator:
                         listed, shown_config = f"(list of length {len(options)})", None
                     else:
                         listed, shown_config = str(options), config
-                    errors.append({
-                        "type": "value_not_in_list",
-                        "message": "Value not in list",
-                        "details": f"{name}: {', '.join(repr(v) for v in invalid)} not in {listed}",
-                        "extra_info": {"input_name": name, "input_config": shown_config, "received_value": value},
-                    })
+                    errors.append(
+                        {
+                            "type": "value_not_in_list",
+                            "message": "Value not in list",
+                            "details": f"{name}: {', '.join(repr(v) for v in invalid)} not in {listed}",
+                            "extra_info": {"input_name": name, "input_config": shown_config, "received_value": value},
+                        }
+                    )
                     continue
 
         if validator is not None:
@@ -270,12 +297,14 @@ class Validator:
             if result is not True:
                 for name in given:
                     details = name if result is False else f"{name} - {result}"
-                    errors.append({
-                        "type": "custom_validation_failed",
-                        "message": "Custom validation failed for node",
-                        "details": details,
-                        "extra_info": {"input_name": name},
-                    })
+                    errors.append(
+                        {
+                            "type": "custom_validation_failed",
+                            "message": "Custom validation failed for node",
+                            "details": details,
+                            "extra_info": {"input_name": name},
+                        }
+                    )
 
         previous = validated.get(node_id, (True, [], node_id))
         outcome = (
@@ -293,33 +322,48 @@ class Validator:
         for node_id, node in prompt.items():
             if "class_type" not in node:
                 title = (node.get("_meta") or {}).get("title")
-                return (False, {
-                    "type": "missing_node_type",
-                    "message": f"Node '{title or f'ID #{node_id}'}' has no class_type. "
-                               "The workflow may be corrupted or a custom node is missing.",
-                    "details": f"Node ID '#{node_id}'",
-                    "extra_info": {"node_id": node_id, "class_type": None, "node_title": title},
-                }, [], {})
+                return (
+                    False,
+                    {
+                        "type": "missing_node_type",
+                        "message": f"Node '{title or f'ID #{node_id}'}' has no class_type. "
+                        "The workflow may be corrupted or a custom node is missing.",
+                        "details": f"Node ID '#{node_id}'",
+                        "extra_info": {"node_id": node_id, "class_type": None, "node_title": title},
+                    },
+                    [],
+                    {},
+                )
             class_type = node["class_type"]
             if class_type not in self.catalog:
                 title = (node.get("_meta") or {}).get("title", class_type)
-                return (False, {
-                    "type": "missing_node_type",
-                    "message": f"Node '{title}' not found. The custom node may not be installed.",
-                    "details": f"Node ID '#{node_id}'",
-                    "extra_info": {"node_id": node_id, "class_type": class_type, "node_title": title},
-                }, [], {})
+                return (
+                    False,
+                    {
+                        "type": "missing_node_type",
+                        "message": f"Node '{title}' not found. The custom node may not be installed.",
+                        "details": f"Node ID '#{node_id}'",
+                        "extra_info": {"node_id": node_id, "class_type": class_type, "node_title": title},
+                    },
+                    [],
+                    {},
+                )
             if self.catalog.is_output_node(class_type):
                 if partial_targets is None or node_id in partial_targets:
                     outputs.append(node_id)
 
         if not outputs:
-            return (False, {
-                "type": "prompt_no_outputs",
-                "message": "Prompt has no outputs",
-                "details": "",
-                "extra_info": {},
-            }, [], {})
+            return (
+                False,
+                {
+                    "type": "prompt_no_outputs",
+                    "message": "Prompt has no outputs",
+                    "details": "",
+                    "extra_info": {},
+                },
+                [],
+                {},
+            )
 
         good: list[str] = []
         failed: list[tuple[str, list]] = []
@@ -330,15 +374,17 @@ class Validator:
                 ok, reasons, _ = self.validate_node(prompt, output_id, validated, [])
             except Exception as ex:
                 ok = False
-                reasons = [{
-                    "type": "exception_during_validation",
-                    "message": "Exception when validating node",
-                    "details": str(ex),
-                    "extra_info": {
-                        "exception_type": full_type_name(type(ex)),
-                        "traceback": traceback.format_tb(ex.__traceback__),
-                    },
-                }]
+                reasons = [
+                    {
+                        "type": "exception_during_validation",
+                        "message": "Exception when validating node",
+                        "details": str(ex),
+                        "extra_info": {
+                            "exception_type": full_type_name(type(ex)),
+                            "traceback": traceback.format_tb(ex.__traceback__),
+                        },
+                    }
+                ]
                 validated[output_id] = (False, reasons, output_id)
             if ok is True:
                 good.append(output_id)
@@ -365,10 +411,15 @@ class Validator:
 
         if not good:
             details = "\n".join(f"{e['message']}: {e['details']}" for _, reasons in failed for e in reasons)
-            return (False, {
-                "type": "prompt_outputs_failed_validation",
-                "message": "Prompt outputs failed validation",
-                "details": details,
-                "extra_info": {},
-            }, [], node_errors)
+            return (
+                False,
+                {
+                    "type": "prompt_outputs_failed_validation",
+                    "message": "Prompt outputs failed validation",
+                    "details": details,
+                    "extra_info": {},
+                },
+                [],
+                node_errors,
+            )
         return (True, None, good, node_errors)
