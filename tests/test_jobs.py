@@ -77,7 +77,7 @@ class Preflighted:
     def __init__(self, pipeline):
         self.inner = pipeline
 
-    def run(self, request, cancel=None):
+    def run(self, request, cancel=None, **options):
         return self.inner.run(request, cancel)
 
     def preflight(self, workflow):

@@ -28,6 +28,7 @@ from ..config import Settings
 from ..errors import ServiceError
 from ..pipeline import PredictResult
 from ..predict_request import PredictRequest, parse_predict_body
+from ..progress import JobProgress, ProgressSink
 from ..runtime import Runtime, Trigger
 from . import retention
 from .model import Job, JobState, error, now
@@ -38,7 +39,8 @@ log = logging.getLogger("handler.jobs.runner")
 
 
 class Pipeline(Protocol):
-    def run(self, request: PredictRequest, cancel: threading.Event | None = None) -> PredictResult: ...
+    def run(self, request: PredictRequest, cancel: threading.Event | None = None, *,
+            progress: ProgressSink | None = None) -> PredictResult: ...
 
 
 class Readiness(Protocol):
@@ -228,7 +230,12 @@ class Runner:
             request = parse_predict_body(stored, self.settings, self.templates)
             if hasattr(request, "priority"):
                 request.priority = job.priority
-            result = self.pipeline.run(request, cancel=active.cancel)
+            # Progress for /status on any instance: in the store, at most once a second.
+            progress = JobProgress(self.repo.store, job.job_id)
+            try:
+                result = self.pipeline.run(request, cancel=active.cancel, progress=progress)
+            finally:
+                progress.close()
         except ServiceError as exc:
             free()
             return self._ended_by(job, active, exc)
@@ -332,12 +339,13 @@ class Runner:
         return RunOutcome(Outcome.FINAL, job, f"already {job.state.value}")
 
     def _announced(self, job: Job, detail: str) -> RunOutcome:
-        retention.discard_request(self.repo, job.job_id)
         try:
             self.outbox.announce(job)
         except Exception as exc:  # the task stays, and its next delivery announces again
             log.warning("job %s: could not queue its webhook: %s", job.job_id, exc)
             return RunOutcome(Outcome.RETRY, job, "the job is final; its webhook could not be queued yet")
+        finally:
+            retention.discard_request(self.repo, job.job_id)  # after the event is on its way
         return RunOutcome(Outcome.FINAL, job, detail)
 
     # --- leases

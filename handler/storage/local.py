@@ -1,17 +1,22 @@
 """A Store in a local folder: the embedded default, and what tests run against.
 
-Writes go to a temporary file renamed into place, so a reader never sees half an object.
-Generations of JSON objects live beside the data under `.gen/`; a lock (a thread lock plus
-an flock on `.lock`, so two processes sharing the folder also agree) makes cas_json atomic.
-Generations come from the clock and only grow, so a deleted-and-recreated object never
-matches a generation read before the delete.
+JSON objects (job records, requests, the catalogue) live in one SQLite database in the folder,
+`objects.sqlite`: each change is one transaction, cas_json compares and writes in the same
+immediate transaction, and SQLite's own locking keeps two processes sharing the folder
+consistent. Generations come from the clock and only grow, so a deleted-and-recreated object
+never matches a generation read before the delete.
+
+Bytes (output files) are files under the folder, written to a temporary name and renamed into
+place, so a reader never sees half a file; the service streams them from there (`path`).
+Renaming over an existing file costs a flush on ext4; job records changing several times per job
+are therefore kept out of files.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
+import sqlite3
 import tempfile
 import threading
 import time
@@ -22,37 +27,55 @@ from typing import Any
 
 from .base import PreconditionFailed, Versioned, check_key, check_prefix, dump_json
 
-_GEN = ".gen"
 _TMP = ".tmp-"
+_DB = "objects.sqlite"
+_SCHEMA = "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, data BLOB NOT NULL, generation INTEGER NOT NULL)"
 
 
 class LocalStore:
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / _GEN).mkdir(exist_ok=True)
-        self._lock = threading.Lock()
-        self._lockfile = self.root / ".lock"
+        self._lock = threading.Lock()  # one connection, shared by this process's threads
+        self._db = sqlite3.connect(self.root / _DB, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL survives a process crash or restart; only a power loss may drop the last commits.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
 
     # --- plumbing
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def _gen_path(self, key: str) -> Path:
-        return self.root / _GEN / check_key(key)
-
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._lock, open(self._lockfile, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     @staticmethod
-    def _write(path: Path, data: bytes) -> None:
+    def _generation_row(db: sqlite3.Connection, key: str) -> int:
+        row = db.execute("SELECT generation FROM objects WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _write_json(db: sqlite3.Connection, key: str, obj: Any, old: int) -> int:
+        new = max(old + 1, time.time_ns() // 1000)
+        db.execute(
+            "INSERT INTO objects (key, data, generation) VALUES (?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET data = excluded.data, generation = excluded.generation",
+            (key, dump_json(obj), new),
+        )
+        return new
+
+    @staticmethod
+    def _write_file(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=path.parent)
         try:
@@ -63,82 +86,67 @@ class LocalStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def _generation(self, key: str) -> int:
-        if not self._path(key).exists():
-            return 0
-        try:
-            return int(self._gen_path(key).read_text() or 0)
-        except (FileNotFoundError, ValueError):
-            return 1  # written by put_bytes, or by hand
-
-    def _write_json(self, key: str, obj: Any, old: int) -> int:
-        new = max(old + 1, time.time_ns() // 1000)
-        self._write(self._path(key), dump_json(obj))
-        self._write(self._gen_path(key), str(new).encode())
-        return new
-
     # --- the Store interface
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        with self._locked():
-            self._write(self._path(key), data)
-            self._gen_path(key).unlink(missing_ok=True)
+        self._write_file(self._path(key), data)
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
+            pass
+        with self._lock:
+            row = self._db.execute("SELECT data FROM objects WHERE key = ?", (check_key(key),)).fetchone()
+        return bytes(row[0]) if row else None
 
     def put_json(self, key: str, obj: Any) -> int:
-        with self._locked():
-            return self._write_json(key, obj, self._generation(key))
+        with self._transaction() as db:
+            return self._write_json(db, check_key(key), obj, self._generation_row(db, key))
 
     def get_json(self, key: str) -> Versioned | None:
-        with self._locked():
-            data = self.get_bytes(key)
-            if data is None:
-                return None
-            return Versioned(json.loads(data), self._generation(key))
+        with self._lock:
+            row = self._db.execute("SELECT data, generation FROM objects WHERE key = ?", (check_key(key),)).fetchone()
+        return None if row is None else Versioned(json.loads(row[0]), int(row[1]))
 
     def cas_json(self, key: str, obj: Any, *, generation: int) -> int:
-        with self._locked():
-            current = self._generation(key)
+        with self._transaction() as db:
+            current = self._generation_row(db, check_key(key))
             if current != generation:
                 raise PreconditionFailed(f"{key}: generation is {current}, not {generation}")
-            return self._write_json(key, obj, current)
+            return self._write_json(db, key, obj, current)
 
     def delete(self, key: str) -> None:
-        with self._locked():
-            self._path(key).unlink(missing_ok=True)
-            self._gen_path(key).unlink(missing_ok=True)
+        self._path(key).unlink(missing_ok=True)
+        with self._transaction() as db:
+            db.execute("DELETE FROM objects WHERE key = ?", (key,))
 
     def list(self, prefix: str) -> list[str]:
         check_prefix(prefix)
-        # Walk only the folder the prefix points into, then filter by the full prefix.
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key FROM objects WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+            ).fetchall()
+        keys = [row[0] for row in rows]
+        # Files: walk only the folder the prefix points into, then filter by the full prefix.
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
-        if not base.is_dir():
-            return []
-        keys = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            if Path(dirpath) == self.root:
-                dirnames[:] = [d for d in dirnames if d != _GEN]
-            for name in filenames:
-                if name.startswith(_TMP) or (Path(dirpath) == self.root and name == ".lock"):
-                    continue
-                key = Path(dirpath, name).relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    keys.append(key)
+        if base.is_dir():
+            for dirpath, _dirnames, filenames in os.walk(base):
+                for name in filenames:
+                    if name.startswith(_TMP) or (Path(dirpath) == self.root and name.startswith(_DB)):
+                        continue
+                    key = Path(dirpath, name).relative_to(self.root).as_posix()
+                    if key.startswith(prefix):
+                        keys.append(key)
         return sorted(keys)
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
-        with self._locked():  # writers hold the lock too, so no folder vanishes under them
-            for key in keys:
-                self._path(key).unlink(missing_ok=True)
-                self._gen_path(key).unlink(missing_ok=True)
-            for top in (self.root, self.root / _GEN):
-                _prune_empty(top, prefix)
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
+        with self._transaction() as db:
+            db.execute("DELETE FROM objects WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+        _prune_empty(self.root, prefix)
         return len(keys)
 
     def uri(self, key: str) -> str:
