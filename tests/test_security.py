@@ -322,5 +322,17 @@ def test_comfyui_inherits_none_of_the_services_secrets(comfy_target, tmp_path: P
         # The service itself still has them (it signs webhooks with one).
         own = Path(f"/proc/{service.process.pid}/environ").read_bytes()
         assert b"WEBHOOK_SECRET=" in own
+        # ... and shows them nowhere: not in answers (settings views included), not in its log.
+        job = service.post("/predict", json={"workflow": {"1": empty_image(), "2": save()}, "async": True})
+        answers = [
+            service.post("/predict", json={"workflow": {"1": empty_image(), "2": save()}}),
+            service.post("/predict", json={"workflow": {"1": {"class_type": "Nope", "inputs": {}}}}),
+            job, service.get(f"/status/{job.json()['job_id']}"),
+            service.get("/"), service.get("/system"), service.get("/metrics"), service.get("/dashboard/data"),
+        ]
+        assert [r.status_code for r in answers[:3]] == [200, 400, 202]
+        for name, value in SECRETS.items():
+            assert not any(value in r.text for r in answers), name
+            assert value not in service.log(), name
     finally:
         service.stop()
