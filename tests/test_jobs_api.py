@@ -493,3 +493,32 @@ def test_strict_priority_through_cloud_tasks_at_full_concurrency(tmp_path, tasks
     finally:
         svc.stop()
         ingress.close()
+
+
+@pytest.mark.parametrize("point", ["claimed", "ran", "uploaded", "final", "delivered"])
+def test_killed_at_any_step_a_job_ends_once_with_its_bytes_and_its_webhook(tmp_path, point):
+    """The fault matrix: the process is killed hard (SIGKILL, handler/failpoints.py) at one step
+    of a job, then started again: the job reaches one final state, its result is its own bytes,
+    and its webhook arrives (at least once, always with the same webhook-id)."""
+    receiver = Receiver()
+    svc = ServiceProcess(STANDIN_TARGET, tmp_path / "svc", env={**BASE_ENV, "FAILPOINT_KILL": point}).start()
+    try:
+        svc.wait_ready()
+        job_id = submit(svc, quick(13000 + len(point)), webhook={"url": receiver.url})
+        assert svc.process is not None and svc.process.wait(60) == -signal.SIGKILL
+        svc.env.pop("FAILPOINT_KILL")
+        svc.start().wait_ready()
+        final = wait_for(svc, job_id, lambda s: s["state"] in FINAL and s["webhook"].get("delivered_at"))
+        assert final["state"] == "succeeded", final
+        assert final["attempts"] == (1 if point in ("final", "delivered") else 2)  # a killed run counts
+        (file,) = final["result"]["files"]
+        data = requests.get(file["url"], timeout=10).content
+        assert data.startswith(b"\x89PNG") and len(data) == file["size"]
+        assert f"/outputs/{job_id}/" in file["url"]
+        wait_until(lambda: len(receiver.received) >= 1)
+        ids = {d["headers"]["webhook-id"] for d in receiver.received}
+        assert len(ids) == 1 and all(d["verified"] for d in receiver.received)
+        assert {d["payload"]["data"]["job_id"] for d in receiver.received} == {job_id}
+    finally:
+        svc.stop()
+        receiver.close()

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from .. import webhooks
 from ..config import Settings
+from ..failpoints import Failpoints
 from ..taskqueue import PullQueue
 from .model import Job, WebhookState
 from .repo import JobRepo, Keep
@@ -45,6 +46,7 @@ class Outbox:
         self.repo = repo
         self.views = views
         self.queue = queue
+        self.failpoints = Failpoints(settings.failpoint_kill)
 
     def announce(self, job: Job) -> None:
         """Queue the job's event for delivery. Raises when the queue cannot take it."""
@@ -62,6 +64,8 @@ class Outbox:
         assert job.webhook_url and job.webhook_id
         result = webhooks.attempt(job.webhook_url, self.views.event(job), self.settings, webhook_id=job.webhook_id)
         attempts = int((job.webhook or {}).get("attempts", 0)) + 1
+        if result.delivered:
+            self.failpoints.reach("delivered")
         if result.delivered:
             state = WebhookState.DELIVERED
         elif not result.retryable or attempts >= self.settings.webhook_max_attempts:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from .. import errors, logs
 from ..config import Settings
 from ..errors import ServiceError
+from ..failpoints import Failpoints
 from ..pipeline import PredictResult
 from ..predict_request import PredictRequest, parse_predict_body
 from ..progress import JobProgress, ProgressSink
@@ -103,6 +104,7 @@ class Runner:
         self.templates = templates
         self.instance_id = instance_id
         self.lease_ttl_s = settings.job_lease_ttl_s
+        self.failpoints = Failpoints(settings.failpoint_kill)
         self._active: dict[str, ActiveRun] = {}
         self._lock = threading.Lock()
         runtime.on_stop(self._hand_back_all)
@@ -213,6 +215,7 @@ class Runner:
         active = ActiveRun(token, now() + self.lease_ttl_s)
         with self._lock:
             self._active[job_id] = active
+        self.failpoints.reach("claimed")
         try:
             return self._execute(job, active, free)
         finally:
@@ -244,6 +247,7 @@ class Runner:
             log.exception("job %s failed unexpectedly", job.job_id)
             return self._final(job, active, JobState.FAILED, error=error("internal_error", type(exc).__name__))
         free()  # ComfyUI has the next prompt already: store this one's outputs meanwhile
+        self.failpoints.reach("ran")
         try:
             files = self._upload(job.job_id, active.token, result)
         except Exception as exc:
@@ -251,6 +255,7 @@ class Runner:
             self.repo.discard_outputs(job.job_id, active.token)
             return self._hand_back(job, active, error("storage_unavailable", "storing the outputs failed"), counts=True)
         summary = {"prompt_id": result.prompt_id, "files": files, "outputs": result.outputs, "timings": result.timings}
+        self.failpoints.reach("uploaded")
         return self._final(job, active, JobState.SUCCEEDED, result=summary)
 
     def _ended_by(self, job: Job, active: ActiveRun, exc: ServiceError) -> RunOutcome:
@@ -302,6 +307,7 @@ class Runner:
                 Outcome.BUSY, self.repo.find(job.job_id), "the lease was taken over; this run's result is dropped"
             )
         log.info("job %s %s after %d attempt(s)", job.job_id, state.value, job.attempts)
+        self.failpoints.reach("final")
         return self._announced(job, state.value)
 
     def _hand_back(self, job: Job, active: ActiveRun, reason: dict[str, Any], *, counts: bool) -> RunOutcome:
