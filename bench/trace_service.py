@@ -43,28 +43,28 @@ async def predict(request):
     return response
 
 
-async def read_json(request, limit):
-    body = await _read_json(request, limit)
+async def read_json(request, limit, *args):
+    body = await _read_json(request, limit, *args)
     if (rec := record.get()) is not None:
         rec["body_read"] = now()
     return body
 
 
-def run_sync(services, body):  # in the worker thread; anyio carries the context over
+def run_sync(services, body, *args):  # in the worker thread; anyio carries the context over
     rec = record.get()
     if rec is not None:
         rec["in_thread"] = now()
-    result = _run_sync(services, body)
+    result = _run_sync(services, body, *args)
     if rec is not None:
         rec["response_dict"] = now()
     return result
 
 
-def run(self, request, cancel):
+def run(self, request, cancel, *args):
     rec = record.get()
     if rec is not None:
         rec["pipeline"] = now()
-    result = _run(self, request, cancel)
+    result = _run(self, request, cancel, *args)
     if rec is not None:
         rec["pipeline_end"] = now()  # after the cleanup in its `finally`
         rec["timings"] = result.timings

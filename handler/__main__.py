@@ -22,6 +22,7 @@ from typing import Any, Callable
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from . import logs
 from .app import create_app
 from .config import ConfigError, Settings
 from .runtime import Runtime
@@ -151,11 +152,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
+    logs.configure(settings)  # JSON lines for Cloud Logging on Cloud Run, readable text locally
     try:
         app = create_app(settings)
     except ValueError as exc:
@@ -170,7 +167,10 @@ def main() -> int:
         # Answers in flight get this long after SIGTERM; runs see `stopping` and answer 503 at
         # once, so this only bounds slow writers. Cloud Run kills the process 10 s after SIGTERM.
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
-        access_log=settings.log_level == "DEBUG",
+        # The request observer writes the access lines (with request id and trace), and uvicorn's
+        # own loggers go through the root handler configured above.
+        access_log=False,
+        log_config=None,
     )
     server = Server(config, app.state.runtime)
     server.run()

@@ -3,6 +3,9 @@
     python -m handler.client https://svc-…run.app workflow.json --out outputs/
     python -m handler.client URL workflow.json --async --priority high --image in.png
     python -m handler.client URL --workflow-id sdxl-txt2img --param prompt="a red fox" --param steps=20
+    python -m handler.client URL workflow.json --stream            # live progress bar, then the outputs
+    python -m handler.client URL workflow.json --raw image/png     # the one output file itself
+    python -m handler.client URL workflow.json --url               # outputs stored, links printed
 
 As a module:
 
@@ -24,13 +27,27 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import unquote
 
 import requests
 
 FINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class RawOutput:
+    """A raw /predict answer: the one output file, and the metadata the service sent in headers."""
+
+    data: bytes
+    content_type: str
+    filename: str  # with the subfolder the workflow named, e.g. "portraits/out_00001_.png"
+    prompt_id: str
+    node_id: str
+    outputs: dict[str, Any]
 
 
 class ClientError(Exception):
@@ -65,7 +82,7 @@ def identity_token(audience: str) -> str:
 def image_entry(path: str | Path, name: str | None = None) -> dict[str, str]:
     """An `images` item from a local file (base64) or pass a URL through."""
     text = str(path)
-    if text.startswith(("http://", "https://")):
+    if text.startswith(("http://", "https://", "gs://")):
         return {"name": name or PurePosixPath(text.split("?", 1)[0]).name, "image": text}
     data = Path(path).read_bytes()
     return {"name": name or Path(path).name, "image": base64.b64encode(data).decode("ascii")}
@@ -129,9 +146,84 @@ class Client:
         body.update({k: v for k, v in extra.items() if v is not None})
         return body
 
-    def predict(self, workflow: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
-        """Run and wait on one connection; returns the /predict response (base64 images)."""
-        return self._call("POST", "/predict", json=self.body(workflow, **kwargs))
+    def predict(self, workflow: dict[str, Any] | None = None, *, delivery: str | None = None,
+                **kwargs: Any) -> dict[str, Any]:
+        """Run and wait on one connection; returns the /predict response: base64 images, or
+        with `delivery="url"` links to the stored files (`uri`, `url`)."""
+        return self._call("POST", "/predict", json=self._with_delivery(self.body(workflow, **kwargs), delivery))
+
+    @staticmethod
+    def _with_delivery(body: dict[str, Any], delivery: str | None) -> dict[str, Any]:
+        if delivery:
+            output = body.get("output") or {}
+            body["output"] = {**({"format": output} if isinstance(output, str) else output), "delivery": delivery}
+        return body
+
+    def predict_raw(self, workflow: dict[str, Any] | None = None, *, accept: str = "image/*",
+                    **kwargs: Any) -> RawOutput:
+        """Run a workflow with exactly one file output and get that file itself (no base64).
+        `accept` names the types wanted (image/png, image/webp re-encodes a still image, video/mp4, …)."""
+        response = self._send(json=self.body(workflow, **kwargs), headers={"Accept": accept})
+        headers = response.headers
+        return RawOutput(
+            data=response.content,
+            content_type=headers.get("Content-Type", "application/octet-stream"),
+            filename=unquote(headers.get("X-Output-Filename", "output")),
+            prompt_id=headers.get("X-Prompt-Id", ""),
+            node_id=unquote(headers.get("X-Output-Node", "")),
+            outputs=json.loads(headers.get("X-Outputs", "{}")),
+        )
+
+    def stream(self, workflow: dict[str, Any] | None = None, *, previews: bool = False,
+               delivery: str | None = None, **kwargs: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Run with live progress: yields (event, data) as they come (`queued`, `started`,
+        `progress`, `executed`, `preview`), then ("result", the answer a plain call returns).
+        An `error` event raises ClientError with the status and error of a plain call."""
+        body = self._with_delivery(self.body(workflow, **kwargs), delivery)
+        if previews:
+            body["previews"] = True
+        response = self._send(json=body, headers={"Accept": "text/event-stream"}, stream=True)
+        kind = None
+        with response:
+            for line in response.iter_lines():
+                if line.startswith(b"event: "):
+                    kind = line[7:].decode()
+                elif line.startswith(b"data: ") and kind:
+                    data = json.loads(line[6:])
+                    if kind == "error":
+                        error = data.get("body", {}).get("error") or {}
+                        raise ClientError(f"HTTP {data.get('status_code')}: {error.get('message')}",
+                                          data.get("status_code"), error)
+                    yield kind, data
+                    if kind == "result":
+                        return
+        raise ClientError("the event stream ended without a result")
+
+    def predict_stream(self, workflow: dict[str, Any] | None = None, *,
+                       on_event: Callable[[str, dict[str, Any]], None] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """`stream`, calling `on_event` for each progress event; returns the final answer."""
+        for kind, data in self.stream(workflow, **kwargs):
+            if kind == "result":
+                return data
+            if on_event is not None:
+                on_event(kind, data)
+        raise ClientError("the event stream ended without a result")
+
+    def _send(self, **kwargs: Any) -> requests.Response:
+        """POST /predict once, for answers that are not a JSON object (a file, an event stream)."""
+        try:
+            response = self.http.post(self.base_url + "/predict", timeout=self.timeout_s, **kwargs)
+        except requests.RequestException as exc:
+            raise ClientError(f"cannot reach {self.base_url}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                error = response.json().get("error") or {}
+            except ValueError:
+                error = {}
+            message = error.get("message") if isinstance(error, dict) else None
+            raise ClientError(f"HTTP {response.status_code}: {message or response.text[:300]}", response.status_code,
+                              error if isinstance(error, dict) else None)
+        return response
 
     def submit(self, workflow: dict[str, Any] | None = None, *, priority: str = "normal", webhook: str | None = None,
                inline: bool | None = None, **kwargs: Any) -> str:
@@ -173,7 +265,7 @@ class Client:
         sync = "images" in answer  # a sync response holds base64 images; a job's status, files
         items: list[dict[str, Any]] = answer["images"] if sync else (answer.get("result") or {}).get("files", [])
         for item in items:
-            data = base64.b64decode(item["image"]) if sync else self._fetch(item)
+            data = base64.b64decode(item["image"]) if sync and "image" in item else self._fetch(item)
             relative = PurePosixPath(item.get("subfolder") or "", item["filename"])
             if relative.is_absolute() or ".." in relative.parts:
                 relative = PurePosixPath(relative.name)
@@ -239,6 +331,44 @@ def _summary(answer: dict[str, Any]) -> dict[str, Any]:
     return stripped
 
 
+def _safe_relative(name: str) -> PurePosixPath:
+    relative = PurePosixPath(name)
+    return PurePosixPath(relative.name) if relative.is_absolute() or ".." in relative.parts else relative
+
+
+class ProgressBar:
+    """Progress events drawn as one line that rewrites itself."""
+
+    WIDTH = 30
+
+    def __init__(self, out: Any):
+        self.out = out
+        self.drawn = False
+
+    def update(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "queued":
+            line = f"queued (position {data.get('position', 0)})"
+        elif kind == "started":
+            line = "running"
+        elif kind == "progress":
+            share = (data.get("percent") or 0.0) / 100
+            filled = int(share * self.WIDTH)
+            line = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share * 100:5.1f}% "
+                    f"node {data.get('node')} {data.get('class_type') or ''} {data.get('step')}/{data.get('max')}")
+        elif kind == "executed":
+            line = f"node {data.get('node')} {data.get('class_type') or ''} done"
+        else:
+            return
+        self.out.write("\r\033[K" + line)
+        self.out.flush()
+        self.drawn = True
+
+    def done(self) -> None:
+        if self.drawn:
+            self.out.write("\n")
+            self.out.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m handler.client", description=__doc__.split("\n\n")[0])
     parser.add_argument("url", help="the service's base URL")
@@ -247,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", type=_param, default=[], metavar="K=V",
                         help="a parameter of the named workflow (JSON values allowed)")
     parser.add_argument("--image", action="append", type=_image, default=[], metavar="[NAME=]PATH|URL",
-                        help="an input image: a local file or an http(s) URL")
+                        help="an input image: a local file, an http(s) URL or a gs:// URI")
     parser.add_argument("--async", dest="run_async", action="store_true", help="queue a job and poll it")
     parser.add_argument("--priority", choices=("high", "normal", "low"), default="normal")
     parser.add_argument("--webhook", help="a URL to be told when the job ends (async)")
@@ -256,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, help="the job's timeout in seconds")
     parser.add_argument("--token", help="a bearer token to send")
     parser.add_argument("--id-token", action="store_true", help="mint a Google identity token for the URL")
+    parser.add_argument("--stream", action="store_true", help="sync: show live progress (Server-Sent Events)")
+    parser.add_argument("--raw", nargs="?", const="image/*", metavar="TYPE",
+                        help="sync: get the one output file itself (Accept: TYPE, default image/*)")
+    parser.add_argument("--url", dest="url_delivery", action="store_true", help="sync: store the outputs and answer links")
     args = parser.parse_args(argv)
 
     if bool(args.workflow) == bool(args.workflow_id):
@@ -273,8 +407,23 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             answer = client.wait(job_id, timeout_s=(args.timeout or 3600) + 600)
             ok = answer["state"] == "succeeded"
+        elif args.raw:
+            raw = client.predict_raw(workflow, accept=args.raw, **request)
+            path = Path(args.out).joinpath(*_safe_relative(raw.filename).parts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(raw.data)
+            print(json.dumps({"prompt_id": raw.prompt_id, "content_type": raw.content_type, "size": len(raw.data),
+                              "node_id": raw.node_id, "outputs": raw.outputs}, indent=2))
+            print(f"saved {path}", file=sys.stderr)
+            return 0
+        elif args.stream:
+            bar = ProgressBar(sys.stderr)
+            answer = client.predict_stream(workflow, on_event=bar.update, delivery="url" if args.url_delivery else None,
+                                           **request)
+            bar.done()
+            ok = True
         else:
-            answer = client.predict(workflow, **request)
+            answer = client.predict(workflow, delivery="url" if args.url_delivery else None, **request)
             ok = True
         saved = client.save_outputs(answer, args.out) if ok else []
     except ClientError as exc:

@@ -32,7 +32,7 @@ _CALLERS_FAULT = {errno.ENAMETOOLONG, errno.EEXIST, errno.EISDIR, errno.ENOTDIR,
 class InputImage:
     name: str
     data: bytes | None = None  # decoded bytes, or
-    url: str | None = None  # a URL fetched when the job runs
+    url: str | None = None  # a URL (https://, or gs:// read with our credentials) fetched when the job runs
 
 
 def check_name(name: Any, where: str) -> str:
@@ -85,11 +85,16 @@ def parse_images(raw: Any, settings: Settings) -> list[InputImage]:
         folders.update("/".join(name.split("/")[:end]) for end in range(1, name.count("/") + 1))
         value = item.get("image", item.get("url"))
         if not isinstance(value, str) or not value:
-            raise BadRequest(f"{where}.image must be a base64 string, a data URI or an http(s) URL")
+            raise BadRequest(f"{where}.image must be a base64 string, a data URI, an http(s) URL or a gs:// URI")
         if value.startswith(("http://", "https://")):
             from .urlguard import check_url
 
             check_url(value, settings, purpose="input image")
+            images.append(InputImage(name, url=value))
+        elif value.startswith("gs://"):
+            from .gcsinput import check_gcs_uri
+
+            check_gcs_uri(value, settings, purpose=f"{where}.image")  # allowlisted buckets only
             images.append(InputImage(name, url=value))
         else:
             images.append(InputImage(name, data=decode_base64(value, f"{where}.image", settings.max_input_bytes)))
@@ -121,6 +126,7 @@ def _materialise(image: InputImage, settings: Settings, deadline: float | None) 
     if image.data is not None:
         return image.data
     from .urlguard import FetchFailed, fetch_bytes
+    assert image.url is not None
 
     timeout_s = settings.url_fetch_timeout_s
     if deadline is not None:
@@ -129,6 +135,10 @@ def _materialise(image: InputImage, settings: Settings, deadline: float | None) 
             raise Timeout(f"the request's timeout ran out before the input image {image.name!r} was fetched")
         timeout_s = min(timeout_s, remaining)
     try:
+        if image.url.startswith("gs://"):
+            from .gcsinput import read_gcs
+
+            return read_gcs(image.url, settings, max_bytes=settings.max_input_bytes, timeout_s=timeout_s)
         return fetch_bytes(image.url, settings, max_bytes=settings.max_input_bytes, timeout_s=timeout_s)
     except FetchFailed:
         if deadline is not None and time.monotonic() >= deadline:

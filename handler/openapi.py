@@ -86,12 +86,16 @@ INPUT_IMAGE = {
     "properties": {
         "name": {"type": "string", "description": "The file name the workflow's loaders refer to.",
                  "examples": ["input.png"]},
-        "image": {"type": "string", "description": "Base64, a data URI, or an http(s) URL fetched by the service."},
+        "image": {"type": "string", "description": (
+            "Base64, a data URI, an http(s) URL fetched by the service, or a gs://bucket/object URI read with the "
+            "service's credentials (only buckets URL_ALLOWLIST names as gs://bucket[/prefix]). Bodies over 32 MiB "
+            "never reach a Cloud Run service: send large inputs by URL.")},
     },
 }
 
 OUTPUT_OPTIONS = {
-    "description": 'Re-encode the images returned, e.g. {"format": "webp", "quality": 90}, or just "webp".',
+    "description": ('Re-encode the images returned, e.g. {"format": "webp", "quality": 90}, or just "webp"; '
+                    '`delivery`: "inline" (base64 in the answer) or "url" (stored; the answer lists `uri` and `url`).'),
     "anyOf": [
         {"type": "string", "enum": OUTPUT_FORMATS},
         {
@@ -99,6 +103,9 @@ OUTPUT_OPTIONS = {
             "properties": {
                 "format": {"type": "string", "enum": OUTPUT_FORMATS},
                 "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
+                "delivery": {"type": "string", "enum": ["inline", "url"], "default": "inline",
+                             "description": "Sync answers: files as base64, or stored (Cloud Storage, or the local "
+                                            "store) with gs:// URIs and signed URLs, as async results."},
             },
         },
     ],
@@ -108,6 +115,8 @@ COMMON_FIELDS: dict[str, Any] = {
     "images": {"type": "array", "items": _ref("InputImage"), "description": "Input images the workflow loads by name."},
     "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds to wait for the result."},
     "output": _ref("OutputOptions"),
+    "previews": {"type": "boolean", "default": False,
+                 "description": "With Accept: text/event-stream: sampler previews as `preview` events (base64)."},
     "async": {"type": "boolean", "default": False,
               "description": "Accept the request as a job (202) instead of waiting for the result."},
     "webhook": {
@@ -148,9 +157,31 @@ FILE = {
         "output_key": {"type": "string", "examples": ["images", "gifs"]},
         "content_type": {"type": "string", "examples": ["image/png"]},
         "size": {"type": "integer"},
-        "image": {"type": "string", "contentEncoding": "base64"},
+        "image": {"type": "string", "contentEncoding": "base64", "description": "Inline delivery."},
+        "uri": {"type": "string", "description": "URL delivery: gs://bucket/key (local://key for a local store)."},
+        "url": {"type": ["string", "null"], "format": "uri",
+                "description": "URL delivery: a signed HTTPS URL (or the service's own link for a local store)."},
     },
 }
+
+# Server-Sent Events of a sync run (Accept: text/event-stream): handler/sse.py.
+EVENTS_DESCRIPTION = (
+    "With `Accept: text/event-stream` the answer is a stream of events, sent chunked (no size limit): "
+    "`queued` {prompt_id, position}, `started` {prompt_id}, `progress` {node, class_type, step, max, percent} as "
+    "ComfyUI reports it, `executed` {node, class_type, output} per output node, `preview` {node, class_type, "
+    "content_type, image} when the body says `\"previews\": true`, then `result` (exactly the JSON of a plain "
+    "call) or `error` {status_code, body} (the status and error body of a plain call). A comment line is sent "
+    "every 15 s while nothing else is. Errors before the run starts (a bad body, not ready) are plain HTTP "
+    "errors. A client that disconnects has its prompt interrupted."
+)
+RAW_DESCRIPTION = (
+    "With `Accept` naming a file type (image/png, image/webp, image/*, video/mp4, audio/*, "
+    "application/octet-stream, …) and a workflow with exactly one file output, the body is that file (a still "
+    "image is re-encoded to the still format asked for). Headers: Content-Disposition (its name), X-Prompt-Id, "
+    "X-Output-Node, X-Output-Key, X-Output-Type, X-Output-Filename (URL-encoded, with its subfolder), "
+    "Server-Timing (the timings), X-Outputs (ComfyUI's outputs as JSON, when under 8 KiB). With none or several "
+    "files: 406, or the JSON answer when the Accept allows JSON too."
+)
 
 PREDICT_RESPONSE = {
     "type": "object",
@@ -192,6 +223,18 @@ JOB = {
         "updated_at": _TIME,
         "status_url": {"type": "string"},
         "cancel_requested": {"type": "boolean"},
+        "progress": {
+            "type": "object",
+            "description": "While running: the latest of ComfyUI's progress messages (at most one update a second).",
+            "properties": {
+                "node": {"type": ["string", "null"]},
+                "class_type": {"type": ["string", "null"]},
+                "step": {"type": ["number", "null"]},
+                "max": {"type": ["number", "null"]},
+                "percent": {"type": ["number", "null"]},
+                "updated_at": {"type": "number", "description": "Unix time of the update."},
+            },
+        },
         "result": {
             "type": "object",
             "properties": {
@@ -282,15 +325,30 @@ def _paths(predict_request: dict[str, Any], predict_examples: dict[str, Any]) ->
             "description": (
                 "Sends either `workflow` (API format) or `workflow_id` with `params`. The result comes back in the "
                 "response, unless the body asks for `async` or a `webhook`: then the graph is checked, a job is "
-                "accepted (202) and its state is read from `/status/{job_id}`."
+                "accepted (202) and its state is read from `/status/{job_id}`.\n\n"
+                "The sync answer takes the form the `Accept` header asks for: JSON (default; files inline as base64, "
+                "or stored with links when `output.delivery` is \"url\"), the file itself, or Server-Sent Events. "
+                "Any answer over CHUNKED_ABOVE_BYTES (16 MiB) goes out chunked: Cloud Run lets a chunked answer through "
+                "at any size, and refuses one over 32 MiB that declares its length.\n\n" + RAW_DESCRIPTION + "\n\n"
+                + EVENTS_DESCRIPTION
             ),
             "requestBody": {"required": True, "content": {JSON: {"schema": predict_request, "examples": predict_examples}}},
             "responses": {
-                "200": _json(_ref("PredictResponse"), "The outputs, images inline as base64."),
+                "200": {"description": "The outputs: JSON (base64 inline, or links with output.delivery \"url\"), the "
+                                       "one file itself (raw), or an event stream.",
+                        "content": {JSON: {"schema": _ref("PredictResponse")},
+                                    "text/event-stream": {"schema": {"type": "string",
+                                                                     "description": EVENTS_DESCRIPTION}},
+                                    "image/*": {"schema": {"type": "string", "format": "binary"}},
+                                    "video/*": {"schema": {"type": "string", "format": "binary"}},
+                                    "audio/*": {"schema": {"type": "string", "format": "binary"}},
+                                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
                 "202": {**_json(_ref("JobAccepted"), "Accepted as an async job (`async`, `webhook`, or a Cloud Tasks delivery)."),
                         "headers": {"Location": {"schema": {"type": "string"}, "description": "The status URL."}}},
                 "400": _error("A malformed body, or a workflow ComfyUI refuses (workflow_invalid, with node_errors)."),
                 "404": _error("No template with that workflow_id."),
+                "406": _error("The Accept header allows no form of the answer (e.g. text/html), or a raw answer was "
+                              "asked for and the workflow did not produce exactly one file of an accepted type."),
                 "413": _error("The body or an input image is too large."),
                 "422": _error("A template parameter is wrong: `param` names it, `message` says why."),
                 "500": _error("ComfyUI failed while running the workflow."),

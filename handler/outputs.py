@@ -31,12 +31,15 @@ EXTRA_TYPES = {
 FORMATS = {"png": ("PNG", "image/png", ".png"), "jpeg": ("JPEG", "image/jpeg", ".jpg"),
            "webp": ("WEBP", "image/webp", ".webp")}
 STILL_IMAGES = {"image/png", "image/jpeg", "image/webp"}
+# How a sync answer carries the files: base64 in the JSON, or stored with links (handler/delivery.py).
+DELIVERIES = ("inline", "url")
 
 
 @dataclass(frozen=True)
 class OutputOptions:
     format: str | None = None  # None keeps what ComfyUI wrote
     quality: int = 90
+    delivery: str = "inline"  # one of DELIVERIES; async jobs always store their outputs
 
     @classmethod
     def parse(cls, raw: Any) -> "OutputOptions":
@@ -54,7 +57,11 @@ class OutputOptions:
         quality = raw.get("quality", 90)
         if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
             raise BadRequest("output.quality must be an integer from 1 to 100")
-        return cls(fmt, quality)
+        delivery = raw.get("delivery", "inline")
+        if delivery not in DELIVERIES:
+            raise BadRequest(f"output.delivery must be one of {', '.join(DELIVERIES)}; got {delivery!r} "
+                             "(for the file itself, send an Accept header such as image/png)")
+        return cls(fmt, quality, delivery)
 
 
 @dataclass
