@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import __version__, workflows_api
-from .comfy import Comfy
+from .comfy import Comfy, ComfyConnection
 from .config import ServiceRole, Settings
 from .errors import BadRequest, PayloadTooLarge, RequestTimeout, ServiceError
 from . import catalog, storage, taskqueue
@@ -110,7 +110,7 @@ async def info(request: Request) -> JSONResponse:
         "role": services.settings.service_role.value,
         "model_type": services.settings.model_type,
         "comfyui": None if comfy is None else {
-            "version": comfy.version, "state": comfy.state, "ready": comfy.ready,
+            "version": comfy.version, "state": comfy.state.value, "ready": comfy.ready,
             "restarts": comfy.supervisor.restarts if comfy.supervisor else None},
         "async": {"queue": services.settings.queue_backend, "storage": services.settings.storage_backend},
         "endpoints": sorted({route.path for route in request.app.routes if hasattr(route, "path")}),
@@ -121,7 +121,7 @@ async def healthz(request: Request) -> JSONResponse:
     comfy = services_of(request).comfy
     if comfy is None or comfy.ready:  # the api role needs no ComfyUI to serve
         return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": comfy.state}, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse({"status": comfy.state.value}, status_code=503, headers={"Retry-After": "5"})
 
 
 async def models(request: Request) -> JSONResponse:
@@ -180,10 +180,15 @@ async def predict(request: Request) -> Response:
     wanted = delivery.negotiate(request.headers.get("accept"))  # 406 before any work
     base_url = services.job_routes.base_url(request)
     if wanted.form is Form.EVENTS:
-        # A bad body or a ComfyUI that is not ready is a plain HTTP error, before the stream starts.
-        predict_request = await run_in_threadpool(parse_sync, services, body, wanted)
-        _comfy(services).require_ready()
-        return sse.stream(services.pipeline, runtime, predict_request, outlet(services, base_url))
+        comfy = _comfy(services)
+
+        def prepare() -> PredictRequest:
+            # A bad body or a ComfyUI that is not ready is a plain HTTP error, before the stream starts.
+            predict_request = parse_sync(services, body, wanted)
+            comfy.require_ready()
+            return predict_request
+
+        return await sse.stream(prepare, services.pipeline, runtime, outlet(services, base_url))
     return await runtime.run_long(run_sync, services, body, wanted, base_url)
 
 
@@ -223,15 +228,16 @@ def core_routes(settings: Settings) -> list[BaseRoute]:
     return routes
 
 
-def build_services(settings: Settings, runtime: Runtime) -> Services:
-    """Everything the role needs, each part complete when built."""
+def build_services(settings: Settings, runtime: Runtime, comfy_client: ComfyConnection | None = None) -> Services:
+    """Everything the role needs, each part complete when built. `comfy_client`: the
+    connection to an attached ComfyUI (the in-process tests' double); by default Comfy's own."""
     store = storage.from_settings(settings)
     templates = Templates.from_settings(settings)
     comfy = pipeline = None
     checks: Preflight = StoreCatalog(store)
     runs = None
     if settings.service_role.runs_comfy:
-        comfy = Comfy(settings, runtime.thread)
+        comfy = Comfy(settings, runtime.thread, comfy_client)
         pipeline = Pipeline(comfy, runtime)
         checks, runs = pipeline, Runs(pipeline, comfy)
     metrics = Metrics(settings)
@@ -255,12 +261,13 @@ def after_boot(services: Services) -> None:
         catalog.publish(services.jobs.service.store, comfy.object_info)
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, comfy_client: ComfyConnection | None = None) -> Starlette:
+    """The service. `comfy_client` replaces the connection to ComfyUI (see `build_services`)."""
     settings = settings or Settings.from_env()
     runtime = Runtime(settings)
     if settings.service_role.runs_comfy or "local" in (settings.queue_backend, settings.storage_backend):
         runtime.claim_state_dir(settings.state_dir)
-    services = build_services(settings, runtime)
+    services = build_services(settings, runtime, comfy_client)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):

@@ -3,32 +3,95 @@
 Ready means: ComfyUI listens, our websocket is connected, its node catalogue is loaded and the
 optional warmup workflow has run. Every step is triggered by the one before it (the "listening"
 log line, the websocket handshake), not by polling.
+
+`Comfy.state` (a `ComfyState`) has one writer, `Comfy._update`: the supervisor's, the
+websocket's, the boot's and the caller's threads all change it there, under one lock, and the
+same call sets or clears the readiness event that `wait_ready` and `notify_ready` wait on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from . import gpu
-from .comfy_client import ComfyClient
+from .comfy_client import ComfyClient, PromptWatch
 from .config import Settings
 from .errors import ComfyUnavailable, NotFound
 from .inputs import FolderInputs, InputSink, UploadedInputs
 from .outputs import FolderOutputs, OutputSource, ViewOutputs
-from .runtime import Spawn
+from .runtime import Spawn, Trigger
 from .supervisor import ComfyFolders, ComfySupervisor
 
 log = logging.getLogger("handler.comfy")
 
 
+class ComfyState(str, enum.Enum):
+    """Where ComfyUI stands; the value is what /healthz, / and the dashboard show."""
+
+    STARTING = "starting"  # booting or attaching; the catalogue is not loaded yet
+    FETCHING_MODELS = "fetching models"  # MODELS_SOURCE is copied before ComfyUI starts
+    MODEL_FETCH_FAILED = "model fetch failed"  # final: the models could not be fetched
+    READY = "ready"  # booted: catalogue loaded, warmup run (ready for work while connected)
+    RESTARTING = "restarting"  # the child exited; the supervisor starts it again
+    STOPPING = "stopping"  # final: the service stops
+    GPU_UNUSABLE = "gpu unusable"  # final: REQUIRE_GPU and PyTorch sees no CUDA device
+
+
+# States nothing leaves.
+FINAL_STATES = frozenset({ComfyState.MODEL_FETCH_FAILED, ComfyState.STOPPING, ComfyState.GPU_UNUSABLE})
+
+
+class ComfyConnection(Protocol):
+    """What the service uses of its connection to ComfyUI (`ComfyClient`; a test double in the
+    in-process tests). `on_connect` and `on_disconnect` are called on the connection's own
+    thread after every websocket (re)connect and drop."""
+
+    on_connect: Callable[[], None] | None
+    on_disconnect: Callable[[], None] | None
+    connects: int
+
+    @property
+    def connected(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def comfy_listening(self) -> None: ...
+
+    def comfy_exited(self) -> None: ...
+
+    def get_json(self, path: str, timeout_s: float = 30.0) -> Any: ...
+
+    def watch(self, prompt_id: str) -> PromptWatch: ...
+
+    def forget(self, prompt_id: str) -> None: ...
+
+    def in_flight(self) -> list[PromptWatch]: ...
+
+    def ahead_of(self, prompt_id: str) -> int: ...
+
+    def submit(self, graph: dict[str, Any], prompt_id: str, number: float | None = None) -> None: ...
+
+    def interrupt(self, prompt_id: str, timeout_s: float = 30.0) -> None: ...
+
+    def queued(self, prompt_id: str, timeout_s: float = 30.0) -> bool: ...
+
+    def history(self, prompt_id: str) -> dict[str, Any] | None: ...
+
+
 class Comfy:
-    def __init__(self, settings: Settings, spawn: Spawn):
-        """`spawn` starts this part's threads (the runtime's, in the service)."""
+    def __init__(self, settings: Settings, spawn: Spawn, client: ComfyConnection | None = None):
+        """`spawn` starts this part's threads (the runtime's, in the service). `client`: the
+        connection to an attached ComfyUI whose folders are given (COMFYUI_URL with
+        COMFYUI_INPUT_DIR and COMFYUI_OUTPUT_DIR); by default a `ComfyClient` to ComfyUI."""
         self.settings = settings
         self._spawn = spawn
         self.supervisor: ComfySupervisor | None = None
@@ -44,19 +107,29 @@ class Comfy:
             folders = self.supervisor.folders
         else:
             raise ValueError("set COMFYUI_PATH (boot ComfyUI) or COMFYUI_URL (attach to one)")
-        self.client = ComfyClient(base_url, settings, supervised=self.supervisor is not None, spawn=spawn)
         self.folders = folders
         self.inputs: InputSink
         self.outputs: OutputSource
+        if client is not None and (self.supervisor is not None or folders is None):
+            raise ValueError(
+                "a given ComfyUI client attaches: set COMFYUI_URL, COMFYUI_INPUT_DIR and COMFYUI_OUTPUT_DIR"
+            )
+        if client is None:
+            own = ComfyClient(base_url, settings, supervised=self.supervisor is not None, spawn=spawn)
+            client = own
+            if folders is None:
+                self.inputs = UploadedInputs(own, settings)
+                self.outputs = ViewOutputs(own)
+        self.client: ComfyConnection = client
         if folders:
             self.inputs = FolderInputs(folders.input, settings)
             self.outputs = FolderOutputs({"input": folders.input, "output": folders.output, "temp": folders.temp})
-        else:
-            self.inputs = UploadedInputs(self.client, settings)
-            self.outputs = ViewOutputs(self.client)
-        self._booted = threading.Event()
         self._boot_lock = threading.Lock()
-        self.state = "starting"
+        # Written only by `_update`, under `_state_lock`.
+        self._state_lock = threading.Lock()
+        self._state = ComfyState.STARTING
+        self._life = 0  # which ComfyUI process: one more after each exit
+        self._ready = Trigger()  # set exactly while ready: booted and the websocket connected
         self.output_classes: frozenset[str] = frozenset()
         self.object_info: dict[str, Any] = {}
         self.version: str | None = None
@@ -69,11 +142,46 @@ class Comfy:
         self._models: tuple[float, dict[str, list[str]]] | None = None
         self._after_boot: Callable[[], None] | None = None
 
-    # --- lifecycle -------------------------------------------------------------------------
+    # --- state -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ComfyState:
+        return self._state
 
     @property
     def ready(self) -> bool:
-        return self._booted.is_set() and self.client.connected
+        """Booted (catalogue loaded, warmup run) and the websocket connected."""
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Block until ComfyUI is ready or `timeout_s` passed; whether it is ready."""
+        return self._ready.wait(timeout_s)
+
+    @contextlib.contextmanager
+    def notify_ready(self, event: threading.Event) -> Iterator[None]:
+        """While inside, `event` is set each time ComfyUI becomes ready (at once if it is)."""
+        with self._ready.linked(event):
+            yield
+
+    def _update(self, to: ComfyState | None = None, *, life: int | None = None) -> bool:
+        """The one writer of `state` and of readiness: move to `to` (unless the state is final,
+        or `life` is given and ComfyUI exited since), then set readiness iff READY and the
+        websocket is connected. Whether it moved."""
+        with self._state_lock:
+            moved = False
+            if to is not None and self._state not in FINAL_STATES and life in (None, self._life):
+                if self._state is not to:
+                    log.debug("ComfyUI state: %s → %s", self._state.value, to.value)
+                self._state, moved = to, True
+                if to is ComfyState.RESTARTING:
+                    self._life += 1  # a boot of the ComfyUI that exited no longer makes it ready
+            if self._state is ComfyState.READY and self.client.connected:
+                self._ready.set()  # a Trigger: linked waiters wake too
+            else:
+                self._ready.clear()
+            return moved
+
+    # --- lifecycle -------------------------------------------------------------------------
 
     def start(self, after_boot: Callable[[], None] | None = None) -> None:
         """Boot (or attach to) ComfyUI. `after_boot` runs once the catalogue is loaded and
@@ -82,6 +190,7 @@ class Comfy:
         if self.supervisor is not None:
             self._check_gpu()  # before anything starts: a worker without its GPU stops here
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.start()
         if self.supervisor is None:
             return
@@ -102,22 +211,21 @@ class Comfy:
     def _fetch_models_then_boot(self) -> None:
         from .modelfiles import ensure_models
 
-        self.state = "fetching models"
+        if not self._update(ComfyState.FETCHING_MODELS):
+            return  # stopped before it began
         try:
             fetch_started = time.monotonic()
             ensure_models(self.settings)
             self.models_fetch_s = time.monotonic() - fetch_started
         except Exception as exc:
-            self.state = "model fetch failed"
+            self._update(ComfyState.MODEL_FETCH_FAILED)
             log.error("cannot fetch the models from MODELS_SOURCE: %s", exc)
             return
-        self.state = "starting"
-        if self.supervisor:
+        if self._update(ComfyState.STARTING) and self.supervisor:
             self.supervisor.start()
 
     def stop(self) -> None:
-        self.state = "stopping"
-        self._booted.clear()
+        self._update(ComfyState.STOPPING)
         if self.supervisor:
             self.supervisor.stop()
         self.client.close()
@@ -126,28 +234,31 @@ class Comfy:
         self.client.comfy_listening()
 
     def _on_exit(self, code: int) -> None:
-        if self.state != "stopping":
-            self.state = "restarting"
+        self._update(ComfyState.RESTARTING)
         self._down_since = time.monotonic()
-        self._booted.clear()
         self.client.comfy_exited()
 
+    def _on_disconnect(self) -> None:
+        self._update()  # not ready while the websocket is down
+
     def _on_connect(self) -> None:
-        if self._booted.is_set():
+        self._update()  # a websocket reconnect to a booted ComfyUI: ready again
+        if self._state is ComfyState.READY:
             return  # a websocket reconnect, not a new ComfyUI
         self._spawn("comfyui-boot", self._boot)
 
     def _boot(self) -> None:
         with self._boot_lock:
-            while not self._booted.is_set() and self.state != "stopping" and self.client.connected:
+            life = self._life
+            while self._state not in FINAL_STATES and self._state is not ComfyState.READY and self.client.connected:
                 try:
                     self._boot_checks()
                 except Exception as exc:
                     log.error("ComfyUI boot checks failed (%s); retrying", exc)
                     time.sleep(2)
                     continue
-                self.state = "ready"
-                self._booted.set()
+                if not self._update(ComfyState.READY, life=life):
+                    return  # stopped, or ComfyUI exited, during the checks: its next connect boots
                 self.boot_s = time.monotonic() - self._down_since
                 log.info(
                     "ComfyUI %s is ready (%.1f s after start)", self.version or "?", time.monotonic() - self.started_at
@@ -170,7 +281,7 @@ class Comfy:
                 torch_version,
                 ", ".join(devices) or "none",
             )
-            self.state = "gpu unusable"
+            self._update(ComfyState.GPU_UNUSABLE)
             self.supervisor.stop()
             os._exit(3)
         self._models = None
@@ -179,7 +290,7 @@ class Comfy:
 
     def require_ready(self) -> None:
         if not self.ready:
-            raise ComfyUnavailable(f"ComfyUI is not ready ({self.state}); retry shortly")
+            raise ComfyUnavailable(f"ComfyUI is not ready ({self._state.value}); retry shortly")
 
     # --- models ----------------------------------------------------------------------------
 

@@ -163,6 +163,7 @@ class ComfyClient:
         self._progress_owner: tuple[str | None, str | None] = (None, None)
         self.connects = 0
         self.on_connect: Callable[[], None] | None = None  # called after every (re)connect
+        self.on_disconnect: Callable[[], None] | None = None  # called after every drop
         if settings.ws_trace:
             websocket.enableTrace(True)
 
@@ -235,6 +236,8 @@ class ComfyClient:
             self._receive(ws)
             self._connected.clear()
             self._ws = None
+            if self.on_disconnect:
+                self.on_disconnect()
             with self._lock:
                 for watch in self._watches.values():
                     watch.missed_events = True

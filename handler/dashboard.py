@@ -45,7 +45,7 @@ PAGE_HEADERS = {
 def comfy_view(comfy: Comfy, stats: dict[str, Any] | None) -> dict[str, Any]:
     system = (stats or {}).get("system") or {}
     return {
-        "state": comfy.state,
+        "state": comfy.state.value,
         "ready": comfy.ready,
         "version": comfy.version,
         "restarts": comfy.supervisor.restarts if comfy.supervisor else 0,

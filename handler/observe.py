@@ -277,7 +277,7 @@ def routes(services: Services, metrics: Metrics) -> list[BaseRoute]:
             "comfyui": None,
         }
         if comfy is not None:
-            info: dict[str, Any] = {"state": comfy.state, "ready": comfy.ready, "version": comfy.version}
+            info: dict[str, Any] = {"state": comfy.state.value, "ready": comfy.ready, "version": comfy.version}
             if comfy.ready:
                 info["system_stats"] = scrub(comfy.client.get_json("/system_stats", timeout_s=5))
                 info["queue"] = comfy_queue(comfy)

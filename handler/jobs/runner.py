@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,8 +46,14 @@ class Pipeline(Protocol):
 
 
 class Readiness(Protocol):
+    """Whether ComfyUI is ready for work, and a way to be woken when it becomes so."""
+
     @property
     def ready(self) -> bool: ...
+
+    def notify_ready(self, event: threading.Event) -> AbstractContextManager[None]:
+        """While inside, `event` is set each time ComfyUI becomes ready (at once if it is)."""
+        ...
 
 
 class Outcome(str, enum.Enum):

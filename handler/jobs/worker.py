@@ -4,6 +4,10 @@ It holds up to LOCAL_SLOTS jobs inside ComfyUI at once and frees a slot as soon 
 pipeline returns, before its outputs are stored, so ComfyUI always has the next prompt waiting.
 Prompts enter ComfyUI's own queue by priority too (the pipeline numbers them), so a low job
 handed over early never runs before a high one that arrives later.
+
+The dispatcher waits on one event, set when a slot frees, when ComfyUI becomes ready and when
+the service stops: it never polls either. Only the local queue's `next` is bounded (half a
+second), so that a stop is seen while no job arrives.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import functools
 import logging
 import threading
 
-from ..runtime import Runtime
+from ..runtime import Runtime, link
 from ..taskqueue import Claim, PullQueue
 from .model import JobState
 from .repo import JobRepo
@@ -21,7 +25,28 @@ from .runner import Outcome, Readiness, Runner, RunOutcome
 log = logging.getLogger("handler.jobs.worker")
 
 LOCAL_SLOTS = 2  # one running, one waiting in ComfyUI's queue
-READY_POLL_S = 0.1
+NEXT_TIMEOUT_S = 0.5  # the longest the dispatcher is blind to `stopping` (inside queue.next)
+
+
+class Slots:
+    """A count of free places in ComfyUI; `freed` is set each time one is given back."""
+
+    def __init__(self, count: int, freed: threading.Event):
+        self._free = count
+        self._lock = threading.Lock()
+        self.freed = freed
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._free == 0:
+                return False
+            self._free -= 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self._free += 1
+        self.freed.set()
 
 
 class LocalWorker:
@@ -39,7 +64,9 @@ class LocalWorker:
         self.repo = repo
         self.comfy = comfy
         self.runtime = runtime
-        self.slots = threading.Semaphore(slots)
+        # Set by a freed slot, by ComfyUI becoming ready and by `stopping` (linked in `_loop`).
+        self._wake = threading.Event()
+        self.slots = Slots(slots, self._wake)
 
     def start(self) -> None:
         self._recover()
@@ -53,18 +80,19 @@ class LocalWorker:
                 self.queue.enqueue(job.job_id, job.priority)
 
     def _loop(self) -> None:
-        stopping = self.runtime.stopping
-        while not stopping.is_set():
-            if not self.slots.acquire(timeout=0.5):
-                continue
-            # Do not burn attempts while ComfyUI boots or restarts.
-            while not stopping.is_set() and not self.comfy.ready:
-                stopping.wait(READY_POLL_S)
-            claim = None if stopping.is_set() else self.queue.next(timeout=0.5)
-            if claim is None:
-                self.slots.release()
-                continue
-            self.runtime.thread(f"job-{claim.job_id[:8]}", functools.partial(self._work, claim))
+        stopping, wake = self.runtime.stopping, self._wake
+        with link(stopping, wake), self.comfy.notify_ready(wake):
+            while not stopping.is_set():
+                wake.clear()  # cleared before the checks: a change after them ends the wait below
+                # Do not burn attempts while ComfyUI boots or restarts; at most LOCAL_SLOTS in it.
+                if not self.comfy.ready or not self.slots.take():
+                    wake.wait()
+                    continue
+                claim = None if stopping.is_set() else self.queue.next(timeout=NEXT_TIMEOUT_S)
+                if claim is None:
+                    self.slots.give()
+                    continue
+                self.runtime.thread(f"job-{claim.job_id[:8]}", functools.partial(self._work, claim))
 
     def _work(self, claim: Claim) -> None:
         freed = threading.Event()
@@ -72,7 +100,7 @@ class LocalWorker:
         def free() -> None:
             if not freed.is_set():
                 freed.set()
-                self.slots.release()
+                self.slots.give()
 
         try:
             outcome = self.runner.run(claim.job_id, takeover=True, after_comfy=free)
