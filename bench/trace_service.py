@@ -17,9 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from starlette.responses import Response  # noqa: E402
+
 import handler.app as app  # noqa: E402
 import handler.pipeline as pipeline  # noqa: E402
-from starlette.responses import Response  # noqa: E402
 
 now = time.perf_counter
 record: contextvars.ContextVar[dict | None] = contextvars.ContextVar("bench_trace", default=None)

@@ -16,8 +16,9 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -29,7 +30,9 @@ from .runtime import Runtime
 
 log = logging.getLogger("handler.server")
 
-_TIMEOUT_BODY = b'{"status":"error","error":{"code":"request_timeout","message":"the request headers took too long to arrive"}}'
+_TIMEOUT_BODY = (
+    b'{"status":"error","error":{"code":"request_timeout","message":"the request headers took too long to arrive"}}'
+)
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
     b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY
@@ -46,8 +49,9 @@ class _LingeringTransport:
     makes the kernel send a reset, which can destroy the answer (a 408) before the client has
     read it."""
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop,
-                 mid_request: Callable[[], bool]) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, mid_request: Callable[[], bool]
+    ) -> None:
         self._transport = transport
         self._loop = loop
         self._mid_request = mid_request

@@ -7,35 +7,33 @@ import functools
 import json
 import logging
 import time
-from pathlib import Path
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import __version__, workflows_api
+from . import __version__, catalog, dashboard, delivery, logs, observe, sse, storage, taskqueue, workflows_api
+from .catalog import StoreCatalog
 from .comfy import Comfy, ComfyConnection
 from .config import ServiceRole, Settings
+from .delivery import Form, Outlet, Wanted
 from .errors import BadRequest, PayloadTooLarge, RequestTimeout, ServiceError
-from . import catalog, storage, taskqueue
-from .catalog import StoreCatalog
 from .jobs import Jobs, Preflight, Runs
 from .jobs_api import JobRoutes
-from .tasktoken import TaskTokenVerifier
-from . import dashboard, logs, observe
 from .metrics import Metrics
-from starlette.middleware import Middleware
-from . import delivery, sse
-from .delivery import Form, Outlet, Wanted
 from .pipeline import Pipeline
 from .predict_request import PredictRequest, parse_predict_body
 from .runtime import Runtime
+from .tasktoken import TaskTokenVerifier
 from .templates import Templates
 
 log = logging.getLogger("handler.app")
@@ -55,7 +53,8 @@ class Services:
 
 
 def services_of(request: Request) -> Services:
-    return request.app.state.services
+    services: Services = request.app.state.services
+    return services
 
 
 def _comfy(services: Services) -> Comfy:
@@ -104,17 +103,24 @@ def _finite_float(text: str) -> float:
 async def info(request: Request) -> JSONResponse:
     services = services_of(request)
     comfy = services.comfy
-    return JSONResponse({
-        "service": "comfyrun",
-        "version": __version__,
-        "role": services.settings.service_role.value,
-        "model_type": services.settings.model_type,
-        "comfyui": None if comfy is None else {
-            "version": comfy.version, "state": comfy.state.value, "ready": comfy.ready,
-            "restarts": comfy.supervisor.restarts if comfy.supervisor else None},
-        "async": {"queue": services.settings.queue_backend, "storage": services.settings.storage_backend},
-        "endpoints": sorted({route.path for route in request.app.routes if hasattr(route, "path")}),
-    })
+    return JSONResponse(
+        {
+            "service": "comfyrun",
+            "version": __version__,
+            "role": services.settings.service_role.value,
+            "model_type": services.settings.model_type,
+            "comfyui": None
+            if comfy is None
+            else {
+                "version": comfy.version,
+                "state": comfy.state.value,
+                "ready": comfy.ready,
+                "restarts": comfy.supervisor.restarts if comfy.supervisor else None,
+            },
+            "async": {"queue": services.settings.queue_backend, "storage": services.settings.storage_backend},
+            "endpoints": sorted({route.path for route in request.app.routes if hasattr(route, "path")}),
+        }
+    )
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -173,8 +179,10 @@ async def predict(request: Request) -> Response:
     if services.job_routes.wants_async(body, request):
         return await services.job_routes.accept(body, request)
     if services.pipeline is None:
-        raise BadRequest("this is the api service, without a GPU: send sync requests to the worker, "
-                         "or add \"async\": true", worker_url=services.settings.worker_url)
+        raise BadRequest(
+            'this is the api service, without a GPU: send sync requests to the worker, or add "async": true',
+            worker_url=services.settings.worker_url,
+        )
     # On the runtime's own limiter: long runs never hold anyio's default pool (/models, /status).
     runtime: Runtime = request.app.state.runtime
     wanted = delivery.negotiate(request.headers.get("accept"))  # 406 before any work
@@ -241,8 +249,17 @@ def build_services(settings: Settings, runtime: Runtime, comfy_client: ComfyConn
         pipeline = Pipeline(comfy, runtime)
         checks, runs = pipeline, Runs(pipeline, comfy)
     metrics = Metrics(settings)
-    jobs = Jobs.build(settings, store, taskqueue.from_settings(settings), taskqueue.outbox_from_settings(settings),
-                      checks, runs, templates, runtime, observer=metrics.job_changed)
+    jobs = Jobs.build(
+        settings,
+        store,
+        taskqueue.from_settings(settings),
+        taskqueue.outbox_from_settings(settings),
+        checks,
+        runs,
+        templates,
+        runtime,
+        observer=metrics.job_changed,
+    )
     routes = JobRoutes(settings, jobs, TaskTokenVerifier.from_settings(settings))
     return Services(settings, comfy, pipeline, templates, jobs, routes, metrics)
 
@@ -270,7 +287,7 @@ def create_app(settings: Settings | None = None, *, comfy_client: ComfyConnectio
     services = build_services(settings, runtime, comfy_client)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if services.comfy is not None:
             services.comfy.start(after_boot=functools.partial(after_boot, services))
         services.jobs.start()
@@ -288,11 +305,15 @@ def create_app(settings: Settings | None = None, *, comfy_client: ComfyConnectio
     scraped = observe.collector(services)
     services.metrics.registry.register(scraped)
     app = Starlette(
-        routes=core_routes(settings) + workflows_api.routes(services) + services.job_routes.routes()
-        + observe.routes(services, services.metrics) + dashboard.routes(services, services.metrics, scraped),
+        routes=core_routes(settings)
+        + workflows_api.routes(services)
+        + services.job_routes.routes()
+        + observe.routes(services, services.metrics)
+        + dashboard.routes(services, services.metrics, scraped),
         middleware=[Middleware(observe.RequestObserver, metrics=services.metrics, settings=settings)],
         lifespan=lifespan,
-        exception_handlers={ServiceError: service_error, HTTPException: http_error, Exception: unexpected_error},
+        # starlette types each handler as taking any Exception; ours take the class they are for
+        exception_handlers={ServiceError: service_error, HTTPException: http_error, Exception: unexpected_error},  # type: ignore[dict-item]
     )
     app.state.services = services
     app.state.runtime = runtime

@@ -66,7 +66,8 @@ def identity_token(audience: str) -> str:
         import google.oauth2.id_token
 
         token: str = google.oauth2.id_token.fetch_id_token(  # type: ignore[no-untyped-call]
-            google.auth.transport.requests.Request(), audience)
+            google.auth.transport.requests.Request(), audience
+        )
         return token
     except Exception:
         pass
@@ -89,8 +90,14 @@ def image_entry(path: str | Path, name: str | None = None) -> dict[str, str]:
 
 
 class Client:
-    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 660.0,
-                 session: requests.Session | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 660.0,
+        session: requests.Session | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.http = session or requests.Session()
@@ -106,7 +113,7 @@ class Client:
                 response = self.http.request(method, self.base_url + path, **kwargs)
             except requests.RequestException as exc:
                 if attempt < retries:
-                    time.sleep(min(10, 2 ** attempt))
+                    time.sleep(min(10, 2**attempt))
                     continue
                 raise ClientError(f"cannot reach {self.base_url}: {exc}") from None
             if response.status_code == 503 and attempt < retries:  # ComfyUI booting: it says when
@@ -121,15 +128,23 @@ class Client:
                 message = error.get("message") if isinstance(error, dict) else response.text[:300]
                 raise ClientError(f"HTTP {response.status_code}: {message}", response.status_code, error)
             if not isinstance(body, dict):
-                raise ClientError(f"HTTP {response.status_code}: not a JSON object: {response.text[:300]}",
-                                  response.status_code)
+                raise ClientError(
+                    f"HTTP {response.status_code}: not a JSON object: {response.text[:300]}", response.status_code
+                )
             return body
         raise AssertionError("unreachable")
 
     @staticmethod
-    def body(workflow: dict[str, Any] | None = None, *, workflow_id: str | None = None,
-             params: dict[str, Any] | None = None, images: Iterable[dict[str, str]] | None = None, output: Any = None, timeout: float | None = None,
-             **extra: Any) -> dict[str, Any]:
+    def body(
+        workflow: dict[str, Any] | None = None,
+        *,
+        workflow_id: str | None = None,
+        params: dict[str, Any] | None = None,
+        images: Iterable[dict[str, str]] | None = None,
+        output: Any = None,
+        timeout: float | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {}
         if workflow_id:
             body["workflow_id"] = workflow_id
@@ -146,8 +161,9 @@ class Client:
         body.update({k: v for k, v in extra.items() if v is not None})
         return body
 
-    def predict(self, workflow: dict[str, Any] | None = None, *, delivery: str | None = None,
-                **kwargs: Any) -> dict[str, Any]:
+    def predict(
+        self, workflow: dict[str, Any] | None = None, *, delivery: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         """Run and wait on one connection; returns the /predict response: base64 images, or
         with `delivery="url"` links to the stored files (`uri`, `url`)."""
         return self._call("POST", "/predict", json=self._with_delivery(self.body(workflow, **kwargs), delivery))
@@ -159,8 +175,9 @@ class Client:
             body["output"] = {**({"format": output} if isinstance(output, str) else output), "delivery": delivery}
         return body
 
-    def predict_raw(self, workflow: dict[str, Any] | None = None, *, accept: str = "image/*",
-                    **kwargs: Any) -> RawOutput:
+    def predict_raw(
+        self, workflow: dict[str, Any] | None = None, *, accept: str = "image/*", **kwargs: Any
+    ) -> RawOutput:
         """Run a workflow with exactly one file output and get that file itself (no base64).
         `accept` names the types wanted (image/png, image/webp re-encodes a still image, video/mp4, …)."""
         response = self._send(json=self.body(workflow, **kwargs), headers={"Accept": accept})
@@ -174,8 +191,14 @@ class Client:
             outputs=json.loads(headers.get("X-Outputs", "{}")),
         )
 
-    def stream(self, workflow: dict[str, Any] | None = None, *, previews: bool = False,
-               delivery: str | None = None, **kwargs: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    def stream(
+        self,
+        workflow: dict[str, Any] | None = None,
+        *,
+        previews: bool = False,
+        delivery: str | None = None,
+        **kwargs: Any,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Run with live progress: yields (event, data) as they come (`queued`, `started`,
         `progress`, `executed`, `preview`), then ("result", the answer a plain call returns).
         An `error` event raises ClientError with the status and error of a plain call."""
@@ -192,15 +215,21 @@ class Client:
                     data = json.loads(line[6:])
                     if kind == "error":
                         error = data.get("body", {}).get("error") or {}
-                        raise ClientError(f"HTTP {data.get('status_code')}: {error.get('message')}",
-                                          data.get("status_code"), error)
+                        raise ClientError(
+                            f"HTTP {data.get('status_code')}: {error.get('message')}", data.get("status_code"), error
+                        )
                     yield kind, data
                     if kind == "result":
                         return
         raise ClientError("the event stream ended without a result")
 
-    def predict_stream(self, workflow: dict[str, Any] | None = None, *,
-                       on_event: Callable[[str, dict[str, Any]], None] | None = None, **kwargs: Any) -> dict[str, Any]:
+    def predict_stream(
+        self,
+        workflow: dict[str, Any] | None = None,
+        *,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         """`stream`, calling `on_event` for each progress event; returns the final answer."""
         for kind, data in self.stream(workflow, **kwargs):
             if kind == "result":
@@ -221,12 +250,22 @@ class Client:
             except ValueError:
                 error = {}
             message = error.get("message") if isinstance(error, dict) else None
-            raise ClientError(f"HTTP {response.status_code}: {message or response.text[:300]}", response.status_code,
-                              error if isinstance(error, dict) else None)
+            raise ClientError(
+                f"HTTP {response.status_code}: {message or response.text[:300]}",
+                response.status_code,
+                error if isinstance(error, dict) else None,
+            )
         return response
 
-    def submit(self, workflow: dict[str, Any] | None = None, *, priority: str = "normal", webhook: str | None = None,
-               inline: bool | None = None, **kwargs: Any) -> str:
+    def submit(
+        self,
+        workflow: dict[str, Any] | None = None,
+        *,
+        priority: str = "normal",
+        webhook: str | None = None,
+        inline: bool | None = None,
+        **kwargs: Any,
+    ) -> str:
         """Queue a job; returns its id."""
         body = self.body(workflow, **kwargs)
         body["async"] = True
@@ -320,13 +359,17 @@ def _image(text: str) -> dict[str, str]:
 
 def _summary(answer: dict[str, Any]) -> dict[str, Any]:
     """The answer without base64 payloads, for printing."""
+
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: (f"<{len(v)} base64 chars>" if k in ("image", "base64") and isinstance(v, str) else strip(v))
-                    for k, v in value.items()}
+            return {
+                k: (f"<{len(v)} base64 chars>" if k in ("image", "base64") and isinstance(v, str) else strip(v))
+                for k, v in value.items()
+            }
         if isinstance(value, list):
             return [strip(v) for v in value]
         return value
+
     stripped: dict[str, Any] = strip(answer)
     return stripped
 
@@ -353,8 +396,10 @@ class ProgressBar:
         elif kind == "progress":
             share = (data.get("percent") or 0.0) / 100
             filled = int(share * self.WIDTH)
-            line = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share * 100:5.1f}% "
-                    f"node {data.get('node')} {data.get('class_type') or ''} {data.get('step')}/{data.get('max')}")
+            line = (
+                f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share * 100:5.1f}% "
+                f"node {data.get('node')} {data.get('class_type') or ''} {data.get('step')}/{data.get('max')}"
+            )
         elif kind == "executed":
             line = f"node {data.get('node')} {data.get('class_type') or ''} done"
         else:
@@ -374,10 +419,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url", help="the service's base URL")
     parser.add_argument("workflow", nargs="?", help="an API-format workflow JSON file")
     parser.add_argument("--workflow-id", help="a named workflow instead of a file")
-    parser.add_argument("--param", action="append", type=_param, default=[], metavar="K=V",
-                        help="a parameter of the named workflow (JSON values allowed)")
-    parser.add_argument("--image", action="append", type=_image, default=[], metavar="[NAME=]PATH|URL",
-                        help="an input image: a local file, an http(s) URL or a gs:// URI")
+    parser.add_argument(
+        "--param",
+        action="append",
+        type=_param,
+        default=[],
+        metavar="K=V",
+        help="a parameter of the named workflow (JSON values allowed)",
+    )
+    parser.add_argument(
+        "--image",
+        action="append",
+        type=_image,
+        default=[],
+        metavar="[NAME=]PATH|URL",
+        help="an input image: a local file, an http(s) URL or a gs:// URI",
+    )
     parser.add_argument("--async", dest="run_async", action="store_true", help="queue a job and poll it")
     parser.add_argument("--priority", choices=("high", "normal", "low"), default="normal")
     parser.add_argument("--webhook", help="a URL to be told when the job ends (async)")
@@ -387,9 +444,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="a bearer token to send")
     parser.add_argument("--id-token", action="store_true", help="mint a Google identity token for the URL")
     parser.add_argument("--stream", action="store_true", help="sync: show live progress (Server-Sent Events)")
-    parser.add_argument("--raw", nargs="?", const="image/*", metavar="TYPE",
-                        help="sync: get the one output file itself (Accept: TYPE, default image/*)")
-    parser.add_argument("--url", dest="url_delivery", action="store_true", help="sync: store the outputs and answer links")
+    parser.add_argument(
+        "--raw",
+        nargs="?",
+        const="image/*",
+        metavar="TYPE",
+        help="sync: get the one output file itself (Accept: TYPE, default image/*)",
+    )
+    parser.add_argument(
+        "--url", dest="url_delivery", action="store_true", help="sync: store the outputs and answer links"
+    )
     args = parser.parse_args(argv)
 
     if bool(args.workflow) == bool(args.workflow_id):
@@ -412,14 +476,25 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(args.out).joinpath(*_safe_relative(raw.filename).parts)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(raw.data)
-            print(json.dumps({"prompt_id": raw.prompt_id, "content_type": raw.content_type, "size": len(raw.data),
-                              "node_id": raw.node_id, "outputs": raw.outputs}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "prompt_id": raw.prompt_id,
+                        "content_type": raw.content_type,
+                        "size": len(raw.data),
+                        "node_id": raw.node_id,
+                        "outputs": raw.outputs,
+                    },
+                    indent=2,
+                )
+            )
             print(f"saved {path}", file=sys.stderr)
             return 0
         elif args.stream:
             bar = ProgressBar(sys.stderr)
-            answer = client.predict_stream(workflow, on_event=bar.update, delivery="url" if args.url_delivery else None,
-                                           **request)
+            answer = client.predict_stream(
+                workflow, on_event=bar.update, delivery="url" if args.url_delivery else None, **request
+            )
             bar.done()
             ok = True
         else:

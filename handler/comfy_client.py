@@ -13,16 +13,17 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import requests
 import websocket
 
 from . import logs
 from .config import Settings
-from .runtime import Spawn, daemon_thread
 from .errors import ComfyUnavailable, ExecutionFailed, ServiceError, WorkflowInvalid
+from .runtime import Spawn, daemon_thread
 
 log = logging.getLogger("handler.comfy")
 
@@ -142,7 +143,7 @@ def execution_failed(data: dict[str, Any]) -> ExecutionFailed:
 class ComfyClient:
     def __init__(self, base_url: str, settings: Settings, *, supervised: bool, spawn: Spawn = daemon_thread):
         self.base_url = base_url.rstrip("/")
-        self.ws_url = "ws" + self.base_url[len("http"):] + "/ws"
+        self.ws_url = "ws" + self.base_url[len("http") :] + "/ws"
         self._spawn = spawn
         self.settings = settings
         self.supervised = supervised
@@ -207,7 +208,8 @@ class ComfyClient:
         ws = self._ws
         if ws is not None:
             try:
-                ws.abort() if hasattr(ws, "abort") else ws.close()
+                # websocket-client has no type hints
+                ws.abort() if hasattr(ws, "abort") else ws.close()  # type: ignore[no-untyped-call]
             except Exception:  # already closed
                 pass
 
@@ -303,8 +305,13 @@ class ComfyClient:
         elif kind == "executing" and data.get("node") is None:
             watch.finish()
         elif kind == "execution_error":
-            log.warning("job %s failed in node %s (%s): %.500s", watch.prompt_id, data.get("node_id"),
-                        data.get("node_type"), data.get("exception_message"))
+            log.warning(
+                "job %s failed in node %s (%s): %.500s",
+                watch.prompt_id,
+                data.get("node_id"),
+                data.get("node_type"),
+                data.get("exception_message"),
+            )
             watch.finish(execution_failed(data))
         elif kind == "execution_interrupted":
             watch.finish(Interrupted("the job was interrupted", node_id=data.get("node_id")))
@@ -371,8 +378,7 @@ class ComfyClient:
             others = [w for w in self._watches.values() if w is not mine and not w.done]
         if mine is None or mine.number is None:
             return 0
-        return sum(1 for w in others
-                   if w.started_at is not None or (w.number is not None and w.number < mine.number))
+        return sum(1 for w in others if w.started_at is not None or (w.number is not None and w.number < mine.number))
 
     def in_flight(self) -> list[PromptWatch]:
         """Prompts submitted and not yet forgotten (the dashboard's running list)."""

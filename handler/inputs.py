@@ -17,9 +17,12 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import Settings
+
+if TYPE_CHECKING:
+    from .comfy_client import ComfyClient
 from .errors import BadRequest, PayloadTooLarge, ServiceError, Timeout
 
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
@@ -126,6 +129,7 @@ def _materialise(image: InputImage, settings: Settings, deadline: float | None) 
     if image.data is not None:
         return image.data
     from .urlguard import FetchFailed, fetch_bytes
+
     assert image.url is not None
 
     timeout_s = settings.url_fetch_timeout_s
@@ -179,7 +183,7 @@ class FolderInputs:
 class UploadedInputs:
     """ComfyUI runs elsewhere: upload through its API (it offers no way to delete them)."""
 
-    def __init__(self, client, settings: Settings):
+    def __init__(self, client: ComfyClient, settings: Settings):
         self.client = client
         self.settings = settings
 

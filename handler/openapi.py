@@ -51,7 +51,10 @@ ERROR = {
                 "errors": {
                     "type": "array",
                     "description": "Every parameter problem, when there is more than one (422).",
-                    "items": {"type": "object", "properties": {"param": {"type": "string"}, "message": {"type": "string"}}},
+                    "items": {
+                        "type": "object",
+                        "properties": {"param": {"type": "string"}, "message": {"type": "string"}},
+                    },
                 },
                 "comfyui_error": {
                     "type": "object",
@@ -84,18 +87,27 @@ INPUT_IMAGE = {
     "type": "object",
     "required": ["name", "image"],
     "properties": {
-        "name": {"type": "string", "description": "The file name the workflow's loaders refer to.",
-                 "examples": ["input.png"]},
-        "image": {"type": "string", "description": (
-            "Base64, a data URI, an http(s) URL fetched by the service, or a gs://bucket/object URI read with the "
-            "service's credentials (only buckets URL_ALLOWLIST names as gs://bucket[/prefix]). Bodies over 32 MiB "
-            "never reach a Cloud Run service: send large inputs by URL.")},
+        "name": {
+            "type": "string",
+            "description": "The file name the workflow's loaders refer to.",
+            "examples": ["input.png"],
+        },
+        "image": {
+            "type": "string",
+            "description": (
+                "Base64, a data URI, an http(s) URL fetched by the service, or a gs://bucket/object URI read with the "
+                "service's credentials (only buckets URL_ALLOWLIST names as gs://bucket[/prefix]). Bodies over 32 MiB "
+                "never reach a Cloud Run service: send large inputs by URL."
+            ),
+        },
     },
 }
 
 OUTPUT_OPTIONS = {
-    "description": ('Re-encode the images returned, e.g. {"format": "webp", "quality": 90}, or just "webp"; '
-                    '`delivery`: "inline" (base64 in the answer) or "url" (stored; the answer lists `uri` and `url`).'),
+    "description": (
+        'Re-encode the images returned, e.g. {"format": "webp", "quality": 90}, or just "webp"; '
+        '`delivery`: "inline" (base64 in the answer) or "url" (stored; the answer lists `uri` and `url`).'
+    ),
     "anyOf": [
         {"type": "string", "enum": OUTPUT_FORMATS},
         {
@@ -103,9 +115,13 @@ OUTPUT_OPTIONS = {
             "properties": {
                 "format": {"type": "string", "enum": OUTPUT_FORMATS},
                 "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
-                "delivery": {"type": "string", "enum": ["inline", "url"], "default": "inline",
-                             "description": "Sync answers: files as base64, or stored (Cloud Storage, or the local "
-                                            "store) with gs:// URIs and signed URLs, as async results."},
+                "delivery": {
+                    "type": "string",
+                    "enum": ["inline", "url"],
+                    "default": "inline",
+                    "description": "Sync answers: files as base64, or stored (Cloud Storage, or the local "
+                    "store) with gs:// URIs and signed URLs, as async results.",
+                },
             },
         },
     ],
@@ -115,18 +131,29 @@ COMMON_FIELDS: dict[str, Any] = {
     "images": {"type": "array", "items": _ref("InputImage"), "description": "Input images the workflow loads by name."},
     "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds to wait for the result."},
     "output": _ref("OutputOptions"),
-    "previews": {"type": "boolean", "default": False,
-                 "description": "With Accept: text/event-stream: sampler previews as `preview` events (base64)."},
-    "async": {"type": "boolean", "default": False,
-              "description": "Accept the request as a job (202) instead of waiting for the result."},
+    "previews": {
+        "type": "boolean",
+        "default": False,
+        "description": "With Accept: text/event-stream: sampler previews as `preview` events (base64).",
+    },
+    "async": {
+        "type": "boolean",
+        "default": False,
+        "description": "Accept the request as a job (202) instead of waiting for the result.",
+    },
     "webhook": {
         "description": "Call this URL (Standard Webhooks signed) when the job ends; implies async.",
-        "anyOf": [{"type": "string", "format": "uri"},
-                  {"type": "object", "required": ["url"], "properties": {"url": {"type": "string", "format": "uri"}}}],
+        "anyOf": [
+            {"type": "string", "format": "uri"},
+            {"type": "object", "required": ["url"], "properties": {"url": {"type": "string", "format": "uri"}}},
+        ],
     },
     "priority": {"type": "string", "enum": PRIORITIES, "default": "normal", "description": "Queue of an async job."},
-    "inline": {"type": "boolean", "default": False,
-               "description": "Embed an async job's outputs as base64 in its status (up to INLINE_MAX_BYTES)."},
+    "inline": {
+        "type": "boolean",
+        "default": False,
+        "description": "Embed an async job's outputs as base64 in its status (up to INLINE_MAX_BYTES).",
+    },
 }
 
 RAW_REQUEST: dict[str, Any] = {
@@ -159,8 +186,11 @@ FILE = {
         "size": {"type": "integer"},
         "image": {"type": "string", "contentEncoding": "base64", "description": "Inline delivery."},
         "uri": {"type": "string", "description": "URL delivery: gs://bucket/key (local://key for a local store)."},
-        "url": {"type": ["string", "null"], "format": "uri",
-                "description": "URL delivery: a signed HTTPS URL (or the service's own link for a local store)."},
+        "url": {
+            "type": ["string", "null"],
+            "format": "uri",
+            "description": "URL delivery: a signed HTTPS URL (or the service's own link for a local store).",
+        },
     },
 }
 
@@ -169,7 +199,7 @@ EVENTS_DESCRIPTION = (
     "With `Accept: text/event-stream` the answer is a stream of events, sent chunked (no size limit): "
     "`queued` {prompt_id, position}, `started` {prompt_id}, `progress` {node, class_type, step, max, percent} as "
     "ComfyUI reports it, `executed` {node, class_type, output} per output node, `preview` {node, class_type, "
-    "content_type, image} when the body says `\"previews\": true`, then `result` (exactly the JSON of a plain "
+    'content_type, image} when the body says `"previews": true`, then `result` (exactly the JSON of a plain '
     "call) or `error` {status_code, body} (the status and error body of a plain call). A comment line is sent "
     "every 15 s while nothing else is. Errors before the run starts (a bad body, not ready) are plain HTTP "
     "errors. A client that disconnects has its prompt interrupted."
@@ -238,10 +268,17 @@ JOB = {
         "result": {
             "type": "object",
             "properties": {
-                "files": {"type": "array", "items": {"type": "object", "properties": {
-                    "uri": {"type": "string"}, "url": {"type": ["string", "null"]},
-                    "base64": {"type": "string", "contentEncoding": "base64"},
-                }}},
+                "files": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "uri": {"type": "string"},
+                            "url": {"type": ["string", "null"]},
+                            "base64": {"type": "string", "contentEncoding": "base64"},
+                        },
+                    },
+                },
             },
         },
         "error": {"type": "object", "description": "Why the job failed or was cancelled."},
@@ -275,9 +312,13 @@ WORKFLOW_SUMMARY = {
 WORKFLOW_DETAIL = {
     "allOf": [
         _ref("WorkflowSummary"),
-        {"type": "object", "properties": {"params": {"type": "object", "description": "The parameters as JSON Schema."}}},
+        {
+            "type": "object",
+            "properties": {"params": {"type": "object", "description": "The parameters as JSON Schema."}},
+        },
     ]
 }
+
 
 def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -285,134 +326,211 @@ def _path_param(name: str) -> dict[str, Any]:
 
 def _paths(predict_request: dict[str, Any], predict_examples: dict[str, Any]) -> dict[str, Any]:
     return {
-        "/": {"get": {
-            "summary": "Service information",
-            "operationId": "info",
-            "tags": ["service"],
-            "responses": {"200": _json({"type": "object"}, "Version, MODEL_TYPE, ComfyUI state and endpoints.")},
-        }},
-        "/healthz": {"get": {
-            "summary": "Readiness (does not call ComfyUI)",
-            "operationId": "healthz",
-            "tags": ["service"],
-            "responses": {
-                "200": _json({"type": "object", "properties": {"status": {"const": "ready"}}}, "ComfyUI is ready."),
-                "503": _json({"type": "object", "properties": {"status": {"type": "string"}}},
-                             "ComfyUI is booting or restarting; see Retry-After."),
-            },
-        }},
-        "/models": {"get": {
-            "summary": "Model files ComfyUI sees, per folder",
-            "operationId": "models",
-            "tags": ["service"],
-            "parameters": [{"name": "refresh", "in": "query", "schema": {"type": "boolean"},
-                            "description": "Ask ComfyUI again instead of the cached list."}],
-            "responses": {"200": _json({"type": "object"}, "model_type and the files of every model folder.")},
-        }},
-        "/models/{folder}": {"get": {
-            "summary": "Model files of one folder",
-            "operationId": "modelFolder",
-            "tags": ["service"],
-            "parameters": [_path_param("folder"),
-                           {"name": "refresh", "in": "query", "schema": {"type": "boolean"}}],
-            "responses": {"200": _json({"type": "object"}, "The folder and its files."),
-                          "404": _error("No such model folder.")},
-        }},
-        "/predict": {"post": {
-            "summary": "Run a workflow: raw, or a named template with parameters",
-            "operationId": "predict",
-            "tags": ["predict"],
-            "description": (
-                "Sends either `workflow` (API format) or `workflow_id` with `params`. The result comes back in the "
-                "response, unless the body asks for `async` or a `webhook`: then the graph is checked, a job is "
-                "accepted (202) and its state is read from `/status/{job_id}`.\n\n"
-                "The sync answer takes the form the `Accept` header asks for: JSON (default; files inline as base64, "
-                "or stored with links when `output.delivery` is \"url\"), the file itself, or Server-Sent Events. "
-                "Any answer over CHUNKED_ABOVE_BYTES (16 MiB) goes out chunked: Cloud Run lets a chunked answer through "
-                "at any size, and refuses one over 32 MiB that declares its length.\n\n" + RAW_DESCRIPTION + "\n\n"
-                + EVENTS_DESCRIPTION
-            ),
-            "requestBody": {"required": True, "content": {JSON: {"schema": predict_request, "examples": predict_examples}}},
-            "responses": {
-                "200": {"description": "The outputs: JSON (base64 inline, or links with output.delivery \"url\"), the "
-                                       "one file itself (raw), or an event stream.",
-                        "content": {JSON: {"schema": _ref("PredictResponse")},
-                                    "text/event-stream": {"schema": {"type": "string",
-                                                                     "description": EVENTS_DESCRIPTION}},
-                                    "image/*": {"schema": {"type": "string", "format": "binary"}},
-                                    "video/*": {"schema": {"type": "string", "format": "binary"}},
-                                    "audio/*": {"schema": {"type": "string", "format": "binary"}},
-                                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                "202": {**_json(_ref("JobAccepted"), "Accepted as an async job (`async`, `webhook`, or a Cloud Tasks delivery)."),
-                        "headers": {"Location": {"schema": {"type": "string"}, "description": "The status URL."}}},
-                "400": _error("A malformed body, or a workflow ComfyUI refuses (workflow_invalid, with node_errors)."),
-                "404": _error("No template with that workflow_id."),
-                "406": _error("The Accept header allows no form of the answer (e.g. text/html), or a raw answer was "
-                              "asked for and the workflow did not produce exactly one file of an accepted type."),
-                "413": _error("The body or an input image is too large."),
-                "422": _error("A template parameter is wrong: `param` names it, `message` says why."),
-                "500": _error("ComfyUI failed while running the workflow."),
-                "503": _error("ComfyUI is not ready; retry after Retry-After seconds."),
-                "504": _error("The workflow did not finish in time."),
-            },
-        }},
-        "/status/{job_id}": {"get": {
-            "summary": "State of an async job",
-            "operationId": "status",
-            "tags": ["jobs"],
-            "parameters": [_path_param("job_id"),
-                           {"name": "inline", "in": "query", "schema": {"type": "boolean"},
-                            "description": "Embed the outputs as base64 (default: what the job asked for)."}],
-            "responses": {"200": _json(_ref("Job"), "The job."), "404": _error("No such job.")},
-        }},
-        "/cancel/{job_id}": {"post": {
-            "summary": "Cancel an async job",
-            "operationId": "cancel",
-            "tags": ["jobs"],
-            "parameters": [_path_param("job_id")],
-            "responses": {"200": _json(CANCEL, "A queued job was taken out of the queue: it will never run."),
-                          "202": _json(CANCEL, "A running job is being interrupted, or will stop soon."),
-                          "404": _error("No such job."),
-                          "409": _error("The job has already finished.")},
-        }},
-        "/outputs/{job_id}/{name}": {"get": {
-            "summary": "An output file of an async job (local storage only; Cloud Storage gives signed URLs)",
-            "operationId": "output",
-            "tags": ["jobs"],
-            "parameters": [_path_param("job_id"), _path_param("name")],
-            "responses": {"200": {"description": "The file.", "content": {"*/*": {}}},
-                          "404": _error("No such file.")},
-        }},
-        "/workflows": {"get": {
-            "summary": "Named workflows",
-            "operationId": "listWorkflows",
-            "tags": ["workflows"],
-            "parameters": [{"name": "available", "in": "query", "schema": {"type": "boolean"},
-                            "description": "Only the templates whose models this image has."}],
-            "responses": {"200": _json({
-                "type": "object",
-                "properties": {
-                    "model_type": {"type": "string"},
-                    "workflows": {"type": "array", "items": _ref("WorkflowSummary")},
-                    "errors": {"type": "object", "additionalProperties": {"type": "string"},
-                               "description": "Templates refused at load time, and why."},
+        "/": {
+            "get": {
+                "summary": "Service information",
+                "operationId": "info",
+                "tags": ["service"],
+                "responses": {"200": _json({"type": "object"}, "Version, MODEL_TYPE, ComfyUI state and endpoints.")},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Readiness (does not call ComfyUI)",
+                "operationId": "healthz",
+                "tags": ["service"],
+                "responses": {
+                    "200": _json({"type": "object", "properties": {"status": {"const": "ready"}}}, "ComfyUI is ready."),
+                    "503": _json(
+                        {"type": "object", "properties": {"status": {"type": "string"}}},
+                        "ComfyUI is booting or restarting; see Retry-After.",
+                    ),
                 },
-            }, "Every loaded template.")},
-        }},
-        "/workflows/{workflow_id}": {"get": {
-            "summary": "One named workflow with its parameters as JSON Schema",
-            "operationId": "getWorkflow",
-            "tags": ["workflows"],
-            "parameters": [_path_param("workflow_id")],
-            "responses": {"200": _json(_ref("WorkflowDetail"), "The template."),
-                          "404": _error("No such template, or its manifest was refused.")},
-        }},
-        "/openapi.json": {"get": {
-            "summary": "This document",
-            "operationId": "openapi",
-            "tags": ["service"],
-            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.")},
-        }},
+            }
+        },
+        "/models": {
+            "get": {
+                "summary": "Model files ComfyUI sees, per folder",
+                "operationId": "models",
+                "tags": ["service"],
+                "parameters": [
+                    {
+                        "name": "refresh",
+                        "in": "query",
+                        "schema": {"type": "boolean"},
+                        "description": "Ask ComfyUI again instead of the cached list.",
+                    }
+                ],
+                "responses": {"200": _json({"type": "object"}, "model_type and the files of every model folder.")},
+            }
+        },
+        "/models/{folder}": {
+            "get": {
+                "summary": "Model files of one folder",
+                "operationId": "modelFolder",
+                "tags": ["service"],
+                "parameters": [
+                    _path_param("folder"),
+                    {"name": "refresh", "in": "query", "schema": {"type": "boolean"}},
+                ],
+                "responses": {
+                    "200": _json({"type": "object"}, "The folder and its files."),
+                    "404": _error("No such model folder."),
+                },
+            }
+        },
+        "/predict": {
+            "post": {
+                "summary": "Run a workflow: raw, or a named template with parameters",
+                "operationId": "predict",
+                "tags": ["predict"],
+                "description": (
+                    "Sends either `workflow` (API format) or `workflow_id` with `params`. The result comes back in the "
+                    "response, unless the body asks for `async` or a `webhook`: then the graph is checked, a job is "
+                    "accepted (202) and its state is read from `/status/{job_id}`.\n\n"
+                    "The sync answer takes the form the `Accept` header asks for: JSON (default; files inline as base64, "
+                    'or stored with links when `output.delivery` is "url"), the file itself, or Server-Sent Events. '
+                    "Any answer over CHUNKED_ABOVE_BYTES (16 MiB) goes out chunked: Cloud Run lets a chunked answer through "
+                    "at any size, and refuses one over 32 MiB that declares its length.\n\n"
+                    + RAW_DESCRIPTION
+                    + "\n\n"
+                    + EVENTS_DESCRIPTION
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": predict_request, "examples": predict_examples}},
+                },
+                "responses": {
+                    "200": {
+                        "description": 'The outputs: JSON (base64 inline, or links with output.delivery "url"), the '
+                        "one file itself (raw), or an event stream.",
+                        "content": {
+                            JSON: {"schema": _ref("PredictResponse")},
+                            "text/event-stream": {"schema": {"type": "string", "description": EVENTS_DESCRIPTION}},
+                            "image/*": {"schema": {"type": "string", "format": "binary"}},
+                            "video/*": {"schema": {"type": "string", "format": "binary"}},
+                            "audio/*": {"schema": {"type": "string", "format": "binary"}},
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                        },
+                    },
+                    "202": {
+                        **_json(
+                            _ref("JobAccepted"),
+                            "Accepted as an async job (`async`, `webhook`, or a Cloud Tasks delivery).",
+                        ),
+                        "headers": {"Location": {"schema": {"type": "string"}, "description": "The status URL."}},
+                    },
+                    "400": _error(
+                        "A malformed body, or a workflow ComfyUI refuses (workflow_invalid, with node_errors)."
+                    ),
+                    "404": _error("No template with that workflow_id."),
+                    "406": _error(
+                        "The Accept header allows no form of the answer (e.g. text/html), or a raw answer was "
+                        "asked for and the workflow did not produce exactly one file of an accepted type."
+                    ),
+                    "413": _error("The body or an input image is too large."),
+                    "422": _error("A template parameter is wrong: `param` names it, `message` says why."),
+                    "500": _error("ComfyUI failed while running the workflow."),
+                    "503": _error("ComfyUI is not ready; retry after Retry-After seconds."),
+                    "504": _error("The workflow did not finish in time."),
+                },
+            }
+        },
+        "/status/{job_id}": {
+            "get": {
+                "summary": "State of an async job",
+                "operationId": "status",
+                "tags": ["jobs"],
+                "parameters": [
+                    _path_param("job_id"),
+                    {
+                        "name": "inline",
+                        "in": "query",
+                        "schema": {"type": "boolean"},
+                        "description": "Embed the outputs as base64 (default: what the job asked for).",
+                    },
+                ],
+                "responses": {"200": _json(_ref("Job"), "The job."), "404": _error("No such job.")},
+            }
+        },
+        "/cancel/{job_id}": {
+            "post": {
+                "summary": "Cancel an async job",
+                "operationId": "cancel",
+                "tags": ["jobs"],
+                "parameters": [_path_param("job_id")],
+                "responses": {
+                    "200": _json(CANCEL, "A queued job was taken out of the queue: it will never run."),
+                    "202": _json(CANCEL, "A running job is being interrupted, or will stop soon."),
+                    "404": _error("No such job."),
+                    "409": _error("The job has already finished."),
+                },
+            }
+        },
+        "/outputs/{job_id}/{name}": {
+            "get": {
+                "summary": "An output file of an async job (local storage only; Cloud Storage gives signed URLs)",
+                "operationId": "output",
+                "tags": ["jobs"],
+                "parameters": [_path_param("job_id"), _path_param("name")],
+                "responses": {
+                    "200": {"description": "The file.", "content": {"*/*": {}}},
+                    "404": _error("No such file."),
+                },
+            }
+        },
+        "/workflows": {
+            "get": {
+                "summary": "Named workflows",
+                "operationId": "listWorkflows",
+                "tags": ["workflows"],
+                "parameters": [
+                    {
+                        "name": "available",
+                        "in": "query",
+                        "schema": {"type": "boolean"},
+                        "description": "Only the templates whose models this image has.",
+                    }
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "model_type": {"type": "string"},
+                                "workflows": {"type": "array", "items": _ref("WorkflowSummary")},
+                                "errors": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                    "description": "Templates refused at load time, and why.",
+                                },
+                            },
+                        },
+                        "Every loaded template.",
+                    )
+                },
+            }
+        },
+        "/workflows/{workflow_id}": {
+            "get": {
+                "summary": "One named workflow with its parameters as JSON Schema",
+                "operationId": "getWorkflow",
+                "tags": ["workflows"],
+                "parameters": [_path_param("workflow_id")],
+                "responses": {
+                    "200": _json(_ref("WorkflowDetail"), "The template."),
+                    "404": _error("No such template, or its manifest was refused."),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "tags": ["service"],
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.")},
+            }
+        },
     }
 
 
@@ -420,8 +538,12 @@ def _example_params(schema: dict[str, Any]) -> dict[str, Any]:
     example: dict[str, Any] = {}
     for name, prop in schema.get("properties", {}).items():
         if name in schema.get("required", []):
-            example[name] = (prop.get("examples") or ["https://example.com/input.png" if "contentMediaType" in prop
-                                                       else "a lighthouse on a cliff at dusk"])[0]
+            example[name] = (
+                prop.get("examples")
+                or [
+                    "https://example.com/input.png" if "contentMediaType" in prop else "a lighthouse on a cliff at dusk"
+                ]
+            )[0]
     return example
 
 
@@ -429,11 +551,16 @@ def _priority_with_queue_limits() -> dict[str, Any]:
     """The `priority` field, described with the Cloud Tasks queue limits the service creates."""
     from .taskqueue.cloudtasks import QUEUE_LIMITS  # google-cloud-tasks: imported only when a document is built
 
-    limits = "; ".join(f"{p}: up to {QUEUE_LIMITS[p][0]:g} dispatches/s, {QUEUE_LIMITS[p][1]} at once"
-                       for p in PRIORITIES if p in QUEUE_LIMITS)
+    limits = "; ".join(
+        f"{p}: up to {QUEUE_LIMITS[p][0]:g} dispatches/s, {QUEUE_LIMITS[p][1]} at once"
+        for p in PRIORITIES
+        if p in QUEUE_LIMITS
+    )
     field = COMMON_FIELDS["priority"]
-    return {**field, "description": f"{field['description']} With Cloud Tasks each priority is a queue of its own "
-                                    f"({limits})."}
+    return {
+        **field,
+        "description": f"{field['description']} With Cloud Tasks each priority is a queue of its own ({limits}).",
+    }
 
 
 def document(
@@ -459,10 +586,18 @@ def document(
     }
     choices = [_ref("RawPredictRequest")]
     examples: dict[str, Any] = {
-        "raw": {"summary": "A raw API-format workflow", "value": {"workflow": {
-            "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
-            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "example"}},
-        }}},
+        "raw": {
+            "summary": "A raw API-format workflow",
+            "value": {
+                "workflow": {
+                    "1": {
+                        "class_type": "EmptyImage",
+                        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0},
+                    },
+                    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "example"}},
+                }
+            },
+        },
     }
     for summary in templates.list() if templates is not None else []:
         workflow_id = summary["id"]

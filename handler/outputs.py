@@ -11,11 +11,12 @@ from __future__ import annotations
 import io
 import mimetypes
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
-from .comfy_client import BinaryImage
+from .comfy_client import BinaryImage, ComfyClient
 from .errors import BadRequest, ServiceError
 
 EXTRA_TYPES = {
@@ -28,8 +29,11 @@ EXTRA_TYPES = {
     ".glb": "model/gltf-binary",
     ".safetensors": "application/octet-stream",
 }
-FORMATS = {"png": ("PNG", "image/png", ".png"), "jpeg": ("JPEG", "image/jpeg", ".jpg"),
-           "webp": ("WEBP", "image/webp", ".webp")}
+FORMATS = {
+    "png": ("PNG", "image/png", ".png"),
+    "jpeg": ("JPEG", "image/jpeg", ".jpg"),
+    "webp": ("WEBP", "image/webp", ".webp"),
+}
 STILL_IMAGES = {"image/png", "image/jpeg", "image/webp"}
 # How a sync answer carries the files: base64 in the JSON, or stored with links (handler/delivery.py).
 DELIVERIES = ("inline", "url")
@@ -42,7 +46,7 @@ class OutputOptions:
     delivery: str = "inline"  # one of DELIVERIES; async jobs always store their outputs
 
     @classmethod
-    def parse(cls, raw: Any) -> "OutputOptions":
+    def parse(cls, raw: Any) -> OutputOptions:
         if raw is None:
             return cls()
         if isinstance(raw, str):
@@ -59,8 +63,10 @@ class OutputOptions:
             raise BadRequest("output.quality must be an integer from 1 to 100")
         delivery = raw.get("delivery", "inline")
         if delivery not in DELIVERIES:
-            raise BadRequest(f"output.delivery must be one of {', '.join(DELIVERIES)}; got {delivery!r} "
-                             "(for the file itself, send an Accept header such as image/png)")
+            raise BadRequest(
+                f"output.delivery must be one of {', '.join(DELIVERIES)}; got {delivery!r} "
+                "(for the file itself, send an Accept header such as image/png)"
+            )
         return cls(fmt, quality, delivery)
 
 
@@ -115,10 +121,10 @@ class FolderOutputs:
         self.folders = {kind: path.resolve() for kind, path in folders.items()}
 
     def path_of(self, ref: dict[str, Any]) -> Path:
-        base = self.folders.get(ref.get("type") or "output")
+        base: Path | None = self.folders.get(ref.get("type") or "output")
         if base is None:
             raise ServiceError(f"ComfyUI reported an output of unknown type {ref.get('type')!r}")
-        path = (base / (ref.get("subfolder") or "") / ref["filename"]).resolve()
+        path = (base / str(ref.get("subfolder") or "") / str(ref["filename"])).resolve()
         if not path.is_relative_to(base):
             raise ServiceError("ComfyUI reported an output outside its folders")
         return path
@@ -144,15 +150,20 @@ class FolderOutputs:
 class ViewOutputs:
     """ComfyUI runs elsewhere: fetch outputs through /view (and leave them there)."""
 
-    def __init__(self, client):
+    def __init__(self, client: ComfyClient):
         self.client = client
 
     def read(self, ref: dict[str, Any]) -> bytes:
-        params = {"filename": ref["filename"], "subfolder": ref.get("subfolder") or "", "type": ref.get("type") or "output"}
+        params = {
+            "filename": ref["filename"],
+            "subfolder": ref.get("subfolder") or "",
+            "type": ref.get("type") or "output",
+        }
         response = self.client.http.get(f"{self.client.base_url}/view", params=params, timeout=120)
         if response.status_code != 200:
             raise ServiceError(f"ComfyUI reported {ref['filename']!r} but /view answered {response.status_code}")
-        return response.content
+        content: bytes = response.content
+        return content
 
     def discard(self, request_id: str, refs: list[dict[str, Any]]) -> None:
         pass
@@ -166,7 +177,8 @@ def reencode(file: OutputFile, options: OutputOptions) -> OutputFile:
         return file
     from PIL import Image
 
-    with Image.open(io.BytesIO(file.data)) as image:
+    with Image.open(io.BytesIO(file.data)) as opened:
+        image: Image.Image = opened
         if pil_format == "JPEG" and image.mode not in {"RGB", "L"}:
             image = image.convert("RGB")
         buffer = io.BytesIO()
@@ -187,28 +199,32 @@ def collect(
     files: list[OutputFile] = []
     for node_id, key, ref, animated in file_refs(outputs):
         data = source.read(ref)
-        files.append(OutputFile(
-            node_id=node_id,
-            filename=ref["filename"],
-            subfolder=ref.get("subfolder") or "",
-            type=ref.get("type") or "output",
-            output_key=key,
-            content_type=content_type_of(ref["filename"]),
-            data=data,
-            animated=animated,
-        ))
+        files.append(
+            OutputFile(
+                node_id=node_id,
+                filename=ref["filename"],
+                subfolder=ref.get("subfolder") or "",
+                type=ref.get("type") or "output",
+                output_key=key,
+                content_type=content_type_of(ref["filename"]),
+                data=data,
+                animated=animated,
+            )
+        )
     counters: dict[str, int] = {}
     for image in binary_images:
         node_id = image.node_id or "?"
         counters[node_id] = counters.get(node_id, 0) + 1
         suffix = mimetypes.guess_extension(image.content_type) or ".bin"
-        files.append(OutputFile(
-            node_id=node_id,
-            filename=f"ws_{node_id}_{counters[node_id]:05d}{suffix}",
-            subfolder="",
-            type="websocket",
-            output_key="images",
-            content_type=image.content_type,
-            data=image.data,
-        ))
+        files.append(
+            OutputFile(
+                node_id=node_id,
+                filename=f"ws_{node_id}_{counters[node_id]:05d}{suffix}",
+                subfolder="",
+                type="websocket",
+                output_key="images",
+                content_type=image.content_type,
+                data=image.data,
+            )
+        )
     return [reencode(file, options) for file in files]

@@ -13,16 +13,25 @@ import posixpath
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 
 from . import graph, logs
 from .comfy import Comfy
-from .comfy_client import Interrupted, PromptWatch
-from .errors import (BadRequest, Cancelled, ComfyUnavailable, QueueTimeout, ServiceError, Timeout,
-                     register_private_path, scrub_text)
+from .comfy_client import BinaryImage, Interrupted, PromptWatch
+from .errors import (
+    BadRequest,
+    Cancelled,
+    ComfyUnavailable,
+    QueueTimeout,
+    ServiceError,
+    Timeout,
+    register_private_path,
+    scrub_text,
+)
 from .inputs import rewrite_references
 from .outputs import OutputFile, collect, file_refs
 from .predict_request import PredictRequest, check_workflow, is_folder_name, new_folder_name
@@ -38,8 +47,17 @@ log = logging.getLogger("handler.pipeline")
 # cached) and never hand back a file an earlier request owned and has deleted.
 REQUEST_MARKER = "_request_id"
 # Output nodes ComfyUI may not flag when its catalogue is unavailable.
-KNOWN_OUTPUT_NODES = frozenset({"SaveImage", "PreviewImage", "SaveImageWebsocket", "PreviewAny",
-                                "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveLatent"})
+KNOWN_OUTPUT_NODES = frozenset(
+    {
+        "SaveImage",
+        "PreviewImage",
+        "SaveImageWebsocket",
+        "PreviewAny",
+        "SaveAnimatedWEBP",
+        "SaveAnimatedPNG",
+        "SaveLatent",
+    }
+)
 # How long an interrupted prompt gets to stop before its files are removed under it.
 INTERRUPT_GRACE_S = 15.0
 # The same while the service stops: the answer must leave well inside Cloud Run's 10 s.
@@ -84,8 +102,9 @@ class PredictResult:
         encoded. Megabytes of base64 dominate the cost of a response."""
         marker = uuid.uuid4().hex
         head, *tails = orjson.dumps(self._document(lambda file: marker)).split(f'"{marker}"'.encode())
-        length = len(head) + sum(len(tail) + 2 + 4 * ((len(file.data) + 2) // 3)
-                                 for file, tail in zip(self.files, tails))
+        length = len(head) + sum(
+            len(tail) + 2 + 4 * ((len(file.data) + 2) // 3) for file, tail in zip(self.files, tails)
+        )
 
         def parts() -> Iterator[bytes]:
             yield head
@@ -137,14 +156,20 @@ def _public_subfolder(subfolder: str, request_id: str) -> str:
     """Callers see the folders they named, not the private per-request one we added."""
     if subfolder == request_id:
         return ""
-    return subfolder[len(request_id) + 1:] if subfolder.startswith(request_id + "/") else scrub_text(subfolder)
+    return subfolder[len(request_id) + 1 :] if subfolder.startswith(request_id + "/") else scrub_text(subfolder)
 
 
 def public_outputs(outputs: dict[str, dict[str, Any]], request_id: str) -> dict[str, dict[str, Any]]:
     """ComfyUI's outputs as the caller may see them: our folder names taken out (a copy)."""
-    public = {node_id: {key: [dict(item) if isinstance(item, dict) else item for item in value]
-                        if isinstance(value, list) else value for key, value in output.items()}
-              for node_id, output in outputs.items()}
+    public = {
+        node_id: {
+            key: [dict(item) if isinstance(item, dict) else item for item in value]
+            if isinstance(value, list)
+            else value
+            for key, value in output.items()
+        }
+        for node_id, output in outputs.items()
+    }
     for _, _, ref, _ in file_refs(public):
         ref["subfolder"] = _public_subfolder(ref.get("subfolder") or "", request_id)
     for output in public.values():  # text outputs (PreviewAny) are ComfyUI's words too
@@ -168,8 +193,14 @@ class Pipeline:
         self.runtime = runtime
         self._arrivals = itertools.count()
 
-    def run(self, request: PredictRequest, cancel: threading.Event | None = None, *,
-            defer_cleanup: bool = False, progress: ProgressSink | None = None) -> PredictResult:
+    def run(
+        self,
+        request: PredictRequest,
+        cancel: threading.Event | None = None,
+        *,
+        defer_cleanup: bool = False,
+        progress: ProgressSink | None = None,
+    ) -> PredictResult:
         """Run one job. With `defer_cleanup`, a successful result's files stay until the caller
         calls `result.cleanup()` (the sync route does so after it has answered). `progress`, if
         given, gets the run's events (handler/progress.py) on ComfyUI's listener thread.
@@ -191,8 +222,13 @@ class Pipeline:
     def warmup(self, workflow: dict[str, Any]) -> None:
         self._run(PredictRequest(workflow=check_workflow(workflow)), None, False)
 
-    def _run(self, request: PredictRequest, cancel: threading.Event | None, defer_cleanup: bool,
-             progress: ProgressSink | None = None) -> PredictResult:
+    def _run(
+        self,
+        request: PredictRequest,
+        cancel: threading.Event | None,
+        defer_cleanup: bool,
+        progress: ProgressSink | None = None,
+    ) -> PredictResult:
         started = time.monotonic()
         number = queue_number(request.priority, next(self._arrivals))
         # The private folder name is a secret of this run: never a job id or another caller's value.
@@ -210,9 +246,14 @@ class Pipeline:
             watch = self.client.watch(prompt_id)  # before submitting: no event can be missed
             watch.number = number
             if progress is not None:
-                reporter = Reporter(progress, graph, frozenset(self.comfy.output_classes) | KNOWN_OUTPUT_NODES,
-                                    functools.partial(public_outputs, request_id=rid), prompt_id=prompt_id,
-                                    previews=request.previews)
+                reporter = Reporter(
+                    progress,
+                    graph,
+                    frozenset(self.comfy.output_classes) | KNOWN_OUTPUT_NODES,
+                    functools.partial(public_outputs, request_id=rid),
+                    prompt_id=prompt_id,
+                    previews=request.previews,
+                )
                 watch.listener = reporter.on_message
             self.client.submit(graph, prompt_id, number)
             submitted = time.monotonic()
@@ -257,8 +298,9 @@ class Pipeline:
         refs = [ref for _, _, ref, _ in file_refs(watch.outputs)] if watch else []
         self.comfy.outputs.discard(request_id, refs)
 
-    def _wait(self, watch: PromptWatch, submitted: float, cancel: threading.Event | None,
-              request: PredictRequest) -> None:
+    def _wait(
+        self, watch: PromptWatch, submitted: float, cancel: threading.Event | None, request: PredictRequest
+    ) -> None:
         """Wait on one event (`watch.changed`) set on start, end, cancel and shutdown."""
         stopping = self.runtime.stopping
         changed = watch.changed
@@ -271,8 +313,9 @@ class Pipeline:
                     break
                 if stopping.is_set():
                     self._interrupt(watch, STOP_INTERRUPT_GRACE_S)
-                    raise ComfyUnavailable("the service is shutting down; the job was interrupted, retry it",
-                                           retry_after_s=1)
+                    raise ComfyUnavailable(
+                        "the service is shutting down; the job was interrupted, retry it", retry_after_s=1
+                    )
                 if cancel is not None and cancel.is_set():
                     self._interrupt(watch)
                     raise Cancelled("the job was cancelled")
@@ -283,13 +326,15 @@ class Pipeline:
                         self._interrupt(watch)
                         raise QueueTimeout(
                             f"ComfyUI did not start the job within {queue_wait_s:g} s (QUEUE_WAIT_TIMEOUT_S): "
-                            "it is busy with other jobs; it was dropped from the queue, retry later")
+                            "it is busy with other jobs; it was dropped from the queue, retry later"
+                        )
                 else:
                     limit = watch.started_at + request.timeout_s
                     if now >= limit:
                         self._interrupt(watch)
-                        raise Timeout(f"the job did not finish within {request.timeout_s:g} s of starting; "
-                                      "it was interrupted")
+                        raise Timeout(
+                            f"the job did not finish within {request.timeout_s:g} s of starting; it was interrupted"
+                        )
                 changed.wait(limit - now if step is None else min(step, limit - now))
         if isinstance(watch.error, Interrupted) and stopping.is_set():
             raise ComfyUnavailable("the service is shutting down; the job was interrupted, retry it", retry_after_s=1)
@@ -310,7 +355,7 @@ class Pipeline:
         if not watch.wait(grace_s):
             log.warning("prompt %s did not stop within %.0f s of the interrupt", watch.prompt_id, grace_s)
 
-    def _output_images(self, watch: PromptWatch, graph: dict[str, Any]):
+    def _output_images(self, watch: PromptWatch, graph: dict[str, Any]) -> list[BinaryImage]:
         """Images pushed over the websocket by output nodes (not samplers' previews)."""
         kept = []
         for image in watch.binary_images:

@@ -10,7 +10,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 if [ ! -x .venv/bin/ruff ] || [ ! -x .venv/bin/mypy ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+    # Frozen, as scripts/test.sh installs: the versions and hashes of requirements/test.lock.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/test.lock
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 fi
 
 status=0

@@ -327,8 +327,12 @@ def test_comfyui_inherits_none_of_the_services_secrets(comfy_target, tmp_path: P
         answers = [
             service.post("/predict", json={"workflow": {"1": empty_image(), "2": save()}}),
             service.post("/predict", json={"workflow": {"1": {"class_type": "Nope", "inputs": {}}}}),
-            job, service.get(f"/status/{job.json()['job_id']}"),
-            service.get("/"), service.get("/system"), service.get("/metrics"), service.get("/dashboard/data"),
+            job,
+            service.get(f"/status/{job.json()['job_id']}"),
+            service.get("/"),
+            service.get("/system"),
+            service.get("/metrics"),
+            service.get("/dashboard/data"),
         ]
         assert [r.status_code for r in answers[:3]] == [200, 400, 202]
         for name, value in SECRETS.items():

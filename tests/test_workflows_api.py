@@ -249,8 +249,9 @@ def test_e2e_docs_page(template_service):
     info = template_service.get("/").json()
     # Not the API: Cloud Tasks' deliveries, the docs page itself, and the operators' views (README).
     operators = {"/metrics", "/dashboard", "/dashboard/data", "/system"}
-    documented = {path for path in info["endpoints"]
-                  if not path.startswith(("/tasks/", "/docs")) and path not in operators}
+    documented = {
+        path for path in info["endpoints"] if not path.startswith(("/tasks/", "/docs")) and path not in operators
+    }
     assert documented <= {p.replace("{name}", "{name:path}") for p in doc["paths"]} | set(doc["paths"])
     assert "/workflows/{workflow_id}" in doc["paths"]
     if info["async"]:

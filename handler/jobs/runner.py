@@ -41,8 +41,9 @@ log = logging.getLogger("handler.jobs.runner")
 
 
 class Pipeline(Protocol):
-    def run(self, request: PredictRequest, cancel: threading.Event | None = None, *,
-            progress: ProgressSink | None = None) -> PredictResult: ...
+    def run(
+        self, request: PredictRequest, cancel: threading.Event | None = None, *, progress: ProgressSink | None = None
+    ) -> PredictResult: ...
 
 
 class Readiness(Protocol):
