@@ -132,8 +132,20 @@ def request_prefix(prefix: str, request_id: str) -> str:
     return f"{request_id}/{normalized}" + ("/" if prefix.endswith("/") else "")
 
 
+# ComfyUI writes PreviewImage's files to its one temp folder, shared by every request, and the node
+# takes no filename_prefix. Previews are therefore saved by SaveImage into the request's own folder
+# (the same pixels; PNG compression 4 instead of 1), and callers still see them as `type: temp`.
+PREVIEW_CLASS = "PreviewImage"
+PREVIEW_PREFIX = "ComfyUI_temp"
+
+
+def preview_nodes(workflow: dict[str, Any]) -> frozenset[str]:
+    return frozenset(node_id for node_id, node in workflow.items() if node.get("class_type") == PREVIEW_CLASS)
+
+
 def prepare_graph(workflow: dict[str, Any], request_id: str, output_classes: frozenset[str]) -> dict[str, Any]:
-    """A private copy of the graph whose outputs land in the request's own subfolder.
+    """A private copy of the graph whose outputs, previews included, land in the request's own
+    subfolder.
 
     Only nodes and their inputs are copied (what is changed here and in rewrite_references):
     no recursion into values, however deep."""
@@ -141,6 +153,9 @@ def prepare_graph(workflow: dict[str, Any], request_id: str, output_classes: fro
     for node in graph.values():
         class_type = node.get("class_type")
         inputs = node["inputs"]
+        if class_type == PREVIEW_CLASS:
+            node["class_type"] = class_type = "SaveImage"
+            inputs["filename_prefix"] = PREVIEW_PREFIX
         is_output = class_type in output_classes or class_type in KNOWN_OUTPUT_NODES
         prefix = inputs.get("filename_prefix")
         if isinstance(prefix, str):
@@ -159,8 +174,11 @@ def _public_subfolder(subfolder: str, request_id: str) -> str:
     return subfolder[len(request_id) + 1 :] if subfolder.startswith(request_id + "/") else scrub_text(subfolder)
 
 
-def public_outputs(outputs: dict[str, dict[str, Any]], request_id: str) -> dict[str, dict[str, Any]]:
-    """ComfyUI's outputs as the caller may see them: our folder names taken out (a copy)."""
+def public_outputs(
+    outputs: dict[str, dict[str, Any]], request_id: str, previews: frozenset[str] = frozenset()
+) -> dict[str, dict[str, Any]]:
+    """ComfyUI's outputs as the caller may see them: our folder names taken out, previews shown
+    as the temp files they stand for (a copy)."""
     public = {
         node_id: {
             key: [dict(item) if isinstance(item, dict) else item for item in value]
@@ -170,8 +188,10 @@ def public_outputs(outputs: dict[str, dict[str, Any]], request_id: str) -> dict[
         }
         for node_id, output in outputs.items()
     }
-    for _, _, ref, _ in file_refs(public):
+    for node_id, _, ref, _ in file_refs(public):
         ref["subfolder"] = _public_subfolder(ref.get("subfolder") or "", request_id)
+        if node_id in previews and ref.get("type") == "output":
+            ref["type"] = "temp"
     for output in public.values():  # text outputs (PreviewAny) are ComfyUI's words too
         for key, value in output.items():
             if isinstance(value, list):
@@ -241,6 +261,7 @@ class Pipeline:
         try:
             renames = self.comfy.inputs.stage(rid, request.images, deadline=started + request.timeout_s)
             graph = prepare_graph(request.workflow, rid, self.comfy.output_classes)
+            previews = preview_nodes(request.workflow)
             rewrite_references(graph, renames)
             staged = time.monotonic()
             watch = self.client.watch(prompt_id)  # before submitting: no event can be missed
@@ -248,9 +269,9 @@ class Pipeline:
             if progress is not None:
                 reporter = Reporter(
                     progress,
-                    graph,
+                    request.workflow,  # the caller's node classes, not our rewrite of previews
                     frozenset(self.comfy.output_classes) | KNOWN_OUTPUT_NODES,
-                    functools.partial(public_outputs, request_id=rid),
+                    functools.partial(public_outputs, request_id=rid, previews=previews),
                     prompt_id=prompt_id,
                     previews=request.previews,
                 )
@@ -269,6 +290,8 @@ class Pipeline:
             files = collect(watch.outputs, self._output_images(watch, graph), self.comfy.outputs, request.output)
             for file in files:
                 file.subfolder = _public_subfolder(file.subfolder, rid)
+                if file.node_id in previews and file.type == "output":
+                    file.type = "temp"
             collected = time.monotonic()
             timings = {
                 "total_ms": _ms(collected - started),
@@ -279,7 +302,7 @@ class Pipeline:
             }
             if watch.started_at:
                 timings["queued_ms"] = _ms(max(0.0, watch.started_at - submitted))
-            result = PredictResult(prompt_id, files, public_outputs(watch.outputs, rid), timings)
+            result = PredictResult(prompt_id, files, public_outputs(watch.outputs, rid, previews), timings)
             if defer_cleanup:
                 result.cleanup = functools.partial(self._discard, rid, watch)
                 deferred = True

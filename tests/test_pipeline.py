@@ -69,3 +69,27 @@ def test_deep_values_are_shared_not_copied():
     graph = prepare_graph(workflow, "rid", frozenset())
     assert graph["1"]["inputs"]["deep"] is deep
     assert "filename_prefix" in workflow["1"]["inputs"] and workflow["1"]["inputs"]["filename_prefix"] == "x"
+
+
+def test_previews_are_saved_in_the_requests_own_folder_and_shown_as_temp():
+    """PreviewImage would write to ComfyUI's one shared temp folder under its own names: the
+    request's graph saves them into the request's folder instead, and callers still see `temp`."""
+    from handler.pipeline import prepare_graph, preview_nodes, public_outputs
+
+    rid = "r" + "ab" * 16
+    workflow = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "keep"}},
+    }
+    graph = prepare_graph(workflow, rid, frozenset({"SaveImage", "PreviewImage"}))
+    assert graph["2"]["class_type"] == "SaveImage"
+    assert graph["2"]["inputs"]["filename_prefix"] == f"{rid}/ComfyUI_temp"
+    assert workflow["2"]["class_type"] == "PreviewImage"  # the caller's graph is untouched
+    outputs = {
+        "2": {"images": [{"filename": "ComfyUI_temp_00001_.png", "subfolder": rid, "type": "output"}]},
+        "3": {"images": [{"filename": "keep_00001_.png", "subfolder": rid, "type": "output"}]},
+    }
+    public = public_outputs(outputs, rid, preview_nodes(workflow))
+    assert public["2"]["images"][0] == {"filename": "ComfyUI_temp_00001_.png", "subfolder": "", "type": "temp"}
+    assert public["3"]["images"][0]["type"] == "output"
