@@ -11,13 +11,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .outputs import FORMATS
-from .taskqueue.base import PRIORITIES as _PRIORITIES
+from .body import COMPONENTS, FIELDS, PRIORITIES, WORKFLOW
 
 JSON = "application/json"
-PRIORITIES = list(_PRIORITIES)  # in the order they are served
 # What `output` accepts: OutputOptions.parse also takes "jpg" for "jpeg".
-OUTPUT_FORMATS = [*FORMATS, *(["jpg"] if "jpeg" in FORMATS else [])]
 _CONVERTER = re.compile(r"\{(\w+):\w+\}")
 
 
@@ -83,94 +80,14 @@ ERROR = {
     },
 }
 
-INPUT_IMAGE = {
-    "type": "object",
-    "required": ["name", "image"],
-    "properties": {
-        "name": {
-            "type": "string",
-            "description": "The file name the workflow's loaders refer to.",
-            "examples": ["input.png"],
-        },
-        "image": {
-            "type": "string",
-            "description": (
-                "Base64, a data URI, an http(s) URL fetched by the service, or a gs://bucket/object URI read with the "
-                "service's credentials (only buckets URL_ALLOWLIST names as gs://bucket[/prefix]). Bodies over 32 MiB "
-                "never reach a Cloud Run service: send large inputs by URL."
-            ),
-        },
-    },
-}
-
-OUTPUT_OPTIONS = {
-    "description": (
-        'Re-encode the images returned, e.g. {"format": "webp", "quality": 90}, or just "webp"; '
-        '`delivery`: "inline" (base64 in the answer) or "url" (stored; the answer lists `uri` and `url`).'
-    ),
-    "anyOf": [
-        {"type": "string", "enum": OUTPUT_FORMATS},
-        {
-            "type": "object",
-            "properties": {
-                "format": {"type": "string", "enum": OUTPUT_FORMATS},
-                "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
-                "delivery": {
-                    "type": "string",
-                    "enum": ["inline", "url"],
-                    "default": "inline",
-                    "description": "Sync answers: files as base64, or stored (Cloud Storage, or the local "
-                    "store) with gs:// URIs and signed URLs, as async results.",
-                },
-            },
-        },
-    ],
-}
-
-COMMON_FIELDS: dict[str, Any] = {
-    "images": {"type": "array", "items": _ref("InputImage"), "description": "Input images the workflow loads by name."},
-    "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds to wait for the result."},
-    "output": _ref("OutputOptions"),
-    "previews": {
-        "type": "boolean",
-        "default": False,
-        "description": "With Accept: text/event-stream: sampler previews as `preview` events (base64).",
-    },
-    "async": {
-        "type": "boolean",
-        "default": False,
-        "description": "Accept the request as a job (202) instead of waiting for the result.",
-    },
-    "webhook": {
-        "description": "Call this URL (Standard Webhooks signed) when the job ends; implies async.",
-        "anyOf": [
-            {"type": "string", "format": "uri"},
-            {"type": "object", "required": ["url"], "properties": {"url": {"type": "string", "format": "uri"}}},
-        ],
-    },
-    "priority": {"type": "string", "enum": PRIORITIES, "default": "normal", "description": "Queue of an async job."},
-    "inline": {
-        "type": "boolean",
-        "default": False,
-        "description": "Embed an async job's outputs as base64 in its status (up to INLINE_MAX_BYTES).",
-    },
-}
 
 RAW_REQUEST: dict[str, Any] = {
     "type": "object",
     "title": "Raw workflow",
     "required": ["workflow"],
     "properties": {
-        "workflow": {
-            "type": "object",
-            "description": "An API-format ComfyUI graph (ComfyUI's 'Export (API)'): node id → {class_type, inputs}.",
-            "additionalProperties": {
-                "type": "object",
-                "required": ["class_type"],
-                "properties": {"class_type": {"type": "string"}, "inputs": {"type": "object"}},
-            },
-        },
-        **COMMON_FIELDS,
+        "workflow": WORKFLOW,
+        **FIELDS,
     },
 }
 
@@ -556,7 +473,7 @@ def _priority_with_queue_limits() -> dict[str, Any]:
         for p in PRIORITIES
         if p in QUEUE_LIMITS
     )
-    field = COMMON_FIELDS["priority"]
+    field = FIELDS["priority"]
     return {
         **field,
         "description": f"{field['description']} With Cloud Tasks each priority is a queue of its own ({limits}).",
@@ -574,8 +491,7 @@ def document(
     priority = _priority_with_queue_limits()
     schemas: dict[str, Any] = {
         "Error": ERROR,
-        "InputImage": INPUT_IMAGE,
-        "OutputOptions": OUTPUT_OPTIONS,
+        **COMPONENTS,
         "RawPredictRequest": {**RAW_REQUEST, "properties": {**RAW_REQUEST["properties"], "priority": priority}},
         "OutputFile": FILE,
         "PredictResponse": PREDICT_RESPONSE,
@@ -611,7 +527,7 @@ def document(
             "properties": {
                 "workflow_id": {"const": workflow_id},
                 "params": _ref(f"{workflow_id}.params"),
-                **COMMON_FIELDS,
+                **FIELDS,
                 "priority": priority,
             },
         }

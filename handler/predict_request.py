@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import graph
+from .body import check_fields
 from .config import Settings
 from .errors import REQUEST_FOLDER, BadRequest
 from .inputs import InputImage, parse_images
@@ -104,6 +105,7 @@ def parse_predict_body(body: Any, settings: Settings, templates: Any = None) -> 
     # Accept the {"input": {...}} envelope other ComfyUI workers use.
     if "workflow" not in body and "workflow_id" not in body and isinstance(body.get("input"), dict):
         body = body["input"]
+    check_fields(body)  # the declared shape of each field (handler/body.py), then their meaning
     images = parse_images(body.get("images"), settings)
     workflow_id = body.get("workflow_id")
     if workflow_id is not None:

@@ -108,3 +108,22 @@ def test_priorities_formats_and_queue_limits_come_from_their_declarations():
     assert set(as_string["enum"]) == set(outputs.FORMATS) | {"jpg"} == set(as_object["properties"]["format"]["enum"])
     for name in as_string["enum"]:  # each one is accepted by the parser the service uses
         assert outputs.OutputOptions.parse(name).format in outputs.FORMATS
+
+
+def test_the_published_body_schema_is_the_one_the_parser_checks(templates):
+    """One declaration (handler/body.py): what /openapi.json publishes for the body's fields is
+    what a body is checked against; a body the schema refuses is refused by the parser."""
+    from handler import body
+    from handler.config import Settings
+    from handler.errors import BadRequest
+    from handler.predict_request import parse_predict_body
+
+    doc = openapi.document(templates)
+    published = doc["components"]["schemas"]["RawPredictRequest"]["properties"]
+    for name, schema in body.FIELDS.items():
+        if name != "priority":  # published with the queue limits added to its description
+            assert published[name] == schema, name
+    workflow = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+    for field, value in [("timeout", "soon"), ("previews", "yes"), ("output", {"quality": 500}), ("images", [{}])]:
+        with pytest.raises(BadRequest, match=field):
+            parse_predict_body({"workflow": workflow, field: value}, Settings())

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import errors, urlguard, webhooks
+from ..body import check_fields
 from ..config import Settings
 from ..errors import ServiceError
 from ..predict_request import parse_predict_body
@@ -52,6 +53,7 @@ class AsyncOptions:
     @classmethod
     def split(cls, body: Mapping[str, Any], settings: Settings) -> tuple[AsyncOptions, dict[str, Any]]:
         """Take our keys out of a /predict body; what is left is the PredictRequest's."""
+        check_fields(dict(body))
         rest = {k: v for k, v in body.items() if k not in ASYNC_KEYS}
         priority = body.get("priority", "normal")
         if priority not in PRIORITIES:
