@@ -202,8 +202,7 @@ def start_service(
     python = args.service_command.split() if args.service_command else [sys.executable]
     cmd = [*python, "-m", "handler"]
     if args.trace:
-        env["TRACE_OUT"] = str(work / "trace.jsonl")
-        cmd = [*python, str(ROOT / "bench" / "trace_service.py")]
+        env["TRACE_OUT"] = str(work / "trace.jsonl")  # the service's own tracing hook (handler/tracing.py)
     proc = Process("service", cmd, ROOT, env, work / "service.log")
     url = f"http://127.0.0.1:{port}"
     proc.wait_http(url + "/healthz", args.startup_timeout)
@@ -518,7 +517,7 @@ def interleave(
 
 
 TRACE_PHASES = [
-    # (label, from, to): timestamps of bench/trace_service.py and of the client
+    # (label, from, to): timestamps of the service (handler/tracing.py) and of the client
     ("request in (client → endpoint)", "client_start", "predict"),
     ("body, worker thread, parsing", "predict", "pipeline"),
     ("submit + ComfyUI (≈ direct POST + wait)", "pipeline", "waited"),
@@ -752,7 +751,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--trace",
         action="store_true",
-        help="run the service under bench/trace_service.py and report where the sync requests' time goes",
+        help="have the service trace (TRACE_OUT, handler/tracing.py) and report where the sync requests' time goes",
     )
     parser.add_argument(
         "--append", action="store_true", help="add this run to the results file instead of replacing it"

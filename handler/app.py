@@ -21,7 +21,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import __version__, catalog, dashboard, delivery, logs, observe, sse, storage, taskqueue, workflows_api
+from . import (
+    __version__,
+    catalog,
+    dashboard,
+    delivery,
+    logs,
+    observe,
+    sse,
+    storage,
+    taskqueue,
+    tracing,
+    workflows_api,
+)
 from .catalog import StoreCatalog
 from .comfy import Comfy, ComfyConnection
 from .config import ServiceRole, Settings
@@ -170,11 +182,14 @@ def run_sync(services: Services, body: Any, wanted: Wanted | None = None, base_u
     result = services.pipeline.run(predict_request, defer_cleanup=True)
     services.metrics.sync_timings(result.timings)
     # The job's files are removed once the answer is on its way (delivery.respond).
-    return delivery.respond(result, predict_request.output, wanted, outlet(services, base_url))
+    response = delivery.respond(result, predict_request.output, wanted, outlet(services, base_url))
+    tracing.mark("response_dict")
+    return response
 
 
 async def predict(request: Request) -> Response:
     services = services_of(request)
+    tracing.begin(request.headers.get("x-bench-trace"))
     body = await read_json(request, services.settings.max_body_bytes, services.settings.body_read_timeout_s)
     if services.job_routes.wants_async(body, request):
         return await services.job_routes.accept(body, request)
@@ -197,7 +212,10 @@ async def predict(request: Request) -> Response:
             return predict_request
 
         return await sse.stream(prepare, services.pipeline, runtime, outlet(services, base_url))
-    return await runtime.run_long(run_sync, services, body, wanted, base_url)
+    response = await runtime.run_long(run_sync, services, body, wanted, base_url)
+    tracing.mark("response_built")
+    tracing.end()
+    return response
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -282,6 +300,7 @@ def create_app(settings: Settings | None = None, *, comfy_client: ComfyConnectio
     """The service. `comfy_client` replaces the connection to ComfyUI (see `build_services`)."""
     settings = settings or Settings.from_env()
     runtime = Runtime(settings)
+    tracing.configure(settings.trace_out)
     if settings.service_role.runs_comfy or "local" in (settings.queue_backend, settings.storage_backend):
         runtime.claim_state_dir(settings.state_dir)
     services = build_services(settings, runtime, comfy_client)

@@ -129,6 +129,7 @@ class Settings:
     gcs_object_write_interval_s: float = 1.0  # Cloud Storage takes about one write a second per object
     output_retention_days: float = 7.0  # outputs of final jobs; requests go when the job is final
     failpoint_kill: str | None = None  # tests only: handler/failpoints.py
+    trace_out: Path | None = None  # bench/run.py --trace: handler/tracing.py
     job_lease_ttl_s: float = 60.0  # a run renews its lease every quarter of this
     job_id_secret: str | None = field(default=None, repr=False)  # else one kept in the store
     # Task tokens: checked when set (cloud mode); Cloud Run's IAM checks signatures in front of
@@ -281,6 +282,7 @@ class Settings:
             gcs_object_write_interval_s=number("GCS_OBJECT_WRITE_INTERVAL_S", 1.0),
             job_lease_ttl_s=max(1.0, number("JOB_LEASE_TTL_S", 60.0)),
             failpoint_kill=get("FAILPOINT_KILL"),
+            trace_out=path("TRACE_OUT"),
             job_id_secret=get("JOB_ID_SECRET"),
             verify_task_tokens=_bool(get("VERIFY_TASK_TOKENS"), default=cloud_mode),
             ingress_verifies_tokens=_bool(

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from . import graph, logs
+from . import graph, logs, tracing
 from .comfy import Comfy
 from .comfy_client import BinaryImage, Interrupted, PromptWatch
 from .errors import (
@@ -232,7 +232,10 @@ class Pipeline:
         if self.runtime.stopping.is_set():
             raise ComfyUnavailable("the service is shutting down; retry", retry_after_s=1)
         self.comfy.require_ready()
-        return self._run(request, cancel, defer_cleanup, progress)
+        tracing.mark("pipeline")
+        result = self._run(request, cancel, defer_cleanup, progress)
+        tracing.mark("pipeline_end", timings=result.timings)  # after the cleanup in its `finally`
+        return result
 
     def preflight(self, workflow: dict[str, Any]) -> None:
         """Refuse now what ComfyUI would refuse later: async jobs are accepted only if they can run."""
@@ -281,6 +284,7 @@ class Pipeline:
             if reporter is not None:
                 reporter.queued(self.client.ahead_of(prompt_id))
             self._wait(watch, submitted, cancel, request)
+            tracing.mark("waited")
             if watch.missed_events:
                 # The websocket dropped during the run: outputs may only be in the history.
                 entry = self.client.history(prompt_id)

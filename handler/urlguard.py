@@ -349,11 +349,11 @@ def fetch_bytes(
             follow=frozenset({301, 302, 303, 307, 308}),
         )
     except (OSError, http.client.HTTPException) as exc:
-        raise FetchFailed(f"{purpose}: could not fetch {_shown(url)}: {describe_error(exc)}") from None
+        raise FetchFailed(f"{purpose}: could not fetch {redact_url(url)}: {describe_error(exc)}") from None
     if truncated:
-        raise errors.PayloadTooLarge(f"{purpose}: {_shown(url)} is larger than {max_bytes} bytes")
+        raise errors.PayloadTooLarge(f"{purpose}: {redact_url(url)} is larger than {max_bytes} bytes")
     if not 200 <= resp.status < 300:
-        raise FetchFailed(f"{purpose}: {_shown(url)} answered HTTP {resp.status}")
+        raise FetchFailed(f"{purpose}: {redact_url(url)} answered HTTP {resp.status}")
     return resp.body
 
 
@@ -387,10 +387,15 @@ def post_json(
     return resp
 
 
-def _shown(url: str) -> str:
-    """The URL without its query string, which may carry tokens."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+def redact_url(url: str) -> str:
+    """The one way a URL is shown (errors, logs, job views): without credentials or query
+    string, which may carry tokens."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(invalid URL)"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 def describe_error(exc: BaseException) -> str:

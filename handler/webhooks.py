@@ -1,4 +1,4 @@
-"""Standard Webhooks: sign a payload, deliver it with bounded retries, record the outcome.
+"""Standard Webhooks: sign a payload and POST it once; the outbox (handler/jobs/outbox.py) retries.
 
 Headers per https://www.standardwebhooks.com: `webhook-id` (stable across retries, so the
 receiver can deduplicate), `webhook-timestamp` (of this attempt) and `webhook-signature`
@@ -12,14 +12,10 @@ from __future__ import annotations
 import http.client
 import logging
 import random
-import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import urlsplit
 
 from standardwebhooks import Webhook
 
@@ -30,26 +26,6 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 60.0
 _RETRYABLE = frozenset({408, 409, 425, 429})  # and every 5xx
-
-
-@dataclass
-class Delivery:
-    """What happened to one webhook; stored on the job."""
-
-    webhook_id: str
-    url: str  # without its query string
-    signed: bool
-    attempts: int = 0
-    last_status: int | None = None
-    delivered_at: str | None = None
-    error: str | None = None
-
-    @property
-    def delivered(self) -> bool:
-        return self.delivered_at is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def new_webhook_id() -> str:
@@ -93,53 +69,12 @@ def attempt(url: str, body: bytes, settings: Settings, *, webhook_id: str) -> At
     except (OSError, http.client.HTTPException) as exc:
         return Attempt(None, f"could not reach the receiver: {urlguard.describe_error(exc)}", retryable=True)
     if 200 <= resp.status < 300:
-        log.info("webhook %s delivered to %s", webhook_id, shown_url(url))
+        log.info("webhook %s delivered to %s", webhook_id, urlguard.redact_url(url))
         return Attempt(resp.status, None, retryable=False)
     retryable = resp.status >= 500 or resp.status in _RETRYABLE
     return Attempt(
         resp.status, f"receiver answered HTTP {resp.status}", retryable, _retry_after(resp.headers.get("retry-after"))
     )
-
-
-def deliver(
-    url: str,
-    body: bytes,
-    settings: Settings,
-    *,
-    webhook_id: str | None = None,
-    stop: threading.Event | None = None,
-    sleep: Callable[[float], None] | None = None,
-) -> Delivery:
-    """`attempt` until a 2xx, a permanent failure or WEBHOOK_MAX_ATTEMPTS, with backoff; `stop`
-    cuts the waiting short. Never raises: the returned Delivery says what happened."""
-    record = Delivery(
-        webhook_id=webhook_id or new_webhook_id(), url=shown_url(url), signed=bool(settings.webhook_secret)
-    )
-    wait = sleep or (stop.wait if stop is not None else time.sleep)
-    for number in range(1, max(1, settings.webhook_max_attempts) + 1):
-        record.attempts = number
-        result = attempt(url, body, settings, webhook_id=record.webhook_id)
-        record.last_status, record.error = result.status, result.error
-        if result.delivered:
-            record.delivered_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-            return record
-        log.warning(
-            "webhook %s to %s failed (attempt %d/%d): %s",
-            record.webhook_id,
-            record.url,
-            number,
-            settings.webhook_max_attempts,
-            record.error,
-        )
-        if not result.retryable or number >= settings.webhook_max_attempts:
-            break
-        delay = (
-            result.retry_after_s if result.retry_after_s is not None else backoff(settings.webhook_backoff_s, number)
-        )
-        if wait(delay) is True:  # Event.wait returns True when `stop` was set
-            record.error = (record.error or "") + "; gave up at shutdown"
-            break
-    return record
 
 
 def backoff(base_s: float, attempt: int) -> float:
@@ -152,13 +87,3 @@ def _retry_after(value: str | None) -> float | None:
     if value and value.strip().isdigit():
         return min(MAX_BACKOFF_S, float(value))
     return None
-
-
-def shown_url(url: str) -> str:
-    """The URL without credentials or query string, which may carry tokens."""
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(invalid URL)"
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"

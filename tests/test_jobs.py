@@ -500,3 +500,30 @@ def test_one_job_record_is_written_at_most_once_a_second_on_cloud_storage(fake_g
     svc.run(job.job_id)
     assert len(writes) >= 3  # created, claimed, final
     assert all(b - a >= 0.95 for a, b in zip(writes, writes[1:])), writes
+
+
+def test_the_outbox_retries_a_failing_receiver_with_one_webhook_id_then_gives_up(store):
+    """One POST per delivery; the queue asks again while the receiver fails in a way worth
+    retrying, with the same webhook-id, and stops at WEBHOOK_MAX_ATTEMPTS."""
+    from handler.jobs import Sent
+    from tests.test_webhooks import SECRET, Receiver
+
+    receiver = Receiver()
+    try:
+        svc = service(store, ScriptedPipeline(), webhook_max_attempts=3, webhook_secret=SECRET)
+        ok = svc.submit({"workflow": WORKFLOW, "webhook": {"url": receiver.url}})
+        failing = svc.submit({"workflow": WORKFLOW, "webhook": {"url": receiver.url}})
+        svc.run(ok.job_id)
+        svc.run(failing.job_id)
+        outbox = svc.jobs.outbox
+        receiver.statuses = [503, 500]
+        assert [outbox.deliver(ok.job_id) for _ in range(3)] == [Sent.RETRY, Sent.RETRY, Sent.DONE]
+        assert outbox.deliver(ok.job_id) is Sent.DONE and len(receiver.received) == 3  # settled: not sent again
+        assert svc.get(ok.job_id).webhook["state"] == "delivered"
+        assert len({r["headers"]["webhook-id"] for r in receiver.received}) == 1
+        receiver.statuses = [500] * 5
+        assert [outbox.deliver(failing.job_id) for _ in range(3)] == [Sent.RETRY, Sent.RETRY, Sent.DONE]
+        record = svc.get(failing.job_id).webhook
+        assert record["state"] == "failed" and record["attempts"] == 3 and record["last_status"] == 500
+    finally:
+        receiver.close()

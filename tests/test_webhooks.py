@@ -78,95 +78,67 @@ def receiver():
 
 
 def test_signed_delivery_verifies_with_the_standard_library(receiver):
-    record = webhooks.deliver(receiver.url, BODY, settings())
-    assert record.delivered and record.attempts == 1 and record.last_status == 204
-    assert record.signed and record.error is None
-    assert record.url.endswith("/hooks/comfy")  # the query (a token) is not recorded
+    result = webhooks.attempt(receiver.url, BODY, settings(), webhook_id="msg_1")
+    assert result.delivered and result.status == 204 and result.error is None
     (got,) = receiver.received
     assert got["verified"] and got["payload"]["data"]["job_id"] == "j1"
     headers = {k.lower(): v for k, v in got["headers"].items()}
-    assert headers["webhook-id"] == record.webhook_id
+    assert headers["webhook-id"] == "msg_1"
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 5
     assert headers["webhook-signature"].startswith("v1,")
 
 
 def test_a_wrong_secret_fails_verification(receiver):
     other = "whsec_" + base64.b64encode(b"another secret entirely, 32 byte").decode()
-    record = webhooks.deliver(receiver.url, BODY, settings(webhook_secret=other))
-    assert not record.delivered and record.last_status == 401 and record.attempts == 1
+    result = webhooks.attempt(receiver.url, BODY, settings(webhook_secret=other), webhook_id="msg_2")
+    assert not result.delivered and result.status == 401 and not result.retryable
     assert receiver.received[0]["verified"] is False
 
 
-def test_5xx_is_retried_with_the_same_id_then_succeeds(receiver):
-    receiver.statuses = [503, 500]
-    record = webhooks.deliver(receiver.url, BODY, settings())
-    assert record.delivered and record.attempts == 3
-    ids = {r["headers"]["webhook-id"] for r in receiver.received}
-    assert len(ids) == 1 and all(r["verified"] for r in receiver.received)
+@pytest.mark.parametrize(
+    "status, retryable", [(500, True), (503, True), (429, True), (408, True), (410, False), (400, False)]
+)
+def test_what_is_worth_another_try(receiver, status, retryable):
+    receiver.statuses = [status]
+    result = webhooks.attempt(receiver.url, BODY, settings(), webhook_id="msg_3")
+    assert not result.delivered and result.status == status and result.retryable is retryable
+    assert f"HTTP {status}" in (result.error or "")
 
 
-def test_permanent_failure_after_the_attempt_limit(receiver):
-    receiver.statuses = [500] * 10
-    record = webhooks.deliver(receiver.url, BODY, settings(webhook_max_attempts=3))
-    assert not record.delivered and record.attempts == 3 and len(receiver.received) == 3
-    assert record.last_status == 500 and "HTTP 500" in record.error
-
-
-def test_a_4xx_is_final(receiver):
-    receiver.statuses = [410]
-    record = webhooks.deliver(receiver.url, BODY, settings())
-    assert record.attempts == 1 and record.last_status == 410 and not record.delivered
-
-
-def test_target_down_then_up():
+def test_a_receiver_that_is_down_is_worth_another_try():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/hook"
-    holder: dict = {}
-
-    def bring_up_later():
-        time.sleep(0.4)
-        holder["receiver"] = Receiver(port=port)
-
-    threading.Thread(target=bring_up_later).start()
-    record = webhooks.deliver(url, BODY, settings(webhook_backoff_s=0.25, webhook_max_attempts=6))
-    try:
-        assert record.delivered and record.attempts >= 2
-        assert len(holder["receiver"].received) == 1 and holder["receiver"].received[0]["verified"]
-    finally:
-        holder["receiver"].close()
+    result = webhooks.attempt(f"http://127.0.0.1:{port}/hook", BODY, settings(), webhook_id="msg_4")
+    assert not result.delivered and result.status is None and result.retryable
+    assert "could not reach" in (result.error or "")
 
 
 def test_unsafe_urls_are_never_called():
     for url in ["http://169.254.169.254/hook", "http://127.0.0.1:9/hook", "ftp://example.com/hook"]:
-        record = webhooks.deliver(url, BODY, settings(url_allowlist=()))
-        assert record.attempts == 1 and record.last_status is None and not record.delivered
-        assert "webhook URL" in record.error
-
-
-def test_stop_cuts_the_backoff_short(receiver):
-    receiver.statuses = [500] * 10
-    stop = threading.Event()
-    threading.Timer(0.2, stop.set).start()
-    started = time.monotonic()
-    record = webhooks.deliver(receiver.url, BODY, settings(webhook_backoff_s=30), stop=stop)
-    assert time.monotonic() - started < 5
-    assert not record.delivered and "shutdown" in record.error
+        result = webhooks.attempt(url, BODY, settings(url_allowlist=()), webhook_id="msg_5")
+        assert result.status is None and not result.delivered and not result.retryable
+        assert "webhook URL" in (result.error or "")
 
 
 def test_unsigned_when_no_secret_is_configured(receiver):
     receiver.statuses = [200]
-    record = webhooks.deliver(receiver.url, BODY, settings(webhook_secret=None))
-    assert record.delivered and not record.signed
+    result = webhooks.attempt(receiver.url, BODY, settings(webhook_secret=None), webhook_id="msg_6")
+    assert result.delivered
     assert "webhook-signature" not in {k.lower() for k in receiver.received[0]["headers"]}
 
 
 def test_secret_and_payload_never_reach_the_logs(receiver, caplog):
     receiver.statuses = [500, 204]
     with caplog.at_level(logging.DEBUG):
-        webhooks.deliver(receiver.url, BODY, settings())
+        webhooks.attempt(receiver.url, BODY, settings(), webhook_id="msg_7")
+        webhooks.attempt(receiver.url, BODY, settings(), webhook_id="msg_7")
     text = caplog.text
     assert SECRET not in text and SECRET[6:] not in text
     assert "job.succeeded" not in text and "t0p" not in text
     assert "v1," not in text
+
+
+def test_backoff_doubles_with_jitter_and_is_capped():
+    assert 0.8 <= webhooks.backoff(1.0, 1) <= 1.2 and 3.2 <= webhooks.backoff(1.0, 3) <= 4.8
+    assert webhooks.backoff(1.0, 30) <= webhooks.MAX_BACKOFF_S * 1.2

@@ -10,7 +10,7 @@ import base64
 import json
 from typing import Any
 
-from .. import webhooks
+from .. import urlguard
 from ..config import Settings
 from ..storage import Store
 from .model import Job, iso, now
@@ -47,7 +47,7 @@ class JobViews:
             out["last_error"] = job.last_error
         if job.webhook_url:
             out["webhook"] = {
-                "url": webhooks.shown_url(job.webhook_url),
+                "url": urlguard.redact_url(job.webhook_url),
                 "webhook_id": job.webhook_id,
                 **(job.webhook or {}),
             }
