@@ -25,7 +25,6 @@ from starlette.routing import BaseRoute, Route
 from . import errors
 from .config import Settings
 from .jobs import Jobs, Outcome, RunOutcome, Sent
-from .progress import read_job_progress
 from .storage.local import LocalStore
 from .tasktoken import TaskTokenVerifier
 
@@ -152,10 +151,6 @@ class JobRoutes:
         view = await run_in_threadpool(
             self.service.status, request.path_params["job_id"], base_url=self.base_url(request), inline=inline
         )
-        if view.get("state") == "running":  # the run's latest progress, from whichever instance runs it
-            progress = await run_in_threadpool(read_job_progress, self.service.store, view["job_id"])
-            if progress is not None:
-                view["progress"] = progress
         return JSONResponse(view)
 
     async def cancel(self, request: Request) -> Response:

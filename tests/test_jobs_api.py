@@ -271,6 +271,26 @@ def test_comfyui_crash_is_transient_and_retried_to_success(tmp_path):
 TASKS_ACCOUNT = "tasks@test-project.iam.gserviceaccount.com"
 
 
+def cloud_env(settings: Any, tasks_emulator: Any, fake_gcs: Any, bucket: str, **extra: str) -> dict[str, str]:
+    """A service on the Cloud Tasks emulator (queues of `settings`) and fake-gcs-server, checking
+    the task tokens an ingress (tests/fixtures/ingress.py) hands it, as behind Cloud Run's IAM."""
+    return {
+        **BASE_ENV,
+        "QUEUE_BACKEND": "cloudtasks",
+        "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
+        "TASKS_LOCATION": settings.tasks_location,
+        "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
+        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
+        "VERIFY_TASK_TOKENS": "1",
+        "INGRESS_VERIFIES_TOKENS": "1",
+        "TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
+        "STORAGE_BACKEND": "gcs",
+        "GCS_BUCKET": bucket,
+        "STORAGE_EMULATOR_HOST": fake_gcs.url,
+        **extra,
+    }
+
+
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory, tasks_emulator, fake_gcs):
     """The service behind a Cloud Run ingress (stripped task tokens, 429 when full), which is
@@ -281,23 +301,7 @@ def cloud(tmp_path_factory, tasks_emulator, fake_gcs):
     settings = tasks_emulator.settings(url)
     tasks_emulator.create_queues(settings)
     bucket = fake_gcs.new_bucket("jobs")
-    env = dict(BASE_ENV)
-    env.update(
-        {
-            "QUEUE_BACKEND": "cloudtasks",
-            "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
-            "TASKS_LOCATION": settings.tasks_location,
-            "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
-            "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
-            "SERVICE_URL": url,
-            "VERIFY_TASK_TOKENS": "1",
-            "INGRESS_VERIFIES_TOKENS": "1",
-            "TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
-            "STORAGE_BACKEND": "gcs",
-            "GCS_BUCKET": bucket,
-            "STORAGE_EMULATOR_HOST": fake_gcs.url,
-        }
-    )
+    env = cloud_env(settings, tasks_emulator, fake_gcs, bucket, SERVICE_URL=url)
     svc = ServiceProcess(STANDIN_TARGET, tmp_path_factory.mktemp("jobs-cloud"), env=env, port=port)
     svc.start().wait_ready()
     svc.queue_settings = settings
@@ -460,23 +464,13 @@ def test_strict_priority_through_cloud_tasks_at_full_concurrency(tmp_path, tasks
     ingress = Ingress(port, TASKS_ACCOUNT, concurrency=1)
     settings = tasks_emulator.settings(ingress.url)
     tasks_emulator.create_queues(settings)
-    env = dict(BASE_ENV)
-    env.update(
-        {
-            "QUEUE_BACKEND": "cloudtasks",
-            "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
-            "TASKS_LOCATION": settings.tasks_location,
-            "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
-            "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
-            "SERVICE_URL": ingress.url,
-            "VERIFY_TASK_TOKENS": "1",
-            "INGRESS_VERIFIES_TOKENS": "1",
-            "TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
-            "STORAGE_BACKEND": "gcs",
-            "GCS_BUCKET": fake_gcs.new_bucket("strict"),
-            "STORAGE_EMULATOR_HOST": fake_gcs.url,
-            "GCS_OBJECT_WRITE_INTERVAL_S": "0",
-        }
+    env = cloud_env(
+        settings,
+        tasks_emulator,
+        fake_gcs,
+        fake_gcs.new_bucket("strict"),
+        SERVICE_URL=ingress.url,
+        GCS_OBJECT_WRITE_INTERVAL_S="0",
     )
     svc = ServiceProcess(STANDIN_TARGET, tmp_path / "svc", env=env, port=port).start().wait_ready()
     try:

@@ -14,37 +14,21 @@ import pytest
 
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess, free_port
 from tests.fixtures.ingress import Ingress
-from tests.test_jobs_api import BASE_ENV, FINAL, quick, wait_for
+from tests.test_jobs_api import BASE_ENV, FINAL, TASKS_ACCOUNT, cloud_env, quick, wait_for
 from tests.test_webhooks import Receiver
 
 STANDIN_TARGET = ComfyTarget("standin", STANDIN, sys.executable, "")
-ACCOUNT = "tasks@test-project.iam.gserviceaccount.com"
 
 
 @pytest.fixture
 def split(tmp_path, tasks_emulator, fake_gcs):
     api_port, worker_port = free_port(), free_port()
-    api_ingress, worker_ingress = Ingress(api_port, ACCOUNT), Ingress(worker_port, ACCOUNT)
+    api_ingress, worker_ingress = Ingress(api_port, TASKS_ACCOUNT), Ingress(worker_port, TASKS_ACCOUNT)
     settings = tasks_emulator.settings(worker_ingress.url)
     tasks_emulator.create_queues(settings)
     bucket = fake_gcs.new_bucket("split")
-    common = dict(BASE_ENV)
-    common.update(
-        {
-            "QUEUE_BACKEND": "cloudtasks",
-            "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
-            "TASKS_LOCATION": settings.tasks_location,
-            "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
-            "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
-            "STORAGE_BACKEND": "gcs",
-            "GCS_BUCKET": bucket,
-            "STORAGE_EMULATOR_HOST": fake_gcs.url,
-            "VERIFY_TASK_TOKENS": "1",
-            "INGRESS_VERIFIES_TOKENS": "1",
-            "TASKS_SERVICE_ACCOUNT": ACCOUNT,
-            "API_URL": api_ingress.url,
-            "WORKER_URL": worker_ingress.url,
-        }
+    common = cloud_env(
+        settings, tasks_emulator, fake_gcs, bucket, API_URL=api_ingress.url, WORKER_URL=worker_ingress.url
     )
     api = ServiceProcess(
         STANDIN_TARGET,

@@ -100,7 +100,7 @@ class Jobs:
         if runs is not None:
             runner = Runner(settings, repo, runs.pipeline, runs.comfy, outbox, runtime, templates, instance_id)
             if isinstance(queue, PullQueue):
-                worker = LocalWorker(runner, queue, repo, runs.comfy, runtime)
+                worker = LocalWorker(runner, queue, runs.comfy, runtime)
         service = JobService(settings, repo, queue, views, outbox, runner, checks, templates)
         sender = (
             LocalSender(outbox, outbox_queue, settings, runtime.stopping)
@@ -114,11 +114,22 @@ class Jobs:
             self.runner.start()
         if isinstance(self.service.store, LocalStore):  # in the cloud, the bucket's lifecycle rules
             self.runtime.thread("retention", self._sweep)
+        if self.worker is not None or self.sender is not None:
+            self._recover()
         if self.sender is not None:
-            self.outbox.recover()
             self.runtime.thread("webhook-outbox", self.sender.loop)
         if self.worker is not None:
             self.worker.start()
+
+    def _recover(self) -> None:
+        """Local queues, at start, in one pass over the store: queue again every unfinished job (a
+        crash between its write and its enqueue) and announce every final job whose webhook is
+        still pending (a crash between the final write and the outbox)."""
+        for job in self.service.repo.all():
+            if self.worker is not None and not job.final:
+                self.queue.enqueue(job.job_id, job.priority)
+            elif self.sender is not None and self.outbox.pending(job):
+                self.outbox.announce(job)
 
     def _sweep(self) -> None:
         while True:

@@ -104,16 +104,6 @@ class Outbox:
             return Sent.DONE
         return Sent.RETRY if state is WebhookState.PENDING else Sent.DONE
 
-    def recover(self) -> int:
-        """Announce every final job whose webhook is still pending (local mode, at start)."""
-        count = 0
-        for key in self.repo.store.list("jobs/"):
-            job = self.repo.find(key.removeprefix("jobs/").removesuffix(".json"))
-            if job is not None and self.pending(job):
-                self.announce(job)
-                count += 1
-        return count
-
 
 class LocalSender:
     """Drains the local outbox queue in one thread, with exponential backoff between tries."""

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import errors
@@ -99,6 +99,13 @@ class JobRepo:
     def find(self, job_id: str) -> Job | None:
         found = self.store.get_json(job_key(check_job_id(job_id)))
         return None if found is None else Job.from_dict(found.data)
+
+    def all(self) -> Iterator[Job]:
+        """Every job record in the store (a full scan: start-up recovery and retention only)."""
+        for key in self.store.list("jobs/"):
+            job = self.find(key.removeprefix("jobs/").removesuffix(".json"))
+            if job is not None:
+                yield job
 
     def get(self, job_id: str) -> Job:
         job = self.find(job_id)

@@ -37,9 +37,8 @@ def sweep(repo: JobRepo, settings: Settings) -> int:
     """Delete what outlived its retention; returns how many jobs were touched."""
     touched = 0
     at = now()
-    for key in repo.store.list("jobs/"):
-        job = repo.find(key.removeprefix("jobs/").removesuffix(".json"))
-        if job is None or not job.final or job.finished_at is None:
+    for job in repo.all():
+        if not job.final or job.finished_at is None:
             continue
         age_days = (at - job.finished_at) / DAY_S
         if age_days >= settings.output_retention_days:

@@ -239,8 +239,7 @@ class Runner:
             if stored is None:
                 raise errors.NotFound("the job's stored request is missing")
             request = parse_predict_body(stored, self.settings, self.templates)
-            if hasattr(request, "priority"):
-                request.priority = job.priority
+            request.priority = job.priority
             # Progress for /status on any instance: in the store, at most once a second.
             progress = JobProgress(self.repo.store, job.job_id)
             try:

@@ -23,6 +23,7 @@ from ..body import check_fields
 from ..config import Settings
 from ..errors import ServiceError
 from ..predict_request import parse_predict_body
+from ..progress import read_job_progress
 from ..storage import PreconditionFailed, Store
 from ..taskqueue import PRIORITIES, PullQueue, TaskQueue
 from . import retention
@@ -211,7 +212,12 @@ class JobService:
 
     def status(self, job_id: str, *, base_url: str | None = None, inline: bool | None = None) -> dict[str, Any]:
         job = self.repo.get(job_id)
-        return self.views.status(job, base_url=base_url, inline=job.inline if inline is None else inline)
+        view = self.views.status(job, base_url=base_url, inline=job.inline if inline is None else inline)
+        if job.state is JobState.RUNNING:  # the run's latest progress, from whichever instance runs it
+            progress = read_job_progress(self.store, job_id)
+            if progress is not None:
+                view["progress"] = progress
+        return view
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """A queued job never runs; a running one here is interrupted; elsewhere, recorded."""

@@ -18,8 +18,6 @@ import threading
 
 from ..runtime import Runtime, link
 from ..taskqueue import Claim, PullQueue
-from .model import JobState
-from .repo import JobRepo
 from .runner import Outcome, Readiness, Runner, RunOutcome
 
 log = logging.getLogger("handler.jobs.worker")
@@ -54,14 +52,12 @@ class LocalWorker:
         self,
         runner: Runner,
         queue: PullQueue,
-        repo: JobRepo,
         comfy: Readiness,
         runtime: Runtime,
         slots: int = LOCAL_SLOTS,
     ):
         self.runner = runner
         self.queue = queue
-        self.repo = repo
         self.comfy = comfy
         self.runtime = runtime
         # Set by a freed slot, by ComfyUI becoming ready and by `stopping` (linked in `_loop`).
@@ -69,15 +65,7 @@ class LocalWorker:
         self.slots = Slots(slots, self._wake)
 
     def start(self) -> None:
-        self._recover()
         self.runtime.thread("job-dispatcher", self._loop)
-
-    def _recover(self) -> None:
-        """Queue again any unfinished job the store knows (a crash between write and enqueue)."""
-        for key in self.repo.store.list("jobs/"):
-            job = self.repo.find(key.removeprefix("jobs/").removesuffix(".json"))
-            if job is not None and job.state in (JobState.QUEUED, JobState.RUNNING):
-                self.queue.enqueue(job.job_id, job.priority)
 
     def _loop(self) -> None:
         stopping, wake = self.runtime.stopping, self._wake
