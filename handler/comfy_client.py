@@ -220,7 +220,12 @@ class ComfyClient:
         while not self._closing.is_set():
             try:
                 ws = websocket.create_connection(
-                    f"{self.ws_url}?clientId={self.client_id}", timeout=10, enable_multithread=True
+                    f"{self.ws_url}?clientId={self.client_id}",
+                    timeout=10,
+                    enable_multithread=True,
+                    # json.loads rejects bad UTF-8 anyway; the library's pure-Python check
+                    # costs more than the parse on every message.
+                    skip_utf8_validation=True,
                 )
             except Exception as exc:
                 if not self._comfy_down:

@@ -148,7 +148,8 @@ class Reporter:
 class Throttled:
     """A sink that keeps the latest `started`/`progress` event and hands it to `write` at most
     once per `interval_s`, on a thread of its own, so that a slow write (a store) never holds
-    ComfyUI's listener thread. `close()` stops it without a last write."""
+    ComfyUI's listener thread. The first write waits `interval_s` too: a run shorter than that
+    never writes (its result says more). `close()` stops it without a last write."""
 
     def __init__(self, write: Callable[[ProgressEvent], None], interval_s: float = 1.0, name: str = "progress"):
         self.write = write
@@ -172,6 +173,8 @@ class Throttled:
             self._thread.join(wait_s)
 
     def _loop(self) -> None:
+        if self._closed.wait(self.interval_s):
+            return
         while not self._closed.is_set():
             self._wake.wait()
             self._wake.clear()
@@ -195,6 +198,7 @@ class JobProgress:
     def __init__(self, store: Store, job_id: str, interval_s: float = 1.0):
         self.store = store
         self.key = progress_key(job_id)
+        self._written = False
         self._throttled = Throttled(self._write, interval_s, name=f"progress-{job_id[:8]}")
 
     def __call__(self, event: ProgressEvent) -> None:
@@ -204,10 +208,13 @@ class JobProgress:
         data = event.data
         shown = {key: data.get(key) for key in ("node", "class_type", "step", "max", "percent")}
         self.store.put_json(self.key, {**shown, "updated_at": time.time()})
+        self._written = True
 
     def close(self) -> None:
         """The run ended: no more writes, and the record goes (/status shows the job's result)."""
         self._throttled.close(wait_s=15.0)
+        if not self._written:
+            return  # a short run wrote none (a crashed run's record is not shown for a final job)
         try:
             self.store.delete(self.key)
         except Exception as exc:  # a stale record shows only while the job is running

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from handler.jobs.worker import LOCAL_SLOTS
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess, free_port
 from tests.fixtures.ingress import Ingress, stripped_token
 from tests.fixtures.waiting import stays
@@ -167,33 +168,37 @@ def test_requests_that_cannot_run_are_refused_before_they_are_accepted(local):
 
 
 def test_strict_priority_then_fifo(local):
-    # Two held jobs fill both places in ComfyUI (one runs, one waits in its queue); what waits
-    # behind them runs by priority.
-    gates = [local.gate() for _ in range(2)]
-    blockers = [submit(local, gate.workflow()) for gate in gates]
-    gates[0].wait_entered()
-    wait_for(local, blockers[1], lambda s: s["state"] == "running")
+    # A held job runs; the first jobs submitted fill the other places in ComfyUI's queue (a low
+    # one among them), the rest wait in ours. ComfyUI runs what it holds by priority, and we hand
+    # it the rest by priority: the order they finish in is strict priority, FIFO within each.
+    gate = local.gate()
+    blocker = submit(local, gate.workflow())
+    gate.wait_entered()
     order = [("low", "l1"), ("normal", "n1"), ("high", "h1"), ("low", "l2"), ("high", "h2"), ("normal", "n2")]
-    # Each takes long enough that no two are picked up within the same few milliseconds.
-    ids = {name: submit(local, medium(3000 + i), priority=prio) for i, (prio, name) in enumerate(order)}
-    # One place at a time: h1 is picked before the second blocker ends and frees the other place.
-    gates[0].release()
-    wait_for(local, ids["h1"], lambda s: s["state"] != "queued")
-    gates[1].release()
+    inside = LOCAL_SLOTS - 1
+    # Each takes long enough (~0.1 s) that the next is handed over before ComfyUI needs it.
+    ids = {}
+    for i, (prio, name) in enumerate(order):
+        ids[name] = submit(local, medium(3000 + i), priority=prio)
+        if i < inside:
+            wait_for(local, ids[name], lambda s: s["state"] == "running")  # in ComfyUI's queue
+    assert all(status(local, ids[name])["state"] == "queued" for _, name in order[inside:])
+    gate.release()
     finals = {name: wait_for(local, job_id) for name, job_id in ids.items()}
     assert all(f["state"] == "succeeded" for f in finals.values())
-    started = sorted(finals, key=lambda name: finals[name]["started_at"])
-    assert started == ["h1", "h2", "n1", "n2", "l1", "l2"], started
-    for job_id in blockers:
-        assert wait_for(local, job_id)["state"] == "succeeded"
+    finished = sorted(finals, key=lambda name: finals[name]["finished_at"])
+    assert finished == ["h1", "h2", "n1", "n2", "l1", "l2"], finished
+    assert wait_for(local, blocker)["state"] == "succeeded"
 
 
 def test_cancel_a_queued_job_and_a_running_one(local, receiver):
-    held, other = local.gate(), local.gate()  # `held` is never released: only the cancel ends it
+    held = local.gate()  # never released: only the cancel ends it
     running = submit(local, held.workflow())
     held.wait_entered()
-    second = submit(local, other.workflow())
-    wait_for(local, second, lambda s: s["state"] == "running")  # sent to ComfyUI, queued behind `running`
+    others = [local.gate() for _ in range(LOCAL_SLOTS - 1)]
+    behind = [submit(local, other.workflow()) for other in others]
+    for job_id in behind:  # sent to ComfyUI, queued behind `running`: every place is taken
+        wait_for(local, job_id, lambda s: s["state"] == "running")
     queued = submit(local, quick(4002), webhook={"url": receiver.url})
 
     response = local.post(f"/cancel/{queued}")
@@ -203,8 +208,9 @@ def test_cancel_a_queued_job_and_a_running_one(local, receiver):
 
     final = wait_for(local, running)
     assert final["state"] == "cancelled" and final["error"]["code"] == "cancelled"
-    other.release()
-    assert wait_for(local, second)["state"] == "succeeded"
+    for other in others:
+        other.release()
+    assert all(wait_for(local, job_id)["state"] == "succeeded" for job_id in behind)
     cancelled = wait_for(local, queued, lambda s: s.get("webhook", {}).get("delivered_at"))
     assert cancelled["state"] == "cancelled" and cancelled["attempts"] == 0  # it never ran
     assert [d["payload"]["type"] for d in receiver.received] == ["job.cancelled"]

@@ -200,18 +200,32 @@ def test_throttled_progress_writes_at_most_once_per_interval_and_the_latest():
         written.append(event)
         wrote.set()
 
-    throttled = Throttled(write, interval_s=30.0)
+    throttled = Throttled(write, interval_s=0.5)
     try:
         throttled(ProgressEvent(EventKind.PROGRESS, {"step": 1}))
+        throttled(ProgressEvent(EventKind.PROGRESS, {"step": 2}))
+        assert not wrote.wait(0.2)  # the first write waits an interval too: short runs write none
         assert wrote.wait(10)
+        assert [e.data["step"] for e in written] == [2]  # the latest, once
         wrote.clear()
-        for step in range(2, 50):
+        for step in range(3, 50):
             throttled(ProgressEvent(EventKind.PROGRESS, {"step": step}))
         throttled(ProgressEvent(EventKind.EXECUTED, {"node": "1"}))  # not progress: ignored
-        assert not wrote.wait(0.3)  # the interval has not passed: nothing more is written
-        assert [e.data["step"] for e in written] == [1]
+        assert wrote.wait(10)
+        assert [e.data["step"] for e in written] == [2, 49]
+        wrote.clear()
+        assert not wrote.wait(0.8)  # nothing new: nothing written again
     finally:
         throttled.close()
+
+
+def test_a_run_shorter_than_the_interval_writes_no_progress():
+    written: list[ProgressEvent] = []
+    throttled = Throttled(written.append, interval_s=30.0)
+    throttled(ProgressEvent(EventKind.STARTED, {}))
+    throttled(ProgressEvent(EventKind.PROGRESS, {"step": 1}))
+    throttled.close(wait_s=5)
+    assert written == []
 
 
 def test_a_running_jobs_status_shows_its_progress(service: ServiceProcess):

@@ -95,6 +95,18 @@ def test_list_and_delete_prefix(store):
     assert store.get_bytes("outputs/a/1.png") is None
 
 
+def test_json_prefixes_are_exact_at_their_edges(store):
+    # JSON objects are listed by key range locally: the range must hold exactly the prefix's keys.
+    keys = ["in/a/1.json", "in/a/z\u00e9.json", "in/a0.json", "in/a.json", "in/b.json", "in/a/\U0001f600.json"]
+    for key in keys:
+        store.put_json(key, {})
+    assert store.list("in/a/") == sorted(["in/a/1.json", "in/a/z\u00e9.json", "in/a/\U0001f600.json"])
+    assert store.list("in/a") == sorted(k for k in keys if k.startswith("in/a"))
+    assert store.list("") == sorted(keys)
+    assert store.delete_prefix("in/a/") == 3
+    assert store.list("in/") == sorted(["in/a0.json", "in/a.json", "in/b.json"])
+
+
 @pytest.mark.parametrize("key", ["../x", "/abs", "a/../b", "a//b", "", "a/", "a\\b"])
 def test_keys_cannot_escape(store, key):
     with pytest.raises(ValueError):

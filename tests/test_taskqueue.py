@@ -223,3 +223,21 @@ def test_cloud_tasks_retries_a_5xx(tasks_emulator, receiver):
     assert first["body"] == second["body"] == {"job_id": "job-retry"}
     headers = {k.lower(): v for k, v in second["headers"].items()}
     assert headers["x-cloudtasks-taskretrycount"] == "1"
+
+
+def test_stop_waiting_ends_every_wait_for_good_and_keeps_the_jobs(queue):
+    started, got = threading.Event(), []
+
+    def wait() -> None:
+        started.set()
+        got.append(queue.next())  # no timeout: only a job or stop_waiting ends it
+
+    t = threading.Thread(target=wait)
+    t.start()
+    assert started.wait(2)
+    queue.stop_waiting()
+    t.join(2)
+    assert not t.is_alive() and got == [None]
+    queue.enqueue("after", "high")
+    assert queue.next() is None  # stopping: nothing more is handed out
+    assert queue.pending() == {"high": 1, "normal": 0, "low": 0}  # kept for the next start

@@ -107,6 +107,9 @@ class Jobs:
             if isinstance(outbox_queue, PullQueue)
             else None
         )
+        for pull in (queue, outbox_queue):
+            if isinstance(pull, PullQueue):
+                runtime.on_stop(pull.stop_waiting)  # the dispatcher and the sender wait in `next`
         return cls(service, runner, outbox, worker, sender, queue, outbox_queue, runtime)
 
     def start(self) -> None:

@@ -116,7 +116,7 @@ class LocalSender:
 
     def loop(self) -> None:
         while not self.stopping.is_set():
-            claim = self.queue.next(timeout=0.5)
+            claim = self.queue.next()  # None once the process stops
             if claim is None:
                 continue
             try:

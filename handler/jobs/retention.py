@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from ..config import Settings
+from ..progress import progress_key
 from .model import now
 from .repo import JobRepo, job_key
 
@@ -46,6 +47,7 @@ def sweep(repo: JobRepo, settings: Settings) -> int:
                 touched += 1
         if age_days >= record_days(settings):
             repo.store.delete(job_key(job.job_id))
+            repo.store.delete(progress_key(job.job_id))  # left only by a run that died
             touched += 1
     if touched:
         log.info("retention: removed the data of %d job(s)", touched)

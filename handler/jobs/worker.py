@@ -6,8 +6,8 @@ Prompts enter ComfyUI's own queue by priority too (the pipeline numbers them), s
 handed over early never runs before a high one that arrives later.
 
 The dispatcher waits on one event, set when a slot frees, when ComfyUI becomes ready and when
-the service stops: it never polls either. Only the local queue's `next` is bounded (half a
-second), so that a stop is seen while no job arrives.
+the service stops, and on the queue's `next`, which a stop ends too (`stop_waiting`): it never
+polls.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from .runner import Outcome, Readiness, Runner, RunOutcome
 
 log = logging.getLogger("handler.jobs.worker")
 
-LOCAL_SLOTS = 2  # one running, one waiting in ComfyUI's queue
-NEXT_TIMEOUT_S = 0.5  # the longest the dispatcher is blind to `stopping` (inside queue.next)
+# One running and three waiting in ComfyUI's queue, so that a burst of bookkeeping in this
+# process (submits, webhooks) never leaves ComfyUI without its next prompt. Waiting prompts
+# are numbered by priority, so a later higher job still runs before them.
+LOCAL_SLOTS = 4
 
 
 class Slots:
@@ -73,14 +75,21 @@ class LocalWorker:
             while not stopping.is_set():
                 wake.clear()  # cleared before the checks: a change after them ends the wait below
                 # Do not burn attempts while ComfyUI boots or restarts; at most LOCAL_SLOTS in it.
-                if not self.comfy.ready or not self.slots.take():
+                if not self._comfy_ready() or not self.slots.take():
                     wake.wait()
                     continue
-                claim = None if stopping.is_set() else self.queue.next(timeout=NEXT_TIMEOUT_S)
+                claim = None if stopping.is_set() else self.queue.next()
                 if claim is None:
                     self.slots.give()
                     continue
+                if not self._comfy_ready():  # it went down while we waited for a job: not an attempt
+                    self.queue.release(claim.job_id)
+                    self.slots.give()
+                    continue
                 self.runtime.thread(f"job-{claim.job_id[:8]}", functools.partial(self._work, claim))
+
+    def _comfy_ready(self) -> bool:
+        return self.comfy.ready  # a call, read afresh each time (it changes under us)
 
     def _work(self, claim: Claim) -> None:
         freed = threading.Event()

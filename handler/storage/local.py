@@ -124,9 +124,7 @@ class LocalStore:
     def list(self, prefix: str) -> list[str]:
         check_prefix(prefix)
         with self._lock:
-            rows = self._db.execute(
-                "SELECT key FROM objects WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
-            ).fetchall()
+            rows = self._db.execute("SELECT key FROM objects WHERE " + _IN_PREFIX, _bounds(prefix)).fetchall()
         keys = [row[0] for row in rows]
         # Files: walk only the folder the prefix points into, then filter by the full prefix.
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
@@ -145,7 +143,7 @@ class LocalStore:
         for key in keys:
             self._path(key).unlink(missing_ok=True)
         with self._transaction() as db:
-            db.execute("DELETE FROM objects WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+            db.execute("DELETE FROM objects WHERE " + _IN_PREFIX, _bounds(prefix))
         _prune_empty(self.root, prefix)
         return len(keys)
 
@@ -158,6 +156,18 @@ class LocalStore:
     def path(self, key: str) -> Path:
         """The file behind a key (local stores only): lets the service stream it."""
         return self._path(key)
+
+
+# A key range, not substr(): the primary key's index answers it without reading every row.
+_IN_PREFIX = "key >= ? AND key < ?"
+
+
+def _bounds(prefix: str) -> tuple[str, str]:
+    """[prefix, the prefix with its last character incremented): exactly the keys that start
+    with it (TEXT compares as UTF-8 bytes, which sort as code points)."""
+    if not prefix:
+        return "", chr(0x10FFFF) * 2
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def _prune_empty(top: Path, prefix: str) -> None:

@@ -40,7 +40,11 @@ class PullQueue(TaskQueue, Protocol):
     """A queue this process drains itself (the local backend); Cloud Tasks pushes instead."""
 
     def next(self, timeout: float | None = None) -> Claim | None:
-        """Block until a job is ready: strict priority, FIFO within a priority."""
+        """Block until a job is ready: strict priority, FIFO within a priority. None after
+        `timeout`, or once `stop_waiting` was called."""
+
+    def stop_waiting(self) -> None:
+        """Wake every `next` for good (the process is stopping): no thread polls for that."""
 
     def done(self, job_id: str) -> None:
         """The job reached a final state (or was cancelled): forget it."""

@@ -36,8 +36,9 @@ class LocalQueue:
         # WAL + NORMAL survives a process crash or restart; only a power loss may drop the last commits.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # reentrant: stop_waiting may run on a thread inside it
         self._closed = False
+        self._stopped_waiting = False
         with self._cond:
             # Whoever held these claims is gone: this process is the only consumer.
             self._db.execute("UPDATE queue SET claimed = 0, not_before = 0 WHERE claimed = 1")
@@ -51,7 +52,7 @@ class LocalQueue:
     def next(self, timeout: float | None = None) -> Claim | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not self._closed:
+            while not self._closed and not self._stopped_waiting:
                 now = time.time()
                 row = self._db.execute(
                     "SELECT job_id, priority, deliveries FROM queue"
@@ -79,6 +80,12 @@ class LocalQueue:
             "SELECT MIN(not_before) FROM queue WHERE claimed = 0 AND not_before > ?", (now,)
         ).fetchone()
         return None if soonest is None else max(0.0, soonest - now)
+
+    def stop_waiting(self) -> None:
+        """The process is stopping: `next` returns None at once, now and from now on."""
+        with self._cond:
+            self._stopped_waiting = True
+            self._cond.notify_all()
 
     def done(self, job_id: str) -> None:
         with self._cond:
