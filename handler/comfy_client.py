@@ -16,8 +16,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
+import urllib3
 import websocket
 
 from . import logs
@@ -140,6 +142,20 @@ def execution_failed(data: dict[str, Any]) -> ExecutionFailed:
     )
 
 
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """ComfyUI's answer to one API call, read in full."""
+
+    status_code: int
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
 class ComfyClient:
     def __init__(self, base_url: str, settings: Settings, *, supervised: bool, spawn: Spawn = daemon_thread):
         self.base_url = base_url.rstrip("/")
@@ -148,6 +164,11 @@ class ComfyClient:
         self.settings = settings
         self.supervised = supervised
         self.client_id = uuid.uuid4().hex
+        # ComfyUI's JSON API (prompts, queue, history, catalogue) on urllib3's pool: requests'
+        # session layer costs twice its CPU per call, on the path of every prompt.
+        self._api = urllib3.connection_from_url(self.base_url, maxsize=32, block=False)
+        self._api_path = urlsplit(self.base_url).path
+        # Uploads and /view downloads (attached without shared folders): requests' multipart and streaming.
         self.http = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
         self.http.mount("http://", adapter)
@@ -184,6 +205,7 @@ class ComfyClient:
         if self._thread:
             self._thread.join(5)
         self.fail_all(ComfyUnavailable("the service is shutting down"))
+        self._api.close()
         self.http.close()
 
     def comfy_listening(self) -> None:
@@ -400,7 +422,7 @@ class ComfyClient:
         body: dict[str, Any] = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
         if number is not None:
             body["number"] = number
-        response = self._request("POST", "/prompt", json=body)
+        response = self._request("POST", "/prompt", body=body)
         if response.status_code == 200:
             return
         try:
@@ -419,8 +441,8 @@ class ComfyClient:
 
     def interrupt(self, prompt_id: str, timeout_s: float = 30.0) -> None:
         """Stop a prompt wherever it is: drop it from the queue, or interrupt it if running."""
-        self._request("POST", "/queue", timeout=timeout_s, json={"delete": [prompt_id]})
-        self._request("POST", "/interrupt", timeout=timeout_s, json={"prompt_id": prompt_id})
+        self._request("POST", "/queue", timeout=timeout_s, body={"delete": [prompt_id]})
+        self._request("POST", "/interrupt", timeout=timeout_s, body={"prompt_id": prompt_id})
 
     def queued(self, prompt_id: str, timeout_s: float = 30.0) -> bool:
         """Whether ComfyUI still holds the prompt, running or pending."""
@@ -440,8 +462,19 @@ class ComfyClient:
             raise ServiceError(f"ComfyUI answered {response.status_code} to GET {path}")
         return response.json()
 
-    def _request(self, method: str, path: str, timeout: float = 30.0, **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, path: str, timeout: float = 30.0, body: Any = None) -> Answer:
+        """One call to ComfyUI's JSON API; `body` is sent as JSON. No retries: callers decide."""
+        data = None if body is None else json.dumps(body).encode()
         try:
-            return self.http.request(method, self.base_url + path, timeout=timeout, **kwargs)
-        except requests.RequestException as exc:
+            response = self._api.urlopen(
+                method,
+                self._api_path + path,
+                body=data,
+                headers=JSON_HEADERS if data is not None else None,
+                timeout=urllib3.Timeout(connect=timeout, read=timeout),
+                retries=False,
+                redirect=False,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ComfyUnavailable(f"cannot reach ComfyUI ({type(exc).__name__})") from None
+        return Answer(response.status, response.data)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-from . import errors
+from . import errors, watchdog
 from .config import Settings
 
 MAX_REDIRECTS = 5
@@ -276,9 +276,7 @@ def _request(
                 except OSError:
                     pass
 
-    watchdog = threading.Timer(timeout, cut)
-    watchdog.daemon = True
-    watchdog.start()
+    alarm = watchdog.arm(timeout, cut)
     try:
         result = _request_hops(method, url, settings, purpose, body, headers, deadline, max_bytes, follow, opened)
     except (OSError, http.client.HTTPException):
@@ -286,7 +284,7 @@ def _request(
             raise TimeoutError(f"no complete answer within {timeout:g} s") from None
         raise
     finally:
-        watchdog.cancel()
+        alarm.disarm()
     if expired.is_set():  # a cut read may look like a short, complete one
         raise TimeoutError(f"no complete answer within {timeout:g} s")
     return result

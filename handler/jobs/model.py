@@ -94,16 +94,17 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Job:
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
+        values = {k: v for k, v in data.items() if k in _JOB_FIELDS}
         values["state"] = JobState(values.get("state", "queued"))
         lease = values.get("lease")
         values["lease"] = Lease(**lease) if isinstance(lease, dict) else None
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """For the store: shallow (it is serialised at once), not `asdict`'s deep copy of results."""
+        data = {name: getattr(self, name) for name in _JOB_FIELDS}
         data["state"] = self.state.value
+        data["lease"] = asdict(self.lease) if self.lease is not None else None
         return data
 
     @property
@@ -143,3 +144,6 @@ class Job:
 
     def owned_by(self, token: str) -> bool:
         return self.state is JobState.RUNNING and self.lease is not None and self.lease.token == token
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(Job))

@@ -13,7 +13,7 @@ import logging
 from ..config import Settings
 from ..progress import progress_key
 from .model import now
-from .repo import JobRepo, job_key
+from .repo import JobRepo, job_key, request_key
 
 log = logging.getLogger("handler.jobs.retention")
 
@@ -29,7 +29,7 @@ def record_days(settings: Settings) -> float:
 def discard_request(repo: JobRepo, job_id: str) -> None:
     """The job is final: its stored request (and images) goes now."""
     try:
-        repo.store.delete_prefix(f"inputs/{job_id}/")
+        repo.store.delete(request_key(job_id))  # the one object under inputs/{id}/ (the sweep takes all)
     except Exception as exc:  # the sweep (or the bucket's lifecycle) takes it later
         log.info("job %s: could not delete its request yet: %s", job_id, exc)
 
