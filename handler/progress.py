@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import watchdog
 from .storage import Store
 
 log = logging.getLogger("handler.progress")
@@ -148,44 +149,64 @@ class Reporter:
 class Throttled:
     """A sink that keeps the latest `started`/`progress` event and hands it to `write` at most
     once per `interval_s`, on a thread of its own, so that a slow write (a store) never holds
-    ComfyUI's listener thread. The first write waits `interval_s` too: a run shorter than that
-    never writes (its result says more). `close()` stops it without a last write."""
+    ComfyUI's listener thread. The first write waits `interval_s` too, and the thread starts
+    only then (a watchdog alarm until that): a run shorter than that writes nothing and starts
+    no thread. `close()` stops it without a last write."""
 
     def __init__(self, write: Callable[[ProgressEvent], None], interval_s: float = 1.0, name: str = "progress"):
         self.write = write
         self.interval_s = interval_s
+        self.name = name
         self._latest: ProgressEvent | None = None
         self._wake = threading.Event()
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._alarm: watchdog.Alarm | None = None
+        self._thread: threading.Thread | None = None
 
     def __call__(self, event: ProgressEvent) -> None:
-        if event.kind in (EventKind.STARTED, EventKind.PROGRESS):
-            self._latest = event
-            self._wake.set()
+        if event.kind not in (EventKind.STARTED, EventKind.PROGRESS):
+            return
+        self._latest = event
+        self._wake.set()
+        if self._alarm is None:
+            with self._lock:
+                if self._alarm is None and not self._closed.is_set():
+                    self._alarm = watchdog.arm(self.interval_s, self._start)
 
     def close(self, wait_s: float = 0.0) -> None:
         """Stop; with `wait_s`, wait that long for a write in progress to end."""
-        self._closed.set()
+        with self._lock:
+            self._closed.set()
+            if self._alarm is not None:
+                self._alarm.disarm()
+            thread = self._thread
         self._wake.set()
-        if wait_s:
-            self._thread.join(wait_s)
+        if wait_s and thread is not None:
+            thread.join(wait_s)
+
+    def _start(self) -> None:
+        """On the watchdog's thread: the run outlived the first interval."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
 
     def _loop(self) -> None:
-        if self._closed.wait(self.interval_s):
-            return
-        while not self._closed.is_set():
-            self._wake.wait()
-            self._wake.clear()
+        while True:
+            self._wake.clear()  # before taking the latest: a later event wakes the next round
             event, self._latest = self._latest, None
-            if event is None or self._closed.is_set():
-                continue
-            try:
-                self.write(event)
-            except Exception as exc:  # progress is a courtesy: the run goes on
-                log.warning("recording progress failed: %s", exc)
-            self._closed.wait(self.interval_s)
+            if event is not None and not self._closed.is_set():
+                try:
+                    self.write(event)
+                except Exception as exc:  # progress is a courtesy: the run goes on
+                    log.warning("recording progress failed: %s", exc)
+            if self._closed.wait(self.interval_s):
+                return
+            self._wake.wait()
+            if self._closed.is_set():
+                return
 
 
 def progress_key(job_id: str) -> str:
