@@ -5,18 +5,18 @@ pipeline returns, before its outputs are stored, so ComfyUI always has the next 
 Prompts enter ComfyUI's own queue by priority too (the pipeline numbers them), so a low job
 handed over early never runs before a high one that arrives later.
 
-The dispatcher waits on one event, set when a slot frees, when ComfyUI becomes ready and when
-the service stops, and on the queue's `next`, which a stop ends too (`stop_waiting`): it never
-polls.
+WORKER_THREADS long-lived threads take turns: each takes a free slot, waits for the next job,
+runs it and stores its outputs (by then its slot serves another thread). No thread is started
+per job. Each waits on its own event, set when a slot frees, when ComfyUI becomes ready and when
+the service stops, or in the queue's `next`, which a stop ends too (`stop_waiting`): none polls.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 
-from ..runtime import Runtime, link
+from ..runtime import Runtime, Trigger, link
 from ..taskqueue import Claim, PullQueue
 from .runner import Outcome, Readiness, Runner, RunOutcome
 
@@ -26,15 +26,17 @@ log = logging.getLogger("handler.jobs.worker")
 # process (submits, webhooks) never leaves ComfyUI without its next prompt. Waiting prompts
 # are numbered by priority, so a later higher job still runs before them.
 LOCAL_SLOTS = 4
+# Twice the slots: a thread that gave its slot back still stores its run's outputs.
+WORKER_THREADS = 2 * LOCAL_SLOTS
 
 
 class Slots:
-    """A count of free places in ComfyUI; `freed` is set each time one is given back."""
+    """A count of free places in ComfyUI; `freed` wakes the events linked to it on each give."""
 
-    def __init__(self, count: int, freed: threading.Event):
+    def __init__(self, count: int):
         self._free = count
         self._lock = threading.Lock()
-        self.freed = freed
+        self.freed = Trigger()
 
     def take(self) -> bool:
         with self._lock:
@@ -57,21 +59,22 @@ class LocalWorker:
         comfy: Readiness,
         runtime: Runtime,
         slots: int = LOCAL_SLOTS,
+        threads: int = WORKER_THREADS,
     ):
         self.runner = runner
         self.queue = queue
         self.comfy = comfy
         self.runtime = runtime
-        # Set by a freed slot, by ComfyUI becoming ready and by `stopping` (linked in `_loop`).
-        self._wake = threading.Event()
-        self.slots = Slots(slots, self._wake)
+        self.slots = Slots(slots)
+        self.threads = threads
 
     def start(self) -> None:
-        self.runtime.thread("job-dispatcher", self._loop)
+        for n in range(self.threads):
+            self.runtime.thread(f"job-worker-{n}", self._loop)
 
     def _loop(self) -> None:
-        stopping, wake = self.runtime.stopping, self._wake
-        with link(stopping, wake), self.comfy.notify_ready(wake):
+        stopping, wake = self.runtime.stopping, threading.Event()
+        with link(stopping, wake), self.comfy.notify_ready(wake), self.slots.freed.linked(wake):
             while not stopping.is_set():
                 wake.clear()  # cleared before the checks: a change after them ends the wait below
                 # Do not burn attempts while ComfyUI boots or restarts; at most LOCAL_SLOTS in it.
@@ -86,7 +89,7 @@ class LocalWorker:
                     self.queue.release(claim.job_id)
                     self.slots.give()
                     continue
-                self.runtime.thread(f"job-{claim.job_id[:8]}", functools.partial(self._work, claim))
+                self._work(claim)
 
     def _comfy_ready(self) -> bool:
         return self.comfy.ready  # a call, read afresh each time (it changes under us)
