@@ -13,15 +13,15 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-from . import errors, watchdog
+from . import errors, pinned, watchdog
 from .config import Settings
+from .pinned import IPAddress
 
 MAX_REDIRECTS = 5
 # Response bodies of webhook receivers are only kept for diagnostics.
@@ -31,8 +31,6 @@ MAX_POST_RESPONSE_BYTES = 64 * 1024
 _METADATA_HOSTS = frozenset({"metadata", "metadata.google.internal", "metadata.goog"})
 _METADATA_IPS = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254"))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class FetchFailed(errors.BadRequest):
@@ -180,55 +178,6 @@ def _allowlisted_networks(allowlist: Iterable[str]) -> list[ipaddress.IPv4Networ
 # --- connecting to a vetted address -----------------------------------------------------------
 
 
-def _ssl_context() -> ssl.SSLContext:
-    return ssl.create_default_context()
-
-
-class _PinnedHTTP(http.client.HTTPConnection):
-    def __init__(self, target: Target, ip: IPAddress, timeout: float):
-        super().__init__(target.host, target.port, timeout=timeout)
-        self._ip = str(ip)
-
-    def connect(self) -> None:
-        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
-
-
-class _PinnedHTTPS(http.client.HTTPSConnection):
-    def __init__(self, target: Target, ip: IPAddress, timeout: float):
-        # Kept here too: the base class holds it as `_context`, which typeshed does not declare.
-        self._tls = _ssl_context()
-        super().__init__(target.host, target.port, timeout=timeout, context=self._tls)
-        self._ip = str(ip)
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self._ip, self.port), self.timeout)
-        # The certificate is checked against the host name, not the address we dialled.
-        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
-
-
-def _open(
-    target: Target,
-    method: str,
-    body: bytes | None,
-    headers: Mapping[str, str],
-    timeout: float,
-    opened: list[http.client.HTTPConnection],
-) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    kind = _PinnedHTTPS if target.scheme == "https" else _PinnedHTTP
-    last: OSError | None = None
-    for ip in target.addresses:
-        conn = kind(target, ip, timeout)
-        opened.append(conn)  # the watchdog can cut it wherever it blocks
-        try:
-            conn.request(method, target.path, body=body, headers=dict(headers))
-            return conn, conn.getresponse()
-        except OSError as exc:  # refused, unreachable, TLS failure, timeout: try the next address
-            conn.close()
-            last = exc
-    assert last is not None
-    raise last
-
-
 def _read_capped(resp: http.client.HTTPResponse, max_bytes: int, deadline: float) -> tuple[bytes, bool]:
     """Read at most max_bytes; returns (data, truncated). Stops at the overall deadline."""
     length = resp.getheader("Content-Length")
@@ -263,7 +212,7 @@ def _request(
     deadline = time.monotonic() + timeout
     # A socket timeout bounds each read, not the whole: a server sending one byte a second would
     # hold us forever. The watchdog cuts the connection at the deadline, wherever it blocks.
-    opened: list[http.client.HTTPConnection] = []
+    opened: list[pinned.Connection] = []
     expired = threading.Event()
 
     def cut() -> None:
@@ -300,12 +249,21 @@ def _request_hops(
     deadline: float,
     max_bytes: int,
     follow: frozenset[int],
-    opened: list[http.client.HTTPConnection],
+    opened: list[pinned.Connection],
 ) -> tuple[Response, bool]:
     redirects: list[str] = []
     while True:
         target = vet(url, settings, purpose=purpose)
-        conn, resp = _open(target, method, body, headers, max(0.1, deadline - time.monotonic()), opened)
+        conn, resp = pinned.send(
+            target.scheme,
+            target.host,
+            target.port,
+            target.addresses,
+            (method, target.path, body, headers),
+            max(0.1, deadline - time.monotonic()),
+            opened,
+        )
+        complete = False  # read to its end: the connection may serve the next call
         try:
             location = resp.getheader("Location")
             if resp.status in follow and location:
@@ -315,6 +273,7 @@ def _request_hops(
                 redirects.append(url)
                 continue
             data, truncated = _read_capped(resp, max_bytes, deadline)
+            complete = not truncated
             return (
                 Response(
                     status=resp.status,
@@ -326,7 +285,7 @@ def _request_hops(
                 truncated,
             )
         finally:
-            conn.close()
+            pinned.release(conn, resp, complete=complete)
 
 
 def fetch_bytes(

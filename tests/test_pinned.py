@@ -1,0 +1,101 @@
+"""Connections to vetted addresses are kept alive and reused, and a stale one is replaced."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from handler import urlguard
+from handler.config import Settings
+
+
+class Counting:
+    """A loopback HTTP/1.1 server counting connections and requests."""
+
+    def __init__(self, idle_timeout_s: float | None = None, close: bool = False):
+        self.connections = 0
+        self.requests: list[bytes] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = idle_timeout_s  # the server drops a connection idle this long
+
+            def setup(self) -> None:
+                super().setup()
+                outer.connections += 1
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                outer.requests.append(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(204)
+                if close:
+                    self.send_header("Connection", "close")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(url_allowlist=("127.0.0.1",))
+
+
+def post(url: str, settings: Settings, n: int) -> int:
+    return urlguard.post_json(url, f'{{"n": {n}}}'.encode(), {}, settings, timeout=10).status
+
+
+def test_calls_to_one_receiver_share_a_kept_alive_connection(settings):
+    server = Counting()
+    try:
+        assert [post(server.url, settings, n) for n in range(5)] == [204] * 5
+        assert server.connections == 1 and len(server.requests) == 5
+    finally:
+        server.close()
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_call_goes_out_once(settings):
+    server = Counting(idle_timeout_s=0.2)
+    try:
+        assert post(server.url, settings, 1) == 204
+        time.sleep(0.6)  # the server has dropped the idle connection by now
+        assert post(server.url, settings, 2) == 204
+        assert server.requests == [b'{"n": 1}', b'{"n": 2}']
+        assert server.connections == 2
+    finally:
+        server.close()
+
+
+def test_a_server_that_says_close_gets_a_new_connection_each_time(settings):
+    server = Counting(close=True)
+    try:
+        assert [post(server.url, settings, n) for n in range(3)] == [204] * 3
+        assert server.connections == 3
+    finally:
+        server.close()
+
+
+def test_a_connection_serves_only_calls_vetted_to_its_own_address(settings):
+    # Same port, another host name: the name is part of the key even when the address matches.
+    server = Counting()
+    try:
+        port = server.server.server_address[1]
+        allowing = Settings(url_allowlist=("127.0.0.1", "localhost"))
+        assert post(f"http://127.0.0.1:{port}/hook", allowing, 1) == 204
+        assert post(f"http://localhost:{port}/hook", allowing, 2) == 204
+        assert server.connections == 2
+    finally:
+        server.close()
