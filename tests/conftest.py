@@ -65,6 +65,7 @@ INTEGRATION_MODULES = {
     "test_pipeline_queue",
     "test_observability",
     "test_client_modes",
+    "test_dispatch",
 }
 # Slow (measured: seconds each on 2 cores): modules whose every test runs deploy.sh, external linters or
 # a service and ComfyUI of its own; fixtures that start those; and single tests by name.

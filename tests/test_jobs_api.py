@@ -515,7 +515,7 @@ def test_killed_at_any_step_a_job_ends_once_with_its_bytes_and_its_webhook(tmp_p
         svc.env.pop("FAILPOINT_KILL")
         svc.start().wait_ready()
         if job_id is None:
-            wait_until(lambda: len(receiver.received) >= 1, timeout_s=60)
+            wait_until(lambda: len(receiver.received) >= 1, timeout=60)
             job_id = receiver.received[0]["payload"]["data"]["job_id"]
         final = wait_for(svc, job_id, lambda s: s["state"] in FINAL and s["webhook"].get("delivered_at"))
         assert final["state"] == "succeeded", final

@@ -166,6 +166,11 @@ class Runner:
             )
             if not skipped:
                 return outcome
+        if settled is None and hinted is not None and hinted.state is JobState.RUNNING:
+            # Its run holds a live lease, here or in a process that may have died (SIGKILL, OOM):
+            # keep the task (409 → retried) until the job is final or its lease lapses and it
+            # takes its place in line again. An idle 200 would end the last token of the job.
+            return RunOutcome(Outcome.BUSY, hinted, "another delivery of this job holds its lease")
         return settled or RunOutcome(Outcome.IDLE, hinted, "no job is waiting")
 
     @logs.in_context  # the job's id labels this delivery's log lines, and no later ones
