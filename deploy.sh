@@ -44,7 +44,7 @@ Options (each also read from the environment variable in brackets):
   --custom-nodes "URL[@REF] ..."   extra custom nodes baked into the image [CUSTOM_NODES]
   --skip-build              deploy an image already pushed under TAG [SKIP_BUILD=true]
   --metrics                 add Managed Service for Prometheus' collector as a sidecar: /metrics lands
-                            in Cloud Monitoring [METRICS=true] (image: GMP_SIDECAR_IMAGE)
+                            in Cloud Monitoring [METRICS_SIDECAR=true] (image: GMP_SIDECAR_IMAGE)
   --dry-run                 print every command without running any [DRY_RUN=true]
   -h, --help                this text
 EOF
@@ -77,7 +77,7 @@ CUSTOM_NODES=${CUSTOM_NODES:-}
 KEEP_IMAGES=${KEEP_IMAGES:-5}
 SKIP_BUILD=${SKIP_BUILD:-false}
 DRY_RUN=${DRY_RUN:-false}
-METRICS=${METRICS:-false}
+METRICS_SIDECAR=${METRICS_SIDECAR:-false}
 GMP_SIDECAR_IMAGE=${GMP_SIDECAR_IMAGE:-us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:1.2.0}
 
 positional=()
@@ -86,7 +86,7 @@ while [[ $# -gt 0 ]]; do
         -h | --help) usage; exit 0 ;;
         --dry-run) DRY_RUN=true; shift; continue ;;
         --skip-build) SKIP_BUILD=true; shift; continue ;;
-        --metrics) METRICS=true; shift; continue ;;
+        --metrics) METRICS_SIDECAR=true; shift; continue ;;
         --gpu-zonal-redundancy) GPU_ZONAL_REDUNDANCY=true; shift; continue ;;
         --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
     esac
@@ -155,7 +155,7 @@ done
 ((${MEMORY%Gi} >= 16 && ${MEMORY%Gi} <= 32)) || die "--memory must be 16Gi..32Gi with an L4 GPU, got $MEMORY"
 [[ $BUCKET =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || die "bad --bucket '$BUCKET'"
 [[ $QUEUE_PREFIX =~ ^[A-Za-z0-9-]{1,90}$ ]] || die "bad --queue-prefix '$QUEUE_PREFIX'"
-for flag in "$GPU_ZONAL_REDUNDANCY" "$SKIP_BUILD" "$DRY_RUN" "$METRICS"; do
+for flag in "$GPU_ZONAL_REDUNDANCY" "$SKIP_BUILD" "$DRY_RUN" "$METRICS_SIDECAR"; do
     [[ $flag == true || $flag == false ]] || die "boolean settings take true or false, got '$flag'"
 done
 
@@ -492,7 +492,7 @@ fi
 # /metrics on port 8080 into Cloud Monitoring. The run identity writes the metrics.
 app_container=()
 collector=()
-if [[ $METRICS == true ]]; then
+if [[ $METRICS_SIDECAR == true ]]; then
     retry gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$RUN_SA" \
         --role=roles/monitoring.metricWriter --condition=None
     app_container=(--container=app --port=8080)

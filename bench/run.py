@@ -179,8 +179,14 @@ def start_comfyui(args: argparse.Namespace, work: Path) -> tuple[Process, str, C
 
 
 def start_service(
-    args: argparse.Namespace, work: Path, comfy_url: str, dirs: ComfyDirs, webhook_secret: str
+    args: argparse.Namespace,
+    work: Path,
+    comfy_url: str,
+    dirs: ComfyDirs,
+    webhook_secret: str,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Process, str]:
+    """The service attached to `comfy_url`; `extra_env` last (bench/observe_cost.py: its settings)."""
     port = free_port()
     drop = ("COMFYUI_", "GCS_", "TASKS_", "QUEUE_", "STORAGE_", "CLOUD_", "WEBHOOK_", "URL_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in ("K_SERVICE", "PORT")}
@@ -199,6 +205,7 @@ def start_service(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(extra_env or {})
     python = args.service_command.split() if args.service_command else [sys.executable]
     cmd = [*python, "-m", "handler"]
     if args.trace:

@@ -1,8 +1,16 @@
 """ComfyUI as the service sees it: booted or attached, connected, warmed up, ready or not.
 
-Ready means: ComfyUI listens, our websocket is connected, its node catalogue is loaded and the
-optional warmup workflow has run. Every step is triggered by the one before it (the "listening"
-log line, the websocket handshake), not by polling.
+Ready means: ComfyUI listens, our websocket is connected, `/system_stats` answered (version,
+devices, the REQUIRE_GPU check) and the optional warmup workflow has run. The boot is a chain of
+events, nothing polls: ComfyUI's "listening" log line starts the websocket connect, the
+handshake starts the boot thread.
+
+The node catalogue (`/object_info`, which ComfyUI computes on each call: ~0.1 s in which it
+answers nothing else) is loaded after each boot without holding readiness back: requested right
+after the system check, it lands shortly after ready, or before the warmup, which needs it.
+Whoever needs it meanwhile waits for it, bounded (`catalog.CatalogueSlot`): no graph is
+prepared or checked against a catalogue still on its way. A failed load takes readiness back
+until a retry succeeds. Publishing it for the api role (`on_catalogue`) comes after ready.
 
 `Comfy.state` (a `ComfyState`) has one writer, `Comfy._update`: the supervisor's, the
 websocket's, the boot's and the caller's threads all change it there, under one lock, and the
@@ -21,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from . import gpu
+from .catalog import CatalogueSlot, NodeCatalogue
 from .comfy_client import ComfyClient, PromptWatch
 from .config import Settings
 from .errors import ComfyUnavailable, NotFound
@@ -35,10 +44,10 @@ log = logging.getLogger("handler.comfy")
 class ComfyState(str, enum.Enum):
     """Where ComfyUI stands; the value is what /healthz, / and the dashboard show."""
 
-    STARTING = "starting"  # booting or attaching; the catalogue is not loaded yet
+    STARTING = "starting"  # booting or attaching (or the catalogue failed to load: retried)
     FETCHING_MODELS = "fetching models"  # MODELS_SOURCE is copied before ComfyUI starts
     MODEL_FETCH_FAILED = "model fetch failed"  # final: the models could not be fetched
-    READY = "ready"  # booted: catalogue loaded, warmup run (ready for work while connected)
+    READY = "ready"  # booted: system checked, warmup run (ready for work while connected)
     RESTARTING = "restarting"  # the child exited; the supervisor starts it again
     STOPPING = "stopping"  # final: the service stops
     GPU_UNUSABLE = "gpu unusable"  # final: REQUIRE_GPU and PyTorch sees no CUDA device
@@ -130,8 +139,7 @@ class Comfy:
         self._state = ComfyState.STARTING
         self._life = 0  # which ComfyUI process: one more after each exit
         self._ready = Trigger()  # set exactly while ready: booted and the websocket connected
-        self.output_classes: frozenset[str] = frozenset()
-        self.object_info: dict[str, Any] = {}
+        self.catalogue = CatalogueSlot()
         self.version: str | None = None
         self.started_at = time.monotonic()
         # Seconds, for metrics: the last boot (start or crash → ready), the models' fetch, the warmup.
@@ -140,7 +148,8 @@ class Comfy:
         self.warmup_s: float | None = None
         self._down_since = self.started_at
         self._models: tuple[float, dict[str, list[str]]] | None = None
-        self._after_boot: Callable[[], None] | None = None
+        self._warmup: Callable[[], None] | None = None
+        self._on_catalogue: Callable[[dict[str, Any]], None] | None = None
 
     # --- state -----------------------------------------------------------------------------
 
@@ -150,8 +159,18 @@ class Comfy:
 
     @property
     def ready(self) -> bool:
-        """Booted (catalogue loaded, warmup run) and the websocket connected."""
+        """Booted (system checked, warmup run) and the websocket connected."""
         return self._ready.is_set()
+
+    @property
+    def object_info(self) -> dict[str, Any]:
+        """ComfyUI's node catalogue; while one is loading, waits for it (`catalog.WAIT_S`)."""
+        return self.catalogue.get().object_info
+
+    @property
+    def output_classes(self) -> frozenset[str]:
+        """The catalogue's output node classes; waits like `object_info`."""
+        return self.catalogue.get().output_classes
 
     def wait_ready(self, timeout_s: float | None = None) -> bool:
         """Block until ComfyUI is ready or `timeout_s` passed; whether it is ready."""
@@ -183,10 +202,14 @@ class Comfy:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self, after_boot: Callable[[], None] | None = None) -> None:
-        """Boot (or attach to) ComfyUI. `after_boot` runs once the catalogue is loaded and
-        before the service is ready: the warmup, publishing the catalogue to the store."""
-        self._after_boot = after_boot
+    def start(
+        self,
+        warmup: Callable[[], None] | None = None,
+        on_catalogue: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """Boot (or attach to) ComfyUI. After each boot, on the boot thread: `warmup` once the
+        catalogue is loaded, before ready; `on_catalogue` with the catalogue, after ready."""
+        self._warmup, self._on_catalogue = warmup, on_catalogue
         if self.supervisor is not None:
             self._check_gpu()  # before anything starts: a worker without its GPU stops here
         self.client.on_connect = self._on_connect
@@ -226,6 +249,7 @@ class Comfy:
 
     def stop(self) -> None:
         self._update(ComfyState.STOPPING)
+        self.catalogue.settle()  # nobody waits on a load that will not come
         if self.supervisor:
             self.supervisor.stop()
         self.client.close()
@@ -248,27 +272,61 @@ class Comfy:
         self._spawn("comfyui-boot", self._boot)
 
     def _boot(self) -> None:
+        """One ComfyUI's boot. An attempt that fails is retried while that ComfyUI runs and the
+        websocket is up; a later connect boots again if this one gave up."""
         with self._boot_lock:
             life = self._life
-            while self._state not in FINAL_STATES and self._state is not ComfyState.READY and self.client.connected:
-                try:
-                    self._boot_checks()
-                except Exception as exc:
-                    log.error("ComfyUI boot checks failed (%s); retrying", exc)
-                    time.sleep(2)
-                    continue
-                if not self._update(ComfyState.READY, life=life):
-                    return  # stopped, or ComfyUI exited, during the checks: its next connect boots
-                self.boot_s = time.monotonic() - self._down_since
-                log.info(
-                    "ComfyUI %s is ready (%.1f s after start)", self.version or "?", time.monotonic() - self.started_at
-                )
+            try:
+                while self._booting(life):
+                    try:
+                        info = self._boot_once(life)
+                    except Exception as exc:
+                        log.error("ComfyUI boot checks failed (%s); retrying", exc)
+                        if self._state is ComfyState.READY:
+                            self._update(ComfyState.STARTING, life=life)  # not ready without its catalogue
+                        time.sleep(2)
+                        continue
+                    if info is not None and self._on_catalogue is not None:
+                        self._on_catalogue(info)  # after ready: publishing is no part of it
+                    return
+            finally:
+                self.catalogue.settle()  # a load this boot left unfinished will not come
 
-    def _boot_checks(self) -> None:
-        self.object_info = self.client.get_json("/object_info", timeout_s=120)
-        self.output_classes = frozenset(
-            name for name, info in self.object_info.items() if isinstance(info, dict) and info.get("output_node")
+    def _booting(self, life: int) -> bool:
+        state = self._state
+        return (
+            state not in FINAL_STATES and state is not ComfyState.READY and life == self._life and self.client.connected
         )
+
+    def _boot_once(self, life: int) -> dict[str, Any] | None:
+        """The system check; then ready at once (without a warmup) while the catalogue loads,
+        or the catalogue, the warmup, then ready. The catalogue, or None if not ready (stopped,
+        or this ComfyUI exited meanwhile)."""
+        self._check_system()
+        self._models = None
+        self.catalogue.expect()  # from now on, whoever needs the catalogue waits for this load
+        if self._warmup is None and not self._become_ready(life):
+            return None
+        started = time.monotonic()
+        info: dict[str, Any] = self.client.get_json("/object_info", timeout_s=120)
+        self.catalogue.fill(NodeCatalogue.of(info))
+        log.info("node catalogue loaded: %d node classes in %.0f ms", len(info), (time.monotonic() - started) * 1000)
+        if self._warmup is not None:
+            self._warmup()
+            if not self._become_ready(life):
+                return None
+        return info
+
+    def _become_ready(self, life: int) -> bool:
+        if not self._update(ComfyState.READY, life=life):
+            return False  # stopped, or ComfyUI exited, meanwhile: its next connect boots
+        self.boot_s = time.monotonic() - self._down_since
+        log.info("ComfyUI %s is ready (%.1f s after start)", self.version or "?", time.monotonic() - self.started_at)
+        return True
+
+    def _check_system(self) -> None:
+        """ComfyUI's version and devices (`/system_stats`, a few ms); with REQUIRE_GPU, that
+        its PyTorch sees CUDA."""
         stats = self.client.get_json("/system_stats")
         self.version = (stats.get("system") or {}).get("comfyui_version")
         torch_version, devices = gpu.torch_summary(stats)
@@ -284,9 +342,6 @@ class Comfy:
             self._update(ComfyState.GPU_UNUSABLE)
             self.supervisor.stop()
             os._exit(3)
-        self._models = None
-        if self._after_boot is not None:
-            self._after_boot()
 
     def require_ready(self) -> None:
         if not self.ready:

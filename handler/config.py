@@ -81,6 +81,9 @@ class Settings:
     log_format: str = "text"
     # One line per request (httpRequest in JSON): on with JSON logs or LOG_LEVEL=DEBUG, or ACCESS_LOG.
     access_log: bool = False
+    # Counting for /metrics and the dashboard's latency and recent runs (METRICS=false: none of
+    # it, /metrics answers 404). Request ids and log context are not metrics: they stay on.
+    metrics: bool = True
     # Set with several uvicorn processes: metrics are kept in files there (prometheus-client's
     # multiprocess mode reads PROMETHEUS_MULTIPROC_DIR itself, at import).
     metrics_multiproc_dir: Path | None = None
@@ -243,6 +246,7 @@ class Settings:
             shutdown_grace_s=number("SHUTDOWN_GRACE_S", 6.0),
             log_format=log_format,
             access_log=_bool(get("ACCESS_LOG"), default=log_format == "json" or get("LOG_LEVEL", "") == "DEBUG"),
+            metrics=_bool(get("METRICS"), default=True),
             metrics_multiproc_dir=path("PROMETHEUS_MULTIPROC_DIR"),
             comfyui_path=path("COMFYUI_PATH"),
             comfyui_python=get("COMFYUI_PYTHON", sys.executable),

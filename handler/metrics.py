@@ -19,6 +19,9 @@ Contract:
   and the queued jobs per priority are read when scraped, by `ServiceCollector` (observe.py).
 * `recent` keeps the last finished runs and `latency` the last minutes of request latency, in
   this process, for the dashboard.
+* With `METRICS=false` (`enabled` False) every recording method returns at once: nothing is
+  counted, `recent` and `latency` stay empty (the dashboard still loads), and the app answers
+  `/metrics` with 404 (observe.py). bench/observe_cost.py measures what counting costs.
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ class LatencyWindow:
 class Metrics:
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.enabled = settings.metrics
         self.multiprocess = settings.metrics_multiproc_dir is not None
         self.registry = CollectorRegistry(auto_describe=True)
         if self.multiprocess:
@@ -201,6 +205,8 @@ class Metrics:
     # --- requests and sync runs -------------------------------------------------------------
 
     def request(self, route: str, method: str, status: int, seconds: float, *, charted: bool) -> None:
+        if not self.enabled:
+            return
         children = self._request_children.get((route, method, status))
         if children is None:  # bounded: route templates × methods × statuses
             children = (self.requests.labels(route, method, str(status)), self.request_seconds.labels(route))
@@ -211,18 +217,24 @@ class Metrics:
             self.latency.add(seconds, time.time())
 
     def sync_timings(self, timings: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         for key, child in self._phases:
             value = timings.get(key)
             if value is not None:
                 child.observe(value / 1000)
 
     def sync_finished(self, request_id: str, status: int, seconds: float, error: str | None) -> None:
+        if not self.enabled:
+            return
         state = "succeeded" if status < 400 else "cancelled" if status == 499 else "failed"
         self.recent.append(Finished("sync", request_id, state, "high", time.time(), seconds, error))
 
     # --- jobs: the one observer of the job repository --------------------------------------
 
     def job_changed(self, before: Job | None, after: Job) -> None:
+        if not self.enabled:  # the app does not attach it then; kept for any other caller
+            return
         priority = after.priority
         was = before.state if before is not None else None
         taken_over = (

@@ -5,12 +5,14 @@ Contract:
 * `RequestObserver` (pure ASGI, outermost of the app's middleware) gives every request an id —
   the caller's `X-Request-Id` when it is short and plain, else a fresh one — returns it on the
   answer, starts the request's log context (id and trace, `logs.start`), counts the request by
-  route template and status, times it to its last body byte, and writes the access line.
+  route template and status, times it to its last body byte, and writes the access line. With
+  `METRICS=false` it counts nothing (ids, log context and the access line stay as they are).
 * `ServiceCollector` is read at scrape time: jobs queued per priority (the local queue, or the
   store's line with Cloud Tasks: in the api role the queue is the store's), ComfyUI's restarts,
   websocket reconnects, readiness, boot, model fetch and warmup times, and ComfyUI's own
   `/system_stats` (RAM, VRAM total/free, torch VRAM) as gauges.
-* `GET /metrics`: Prometheus' text format. `GET /system`: ComfyUI's system stats, its queue as
+* `GET /metrics`: Prometheus' text format; with `METRICS=false`, 404 in the one JSON error shape
+  (errors.py), saying that metrics are off. `GET /system`: ComfyUI's system stats, its queue as
   prompt ids only (never another request's graph), and the settings with secrets masked.
 """
 
@@ -36,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, logs
 from .config import Settings
-from .errors import scrub
+from .errors import NotFound, scrub
 from .metrics import Metrics
 from .taskqueue import PRIORITIES, PullQueue
 
@@ -57,6 +59,7 @@ class RequestObserver:
         self.app = app
         self.metrics = metrics
         self.access_log = settings.access_log
+        self.counting = metrics.enabled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,7 +87,7 @@ class RequestObserver:
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
                 state.size += len(body)
-                if state.status >= 400 and len(state.peek) < ERROR_PEEK_BYTES:
+                if state.status >= 400 and self.counting and len(state.peek) < ERROR_PEEK_BYTES:
                     state.peek += body[:ERROR_PEEK_BYTES]
                 if not message.get("more_body", False) and state.ended is None:
                     state.ended = time.perf_counter()  # sent: cleanup after this is not the caller's wait
@@ -100,11 +103,12 @@ class RequestObserver:
 
     def _record(self, scope: Scope, state: _Answer, request_id: str, started: float, user_agent: str | None) -> None:
         seconds = (state.ended or time.perf_counter()) - started
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
         method = scope["method"]
-        self.metrics.request(route, method, state.status, seconds, charted=route not in WATCHING)
-        if route == "/predict" and method == "POST" and state.status != 202:  # 202: accepted as a job
-            self.metrics.sync_finished(request_id, state.status, seconds, _error_of(state.peek))
+        if self.counting:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.request(route, method, state.status, seconds, charted=route not in WATCHING)
+            if route == "/predict" and method == "POST" and state.status != 202:  # 202: accepted as a job
+                self.metrics.sync_finished(request_id, state.status, seconds, _error_of(state.peek))
         if self.access_log:
             client = scope.get("client")
             logs.access(
@@ -267,6 +271,8 @@ def routes(services: Services, metrics: Metrics) -> list[BaseRoute]:
     comfy = services.comfy
 
     async def metrics_text(request: Request) -> Response:
+        if not metrics.enabled:  # a route that says why, not the router's bare "Not Found"
+            raise NotFound("metrics are off on this service (METRICS=false)", setting="METRICS")
         body = await run_in_threadpool(metrics.render)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -4,28 +4,37 @@ ComfyUI stand-in over real sockets.
 Metrics are read with prometheus-client's own parser and checked against a scripted sequence of
 requests and jobs (counts exact, durations present). Log lines are the service's real stdout,
 in JSON as on Cloud Run. The dashboard is loaded by a real headless Chromium (Debian's package,
-driven through chromedriver); its screenshot is kept under the test's tmp dir.
+driven through chromedriver); its screenshot is kept under the test's tmp dir. `METRICS=false`
+against the default is checked in-process (tests/test_inprocess.py's ComfyUI double).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 from handler import logs
+from handler.app import create_app
 from handler.config import Settings
 from handler.observe import masked_settings
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess
+from tests.fixtures.fakecomfy import FakeComfyUI
 from tests.fixtures.waiting import wait_until
+from tests.test_inprocess import final_view, settings_under, workflow
 from tests.test_jobs_api import BASE_ENV, quick, status, submit, wait_for
 from tests.test_webhooks import Receiver
 
@@ -347,3 +356,92 @@ def test_dashboard_page_is_self_contained(observed: ServiceProcess) -> None:
     assert set(data) >= {"service", "comfyui", "queue", "running", "recent", "latency"}
     assert len(data["latency"]) == 60 and all(math.isfinite(p["mean_ms"]) for p in data["latency"])
     assert requests.get(observed.url + "/nope").headers["x-request-id"]
+
+
+# --- METRICS=false: nothing counted, /metrics says so (in-process, tests/test_inprocess.py's double)
+
+
+@pytest.mark.parametrize(
+    ("raw", "on"),
+    [(None, True), ("", True), ("true", True), ("1", True), ("false", False), ("0", False), ("off", False)],
+)
+def test_metrics_setting(raw: str | None, on: bool) -> None:
+    env = {} if raw is None else {"METRICS": raw}
+    assert Settings.from_env(env).metrics is on
+    # Log settings are their own: turning metrics off leaves them as they were.
+    assert Settings.from_env({**env, "LOG_FORMAT": "json"}).access_log is True
+
+
+@contextlib.contextmanager
+def in_process(root: Path, **overrides: Any) -> Iterator[tuple[TestClient, Starlette]]:
+    settings = dataclasses.replace(settings_under(root), **overrides)
+    assert settings.comfyui_output_dir is not None
+    app = create_app(settings, comfy_client=FakeComfyUI(settings.comfyui_output_dir))
+    with TestClient(app) as http:
+        assert app.state.services.comfy.wait_ready(5)
+        yield http, app
+
+
+def drive(http: TestClient) -> str:
+    """One sync run, one refused, one job to its end; the job's id."""
+    ok = http.post("/predict", json={"workflow": workflow()}, headers={"X-Request-Id": "obs-off-1"})
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["x-request-id"] == "obs-off-1"  # request ids are not metrics: always on
+    assert http.post("/predict", json={"workflow": {"1": "not a node"}}).status_code == 400
+    accepted = http.post("/predict", json={"workflow": workflow(), "async": True})
+    assert accepted.status_code == 202, accepted.text
+    job_id: str = accepted.json()["job_id"]
+    assert wait_until(lambda: final_view(http, job_id), timeout_s=5)["state"] == "succeeded"
+    return job_id
+
+
+def counted(app: Starlette) -> Samples:
+    """The registry's samples with a value, read directly (not through /metrics)."""
+    text = app.state.services.metrics.render().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.value and s.name.startswith("comfyrun_") and not s.name.endswith("_created")
+    }
+
+
+def test_with_metrics_off_nothing_is_counted_and_metrics_is_404(tmp_path: Path) -> None:
+    with in_process(tmp_path, metrics=False) as (http, app):
+        assert app.state.services.jobs.service.repo.observer is None  # not attached at all
+        drive(http)
+        answer = http.get("/metrics")
+        assert answer.status_code == 404 and answer.headers["x-request-id"]
+        assert answer.json() == {
+            "status": "error",
+            "error": {
+                "code": "not_found",
+                "message": "metrics are off on this service (METRICS=false)",
+                "setting": "METRICS",
+            },
+        }
+        # The scrape-time collector (queued jobs, ComfyUI) is all that is left in the registry.
+        assert counted(app) == {}
+        metrics = app.state.services.metrics
+        assert list(metrics.recent) == [] and metrics.running_jobs() == {}
+        # The dashboard still loads; its latency and recent runs are empty.
+        assert http.get("/dashboard").status_code == 200
+        data = http.get("/dashboard/data").json()
+        assert data["comfyui"]["ready"] is True and data["recent"] == []
+        assert len(data["latency"]) == 60 and all(point["count"] == 0 for point in data["latency"])
+        assert http.get("/system").json()["settings"]["metrics"] is False
+
+
+def test_with_metrics_on_by_default_the_same_requests_are_counted(tmp_path: Path) -> None:
+    with in_process(tmp_path) as (http, app):
+        job_id = drive(http)
+        answer = http.get("/metrics")
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+        samples = counted(app)
+        assert value(samples, "comfyrun_http_requests_total", route="/predict", method="POST", status="200") == 1
+        assert value(samples, "comfyrun_http_requests_total", route="/predict", method="POST", status="400") == 1
+        assert value(samples, "comfyrun_predict_phase_seconds_count", phase="total") == 1
+        assert value(samples, "comfyrun_job_state_changes_total", state="succeeded", priority="normal") == 1
+        data = http.get("/dashboard/data").json()
+        assert {(run["kind"], run["id"]) for run in data["recent"]} >= {("sync", "obs-off-1"), ("job", job_id)}
+        assert sum(point["count"] for point in data["latency"]) >= 3

@@ -2,7 +2,8 @@
 run as txt2img and img2img, CheckpointLoaderSimple → CLIPTextEncode → KSampler → VAEDecode →
 SaveImage, at 64 px and 2 steps on CPU: through /predict, as an async job, through the shipped
 sd15 templates, listed by /models, fetched by the models downloader from fake-gcs-server with its
-checksum, and warmed up before ready.
+checksum, and warmed up before ready. The boot's order: without a warmup the service is ready
+before ComfyUI's node catalogue has loaded; with one, catalogue, then the warmup (twice), then ready.
 
 Without a real ComfyUI (COMFYUI_PATH / --comfyui-path) every test here skips and says why.
 """
@@ -22,6 +23,7 @@ from PIL import Image
 
 from tests.fixtures.comfy import ComfyTarget, ServiceProcess
 from tests.fixtures.tiny_model import NAME, TinyCheckpoint
+from tests.fixtures.waiting import wait_until
 
 SIZE = 64
 
@@ -111,6 +113,11 @@ def sd_service(
     )
     yield service.start().wait_ready(300)
     service.stop()
+
+
+def test_ready_comes_before_the_node_catalogue_without_a_warmup(sd_service):
+    log = wait_until(lambda: "node catalogue loaded" in sd_service.log() and sd_service.log(), 60)
+    assert log.index("is ready (") < log.index("node catalogue loaded"), log[-3000:]
 
 
 def test_models_lists_the_tiny_checkpoint(sd_service):
@@ -204,7 +211,8 @@ def test_downloaded_from_cloud_storage_with_its_checksum_then_warmed_up(tiny_che
         service.start().wait_ready(300)
         log = service.log()
         assert "models for tiny-sd15 ready" in log and "1 downloaded" in log, log[-3000:]
-        assert "warmup workflow warmup.json ran" in log, log[-3000:]
+        assert "warmup workflow warmup.json ran" in log and "then again in" in log, log[-3000:]
+        assert log.index("node catalogue loaded") < log.index("warmup workflow") < log.index("is ready ("), log[-3000:]
         assert (tmp_path / "models" / "checkpoints" / NAME).stat().st_size == tiny_checkpoint.size
         started = time.monotonic()
         response = service.post("/predict", json={"workflow": txt2img(seed=3)})
