@@ -99,3 +99,22 @@ def test_a_connection_serves_only_calls_vetted_to_its_own_address(settings):
         assert server.connections == 2
     finally:
         server.close()
+
+
+def test_kept_connections_send_without_nagle(settings):
+    # http.client writes headers and body apart: with Nagle on, a reused connection would hold the
+    # body back until the receiver's delayed ACK (40 ms a call on Linux).
+    import socket
+
+    from handler import pinned
+
+    server = Counting()
+    try:
+        assert post(server.url, settings, 1) == 204
+        port = server.server.server_address[1]
+        conn = pinned._POOL.take(pinned.Key("http", "127.0.0.1", port, "127.0.0.1"), timeout=5)
+        assert conn is not None and conn.sock is not None
+        assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        conn.close()
+    finally:
+        server.close()
