@@ -5,18 +5,20 @@ pipeline returns, before its outputs are stored, so ComfyUI always has the next 
 Prompts enter ComfyUI's own queue by priority too (the pipeline numbers them), so a low job
 handed over early never runs before a high one that arrives later.
 
-WORKER_THREADS long-lived threads take turns: each takes a free slot, waits for the next job,
-runs it and stores its outputs (by then its slot serves another thread). No thread is started
-per job. Each waits on its own event, set when a slot frees, when ComfyUI becomes ready and when
-the service stops, or in the queue's `next`, which a stop ends too (`stop_waiting`): none polls.
+One dispatcher thread takes a free slot, waits for the next job and hands it to one of
+WORKER_THREADS long-lived threads, which runs it and stores its outputs (by then its slot serves
+the next job): no thread is started per job, and each hand-off wakes exactly one thread. The
+dispatcher waits on one event, set when a slot frees, when ComfyUI becomes ready and when the
+service stops, or in the queue's `next`, which a stop ends too (`stop_waiting`): none polls.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from queue import SimpleQueue
 
-from ..runtime import Runtime, Trigger, link
+from ..runtime import Runtime, link
 from ..taskqueue import Claim, PullQueue
 from .runner import Outcome, Readiness, Runner, RunOutcome
 
@@ -31,12 +33,12 @@ WORKER_THREADS = 2 * LOCAL_SLOTS
 
 
 class Slots:
-    """A count of free places in ComfyUI; `freed` wakes the events linked to it on each give."""
+    """A count of free places in ComfyUI; `freed` is set each time one is given back."""
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, freed: threading.Event):
         self._free = count
         self._lock = threading.Lock()
-        self.freed = Trigger()
+        self.freed = freed
 
     def take(self) -> bool:
         with self._lock:
@@ -65,31 +67,43 @@ class LocalWorker:
         self.queue = queue
         self.comfy = comfy
         self.runtime = runtime
-        self.slots = Slots(slots)
+        # Set by a freed slot, by ComfyUI becoming ready and by `stopping` (linked in `_dispatch`).
+        self._wake = threading.Event()
+        self.slots = Slots(slots, self._wake)
         self.threads = threads
+        self._claims: SimpleQueue[Claim | None] = SimpleQueue()  # None: stop
 
     def start(self) -> None:
         for n in range(self.threads):
-            self.runtime.thread(f"job-worker-{n}", self._loop)
+            self.runtime.thread(f"job-worker-{n}", self._serve)
+        self.runtime.thread("job-dispatcher", self._dispatch)
 
-    def _loop(self) -> None:
-        stopping, wake = self.runtime.stopping, threading.Event()
-        with link(stopping, wake), self.comfy.notify_ready(wake), self.slots.freed.linked(wake):
-            while not stopping.is_set():
-                wake.clear()  # cleared before the checks: a change after them ends the wait below
-                # Do not burn attempts while ComfyUI boots or restarts; at most LOCAL_SLOTS in it.
-                if not self._comfy_ready() or not self.slots.take():
-                    wake.wait()
-                    continue
-                claim = None if stopping.is_set() else self.queue.next()
-                if claim is None:
-                    self.slots.give()
-                    continue
-                if not self._comfy_ready():  # it went down while we waited for a job: not an attempt
-                    self.queue.release(claim.job_id)
-                    self.slots.give()
-                    continue
-                self._work(claim)
+    def _dispatch(self) -> None:
+        stopping, wake = self.runtime.stopping, self._wake
+        try:
+            with link(stopping, wake), self.comfy.notify_ready(wake):
+                while not stopping.is_set():
+                    wake.clear()  # cleared before the checks: a change after them ends the wait below
+                    # Do not burn attempts while ComfyUI boots or restarts; at most LOCAL_SLOTS in it.
+                    if not self._comfy_ready() or not self.slots.take():
+                        wake.wait()
+                        continue
+                    claim = None if stopping.is_set() else self.queue.next()
+                    if claim is None:
+                        self.slots.give()
+                        continue
+                    if not self._comfy_ready():  # it went down while we waited for a job: not an attempt
+                        self.queue.release(claim.job_id)
+                        self.slots.give()
+                        continue
+                    self._claims.put(claim)
+        finally:
+            for _ in range(self.threads):
+                self._claims.put(None)
+
+    def _serve(self) -> None:
+        while (claim := self._claims.get()) is not None:
+            self._work(claim)
 
     def _comfy_ready(self) -> bool:
         return self.comfy.ready  # a call, read afresh each time (it changes under us)
