@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import mimetypes
+import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -124,8 +125,10 @@ class FolderOutputs:
         base: Path | None = self.folders.get(ref.get("type") or "output")
         if base is None:
             raise ServiceError(f"ComfyUI reported an output of unknown type {ref.get('type')!r}")
-        path = (base / str(ref.get("subfolder") or "") / str(ref["filename"])).resolve()
-        if not path.is_relative_to(base):
+        # Lexically: ComfyUI names files inside folders this service owns, so `..` is the only way
+        # out (resolving symlinks cost a stat per path component, twice per file).
+        path = Path(os.path.normpath(os.path.join(base, str(ref.get("subfolder") or ""), str(ref["filename"]))))
+        if not path.is_relative_to(base) or path == base:
             raise ServiceError("ComfyUI reported an output outside its folders")
         return path
 
@@ -144,7 +147,13 @@ class FolderOutputs:
                 pass
         for kind in ("output", "temp"):
             if kind in self.folders:
-                shutil.rmtree(self.folders[kind] / request_id, ignore_errors=True)
+                folder = self.folders[kind] / request_id
+                try:
+                    folder.rmdir()  # empty once its files are gone: one call, not a tree walk
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    shutil.rmtree(folder, ignore_errors=True)
 
 
 class ViewOutputs:

@@ -64,8 +64,12 @@ def test_a_missing_file_is_an_error_not_a_silent_drop(folders):
         collect(outputs, [], FolderOutputs(folders), OutputOptions())
 
 
-def test_a_reference_outside_the_folders_is_refused(folders):
-    outputs = {"1": {"images": [{"filename": "../../etc/passwd", "subfolder": "", "type": "output"}]}}
+@pytest.mark.parametrize(
+    ("subfolder", "filename"),
+    [("", "../../etc/passwd"), ("../input", "x.png"), ("rid/../..", "x.png"), ("", "/etc/passwd"), ("", ".")],
+)
+def test_a_reference_outside_the_folders_is_refused(folders, subfolder, filename):
+    outputs = {"1": {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}}
     with pytest.raises(ServiceError, match="outside"):
         collect(outputs, [], FolderOutputs(folders), OutputOptions())
 

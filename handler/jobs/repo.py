@@ -17,6 +17,7 @@ its task named.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -58,8 +59,11 @@ def outputs_prefix(job_id: str, run_token: str) -> str:
     return f"outputs/{job_id}/{run_token}/"
 
 
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
 def check_job_id(job_id: str) -> str:
-    if not job_id or len(job_id) > 100 or not all(c.isalnum() or c in "-_" for c in job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise errors.NotFound("no such job")
     return job_id
 
