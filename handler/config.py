@@ -219,6 +219,20 @@ class Settings:
         if role is ServiceRole.API and queue_backend != "cloudtasks":
             raise ConfigError("SERVICE_ROLE=api needs Cloud Tasks (QUEUE_BACKEND=cloudtasks): workers run elsewhere")
         service_url = (get("SERVICE_URL") or "").rstrip("/") or None
+        api_url = (get("API_URL") or "").rstrip("/") or service_url
+        worker_url = (get("WORKER_URL") or "").rstrip("/") or service_url
+        # A task's token is minted for the URL it targets and checked against SERVICE_URL where it
+        # lands: a role that receives job tasks (all, worker) must be WORKER_URL, one that receives
+        # webhook tasks (all, api) API_URL, or every delivery is refused (401) and retried for a day.
+        if queue_backend == "cloudtasks" and service_url:
+            receives = {ServiceRole.ALL: ("WORKER_URL", "API_URL"), ServiceRole.WORKER: ("WORKER_URL",)}
+            urls = {"WORKER_URL": worker_url, "API_URL": api_url}
+            for name in receives.get(role, ("API_URL",)):
+                if urls[name] != service_url:
+                    raise ConfigError(
+                        f"SERVICE_ROLE={role.value} receives the tasks sent to {name}, so {name} "
+                        f"({urls[name]}) must be this service's SERVICE_URL ({service_url})"
+                    )
         if storage_backend == "gcs" and not gcs_bucket:
             raise ConfigError("STORAGE_BACKEND=gcs needs GCS_BUCKET")
         log_format = (get("LOG_FORMAT") or ("json" if get("K_SERVICE") else "text")).lower()
@@ -276,8 +290,8 @@ class Settings:
             tasks_service_account=get("TASKS_SERVICE_ACCOUNT"),
             service_url=service_url,
             service_role=role,
-            api_url=(get("API_URL") or "").rstrip("/") or service_url,
-            worker_url=(get("WORKER_URL") or "").rstrip("/") or service_url,
+            api_url=api_url,
+            worker_url=worker_url,
             tasks_emulator_host=get("CLOUD_TASKS_EMULATOR_HOST"),
             tasks_dispatch_deadline_s=int(number("TASKS_DISPATCH_DEADLINE_S", 1800, int)),
             storage_emulator_host=get("STORAGE_EMULATOR_HOST"),

@@ -55,3 +55,29 @@ def test_bad_values_are_named(env, message):
 def test_secrets_stay_out_of_repr():
     settings = Settings.from_env({"WEBHOOK_SECRET": "s3cr3t-value", "HF_TOKEN": "hf_abcdef"})
     assert "s3cr3t-value" not in repr(settings) and "hf_abcdef" not in repr(settings)
+
+
+CLOUD = {"TASKS_LOCATION": "us-central1", "SERVICE_URL": "https://self.run.app"}
+
+
+@pytest.mark.parametrize(
+    ("env", "wrong"),
+    [
+        ({"SERVICE_ROLE": "all", "WORKER_URL": "https://other.run.app"}, "WORKER_URL"),
+        ({"SERVICE_ROLE": "all", "API_URL": "https://other.run.app"}, "API_URL"),
+        ({"SERVICE_ROLE": "worker", "WORKER_URL": "https://other.run.app"}, "WORKER_URL"),
+        ({"SERVICE_ROLE": "api", "API_URL": "https://other.run.app"}, "API_URL"),
+    ],
+)
+def test_a_role_must_be_the_url_its_tasks_are_sent_to(env, wrong):
+    # Tasks carry a token for the URL they target; the receiver checks it against SERVICE_URL.
+    with pytest.raises(ConfigError, match=wrong):
+        Settings.from_env({**CLOUD, **env})
+
+
+def test_split_roles_as_deploy_sh_wires_them():
+    api, worker = "https://api.run.app", "https://worker.run.app"
+    common = {"TASKS_LOCATION": "us-central1", "API_URL": api, "WORKER_URL": worker}
+    assert Settings.from_env({**common, "SERVICE_ROLE": "api", "SERVICE_URL": api}).worker_url == worker
+    assert Settings.from_env({**common, "SERVICE_ROLE": "worker", "SERVICE_URL": worker}).api_url == api
+    assert Settings.from_env(CLOUD).worker_url == CLOUD["SERVICE_URL"]  # role all: both are itself
