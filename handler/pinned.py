@@ -19,12 +19,13 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 IDLE_PER_KEY = 4  # idle connections kept per (scheme, host, port, address)
+IDLE_TOTAL = 64  # in all: input URLs name many hosts, most never called again
 IDLE_S = 15.0  # servers drop idle keep-alive connections after 5–60 s: reuse only fresher ones
 # A reused connection the server had closed fails like this, before any answer.
 STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
@@ -72,12 +73,13 @@ Connection = PinnedHTTP | PinnedHTTPS
 
 
 class Pool:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._idle: dict[Key, list[tuple[float, Connection]]] = {}
         self._lock = threading.Lock()
+        self._clock = clock
 
     def take(self, key: Key, timeout: float) -> Connection | None:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             idle = self._idle.get(key, [])
             while idle:
@@ -95,12 +97,29 @@ class Pool:
         if response.will_close or not response.isclosed() or conn.sock is None:
             conn.close()
             return
+        now = self._clock()
         with self._lock:
+            closing = self._expire(now)
             idle = self._idle.setdefault(conn.key, [])
-            if len(idle) < IDLE_PER_KEY:
-                idle.append((time.monotonic(), conn))
-                return
-        conn.close()
+            kept = len(idle) < IDLE_PER_KEY and sum(map(len, self._idle.values())) < IDLE_TOTAL
+            if kept:
+                idle.append((now, conn))
+        for old in closing:
+            old.close()
+        if not kept:
+            conn.close()
+
+    def _expire(self, now: float) -> list[Connection]:
+        """Under the lock: take out every connection idle too long (its socket would stay open)."""
+        closing: list[Connection] = []
+        for key in list(self._idle):
+            fresh = [(since, conn) for since, conn in self._idle[key] if now - since < IDLE_S]
+            closing += [conn for since, conn in self._idle[key] if now - since >= IDLE_S]
+            if fresh:
+                self._idle[key] = fresh
+            else:
+                del self._idle[key]
+        return closing
 
 
 _POOL = Pool()

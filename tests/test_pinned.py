@@ -118,3 +118,38 @@ def test_kept_connections_send_without_nagle(settings):
         conn.close()
     finally:
         server.close()
+
+
+class _Conn:
+    """Just what the pool looks at: a key, a socket, close()."""
+
+    def __init__(self, n: int):
+        from handler import pinned
+
+        self.key = pinned.Key("http", f"host{n}.test", 80, f"10.0.0.{n % 250}")
+        self.sock: object | None = object()
+
+    def close(self) -> None:
+        self.sock = None
+
+
+class _Answered:
+    will_close = False
+
+    def isclosed(self) -> bool:
+        return True
+
+
+def test_the_pool_keeps_few_idle_connections_and_closes_stale_ones():
+    from handler import pinned
+
+    now = [100.0]
+    pool = pinned.Pool(clock=lambda: now[0])
+    conns = [_Conn(n) for n in range(pinned.IDLE_TOTAL + 10)]
+    for conn in conns:  # one call each to many hosts, as input URLs are
+        pool.give(conn, _Answered())  # type: ignore[arg-type]
+    kept = [conn for conn in conns if conn.sock is not None]
+    assert len(kept) == pinned.IDLE_TOTAL  # the rest were closed at once, not kept open
+    now[0] += pinned.IDLE_S + 1
+    pool.give(_Conn(999), _Answered())  # type: ignore[arg-type]
+    assert all(conn.sock is None for conn in kept)  # idle too long: closed on the next hand-back
