@@ -19,7 +19,8 @@ PRIORITIES = list(_PRIORITIES)  # in the order they are served
 OUTPUT_FORMATS = [*FORMATS, *(["jpg"] if "jpeg" in FORMATS else [])]
 
 
-def _ref(name: str) -> dict[str, str]:
+def ref(name: str) -> dict[str, str]:
+    """A reference to one of the OpenAPI document's component schemas."""
     return {"$ref": f"#/components/schemas/{name}"}
 
 
@@ -68,9 +69,9 @@ OUTPUT_OPTIONS = {
 }
 
 FIELDS: dict[str, Any] = {
-    "images": {"type": "array", "items": _ref("InputImage"), "description": "Input images the workflow loads by name."},
+    "images": {"type": "array", "items": ref("InputImage"), "description": "Input images the workflow loads by name."},
     "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds to wait for the result."},
-    "output": _ref("OutputOptions"),
+    "output": ref("OutputOptions"),
     "previews": {
         "type": "boolean",
         "default": False,
@@ -113,9 +114,9 @@ COMPONENTS: dict[str, Any] = {"InputImage": INPUT_IMAGE, "OutputOptions": OUTPUT
 def _inlined(schema: Any) -> Any:
     """The schema with its component references replaced by the components themselves."""
     if isinstance(schema, dict):
-        ref = schema.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
-            return _inlined(COMPONENTS[ref.rsplit("/", 1)[1]])
+        target = schema.get("$ref")
+        if isinstance(target, str) and target.startswith("#/components/schemas/"):
+            return _inlined(COMPONENTS[target.rsplit("/", 1)[1]])
         return {key: _inlined(value) for key, value in schema.items()}
     if isinstance(schema, list):
         return [_inlined(item) for item in schema]

@@ -6,7 +6,7 @@ Contract:
   the caller's `X-Request-Id` when it is short and plain, else a fresh one — returns it on the
   answer, starts the request's log context (id and trace, `logs.start`), counts the request by
   route template and status, times it to its last body byte, and writes the access line. With
-  `METRICS=false` it counts nothing (ids, log context and the access line stay as they are).
+  `METRICS=false` Metrics counts nothing (ids, log context and the access line stay as they are).
 * `ServiceCollector` is read at scrape time: jobs queued per priority (the local queue, or the
   store's line with Cloud Tasks: in the api role the queue is the store's), ComfyUI's restarts,
   websocket reconnects, readiness, boot, model fetch and warmup times, and ComfyUI's own
@@ -59,7 +59,6 @@ class RequestObserver:
         self.app = app
         self.metrics = metrics
         self.access_log = settings.access_log
-        self.counting = metrics.enabled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,7 +86,7 @@ class RequestObserver:
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
                 state.size += len(body)
-                if state.status >= 400 and self.counting and len(state.peek) < ERROR_PEEK_BYTES:
+                if state.status >= 400 and len(state.peek) < ERROR_PEEK_BYTES:
                     state.peek += body[:ERROR_PEEK_BYTES]
                 if not message.get("more_body", False) and state.ended is None:
                     state.ended = time.perf_counter()  # sent: cleanup after this is not the caller's wait
@@ -103,12 +102,11 @@ class RequestObserver:
 
     def _record(self, scope: Scope, state: _Answer, request_id: str, started: float, user_agent: str | None) -> None:
         seconds = (state.ended or time.perf_counter()) - started
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
         method = scope["method"]
-        if self.counting:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.request(route, method, state.status, seconds, charted=route not in WATCHING)
-            if route == "/predict" and method == "POST" and state.status != 202:  # 202: accepted as a job
-                self.metrics.sync_finished(request_id, state.status, seconds, _error_of(state.peek))
+        self.metrics.request(route, method, state.status, seconds, charted=route not in WATCHING)
+        if route == "/predict" and method == "POST" and state.status != 202:  # 202: accepted as a job
+            self.metrics.sync_finished(request_id, state.status, seconds, _error_of(state.peek))
         if self.access_log:
             client = scope.get("client")
             logs.access(

@@ -11,15 +11,11 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .body import COMPONENTS, FIELDS, PRIORITIES, WORKFLOW
+from .body import COMPONENTS, FIELDS, PRIORITIES, WORKFLOW, ref
 
 JSON = "application/json"
 # What `output` accepts: OutputOptions.parse also takes "jpg" for "jpeg".
 _CONVERTER = re.compile(r"\{(\w+):\w+\}")
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
@@ -27,7 +23,7 @@ def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, A
 
 
 def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+    return _json(ref("Error"), description)
 
 
 ERROR = {
@@ -135,7 +131,7 @@ PREDICT_RESPONSE = {
     "properties": {
         "status": {"const": "success"},
         "prompt_id": {"type": "string"},
-        "images": {"type": "array", "items": _ref("OutputFile")},
+        "images": {"type": "array", "items": ref("OutputFile")},
         "outputs": {"type": "object", "description": "ComfyUI's outputs per node, as in its history."},
         "timings": {"type": "object", "additionalProperties": {"type": "number"}},
     },
@@ -228,7 +224,7 @@ WORKFLOW_SUMMARY = {
 
 WORKFLOW_DETAIL = {
     "allOf": [
-        _ref("WorkflowSummary"),
+        ref("WorkflowSummary"),
         {
             "type": "object",
             "properties": {"params": {"type": "object", "description": "The parameters as JSON Schema."}},
@@ -322,7 +318,7 @@ def _paths(predict_request: dict[str, Any], predict_examples: dict[str, Any]) ->
                         "description": 'The outputs: JSON (base64 inline, or links with output.delivery "url"), the '
                         "one file itself (raw), or an event stream.",
                         "content": {
-                            JSON: {"schema": _ref("PredictResponse")},
+                            JSON: {"schema": ref("PredictResponse")},
                             "text/event-stream": {"schema": {"type": "string", "description": EVENTS_DESCRIPTION}},
                             "image/*": {"schema": {"type": "string", "format": "binary"}},
                             "video/*": {"schema": {"type": "string", "format": "binary"}},
@@ -332,7 +328,7 @@ def _paths(predict_request: dict[str, Any], predict_examples: dict[str, Any]) ->
                     },
                     "202": {
                         **_json(
-                            _ref("JobAccepted"),
+                            ref("JobAccepted"),
                             "Accepted as an async job (`async`, `webhook`, or a Cloud Tasks delivery).",
                         ),
                         "headers": {"Location": {"schema": {"type": "string"}, "description": "The status URL."}},
@@ -367,7 +363,7 @@ def _paths(predict_request: dict[str, Any], predict_examples: dict[str, Any]) ->
                         "description": "Embed the outputs as base64 (default: what the job asked for).",
                     },
                 ],
-                "responses": {"200": _json(_ref("Job"), "The job."), "404": _error("No such job.")},
+                "responses": {"200": _json(ref("Job"), "The job."), "404": _error("No such job.")},
             }
         },
         "/cancel/{job_id}": {
@@ -415,7 +411,7 @@ def _paths(predict_request: dict[str, Any], predict_examples: dict[str, Any]) ->
                             "type": "object",
                             "properties": {
                                 "model_type": {"type": "string"},
-                                "workflows": {"type": "array", "items": _ref("WorkflowSummary")},
+                                "workflows": {"type": "array", "items": ref("WorkflowSummary")},
                                 "errors": {
                                     "type": "object",
                                     "additionalProperties": {"type": "string"},
@@ -435,7 +431,7 @@ def _paths(predict_request: dict[str, Any], predict_examples: dict[str, Any]) ->
                 "tags": ["workflows"],
                 "parameters": [_path_param("workflow_id")],
                 "responses": {
-                    "200": _json(_ref("WorkflowDetail"), "The template."),
+                    "200": _json(ref("WorkflowDetail"), "The template."),
                     "404": _error("No such template, or its manifest was refused."),
                 },
             }
@@ -500,7 +496,7 @@ def document(
         "WorkflowSummary": WORKFLOW_SUMMARY,
         "WorkflowDetail": WORKFLOW_DETAIL,
     }
-    choices = [_ref("RawPredictRequest")]
+    choices = [ref("RawPredictRequest")]
     examples: dict[str, Any] = {
         "raw": {
             "summary": "A raw API-format workflow",
@@ -526,7 +522,7 @@ def document(
             "required": ["workflow_id"],
             "properties": {
                 "workflow_id": {"const": workflow_id},
-                "params": _ref(f"{workflow_id}.params"),
+                "params": ref(f"{workflow_id}.params"),
                 **FIELDS,
                 "priority": priority,
             },
@@ -534,7 +530,7 @@ def document(
         if params_schema.get("required"):
             request["required"] = ["workflow_id", "params"]
         schemas[f"{workflow_id}.request"] = request
-        choices.append(_ref(f"{workflow_id}.request"))
+        choices.append(ref(f"{workflow_id}.request"))
         examples[workflow_id] = {
             "summary": summary["title"] + ("" if summary.get("available", True) else " (models not in this image)"),
             "value": {"workflow_id": workflow_id, "params": _example_params(params_schema)},

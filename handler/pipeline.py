@@ -239,8 +239,9 @@ class Pipeline:
 
     def preflight(self, workflow: dict[str, Any]) -> None:
         """Refuse now what ComfyUI would refuse later: async jobs are accepted only if they can run."""
-        if self.comfy.object_info:
-            graph.check(workflow, self.comfy.object_info).raise_for_errors()
+        object_info = self.comfy.object_info  # waits while the catalogue is loading
+        if object_info:
+            graph.check(workflow, object_info).raise_for_errors()
 
     def warmup(self, workflow: dict[str, Any]) -> None:
         self._run(PredictRequest(workflow=check_workflow(workflow)), None, False)

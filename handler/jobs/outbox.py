@@ -15,14 +15,13 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from datetime import UTC, datetime
 from typing import Protocol
 
 from .. import webhooks
 from ..config import Settings
 from ..failpoints import Failpoints
 from ..taskqueue import PullQueue
-from .model import Job, WebhookState
+from .model import Job, WebhookState, iso, now
 from .repo import JobRepo, Keep
 from .views import JobViews
 
@@ -95,7 +94,7 @@ class Outbox:
                 "attempts": attempts,
                 "last_status": result.status,
                 "error": result.error,
-                "delivered_at": datetime.now(UTC).isoformat(timespec="milliseconds") if result.delivered else None,
+                "delivered_at": iso(now()) if result.delivered else None,
             }
 
         try:

@@ -123,9 +123,11 @@ class JobRepo:
 
     # --- writing
 
-    def create(self, job: Job, request: dict[str, Any]) -> None:
-        """Store the request, then the job (must not exist yet), then its place in line."""
-        self.store.put_json(request_key(job.job_id), request)
+    def create(self, job: Job, request: dict[str, Any] | None) -> None:
+        """Store the request (None: a job refused on arrival has none), then the job (must not
+        exist yet), then its place in line if it is to run."""
+        if request is not None:
+            self.store.put_json(request_key(job.job_id), request)
         job.revision = uuid.uuid4().hex
         self._space(job_key(job.job_id))
         try:
@@ -133,7 +135,8 @@ class JobRepo:
         except PreconditionFailed:
             raise errors.Conflict("the job already exists") from None
         self._observe(None, job)
-        self.join_line(job)
+        if not job.final:
+            self.join_line(job)
 
     def update(self, job_id: str, change: Callable[[Job], None]) -> Job:
         """Read, change, compare-and-swap; again from the top when someone else wrote first."""

@@ -203,9 +203,9 @@ class JobService:
                 pass
         job.finish(JobState.FAILED, error=exc.to_dict()["error"])
         try:
-            self.store.cas_json(f"jobs/{job_id}.json", job.to_dict(), generation=0)
-        except PreconditionFailed:
-            return
+            self.repo.create(job, None)
+        except errors.Conflict:
+            return  # a concurrent delivery of the same task recorded it
         self.outbox.announce(job)
 
     # --- status and cancel
