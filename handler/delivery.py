@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .config import Settings
 from .errors import BadRequest, NotAcceptable, StorageUnavailable
-from .outputs import FORMATS, STILL_IMAGES, OutputFile, OutputOptions, reencode
+from .outputs import FORMATS, STILL_IMAGES, OutputFile, OutputOptions, reencode, store_keys
 from .pipeline import PredictResult
 from .storage import Store
 
@@ -239,16 +239,7 @@ def raw_response(
 def stored_document(result: PredictResult, outlet: Outlet) -> dict[str, Any]:
     """Store every file and answer with links, like an async job's result."""
     started = time.monotonic()
-    prefix = f"outputs/sync-{secrets.token_hex(16)}/"
-    keys, used = [], set()
-    for file in result.files:
-        key = prefix + (f"{file.subfolder}/{file.filename}" if file.subfolder else file.filename)
-        n = 1
-        while key in used:  # two nodes wrote the same name
-            n += 1
-            key = f"{prefix}{file.node_id}-{n}-{file.filename}"
-        used.add(key)
-        keys.append(key)
+    keys = store_keys(f"outputs/sync-{secrets.token_hex(16)}/", result.files)
 
     def put(pair: tuple[OutputFile, str]) -> None:
         outlet.store.put_bytes(pair[1], pair[0].data, pair[0].content_type)

@@ -94,6 +94,19 @@ class OutputFile:
         }
 
 
+def store_keys(prefix: str, files: list[OutputFile]) -> list[str]:
+    """A store key under `prefix` for each file: its subfolder and name, unless two nodes wrote
+    the same name (then node id and a number tell them apart)."""
+    keys: list[str] = []
+    for file in files:
+        key, n = prefix + (f"{file.subfolder}/{file.filename}" if file.subfolder else file.filename), 1
+        while key in keys:
+            n += 1
+            key = f"{prefix}{file.node_id}-{n}-{file.filename}"
+        keys.append(key)
+    return keys
+
+
 def content_type_of(filename: str) -> str:
     suffix = Path(filename).suffix.lower()
     return EXTRA_TYPES.get(suffix) or mimetypes.guess_type(filename)[0] or "application/octet-stream"

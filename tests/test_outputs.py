@@ -85,3 +85,13 @@ def test_discard_removes_the_request_folder_and_listed_temp_files(folders):
 def test_bad_output_options(raw):
     with pytest.raises(BadRequest):
         OutputOptions.parse(raw)
+
+
+def test_store_keys_keep_names_and_tell_apart_two_files_of_one_name():
+    from handler.outputs import OutputFile, store_keys
+
+    def file(node: str, name: str, subfolder: str = "") -> OutputFile:
+        return OutputFile(node, name, subfolder, "output", "images", "image/png", b"")
+
+    files = [file("9", "a.png", "rid"), file("12", "a.png", "rid"), file("5", "b.png")]
+    assert store_keys("outputs/j/t/", files) == ["outputs/j/t/rid/a.png", "outputs/j/t/12-2-a.png", "outputs/j/t/b.png"]

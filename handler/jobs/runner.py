@@ -28,6 +28,7 @@ from .. import errors, logs
 from ..config import Settings
 from ..errors import ServiceError
 from ..failpoints import Failpoints
+from ..outputs import store_keys
 from ..pipeline import PredictResult
 from ..predict_request import PredictRequest, parse_predict_body
 from ..progress import JobProgress, ProgressSink
@@ -284,15 +285,8 @@ class Runner:
         return self._final(job, active, JobState.FAILED, error=exc.to_dict()["error"])
 
     def _upload(self, job_id: str, token: str, result: PredictResult) -> list[dict[str, Any]]:
-        entries, used = [], set()
-        prefix = outputs_prefix(job_id, token)
-        for file in result.files:
-            name = f"{file.subfolder}/{file.filename}" if file.subfolder else file.filename
-            key, n = prefix + name, 1
-            while key in used:  # two nodes wrote the same name
-                n += 1
-                key = f"{prefix}{file.node_id}-{n}-{file.filename}"
-            used.add(key)
+        entries = []
+        for file, key in zip(result.files, store_keys(outputs_prefix(job_id, token), result.files), strict=True):
             self.repo.store.put_bytes(key, file.data, file.content_type)
             entries.append({**file.describe(), "key": key})
         return entries
