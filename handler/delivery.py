@@ -41,7 +41,7 @@ from .config import Settings
 from .errors import BadRequest, NotAcceptable, StorageUnavailable
 from .outputs import FORMATS, STILL_IMAGES, OutputFile, OutputOptions, reencode, store_keys
 from .pipeline import PredictResult
-from .storage import Store
+from .storage import Store, link
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
@@ -257,9 +257,7 @@ def stored_document(result: PredictResult, outlet: Outlet) -> dict[str, Any]:
     images, unsigned = [], False
     ttl = outlet.settings.signed_url_ttl_s
     for file, key in zip(result.files, keys):
-        url = outlet.store.signed_url(key, ttl)
-        if url is None and outlet.store.uri(key).startswith("local://"):
-            url = f"{outlet.base_url.rstrip('/')}/{key}"  # the local store: served at /outputs/…
+        url = link(outlet.store, key, ttl, outlet.base_url)
         unsigned = unsigned or url is None
         images.append({**file.describe(), "uri": outlet.store.uri(key), "url": url})
     document: dict[str, Any] = {

@@ -94,7 +94,7 @@ class Jobs:
             observer=observer,
             min_write_interval_s=0.0 if isinstance(store, LocalStore) else settings.gcs_object_write_interval_s,
         )
-        views = JobViews(settings, store, serves_outputs=isinstance(store, LocalStore))
+        views = JobViews(settings, store)
         outbox = Outbox(settings, repo, views, outbox_queue)
         runner = worker = None
         if runs is not None:

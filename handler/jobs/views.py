@@ -12,15 +12,14 @@ from typing import Any
 
 from .. import urlguard
 from ..config import Settings
-from ..storage import Store
+from ..storage import Store, link
 from .model import Job, iso, now
 
 
 class JobViews:
-    def __init__(self, settings: Settings, store: Store, *, serves_outputs: bool):
+    def __init__(self, settings: Settings, store: Store):
         self.settings = settings
         self.store = store
-        self.serves_outputs = serves_outputs  # a local store: /outputs/… links stand in for signed URLs
 
     def status(self, job: Job, *, base_url: str | None = None, inline: bool = False) -> dict[str, Any]:
         base = (base_url or job.base_url or self.settings.service_url or "").rstrip("/")
@@ -72,9 +71,7 @@ class JobViews:
             entry = dict(stored)
             key = entry.pop("key")
             entry["uri"] = self.store.uri(key)
-            url = self.store.signed_url(key, self.settings.signed_url_ttl_s)
-            if url is None and self.serves_outputs:
-                url = f"{base}/{key}"
+            url = link(self.store, key, self.settings.signed_url_ttl_s, base)
             unsigned = unsigned or url is None
             entry["url"] = url
             if embed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import Settings
 from .base import BadKey, PreconditionFailed, Store, Versioned
 
-__all__ = ["BadKey", "PreconditionFailed", "Store", "Versioned", "from_settings"]
+__all__ = ["BadKey", "PreconditionFailed", "Store", "Versioned", "from_settings", "link"]
 
 
 def from_settings(settings: Settings) -> Store:
@@ -21,3 +21,14 @@ def from_settings(settings: Settings) -> Store:
     from .local import LocalStore
 
     return LocalStore(settings.state_dir / "store")
+
+
+def link(store: Store, key: str, ttl_s: int, base_url: str) -> str | None:
+    """Where a caller fetches a stored output: a signed URL, or for the local store this
+    service's own `/outputs/…` route; None when the store cannot sign (use its `gs://` URI)."""
+    from .local import LocalStore
+
+    url = store.signed_url(key, ttl_s)
+    if url is None and isinstance(store, LocalStore):
+        url = f"{base_url.rstrip('/')}/{key}"
+    return url
