@@ -65,7 +65,6 @@ class Outbox:
         attempts = int((job.webhook or {}).get("attempts", 0)) + 1
         if result.delivered:
             self.failpoints.reach("delivered")
-        if result.delivered:
             state = WebhookState.DELIVERED
         elif not result.retryable or attempts >= self.settings.webhook_max_attempts:
             state = WebhookState.FAILED
