@@ -52,6 +52,9 @@ import requests
 import websocket
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from handler.supervisor import COMFY_ENV_DEFAULTS  # noqa: E402
+
 BATCH4 = ROOT / "test_resources" / "workflows" / "batch4_noise_1024.json"
 
 HEADER = "# Benchmark results\n\nWritten by `python bench/run.py` (see README.md beside it).\n\n"
@@ -99,6 +102,12 @@ def batch4_graph(template: dict[str, Any], colour: int) -> dict[str, Any]:
 # --- processes ---------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Process:
     def __init__(self, name: str, cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path):
         self.name = name
@@ -124,6 +133,10 @@ class Process:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} not ready within {timeout_s:.0f} s:\n{self.tail()}")
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system, all threads) the process has used so far."""
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -172,7 +185,9 @@ def start_comfyui(args: argparse.Namespace, work: Path) -> tuple[Process, str, C
         "--disable-auto-launch",
         *args.comfyui_args.split(),
     ]
-    proc = Process("ComfyUI", cmd, Path(args.comfyui_path), dict(os.environ), work / "comfyui.log")
+    # As the service starts its own ComfyUI: its defaults (OMP_WAIT_POLICY=PASSIVE) unless set here.
+    env = {**COMFY_ENV_DEFAULTS, **os.environ}
+    proc = Process("ComfyUI", cmd, Path(args.comfyui_path), env, work / "comfyui.log")
     url = f"http://127.0.0.1:{port}"
     proc.wait_http(url + "/system_stats", args.startup_timeout)
     return proc, url, dirs
@@ -588,7 +603,7 @@ def report(cases: dict[str, Case], meta: dict[str, str], args: argparse.Namespac
         "",
         f"`python bench/run.py` on {meta['nproc']} × {meta['cpu']} (nproc {meta['nproc']}, {meta['os']}), "
         f"shared with other work; ComfyUI {meta['comfyui']} (PyTorch {meta['pytorch']}, `{args.comfyui_args}`), "
-        f"OMP_NUM_THREADS {threads}; service and client on Python {meta['python']}. Both methods run against the "
+        f"OMP_NUM_THREADS {threads}, OMP_WAIT_POLICY {meta['omp_wait']}; service and client on Python {meta['python']}. Both methods run against the "
         "same ComfyUI, interleaved round by round (the order alternates each round, warmup rounds discarded, "
         "ComfyUI idle before every sample); every prompt is unique.",
         "",
@@ -703,7 +718,15 @@ def report(cases: dict[str, Case], meta: dict[str, str], args: argparse.Namespac
         lines += [
             f"(d): the {args.jobs} submissions were all accepted after {fmt_ms(median(d.extra) * 1000)} (median); "
             f"{args.jobs / median(d.service):.0f} jobs/s through the service against "
-            f"{args.jobs / median(d.direct):.0f} prompts/s direct.",
+            f"{args.jobs / median(d.direct):.0f} prompts/s direct. CPU per job (medians over the rounds, "
+            "from /proc; the client is this benchmark's process, with the webhook receiver for the service): "
+            + "; ".join(
+                f"{who} ComfyUI {fmt_ms(parts_median(parts, 'comfyui_cpu_ms'))}, "
+                f"service {fmt_ms(parts_median(parts, 'service_cpu_ms'))}, "
+                f"client {fmt_ms(parts_median(parts, 'client_cpu_ms'))}"
+                for who, parts in (("direct:", d.direct_parts), ("through the service:", d.service_parts))
+            )
+            + ".",
             "",
         ]
     return "\n".join(lines)
@@ -889,16 +912,27 @@ def main(argv: list[str] | None = None) -> int:
             case_d = cases.setdefault("d", Case("d"))
             keep_d = measured(1)
 
+            def cpu_now() -> dict[str, float]:
+                return {"comfyui": comfy.cpu_s(), "service": service_proc.cpu_s(), "client": cpu_seconds(os.getpid())}
+
+            def cpu_used(before: dict[str, float]) -> dict[str, float]:
+                after = cpu_now()
+                return {f"{k}_cpu_ms": (after[k] - v) * 1000 / args.jobs for k, v in before.items()}
+
             def direct_d() -> None:
+                before = cpu_now()
                 elapsed = direct.run_many([trivial_graph(colour()) for _ in range(args.jobs)], 1)
                 if keep_d():
                     case_d.direct.append(elapsed)
+                    case_d.direct_parts.append(cpu_used(before))
 
             def service_d() -> None:
+                before = cpu_now()
                 elapsed, accepted = service.run_many([trivial_graph(colour()) for _ in range(args.jobs)], 1)
                 if keep_d():
                     case_d.service.append(elapsed)
                     case_d.extra.append(accepted)
+                    case_d.service_parts.append(cpu_used(before))
 
             print(f"(d) {args.jobs} queued jobs", file=sys.stderr, flush=True)
             interleave(args.rounds_d, 1, direct_d, service_d, lambda: direct.settle(max(args.settle, 0.5)), "(d)")
@@ -910,6 +944,7 @@ def main(argv: list[str] | None = None) -> int:
             "comfyui": str(stats.get("comfyui_version") or "?"),
             "pytorch": str(stats.get("pytorch_version") or "?"),
             "omp": os.environ.get("OMP_NUM_THREADS", ""),
+            "omp_wait": os.environ.get("OMP_WAIT_POLICY", COMFY_ENV_DEFAULTS["OMP_WAIT_POLICY"]),
             "healthz": healthz,
             **machine_info(),
         }

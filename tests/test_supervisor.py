@@ -111,8 +111,11 @@ def test_comfyui_gets_an_allowlisted_environment():
         "CUDA_VISIBLE_DEVICES": "0",
         "LD_LIBRARY_PATH": "/l",
         "HF_HOME": "/hf",
+        "OMP_WAIT_POLICY": "PASSIVE",
         "PYTHONUNBUFFERED": "1",
     }
+    # The operator's own thread settings win over the defaults.
+    assert comfy_env({**environ, "OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
     # Operators may pass more by name or prefix, but never a secret-looking one.
     more = comfy_env({**environ, "GOOGLE_CLOUD_PROJECT": "p"}, ("STANDIN_*", "K_SERVICE", "HF_TOKEN", "GOOGLE_*"))
     assert more["STANDIN_TEST_GATE"] == "1" and more["K_SERVICE"] == "svc"
