@@ -25,6 +25,7 @@ from .comfy_api import ComfyAPI
 from .config import Settings
 from .errors import ComfyUnavailable, ExecutionFailed, ServiceError
 from .runtime import Spawn, daemon_thread
+from .wsframes import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_TEXT, FrameReader
 
 log = logging.getLogger("handler.comfy")
 
@@ -261,20 +262,24 @@ class ComfyClient(ComfyAPI):
             self.on_connect()
 
     def _receive(self, ws: websocket.WebSocket) -> None:
+        if ws.sock is None:  # closed under us
+            return
+        # The library's handshake read the response byte by byte: nothing of ours is in its buffer.
+        reader = FrameReader(ws.sock, pong=ws.pong)
         while not self._closing.is_set():
             try:
-                opcode, payload = ws.recv_data()
+                opcode, payload = reader.next()
             except Exception:
                 return
-            if opcode == websocket.ABNF.OPCODE_TEXT:
+            if opcode == OPCODE_TEXT:
                 try:
                     message = json.loads(payload)
                 except ValueError:
                     continue
                 self._route(message)
-            elif opcode == websocket.ABNF.OPCODE_BINARY:
+            elif opcode == OPCODE_BINARY:
                 self._route_binary(payload)
-            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+            elif opcode == OPCODE_CLOSE:
                 return
 
     def _watch_for(self, prompt_id: str | None) -> PromptWatch | None:
