@@ -76,8 +76,11 @@ class LocalStore:
 
     @staticmethod
     def _write_file(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=path.parent)
+        except FileNotFoundError:  # folders are made on the first write into them, not checked on each
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
