@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from . import errors
 from .config import Settings
 from .jobs import Jobs, Outcome, RunOutcome, Sent
+from .jobs.repo import check_job_id
 from .storage.local import LocalStore
 from .tasktoken import TaskTokenVerifier
 
@@ -162,12 +163,13 @@ class JobRoutes:
         store = self.service.store
         if not isinstance(store, LocalStore):
             raise errors.NotFound("outputs are in Cloud Storage: use the job's signed URLs")
-        key = f"outputs/{request.path_params['job_id']}/{request.path_params['name']}"
+        job_id = check_job_id(request.path_params["job_id"])  # 404 for anything no job could be named
         try:
-            path = store.path(key)
-        except ValueError:
-            raise errors.NotFound("no such output") from None
-        if not path.is_file():
+            path = store.path(f"outputs/{job_id}/{request.path_params['name']}")
+            found = path.is_file()
+        except (ValueError, OSError):  # not a key, or a name the filesystem refuses (too long)
+            found = False
+        if not found:
             raise errors.NotFound("no such output")
         return FileResponse(path)
 

@@ -297,6 +297,18 @@ def test_traversal_and_ssrf_are_refused_by_the_service(service: ServiceProcess):
     )
 
 
+def test_output_names_no_file_could_have_are_a_404_not_a_500(service: ServiceProcess):
+    # Found by the schema fuzzer: a name longer than the filesystem allows made stat() raise.
+    for path in (
+        "/outputs/" + "é" * 200 + "/x.png",
+        "/outputs/job/" + "\U000f8511" * 100 + ".png",
+        "/outputs/job/" + "a" * 300 + "/b.png",
+    ):
+        response = service.get(path)
+        assert response.status_code == 404, (path[:40], response.text)
+        assert response.json()["error"]["code"] == "not_found"
+
+
 # --- 11. ComfyUI's environment ---------------------------------------------------------------
 
 SECRETS = {
