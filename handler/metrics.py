@@ -245,6 +245,10 @@ class Metrics:
             and after.lease is not None
             and before.lease.token != after.lease.token
         )
+        if before is None and after.state is JobState.RUNNING:
+            # Created running (it started at once): it was accepted into line all the same, so
+            # queued → running → final holds for every job that ran.
+            self.job_states.labels(JobState.QUEUED.value, priority).inc()
         if was is not after.state or taken_over:
             self.job_states.labels(after.state.value, priority).inc()
         if was is JobState.RUNNING and (after.state is not JobState.RUNNING or taken_over):
@@ -255,8 +259,9 @@ class Metrics:
                 self.run_seconds.labels(priority).observe(max(0.0, after.updated_at - before.started_at))
             self._left_running(after.job_id)
         if after.state is JobState.RUNNING and (was is not JobState.RUNNING or taken_over):
-            if before is not None and after.started_at is not None:
-                self.queue_wait.labels(priority).observe(max(0.0, after.started_at - before.updated_at))
+            if after.started_at is not None:  # created running (it started at once): it waited 0
+                waiting_since = before.updated_at if before is not None else after.created_at
+                self.queue_wait.labels(priority).observe(max(0.0, after.started_at - waiting_since))
             self._entered_running(after.job_id, priority)
         if after.final and was is not after.state:
             self._finished_job(after)

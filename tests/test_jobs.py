@@ -527,3 +527,71 @@ def test_the_outbox_retries_a_failing_receiver_with_one_webhook_id_then_gives_up
         assert record["state"] == "failed" and record["attempts"] == 3 and record["last_status"] == 500
     finally:
         receiver.close()
+
+
+def test_the_first_webhook_try_is_inline_within_its_bound_and_what_it_cannot_settle_is_queued(store):
+    """With inline tries (the local worker's spare threads), a run's thread makes the first POST
+    itself; a try that fails, an announce not asked to try, and a try beyond the bound (every
+    inline place held by a slow receiver) go to the outbox queue, which retries them."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from handler.jobs.outbox import Outbox
+
+    held, entered = threading.Event(), threading.Event()
+    statuses: list[int] = []
+    posts: list[str] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            posts.append(self.headers["webhook-id"])
+            if self.path == "/slow":
+                entered.set()
+                held.wait(10)
+            self.send_response(statuses.pop(0) if statuses else 204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        svc = service(store, ScriptedPipeline())
+        jobs = {
+            name: svc.submit({"workflow": WORKFLOW, "webhook": {"url": f"{base}/{path}"}})
+            for name, path in (("fast", "hook"), ("failing", "hook"), ("slow", "slow"), ("beyond", "hook"))
+        }
+        for job in jobs.values():
+            svc.run(job.job_id)  # the harness's outbox has no inline tries: these are only queued
+        posts.clear()
+        queue = RecordingQueue()
+        shared = svc.jobs.outbox
+        outbox = Outbox(shared.settings, shared.repo, shared.views, queue, inline_tries=1)
+        final = {name: svc.get(job.job_id) for name, job in jobs.items()}
+
+        outbox.announce(final["fast"], try_now=True)
+        assert len(posts) == 1 and queue.enqueued == []
+        assert svc.get(jobs["fast"].job_id).webhook["state"] == "delivered"
+
+        statuses.append(503)
+        outbox.announce(final["failing"], try_now=True)
+        assert len(posts) == 2 and queue.enqueued == [(jobs["failing"].job_id, "normal")]
+        assert svc.get(jobs["failing"].job_id).webhook["state"] == "pending"
+
+        slow = threading.Thread(target=outbox.announce, args=(final["slow"],), kwargs={"try_now": True})
+        slow.start()
+        assert entered.wait(10)  # the one inline place is held by a receiver that does not answer
+        outbox.announce(final["beyond"], try_now=True)
+        assert queue.enqueued[-1] == (jobs["beyond"].job_id, "normal") and len(posts) == 3  # not tried here
+        held.set()
+        slow.join(10)
+        assert svc.get(jobs["slow"].job_id).webhook["state"] == "delivered"
+        assert (jobs["slow"].job_id, "normal") not in queue.enqueued
+    finally:
+        held.set()
+        server.shutdown()
+        server.server_close()

@@ -140,6 +140,26 @@ def test_async_job_succeeds_with_outputs_and_a_verified_webhook(local, receiver)
     assert final["webhook"]["attempts"] == 1 and final["webhook"]["last_status"] == 204
 
 
+def test_a_job_that_finds_a_free_place_starts_at_once_and_one_that_does_not_waits(local):
+    # ComfyUI idle: the job is created already running (one write, no hop through the line).
+    response = local.post("/predict", json={"workflow": quick(151), "async": True})
+    assert response.status_code == 202 and response.json()["state"] == "running", response.text
+    final = wait_for(local, response.json()["job_id"])
+    assert final["state"] == "succeeded" and final["attempts"] == 1
+    # Every place taken: the next one waits in line, and starts when a place frees.
+    gates = [local.gate() for _ in range(LOCAL_SLOTS)]
+    held = [submit(local, gate.workflow()) for gate in gates]
+    gates[0].wait_entered()
+    wait_until(lambda: all(status(local, job_id)["state"] == "running" for job_id in held))
+    response = local.post("/predict", json={"workflow": quick(152), "async": True})
+    assert response.status_code == 202 and response.json()["state"] == "queued", response.text
+    for gate in gates:
+        gate.release()
+    final = wait_for(local, response.json()["job_id"])
+    assert final["state"] == "succeeded" and final["attempts"] == 1
+    assert all(wait_for(local, job_id)["state"] == "succeeded" for job_id in held)
+
+
 def test_requests_that_cannot_run_are_refused_before_they_are_accepted(local):
     cases = [
         ({"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}, 400, "workflow_invalid"),

@@ -33,7 +33,7 @@ from .repo import JobRepo, Observer
 from .runner import Outcome, Pipeline, Readiness, Runner, RunOutcome
 from .service import AsyncOptions, JobService, Preflight
 from .views import JobViews
-from .worker import LocalWorker
+from .worker import LOCAL_SLOTS, WORKER_THREADS, LocalWorker
 
 log = logging.getLogger("handler.jobs")
 
@@ -95,13 +95,16 @@ class Jobs:
             min_write_interval_s=0.0 if isinstance(store, LocalStore) else settings.gcs_object_write_interval_s,
         )
         views = JobViews(settings, store)
-        outbox = Outbox(settings, repo, views, outbox_queue)
+        local_worker = runs is not None and isinstance(queue, PullQueue)
+        # The local worker's threads beyond its places in ComfyUI may make a webhook's first try.
+        inline = WORKER_THREADS - LOCAL_SLOTS if local_worker and isinstance(outbox_queue, PullQueue) else 0
+        outbox = Outbox(settings, repo, views, outbox_queue, inline_tries=inline)
         runner = worker = None
         if runs is not None:
             runner = Runner(settings, repo, runs.pipeline, runs.comfy, outbox, runtime, templates, instance_id)
             if isinstance(queue, PullQueue):
                 worker = LocalWorker(runner, queue, runs.comfy, runtime)
-        service = JobService(settings, repo, queue, views, outbox, runner, checks, templates)
+        service = JobService(settings, repo, queue, views, outbox, runner, checks, templates, worker)
         sender = (
             LocalSender(outbox, outbox_queue, settings, runtime.stopping)
             if isinstance(outbox_queue, PullQueue)

@@ -1,4 +1,4 @@
-"""Webhooks as an outbox: a final job's event is queued for delivery, never sent inline.
+"""Webhooks as an outbox: a final job's event is recorded with it, then delivered by a queue.
 
 When a job becomes final, the runner records `webhook.state = pending` in the same write and
 then *announces* the job to the outbox queue (Cloud Tasks' webhooks queue, or a local SQLite
@@ -8,6 +8,12 @@ when, the event is not lost: a job found final with its webhook pending (by a re
 or by the local scan at start) is announced again, and announcing is idempotent per job.
 
 Every try carries the same `webhook-id`: receivers deduplicate on it (delivery is at least once).
+
+With the local worker and a local outbox, the run's own thread makes the first try itself
+(`announce(try_now=True)`), once its place in ComfyUI is given back, so the event skips a queue
+write and a thread hop; only a try that fails is queued. At most `inline_tries` threads try at
+once, so receivers can never hold every job thread (the local worker has twice as many threads
+as places in ComfyUI).
 """
 
 from __future__ import annotations
@@ -40,17 +46,33 @@ class Sent(str, enum.Enum):
 
 
 class Outbox:
-    def __init__(self, settings: Settings, repo: JobRepo, views: JobViews, queue: OutboxQueue):
+    def __init__(
+        self, settings: Settings, repo: JobRepo, views: JobViews, queue: OutboxQueue, *, inline_tries: int = 0
+    ):
         self.settings = settings
         self.repo = repo
         self.views = views
         self.queue = queue
         self.failpoints = Failpoints(settings.failpoint_kill)
+        self._inline = threading.BoundedSemaphore(inline_tries) if inline_tries > 0 else None
 
-    def announce(self, job: Job) -> None:
-        """Queue the job's event for delivery. Raises when the queue cannot take it."""
-        if job.webhook_url and job.final:
-            self.queue.enqueue(job.job_id, "normal")
+    def announce(self, job: Job, *, try_now: bool = False) -> None:
+        """Queue the job's event for delivery. Raises when the queue cannot take it. `try_now`:
+        the caller's thread may make the first try (when inline tries are on and one is free);
+        the event is queued only if that try did not settle it."""
+        if not (job.webhook_url and job.final):
+            return
+        if try_now and self._inline is not None and self._inline.acquire(blocking=False):
+            try:
+                settled = self._deliver(job) is Sent.DONE
+            except Exception as exc:  # the store hiccuped: the queue's retries take over
+                log.warning("webhook of job %s: %s", job.job_id, exc)
+                settled = False
+            finally:
+                self._inline.release()
+            if settled:
+                return
+        self.queue.enqueue(job.job_id, "normal")
 
     def pending(self, job: Job) -> bool:
         return bool(job.webhook_url and job.final and (job.webhook or {}).get("state") == WebhookState.PENDING.value)
@@ -58,7 +80,11 @@ class Outbox:
     def deliver(self, job_id: str) -> Sent:
         """One attempt at the job's webhook; records what happened on the job."""
         job = self.repo.find(job_id)
-        if job is None or not self.pending(job):
+        return Sent.DONE if job is None else self._deliver(job)
+
+    def _deliver(self, job: Job) -> Sent:
+        job_id = job.job_id
+        if not self.pending(job):
             return Sent.DONE
         assert job.webhook_url and job.webhook_id
         result = webhooks.attempt(job.webhook_url, self.views.event(job), self.settings, webhook_id=job.webhook_id)

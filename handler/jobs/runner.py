@@ -9,7 +9,8 @@ only while the run still owns the job; a run that lost the job removes its files
 
 Cloud Tasks' deliveries are tokens: `run_next` claims the highest-priority, oldest queued job in
 the store's line, not necessarily the job the task named. The local worker names its job (its
-SQLite queue is already ordered).
+SQLite queue is already ordered), or starts a new job at once: `claim_new` claims it before it
+is created, so its record is written once, already running, and `run_claimed` runs it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ log = logging.getLogger("handler.jobs.runner")
 
 class Pipeline(Protocol):
     def run(
-        self, request: PredictRequest, cancel: threading.Event | None = None, *, progress: ProgressSink | None = None
+        self,
+        request: PredictRequest,
+        cancel: threading.Event | None = None,
+        *,
+        defer_cleanup: bool = False,
+        progress: ProgressSink | None = None,
     ) -> PredictResult: ...
 
 
@@ -229,27 +235,60 @@ class Runner:
         active = ActiveRun(token, now() + self.lease_ttl_s)
         with self._lock:
             self._active[job_id] = active
-        self.failpoints.reach("claimed")
-        try:
-            return self._execute(job, active, free)
-        finally:
-            with self._lock:
-                self._active.pop(job_id, None)
-            free()
+        return self._run_claimed(job, active, free, None)
+
+    # --- a new job that starts at once (the local worker had a free place in ComfyUI)
+
+    def claim_new(self, job: Job) -> ActiveRun:
+        """Claim a job that is about to be created: its first write is already the claim. The
+        run is known here from now on, so a cancel finds it; `forget` it if the create fails."""
+        active = ActiveRun(uuid.uuid4().hex, 0.0)
+        job.claim(self.instance_id, active.token, now(), self.lease_ttl_s)
+        assert job.lease is not None
+        active.lease_expires_at = job.lease.expires_at
+        with self._lock:
+            self._active[job.job_id] = active
+        return active
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._active.pop(job_id, None)
+
+    @logs.in_context
+    def run_claimed(
+        self, job: Job, active: ActiveRun, request: PredictRequest, *, after_comfy: Callable[[], None] | None = None
+    ) -> RunOutcome:
+        """Run a job created already claimed (`claim_new`), with the request its submit parsed."""
+        logs.bind(job_id=job.job_id)
+        return self._run_claimed(job, active, _Once(after_comfy), request)
 
     # --- one run
 
-    def _execute(self, job: Job, active: ActiveRun, free: Callable[[], None]) -> RunOutcome:
+    def _run_claimed(
+        self, job: Job, active: ActiveRun, free: Callable[[], None], request: PredictRequest | None
+    ) -> RunOutcome:
+        self.failpoints.reach("claimed")
         try:
-            stored = self.repo.request(job.job_id)
-            if stored is None:
-                raise errors.NotFound("the job's stored request is missing")
-            request = parse_predict_body(stored, self.settings, self.templates)
+            return self._execute(job, active, free, request)
+        finally:
+            self.forget(job.job_id)
+            free()
+
+    def _execute(
+        self, job: Job, active: ActiveRun, free: Callable[[], None], request: PredictRequest | None
+    ) -> RunOutcome:
+        try:
+            if request is None:
+                stored = self.repo.request(job.job_id)
+                if stored is None:
+                    raise errors.NotFound("the job's stored request is missing")
+                request = parse_predict_body(stored, self.settings, self.templates)
             request.priority = job.priority
             # Progress for /status on any instance: in the store, at most once a second.
             progress = JobProgress(self.repo.store, job.job_id)
             try:
-                result = self.pipeline.run(request, cancel=active.cancel, progress=progress)
+                # ComfyUI's copies of the outputs go once the event is on its way, not before it.
+                result = self.pipeline.run(request, cancel=active.cancel, progress=progress, defer_cleanup=True)
             finally:
                 progress.close()
         except ServiceError as exc:
@@ -260,16 +299,26 @@ class Runner:
             log.exception("job %s failed unexpectedly", job.job_id)
             return self._final(job, active, JobState.FAILED, error=error("internal_error", type(exc).__name__))
         free()  # ComfyUI has the next prompt already: store this one's outputs meanwhile
-        self.failpoints.reach("ran")
         try:
-            files = self._upload(job.job_id, active.token, result)
-        except Exception as exc:
-            log.warning("job %s: storing outputs failed: %s", job.job_id, exc)
-            self.repo.discard_outputs(job.job_id, active.token)
-            return self._hand_back(job, active, error("storage_unavailable", "storing the outputs failed"), counts=True)
-        summary = {"prompt_id": result.prompt_id, "files": files, "outputs": result.outputs, "timings": result.timings}
-        self.failpoints.reach("uploaded")
-        return self._final(job, active, JobState.SUCCEEDED, result=summary)
+            self.failpoints.reach("ran")
+            try:
+                files = self._upload(job.job_id, active.token, result)
+            except Exception as exc:
+                log.warning("job %s: storing outputs failed: %s", job.job_id, exc)
+                self.repo.discard_outputs(job.job_id, active.token)
+                reason = error("storage_unavailable", "storing the outputs failed")
+                return self._hand_back(job, active, reason, counts=True)
+            summary = {
+                "prompt_id": result.prompt_id,
+                "files": files,
+                "outputs": result.outputs,
+                "timings": result.timings,
+            }
+            self.failpoints.reach("uploaded")
+            return self._final(job, active, JobState.SUCCEEDED, result=summary)
+        finally:
+            if result.cleanup is not None:
+                result.cleanup()
 
     def _ended_by(self, job: Job, active: ActiveRun, exc: ServiceError) -> RunOutcome:
         """Map how the pipeline stopped onto the job: the one place that decides attempts."""
@@ -312,9 +361,10 @@ class Runner:
             return RunOutcome(
                 Outcome.BUSY, self.repo.find(job.job_id), "the lease was taken over; this run's result is dropped"
             )
-        log.info("job %s %s after %d attempt(s)", job.job_id, state.value, job.attempts)
         self.failpoints.reach("final")
-        return self._announced(job, state.value)
+        outcome = self._announced(job, state.value)
+        log.info("job %s %s after %d attempt(s)", job.job_id, state.value, job.attempts)  # after: off the event's path
+        return outcome
 
     def _hand_back(self, job: Job, active: ActiveRun, reason: dict[str, Any], *, counts: bool) -> RunOutcome:
         def change(current: Job) -> None:
@@ -352,7 +402,7 @@ class Runner:
 
     def _announced(self, job: Job, detail: str) -> RunOutcome:
         try:
-            self.outbox.announce(job)
+            self.outbox.announce(job, try_now=True)
         except Exception as exc:  # the task stays, and its next delivery announces again
             log.warning("job %s: could not queue its webhook: %s", job.job_id, exc)
             return RunOutcome(Outcome.RETRY, job, "the job is final; its webhook could not be queued yet")

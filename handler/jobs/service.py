@@ -32,6 +32,7 @@ from .outbox import Outbox
 from .repo import JobRepo, Keep
 from .runner import Runner
 from .views import JobViews
+from .worker import LocalWorker
 
 log = logging.getLogger("handler.jobs")
 
@@ -83,6 +84,7 @@ class JobService:
         runner: Runner | None,
         checks: Preflight,
         templates: Any,
+        worker: LocalWorker | None = None,
     ):
         self.settings = settings
         self.repo = repo
@@ -90,6 +92,7 @@ class JobService:
         self.views = views
         self.outbox = outbox
         self.runner = runner
+        self.worker = worker  # local queue: a job may start at once
         self.checks = checks
         self.templates = templates
 
@@ -131,6 +134,10 @@ class JobService:
             webhook_url=options.webhook_url,
             webhook_id=webhooks.new_webhook_id() if options.webhook_url else None,
         )
+        if source == "api" and self.worker is not None:
+            if self.worker.start_at_once(job, request, lambda: self.repo.create(job, rest)):
+                log.info("job %s started (%s)", job.job_id, job.priority)
+                return job
         self.repo.create(job, rest)
         if source == "api":
             self._enqueue(job)

@@ -46,6 +46,10 @@ class PullQueue(TaskQueue, Protocol):
     def stop_waiting(self) -> None:
         """Wake every `next` for good (the process is stopping): no thread polls for that."""
 
+    def enqueue_claimed(self, job_id: str, priority: str = "normal") -> Claim:
+        """Record a job this process claims as it queues it (it starts at once): a restart
+        voids the claim like any other, and the job is ready again."""
+
     def done(self, job_id: str) -> None:
         """The job reached a final state (or was cancelled): forget it."""
 

@@ -49,6 +49,14 @@ class LocalQueue:
             self._db.execute("INSERT OR IGNORE INTO queue (job_id, priority) VALUES (?, ?)", (job_id, rank))
             self._cond.notify_all()
 
+    def enqueue_claimed(self, job_id: str, priority: str = "normal") -> Claim:
+        rank = PRIORITIES.index(check_priority(priority))
+        with self._cond:
+            self._db.execute(
+                "INSERT INTO queue (job_id, priority, claimed, deliveries) VALUES (?, ?, 1, 1)", (job_id, rank)
+            )
+        return Claim(job_id, PRIORITIES[rank], 1)
+
     def next(self, timeout: float | None = None) -> Claim | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
