@@ -595,3 +595,61 @@ def test_the_first_webhook_try_is_inline_within_its_bound_and_what_it_cannot_set
         held.set()
         server.shutdown()
         server.server_close()
+
+
+class CountsReads:
+    """A store that counts the job records it is asked to read."""
+
+    def __init__(self, store):
+        self.store, self.reads = store, 0
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def get_json(self, key):
+        if key.startswith("jobs/"):
+            self.reads += 1
+        return self.store.get_json(key)
+
+
+def test_changes_start_from_our_own_last_write_and_decide_again_on_a_read_when_it_is_stale(store):
+    from handler.jobs.repo import JobRepo, Keep
+
+    counted = CountsReads(store)
+    ours, theirs = JobRepo(counted, keeps_line=False), JobRepo(store, keeps_line=False)  # two processes
+    job = Job(job_id="j-known")
+    ours.create(job, {"workflow": WORKFLOW})
+    ours.update(job.job_id, lambda j: j.claim("us", "t1", time.time(), 60))
+    ours.update(job.job_id, lambda j: setattr(j, "attempts", 5))
+    assert counted.reads == 0  # each change started from the write before it: no read on the way
+
+    # Another process finishes the job. Our next change starts from our stale view, where the
+    # job still runs; its write is refused, and it is decided again on what the store holds.
+    theirs.update(job.job_id, lambda j: j.finish(JobState.CANCELLED))
+    seen: list[str] = []
+
+    def unless_final(j: Job) -> None:
+        seen.append(j.state.value)
+        if j.final:
+            raise Keep("final")
+        j.attempts += 1
+
+    with pytest.raises(Keep):
+        ours.update(job.job_id, unless_final)
+    assert seen == ["running", "cancelled"] and counted.reads == 1
+    assert ours.get(job.job_id).state is JobState.CANCELLED and ours.get(job.job_id).attempts == 5
+
+    # A change that declines on a stale view is not taken at its word either.
+    other = Job(job_id="j-declined")
+    ours.create(other, None)
+    theirs.update(other.job_id, lambda j: j.claim("them", "t2", time.time(), 60))
+    decided: list[str] = []
+
+    def only_if_queued(j: Job) -> None:
+        decided.append(j.state.value)
+        if j.state is not JobState.QUEUED:
+            raise Keep("busy")
+
+    with pytest.raises(Keep):
+        ours.update(other.job_id, only_if_queued)
+    assert decided == ["queued", "running"]  # queued in our view, then running in the store's

@@ -3,7 +3,10 @@
 `jobs/{id}.json` is the truth; every change is a read-change-write on its generation, so two
 writers never both win. Each write stamps a fresh `revision`: when a write's answer is lost
 (a timeout after the object was committed), re-reading tells whether it was ours, instead of
-taking our own write for a competitor's.
+taking our own write for a competitor's. A change starts from this process's own last write of
+the job when it has one (no read: on Cloud Storage a round trip per state change); only a write
+that commits proves that view current, so a refused write, or a change that declines on it,
+starts again from a read.
 
 The request (with its images) is stored at `inputs/{id}/request.json` before the job exists.
 A run's outputs go under `outputs/{id}/{run token}/…`: a run that lost its lease can never
@@ -16,6 +19,7 @@ its task named.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -26,13 +30,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import errors
-from ..storage import PreconditionFailed, Store
+from ..storage import PreconditionFailed, Store, Versioned
+from ..storage.base import dump_json
 from ..taskqueue import PRIORITIES
 from .model import Job
 
 log = logging.getLogger("handler.jobs.repo")
 
 CAS_ATTEMPTS = 20
+KNOWN_WRITES = 1024  # jobs whose last write by this process is kept to start the next change from
 
 
 class LeaseLost(Exception):
@@ -84,6 +90,8 @@ class JobRepo:
         self.min_write_interval_s = min_write_interval_s
         self._last_write: OrderedDict[str, float] = OrderedDict()
         self._spacing = threading.Lock()
+        self._known: OrderedDict[str, tuple[bytes, int]] = OrderedDict()  # key -> (our last write, its generation)
+        self._known_lock = threading.Lock()
 
     def _space(self, key: str) -> None:
         if self.min_write_interval_s <= 0:
@@ -129,11 +137,14 @@ class JobRepo:
         if request is not None:
             self.store.put_json(request_key(job.job_id), request)
         job.revision = uuid.uuid4().hex
-        self._space(job_key(job.job_id))
+        key = job_key(job.job_id)
+        self._space(key)
+        data = job.to_dict()
         try:
-            self.store.cas_json(job_key(job.job_id), job.to_dict(), generation=0)
+            generation = self.store.cas_json(key, data, generation=0)
         except PreconditionFailed:
             raise errors.Conflict("the job already exists") from None
+        self._remember(key, data, generation)
         self._observe(None, job)
         if not job.final:
             self.join_line(job)
@@ -141,28 +152,58 @@ class JobRepo:
     def update(self, job_id: str, change: Callable[[Job], None]) -> Job:
         """Read, change, compare-and-swap; again from the top when someone else wrote first."""
         key = job_key(check_job_id(job_id))
+        found = self._recall(key)
+        recalled = found is not None  # `found` is our own last write, not yet a read
         for _ in range(CAS_ATTEMPTS):
-            found = self.store.get_json(key)
             if found is None:
-                raise errors.NotFound("no such job")
+                found = self.store.get_json(key)
+                if found is None:
+                    raise errors.NotFound("no such job")
             job = Job.from_dict(found.data)
             before = Job.from_dict(found.data) if self.observer is not None else None
-            change(job)
+            try:
+                change(job)
+            except Exception:
+                if recalled:  # declined on our own last write, which may be stale: decide on a read
+                    found, recalled = None, False
+                    continue
+                raise
             job.updated_at = time.time()
             job.revision = uuid.uuid4().hex
             self._space(key)
+            data = job.to_dict()
             try:
-                self.store.cas_json(key, job.to_dict(), generation=found.generation)
-                return self._observe(before, job)
+                generation = self.store.cas_json(key, data, generation=found.generation)
             except PreconditionFailed:
-                if self._committed(key, job.revision):
+                current = self._read(key)
+                if current is not None and current.data.get("revision") == job.revision:
                     return self._observe(before, job)  # our write landed; only its answer was lost
-                time.sleep(0.01)
+                if recalled:  # our view was stale: start again from what the store holds now
+                    found, recalled = current, False
+                else:  # a competitor wrote in between: give it a moment, then read again
+                    time.sleep(0.01)
+                    found = None
+                continue
             except Exception:
                 if self._committed(key, job.revision):
                     return self._observe(before, job)
                 raise
+            self._remember(key, data, generation)
+            return self._observe(before, job)
         raise errors.Conflict("the job is changing too often; try again")
+
+    def _remember(self, key: str, data: dict[str, Any], generation: int) -> None:
+        blob = dump_json(data)  # a copy: nothing the caller changes later reaches it
+        with self._known_lock:
+            self._known[key] = (blob, generation)
+            self._known.move_to_end(key)
+            while len(self._known) > KNOWN_WRITES:
+                self._known.popitem(last=False)
+
+    def _recall(self, key: str) -> Versioned | None:
+        with self._known_lock:
+            known = self._known.pop(key, None)  # taken: an update that fails leaves nothing stale behind
+        return None if known is None else Versioned(json.loads(known[0]), known[1])
 
     def _observe(self, before: Job | None, after: Job) -> Job:
         if self.observer is not None:
@@ -173,11 +214,15 @@ class JobRepo:
         return after
 
     def _committed(self, key: str, revision: str) -> bool:
-        try:
-            found = self.store.get_json(key)
-        except Exception:
-            return False
+        found = self._read(key)
         return found is not None and found.data.get("revision") == revision
+
+    def _read(self, key: str) -> Versioned | None:
+        """The record as stored, or None when it is gone or cannot be read now."""
+        try:
+            return self.store.get_json(key)
+        except Exception:
+            return None
 
     # --- the line (push queues only)
 
