@@ -130,8 +130,8 @@ class LocalWorker:
             return False
         active = self.runner.claim_new(job)
         try:
-            # Queued first: a crash before the create leaves an id without a job, which a
-            # restart's run finds missing and drops; the reverse would leave a job nobody runs.
+            # Queued first, so a create that fails can take the entry back; a crash between the
+            # two leaves an id without a job, which the run after a restart finds missing and drops.
             claim = self.queue.enqueue_claimed(job.job_id, job.priority)
         except Exception as exc:
             self._abandon(job)
