@@ -163,7 +163,7 @@ def test_two_instances_never_run_one_job_at_once(store):
     # A cancel recorded on b reaches a's run at its next lease renewal.
     answer = b.cancel(job.job_id)
     assert answer["cancel"] == "requested"
-    a.runner._renew(job.job_id, a.runner._active[job.job_id])
+    a.runner.leases.renew(job.job_id, a.runner.leases.get(job.job_id))
     runner.join(5)
     assert a.get(job.job_id).state is JobState.CANCELLED
 
@@ -382,10 +382,10 @@ def test_a_run_whose_lease_was_taken_over_stops_and_publishes_nothing(store):
     runner = threading.Thread(target=lambda: result.setdefault("outcome", a.run(job.job_id)))
     runner.start()
     assert blocking.started.wait(5)
-    token = a.runner._active[job.job_id].token
+    token = a.runner.leases.get(job.job_id).token
     # Another instance found the lease expired and took the job over.
     a.service.repo.update(job.job_id, lambda j: setattr(j, "lease", Lease("other", "their-token", time.time() + 60)))
-    a.runner._renew(job.job_id, a.runner._active[job.job_id])
+    a.runner.leases.renew(job.job_id, a.runner.leases.get(job.job_id))
     runner.join(5)
     assert result["outcome"].kind is Outcome.BUSY
     assert store.list(f"outputs/{job.job_id}/{token}/") == []
@@ -399,9 +399,10 @@ def test_a_run_stops_itself_when_its_lease_lapsed_without_renewal(store):
     runner = threading.Thread(target=lambda: a.run(job.job_id))
     runner.start()
     assert blocking.started.wait(5)
-    active = a.runner._active[job.job_id]
+    active = a.runner.leases.get(job.job_id)
     active.lease_expires_at = time.time() - 1  # renewals kept failing until it ran out
-    repo = a.runner.repo
+    leases = a.runner.leases
+    repo = leases.repo
 
     class StoreDown:
         def __getattr__(self, name):
@@ -410,9 +411,9 @@ def test_a_run_stops_itself_when_its_lease_lapsed_without_renewal(store):
         def update(self, job_id, change):
             raise ConnectionError("the store does not answer")
 
-    a.runner.repo = StoreDown()
-    a.runner._renew(job.job_id, active)
-    a.runner.repo = repo
+    leases.repo = StoreDown()
+    leases.renew(job.job_id, active)
+    leases.repo = repo
     runner.join(5)
     assert active.why == "lease_lost" and not runner.is_alive()
 

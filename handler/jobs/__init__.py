@@ -4,6 +4,7 @@ results in the Store, events through the webhook outbox.
     model.py    Job, JobState, pure transitions, the attempt rule
     repo.py     records in the Store (compare-and-swap), the line, per-run output keys
     runner.py   claim under a lease, run, publish, hand back
+    leases.py   the runs in this process: stopped on cancel or shutdown, their leases renewed
     worker.py   the local dispatcher (embedded SQLite queue)
     outbox.py   webhook events: announce, deliver once, retried by a queue
     views.py    what callers see: status documents and webhook payloads
@@ -27,6 +28,7 @@ from ..storage import Store
 from ..storage.local import LocalStore
 from ..taskqueue import PullQueue, TaskQueue
 from . import retention
+from .leases import Leases
 from .model import FINAL_STATES, Job, JobState
 from .outbox import LocalSender, Outbox, OutboxQueue, Sent
 from .repo import JobRepo, Observer
@@ -101,7 +103,8 @@ class Jobs:
         outbox = Outbox(settings, repo, views, outbox_queue, inline_tries=inline)
         runner = worker = None
         if runs is not None:
-            runner = Runner(settings, repo, runs.pipeline, runs.comfy, outbox, runtime, templates, instance_id)
+            leases = Leases(repo, runtime, settings.job_lease_ttl_s)
+            runner = Runner(settings, repo, runs.pipeline, runs.comfy, outbox, leases, runtime, templates, instance_id)
             if isinstance(queue, PullQueue):
                 worker = LocalWorker(runner, queue, runs.comfy, runtime)
         service = JobService(settings, repo, queue, views, outbox, runner, checks, templates, worker)

@@ -1,7 +1,7 @@
 """Runs jobs: claim under a lease, run the pipeline, publish the result, announce the event.
 
-A run first takes the job's lease by compare-and-swap (owner, token, expiry) and renews it every
-quarter of its life. It stops itself (the prompt is interrupted) when it is cancelled, when the
+A run first takes the job's lease by compare-and-swap (owner, token, expiry); `leases.py` renews
+it every quarter of its life. It stops itself (the prompt is interrupted) when it is cancelled, when the
 process is stopping (the job is handed back, not counted as an attempt, within Cloud Run's 10 s),
 or when its lease lapsed without a successful renewal (another delivery may own the job now).
 Its outputs go under its own run token and are published by the final write, which succeeds
@@ -18,11 +18,10 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import errors, logs
@@ -33,8 +32,9 @@ from ..outputs import store_keys
 from ..pipeline import PredictResult
 from ..predict_request import PredictRequest, parse_predict_body
 from ..progress import JobProgress, ProgressSink
-from ..runtime import Runtime, Trigger
+from ..runtime import Runtime
 from . import retention
+from .leases import ActiveRun, Leases
 from .model import Job, JobState, error, now
 from .outbox import Outbox
 from .repo import JobRepo, Keep, LeaseLost, outputs_prefix
@@ -86,18 +86,6 @@ class RunOutcome:
         return HTTP_STATUS[self.kind]
 
 
-@dataclass
-class ActiveRun:
-    token: str
-    lease_expires_at: float
-    cancel: Trigger = field(default_factory=Trigger)  # wakes the pipeline's wait at once
-    why: str = ""  # cancel | shutdown | lease_lost
-
-    def stop(self, why: str) -> None:
-        self.why = self.why or why
-        self.cancel.set()
-
-
 class Runner:
     def __init__(
         self,
@@ -106,6 +94,7 @@ class Runner:
         pipeline: Pipeline,
         comfy: Readiness,
         outbox: Outbox,
+        leases: Leases,
         runtime: Runtime,
         templates: Any,
         instance_id: str,
@@ -115,33 +104,19 @@ class Runner:
         self.pipeline = pipeline
         self.comfy = comfy
         self.outbox = outbox
+        self.leases = leases
         self.runtime = runtime
         self.templates = templates
         self.instance_id = instance_id
-        self.lease_ttl_s = settings.job_lease_ttl_s
+        self.lease_ttl_s = leases.ttl_s
         self.failpoints = Failpoints(settings.failpoint_kill)
-        self._active: dict[str, ActiveRun] = {}
-        self._lock = threading.Lock()
-        runtime.on_stop(self._hand_back_all)
 
     def start(self) -> None:
-        self.runtime.thread("job-leases", self._keep_leases)
-
-    # --- what other parts ask
+        self.leases.start()
 
     def interrupt(self, job_id: str) -> bool:
         """Stop a run of this job in this process; False when it does not run here."""
-        with self._lock:
-            active = self._active.get(job_id)
-        if active is not None:
-            active.stop("cancel")
-        return active is not None
-
-    def _hand_back_all(self) -> None:
-        with self._lock:
-            runs = list(self._active.values())
-        for active in runs:
-            active.stop("shutdown")
+        return self.leases.interrupt(job_id)
 
     # --- deliveries
 
@@ -197,8 +172,7 @@ class Runner:
             at = now()
             if job.final:
                 raise Keep("final")
-            with self._lock:
-                here = job.job_id in self._active
+            here = self.leases.get(job.job_id) is not None
             if job.state is JobState.RUNNING and (here or (job.lease_alive(at) and not takeover)):
                 raise Keep("busy")
             if job.cancel_requested:
@@ -233,8 +207,7 @@ class Runner:
             free()
             return self._announced(job, decision)
         active = ActiveRun(token, now() + self.lease_ttl_s)
-        with self._lock:
-            self._active[job_id] = active
+        self.leases.add(job_id, active)
         return self._run_claimed(job, active, free, None)
 
     # --- a new job that starts at once (the local worker had a free place in ComfyUI)
@@ -246,13 +219,11 @@ class Runner:
         job.claim(self.instance_id, active.token, now(), self.lease_ttl_s)
         assert job.lease is not None
         active.lease_expires_at = job.lease.expires_at
-        with self._lock:
-            self._active[job.job_id] = active
+        self.leases.add(job.job_id, active)
         return active
 
     def forget(self, job_id: str) -> None:
-        with self._lock:
-            self._active.pop(job_id, None)
+        self.leases.forget(job_id)
 
     @logs.in_context
     def run_claimed(
@@ -409,41 +380,6 @@ class Runner:
         finally:
             retention.discard_request(self.repo, job.job_id)  # after the event is on its way
         return RunOutcome(Outcome.FINAL, job, detail)
-
-    # --- leases
-
-    def _keep_leases(self) -> None:
-        period = self.lease_ttl_s / 4
-        while not self.runtime.stopping.wait(period):
-            with self._lock:
-                runs = dict(self._active)
-            for job_id, active in runs.items():
-                self._renew(job_id, active)
-
-    def _renew(self, job_id: str, active: ActiveRun) -> None:
-        def change(job: Job) -> None:
-            if not job.owned_by(active.token):
-                raise LeaseLost(job_id)
-            if job.cancel_requested:
-                active.stop("cancel")  # recorded by another instance
-            assert job.lease is not None
-            job.lease.expires_at = now() + self.lease_ttl_s
-
-        try:
-            job = self.repo.update(job_id, change)
-            assert job.lease is not None
-            active.lease_expires_at = job.lease.expires_at
-        except LeaseLost:
-            log.warning("job %s: lease lost; stopping this run", job_id)
-            active.stop("lease_lost")
-        except Exception as exc:
-            # Renewals time out well inside the lease; once it lapsed, another delivery may
-            # own the job, so this run stops rather than race it.
-            if time.time() >= active.lease_expires_at - self.lease_ttl_s / 8:
-                log.warning("job %s: lease lapsed without a renewal (%s); stopping this run", job_id, exc)
-                active.stop("lease_lost")
-            else:
-                log.warning("job %s: could not renew the lease: %s", job_id, exc)
 
 
 class _Once:

@@ -28,8 +28,9 @@ from .. import errors
 from ..predict_request import PredictRequest
 from ..runtime import Runtime, link
 from ..taskqueue import Claim, PullQueue
+from .leases import ActiveRun
 from .model import Job
-from .runner import ActiveRun, Outcome, Readiness, Runner, RunOutcome
+from .runner import Outcome, Readiness, Runner, RunOutcome
 
 log = logging.getLogger("handler.jobs.worker")
 
