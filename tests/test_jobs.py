@@ -654,3 +654,21 @@ def test_changes_start_from_our_own_last_write_and_decide_again_on_a_read_when_i
     with pytest.raises(Keep):
         ours.update(other.job_id, only_if_queued)
     assert decided == ["queued", "running"]  # queued in our view, then running in the store's
+
+
+def test_a_job_started_at_once_after_the_job_threads_stopped_is_still_run(store, tmp_path):
+    """The race with a shutdown: a submit that passed the checks hands its started job over as the
+    job threads stop. It is run on the submitting thread instead (while stopping, that run hands
+    it back uncounted), never left claimed with no thread to run it."""
+    from handler.taskqueue.local import LocalQueue
+
+    queue = LocalQueue(tmp_path / "queue.sqlite")
+    svc = service(store, ScriptedPipeline(), queue=queue)
+    worker = svc.jobs.worker
+    assert worker is not None
+    worker._closed = True  # as the dispatcher leaves them when the service stops
+    job = svc.submit({"workflow": WORKFLOW})
+    done = svc.get(job.job_id)
+    assert done.state is JobState.SUCCEEDED and done.attempts == 1
+    assert queue.pending() == {"high": 0, "normal": 0, "low": 0} and queue.next(timeout=0) is None
+    queue.close()

@@ -92,6 +92,8 @@ class LocalWorker:
         self.slots = Slots(slots, self._wake)
         self.threads = threads
         self._claims: SimpleQueue[Claim | Started | None] = SimpleQueue()  # None: stop
+        self._handing = threading.Lock()  # a started job is handed over before the threads' stop, or not at all
+        self._closed = False
 
     def start(self) -> None:
         for n in range(self.threads):
@@ -118,8 +120,10 @@ class LocalWorker:
                         continue
                     self._claims.put(claim)
         finally:
-            for _ in range(self.threads):
-                self._claims.put(None)
+            with self._handing:
+                self._closed = True
+                for _ in range(self.threads):
+                    self._claims.put(None)
 
     def start_at_once(self, job: Job, request: PredictRequest, create: Callable[[], None]) -> bool:
         """Run a new job now if ComfyUI has a free place and nothing waits in line (strict
@@ -144,7 +148,13 @@ class LocalWorker:
             self.queue.done(job.job_id)
             self._abandon(job)
             raise
-        self._claims.put(Started(claim, job, active, request))
+        started = Started(claim, job, active, request)
+        with self._handing:
+            handed = not self._closed
+            if handed:
+                self._claims.put(started)
+        if not handed:  # the job threads have stopped: this run hands the job back now, not counted
+            self._work(started)
         return True
 
     def _abandon(self, job: Job) -> None:
