@@ -58,9 +58,11 @@ def attempt(url: str, body: bytes, settings: Settings, *, webhook_id: str) -> At
 
     Network errors, 5xx and 408/409/425/429 are retryable (Retry-After is passed on, up to a
     minute); an unsafe URL or any other status is final."""
-    headers = {}
+    when = int(time.time())
+    # The id and timestamp go out signed or not: receivers deduplicate on the id either way.
+    headers = {"webhook-id": webhook_id, "webhook-timestamp": str(when)}
     if settings.webhook_secret:
-        headers = sign(settings.webhook_secret, webhook_id, int(time.time()), body)
+        headers = sign(settings.webhook_secret, webhook_id, when, body)
     try:
         resp = urlguard.post_json(url, body, headers, settings, settings.webhook_timeout_s, purpose="webhook URL")
     except errors.UnsafeURL as exc:
