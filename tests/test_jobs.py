@@ -672,3 +672,39 @@ def test_a_job_started_at_once_after_the_job_threads_stopped_is_still_run(store,
     assert done.state is JobState.SUCCEEDED and done.attempts == 1
     assert queue.pending() == {"high": 0, "normal": 0, "low": 0} and queue.next(timeout=0) is None
     queue.close()
+
+
+def test_a_failed_inline_webhook_try_is_queued_for_after_the_first_backoff(store, tmp_path):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from handler.jobs.outbox import Outbox
+    from handler.taskqueue.local import LocalQueue
+
+    class Down(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Down)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    queue = LocalQueue(tmp_path / "outbox.sqlite")
+    try:
+        svc = service(store, ScriptedPipeline(), webhook_backoff_s=0.3)
+        job = svc.submit({"workflow": WORKFLOW, "webhook": {"url": f"http://127.0.0.1:{server.server_address[1]}/h"}})
+        svc.run(job.job_id)
+        shared = svc.jobs.outbox
+        outbox = Outbox(shared.settings, shared.repo, shared.views, queue, inline_tries=1)
+        outbox.announce(svc.get(job.job_id), try_now=True)
+        assert svc.get(job.job_id).webhook["attempts"] == 1
+        assert queue.pending()["normal"] == 1 and queue.next(timeout=0.1) is None  # not before ~0.3 s
+        claim = queue.next(timeout=2)
+        assert claim is not None and claim.job_id == job.job_id
+    finally:
+        queue.close()
+        server.shutdown()
+        server.server_close()

@@ -11,7 +11,7 @@ Every try carries the same `webhook-id`: receivers deduplicate on it (delivery i
 
 With the local worker and a local outbox, the run's own thread makes the first try itself
 (`announce(try_now=True)`), once its place in ComfyUI is given back, so the event skips a queue
-write and a thread hop; only a try that fails is queued. At most `inline_tries` threads try at
+write and a thread hop; only a try that fails is queued, ready after the first backoff. At most `inline_tries` threads try at
 once, so receivers can never hold every job thread (the local worker has twice as many threads
 as places in ComfyUI).
 """
@@ -71,6 +71,9 @@ class Outbox:
             finally:
                 self._inline.release()
             if settled:
+                return
+            if isinstance(self.queue, PullQueue):  # inline tries exist only then; the next waits its turn
+                self.queue.enqueue(job.job_id, "normal", delay_s=webhooks.backoff(self.settings.webhook_backoff_s, 1))
                 return
         self.queue.enqueue(job.job_id, "normal")
 

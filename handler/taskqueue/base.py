@@ -46,6 +46,9 @@ class PullQueue(TaskQueue, Protocol):
     def stop_waiting(self) -> None:
         """Wake every `next` for good (the process is stopping): no thread polls for that."""
 
+    def enqueue(self, job_id: str, priority: str = "normal", delay_s: float = 0.0) -> None:
+        """Schedule a run of the job, ready after `delay_s`. Idempotent per job id."""
+
     def enqueue_claimed(self, job_id: str, priority: str = "normal") -> Claim:
         """Record a job this process claims as it queues it (it starts at once): a restart
         voids the claim like any other, and the job is ready again."""

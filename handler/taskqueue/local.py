@@ -43,10 +43,14 @@ class LocalQueue:
             # Whoever held these claims is gone: this process is the only consumer.
             self._db.execute("UPDATE queue SET claimed = 0, not_before = 0 WHERE claimed = 1")
 
-    def enqueue(self, job_id: str, priority: str = "normal") -> None:
+    def enqueue(self, job_id: str, priority: str = "normal", delay_s: float = 0.0) -> None:
         rank = PRIORITIES.index(check_priority(priority))
+        not_before = time.time() + delay_s if delay_s > 0 else 0
         with self._cond:
-            self._db.execute("INSERT OR IGNORE INTO queue (job_id, priority) VALUES (?, ?)", (job_id, rank))
+            self._db.execute(
+                "INSERT OR IGNORE INTO queue (job_id, priority, not_before) VALUES (?, ?, ?)",
+                (job_id, rank, not_before),
+            )
             self._cond.notify_all()
 
     def enqueue_claimed(self, job_id: str, priority: str = "normal") -> Claim:
