@@ -11,9 +11,9 @@ Every try carries the same `webhook-id`: receivers deduplicate on it (delivery i
 
 With the local worker and a local outbox, the run's own thread makes the first try itself
 (`announce(try_now=True)`), once its place in ComfyUI is given back, so the event skips a queue
-write and a thread hop; only a try that fails is queued, ready after the first backoff. At most `inline_tries` threads try at
-once, so receivers can never hold every job thread (the local worker has twice as many threads
-as places in ComfyUI).
+write and a thread hop; only a try that fails is queued, ready after the first backoff. At most
+`inline_tries` threads try at once, so receivers can never hold every job thread (the local
+worker has twice as many threads as places in ComfyUI).
 """
 
 from __future__ import annotations

@@ -134,10 +134,14 @@ class JobService:
             webhook_url=options.webhook_url,
             webhook_id=webhooks.new_webhook_id() if options.webhook_url else None,
         )
-        if source == "api" and self.worker is not None:
-            if self.worker.start_at_once(job, request, lambda: self.repo.create(job, rest)):
-                log.info("job %s started (%s)", job.job_id, job.priority)
-                return job
+        started = (
+            source == "api"
+            and self.worker is not None
+            and self.worker.start_at_once(job, request, lambda: self.repo.create(job, rest))
+        )
+        if started:
+            log.info("job %s started (%s)", job.job_id, job.priority)
+            return job
         self.repo.create(job, rest)
         if source == "api":
             self._enqueue(job)
