@@ -41,7 +41,7 @@ from tests.fixtures.tiny_model import build_tiny_checkpoint  # noqa: E402
 from tests.test_real_model import txt2img  # noqa: E402
 
 LISTENING = "To see the GUI go to:"
-# The service's log lines that mark each step (handler/supervisor.py, comfy.py, app.py).
+# The service's log lines that mark each step (handler/comfyui/supervisor.py, comfy.py, app.py).
 MARKS = {
     "spawned": "starting ComfyUI:",
     "listening": LISTENING,

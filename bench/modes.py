@@ -1,4 +1,4 @@
-"""Benchmark of the sync answer forms (handler/delivery.py, handler/sse.py) against driving
+"""Benchmark of the sync answer forms (handler/routes/delivery.py, handler/routes/sse.py) against driving
 ComfyUI directly, with the same processes and method as bench/run.py (one real ComfyUI, the
 service attached to it, methods interleaved round by round, ComfyUI idle before every sample).
 

@@ -53,7 +53,7 @@ import websocket
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from handler.supervisor import COMFY_ENV_DEFAULTS  # noqa: E402
+from handler.comfyui.supervisor import COMFY_ENV_DEFAULTS  # noqa: E402
 
 BATCH4 = ROOT / "test_resources" / "workflows" / "batch4_noise_1024.json"
 
@@ -224,7 +224,7 @@ def start_service(
     python = args.service_command.split() if args.service_command else [sys.executable]
     cmd = [*python, "-m", "handler"]
     if args.trace:
-        env["TRACE_OUT"] = str(work / "trace.jsonl")  # the service's own tracing hook (handler/tracing.py)
+        env["TRACE_OUT"] = str(work / "trace.jsonl")  # the service's own tracing hook (handler/benchtrace.py)
     proc = Process("service", cmd, ROOT, env, work / "service.log")
     url = f"http://127.0.0.1:{port}"
     proc.wait_http(url + "/healthz", args.startup_timeout)
@@ -539,7 +539,7 @@ def interleave(
 
 
 TRACE_PHASES = [
-    # (label, from, to): timestamps of the service (handler/tracing.py) and of the client
+    # (label, from, to): timestamps of the service (handler/benchtrace.py) and of the client
     ("request in (client → endpoint)", "client_start", "predict"),
     ("body, worker thread, parsing", "predict", "pipeline"),
     ("submit + ComfyUI (≈ direct POST + wait)", "pipeline", "waited"),
@@ -781,7 +781,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--trace",
         action="store_true",
-        help="have the service trace (TRACE_OUT, handler/tracing.py) and report where the sync requests' time goes",
+        help="have the service trace (TRACE_OUT, handler/benchtrace.py) and report where the sync requests' time goes",
     )
     parser.add_argument(
         "--append", action="store_true", help="add this run to the results file instead of replacing it"

@@ -23,10 +23,10 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from . import logs
-from .app import create_app
-from .config import ConfigError, Settings
-from .runtime import Runtime
+from handler import logs
+from handler.app import create_app
+from handler.config import ConfigError, Settings
+from handler.runtime import Runtime
 
 log = logging.getLogger("handler.server")
 

@@ -1,5 +1,5 @@
 """The `/predict` body, declared once: each field's JSON Schema, which the OpenAPI document
-publishes (handler/openapi.py) and every parser checks first (`check_fields`), before the meaning
+publishes (handler/routes/openapi.py) and every parser checks first (`check_fields`), before the meaning
 of the values is checked in code (handler/predict_request.py, the async options in
 handler/jobs/service.py). Unknown fields are ignored, as before.
 """
@@ -11,9 +11,9 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import best_match
 
-from .errors import BadRequest
-from .outputs import FORMATS
-from .taskqueue.base import PRIORITIES as _PRIORITIES
+from handler.comfyui.outputs import FORMATS
+from handler.errors import BadRequest
+from handler.taskqueue.base import PRIORITIES as _PRIORITIES
 
 PRIORITIES = list(_PRIORITIES)  # in the order they are served
 OUTPUT_FORMATS = [*FORMATS, *(["jpg"] if "jpeg" in FORMATS else [])]

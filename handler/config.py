@@ -61,7 +61,7 @@ class Settings:
     max_request_timeout_s: float = 3600.0  # the most a caller may ask for
     max_body_bytes: int = 64 * 1024 * 1024  # in cloud mode: CLOUD_RUN_MAX_REQUEST_BYTES
     # Answers above this size go out chunked: Cloud Run refuses an HTTP/1 answer over 32 MiB
-    # that has a Content-Length (handler/delivery.py).
+    # that has a Content-Length (handler/routes/delivery.py).
     chunked_above_bytes: int = 16 * 1024 * 1024
     warmup_workflow: Path | None = None
     models_cache_ttl_s: float = 300.0
@@ -132,7 +132,7 @@ class Settings:
     gcs_object_write_interval_s: float = 1.0  # Cloud Storage takes about one write a second per object
     output_retention_days: float = 7.0  # outputs of final jobs; requests go when the job is final
     failpoint_kill: str | None = None  # tests only: handler/failpoints.py
-    trace_out: Path | None = None  # bench/run.py --trace: handler/tracing.py
+    trace_out: Path | None = None  # bench/run.py --trace: handler/benchtrace.py
     job_lease_ttl_s: float = 60.0  # a run renews its lease every quarter of this
     job_id_secret: str | None = field(default=None, repr=False)  # else one kept in the store
     # Task tokens: checked when set (cloud mode); Cloud Run's IAM checks signatures in front of

@@ -92,6 +92,16 @@ class ServiceError(Exception):
         return {}
 
 
+class HTTPStatusError(ServiceError):
+    """An error starlette raised itself (no such route, method not allowed): its status, our shape."""
+
+    code = "http_error"
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(message)
+        self.status_code = status_code
+
+
 class BadRequest(ServiceError):
     status_code = 400
     code = "bad_request"

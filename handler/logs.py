@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .config import Settings
+from handler.config import Settings
 
 T = TypeVar("T")
 

@@ -35,9 +35,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .config import Settings
-from .jobs.model import Job, JobState
-from .taskqueue import PRIORITIES
+from handler.config import Settings
+from handler.jobs.model import Job, JobState
+from handler.taskqueue import PRIORITIES
 
 PHASES = ("inputs", "submit", "queued", "comfyui", "outputs", "total")
 # From a millisecond to an hour: request, phase and job durations alike.

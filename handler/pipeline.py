@@ -19,10 +19,15 @@ from typing import Any
 
 import orjson
 
-from . import graph, logs, tracing
-from .comfy import Comfy
-from .comfy_client import BinaryImage, Interrupted, PromptWatch
-from .errors import (
+from handler import benchtrace, logs
+from handler.comfyui import graph
+from handler.comfyui.client import BinaryImage, Interrupted, PromptWatch
+from handler.comfyui.inputs import rewrite_references
+from handler.comfyui.instance import Comfy
+from handler.comfyui.outputs import OutputFile, collect, file_refs
+from handler.comfyui.progress import ProgressSink, Reporter
+from handler.comfyui.supervisor import private_paths
+from handler.errors import (
     BadRequest,
     Cancelled,
     ComfyUnavailable,
@@ -32,13 +37,9 @@ from .errors import (
     register_private_path,
     scrub_text,
 )
-from .inputs import rewrite_references
-from .outputs import OutputFile, collect, file_refs
-from .predict_request import PredictRequest, check_workflow, is_folder_name, new_folder_name
-from .progress import ProgressSink, Reporter
-from .runtime import Runtime, Trigger, link
-from .supervisor import private_paths
-from .taskqueue.base import PRIORITIES
+from handler.predict_request import PredictRequest, check_workflow, is_folder_name, new_folder_name
+from handler.runtime import Runtime, Trigger, link
+from handler.taskqueue.base import PRIORITIES
 
 log = logging.getLogger("handler.pipeline")
 
@@ -223,7 +224,7 @@ class Pipeline:
     ) -> PredictResult:
         """Run one job. With `defer_cleanup`, a successful result's files stay until the caller
         calls `result.cleanup()` (the sync route does so after it has answered). `progress`, if
-        given, gets the run's events (handler/progress.py) on ComfyUI's listener thread.
+        given, gets the run's events (handler/comfyui/progress.py) on ComfyUI's listener thread.
 
         `request.timeout_s` bounds fetching input URLs and then the run inside ComfyUI, counted
         from its `execution_start`; the wait in ComfyUI's queue before that is bounded by
@@ -232,9 +233,9 @@ class Pipeline:
         if self.runtime.stopping.is_set():
             raise ComfyUnavailable("the service is shutting down; retry", retry_after_s=1)
         self.comfy.require_ready()
-        tracing.mark("pipeline")
+        benchtrace.mark("pipeline")
         result = self._run(request, cancel, defer_cleanup, progress)
-        tracing.mark("pipeline_end", timings=result.timings)  # after the cleanup in its `finally`
+        benchtrace.mark("pipeline_end", timings=result.timings)  # after the cleanup in its `finally`
         return result
 
     def preflight(self, workflow: dict[str, Any]) -> None:
@@ -285,7 +286,7 @@ class Pipeline:
             if reporter is not None:
                 reporter.queued(self.client.ahead_of(prompt_id))
             self._wait(watch, submitted, cancel, request)
-            tracing.mark("waited")
+            benchtrace.mark("waited")
             if watch.missed_events:
                 # The websocket dropped during the run: outputs may only be in the history.
                 entry = self.client.history(prompt_id)

@@ -19,12 +19,12 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import graph
-from .body import check_fields
-from .config import Settings
-from .errors import REQUEST_FOLDER, BadRequest
-from .inputs import InputImage, parse_images
-from .outputs import OutputOptions
+from handler.body import check_fields
+from handler.comfyui import graph
+from handler.comfyui.inputs import InputImage, parse_images
+from handler.comfyui.outputs import OutputOptions
+from handler.config import Settings
+from handler.errors import REQUEST_FOLDER, BadRequest
 
 MAX_BODY_DEPTH = 64
 # ComfyUI reads `name [output]` / `name [temp]` from its shared folders, which hold other

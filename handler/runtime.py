@@ -24,7 +24,7 @@ from typing import IO, Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from .config import ConfigError, Settings
+from handler.config import ConfigError, Settings
 
 log = logging.getLogger("handler.runtime")
 

@@ -22,9 +22,9 @@ import google.auth.exceptions
 import requests
 from google.auth import jwt
 
-from . import errors
-from .config import Settings
-from .errors import Forbidden, Unauthorized
+from handler import errors
+from handler.config import Settings
+from handler.errors import Forbidden, Unauthorized
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")

@@ -12,7 +12,7 @@ fi
 if [ ! -x .venv/bin/ruff ] || [ ! -x .venv/bin/mypy ]; then
     # Frozen, as scripts/test.sh installs: the versions and hashes of requirements/test.lock.
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/test.lock
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e . -e ./client
 fi
 
 status=0

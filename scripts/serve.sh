@@ -19,7 +19,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Frozen installs from the lock files (./scripts/lock.sh makes them): the same versions every time.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/service.lock
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e . -e ./client
 
 if [ -z "${COMFYUI_PATH:-}" ] && [ -z "${COMFYUI_URL:-}" ]; then
     if [ ! -f .comfyui/ComfyUI/main.py ]; then

@@ -13,7 +13,7 @@ fi
 # Frozen: exactly the versions and hashes of requirements/test.lock (./scripts/lock.sh makes it),
 # then the project itself without resolving anything again.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/test.lock
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e . -e ./client
 bash scripts/install-emulators.sh
 # The dashboard's test loads the page in a real headless browser: Debian's chromium + chromedriver.
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML  # comes with check-jsonschema
 
-from handler import modelfiles
+from handler.models import files
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -28,7 +28,7 @@ SHELL_SCRIPTS = [
     ROOT / "scripts" / "lock.sh",
     ROOT / "bench" / "gpu_check.sh",
 ]
-MODEL_TYPES = modelfiles.model_types(modelfiles.parse_models_file(ROOT / "models.txt"))
+MODEL_TYPES = files.model_types(files.parse_models_file(ROOT / "models.txt"))
 
 
 def tool(name: str, package: str) -> str:
@@ -180,7 +180,7 @@ def test_dockerfile_targets_models_secret_user_and_command():
     # the token is a BuildKit secret only: never an ARG, ENV or a file copied in
     assert not re.search(r"^(ARG|ENV)\s+\S*(HF_TOKEN|TOKEN)", text, re.M | re.I)
     secret_runs = [i for i in stages["models"] if "--mount=type=secret,id=hf_token" in i]
-    assert len(secret_runs) == 1 and "python -m handler.modelfiles" in secret_runs[0]
+    assert len(secret_runs) == 1 and "python -m handler.models.files" in secret_runs[0]
     assert '--model-type "${MODEL_TYPE}"' in secret_runs[0]
     assert arg_default("MODEL_TYPE") == "flux1-dev-fp8"
     worker, api = stages["worker"], stages["api"]
@@ -236,12 +236,12 @@ def test_models_stage_downloader_runs_from_only_what_the_stage_copies(tmp_path):
             target = tmp_path / dest / Path(src).name if dest.endswith("/") else tmp_path / dest
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / src, target)
-    assert sorted(p.name for p in (tmp_path / "handler").iterdir()) == ["__init__.py", "config.py", "modelfiles.py"]
+    assert sorted(p.name for p in (tmp_path / "handler").iterdir()) == ["__init__.py", "config.py", "files.py"]
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "HF_TOKEN", "MODEL_TYPE", "COMFYUI_PATH"}}
     proc = run(
         sys.executable,
         "-m",
-        "handler.modelfiles",
+        "handler.models.files",
         "--model-type",
         "base",
         "--models-file",
@@ -259,7 +259,7 @@ def test_models_stage_downloader_runs_from_only_what_the_stage_copies(tmp_path):
         proc = run(
             sys.executable,
             "-m",
-            "handler.modelfiles",
+            "handler.models.files",
             "--model-type",
             model_type,
             "--models-file",

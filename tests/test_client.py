@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from handler.client import Client, ClientError, _param, image_entry, main
+from comfyrun_client import Client, ClientError, image_entry
+from comfyrun_client.cli import _param, main
 from tests.fixtures.comfy import ServiceProcess
 from tests.test_jobs_api import BASE_ENV, STANDIN_TARGET, failing, quick, slow
 
@@ -58,7 +59,7 @@ def test_cancel_and_errors_through_the_module(svc):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "handler.client", *args], cwd=ROOT, capture_output=True, text=True, timeout=180
+        [sys.executable, "-m", "comfyrun_client", *args], cwd=ROOT, capture_output=True, text=True, timeout=180
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from handler.client import Client, ClientError
+from comfyrun_client import Client, ClientError
 from tests.fixtures.comfy import ServiceProcess
 from tests.test_jobs_api import BASE_ENV, STANDIN_TARGET
 
@@ -63,7 +63,7 @@ def test_url_raw_and_stream_through_the_module(svc, tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "handler.client", *args], cwd=ROOT, capture_output=True, text=True, timeout=180
+        [sys.executable, "-m", "comfyrun_client", *args], cwd=ROOT, capture_output=True, text=True, timeout=180
     )
 
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from handler import catalog
 from handler.app import create_app
-from handler.comfy import Comfy
+from handler.comfyui import catalog
+from handler.comfyui.instance import Comfy
 from handler.config import ServiceRole, Settings
 from handler.errors import ServiceError
 from tests.fixtures.comfy import RESOURCES, STANDIN, ComfyTarget, ServiceProcess, start_service

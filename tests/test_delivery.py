@@ -14,8 +14,8 @@ import requests
 from PIL import Image
 
 from handler.config import CLOUD_RUN_MAX_REQUEST_BYTES, Settings
-from handler.delivery import Form, negotiate
 from handler.errors import NotAcceptable
+from handler.routes.delivery import Form, negotiate
 from tests.fixtures.cloudrun import CloudRunFront
 from tests.fixtures.comfy import RESOURCES, ComfyTarget, ServiceProcess, start_service
 from tests.fixtures.waiting import wait_until

@@ -1,11 +1,11 @@
-"""The GPU at boot (handler/gpu.py): what is logged, and a worker that must have a GPU and has
+"""The GPU at boot (handler/comfyui/gpu.py): what is logged, and a worker that must have a GPU and has
 none stopping at once with a message that says so, instead of hanging at its first prompt."""
 
 from __future__ import annotations
 
 import time
 
-from handler import gpu
+from handler.comfyui import gpu
 from handler.config import Settings
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess
 

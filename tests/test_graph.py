@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from handler import graph
+from handler.comfyui import graph
 from handler.errors import WorkflowInvalid
 
 RESOURCES = Path(__file__).resolve().parent.parent / "test_resources" / "comfy"

@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from handler.app import create_app
-from handler.comfy import Comfy, ComfyState
+from handler.comfyui.instance import Comfy, ComfyState
 from handler.config import Settings
 from tests.fixtures.fakecomfy import FakeComfyUI
 from tests.fixtures.waiting import wait_until

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from handler import errors
+from handler.comfyui.outputs import OutputFile
 from handler.config import Settings
 from handler.jobs import Job, Jobs, JobState, Outcome, Runs
 from handler.jobs.model import Lease
-from handler.outputs import OutputFile
 from handler.pipeline import PredictResult
 from handler.runtime import Runtime
 from handler.storage.gcs import GCSStore

@@ -1,4 +1,4 @@
-"""handler.modelfiles against a real local HTTP server (Range, auth, redirects, dropped connections),
+"""handler.models.files against a real local HTTP server (Range, auth, redirects, dropped connections),
 a real fake-gcs-server, real folders and the real command line."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from handler import modelfiles as mf
 from handler.config import Settings
+from handler.models import files as mf
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_test_token_0123456789"
@@ -345,7 +345,7 @@ def test_unverified_lines_are_refused_unless_allowed(server, tmp_path, caplog):
     with pytest.raises(mf.ModelFilesError, match=r"no sha256 is known for loras/u.safetensors \(line 12\); refusing"):
         fetch([entry], tmp_path)
     assert server.state.requests == []
-    with caplog.at_level("WARNING", logger="handler.modelfiles"):
+    with caplog.at_level("WARNING", logger="handler.models.files"):
         fetch([entry], tmp_path, allow_unverified=True)
     assert (tmp_path / "loras" / "u.safetensors").read_bytes() == body
     assert "UNVERIFIED" in caplog.text and sha(body) in caplog.text
@@ -465,7 +465,7 @@ def run_cli(args, env_extra=None, cwd=None):
     env["PYTHONPATH"] = str(ROOT)
     env.update(env_extra or {})
     return subprocess.run(
-        [sys.executable, "-m", "handler.modelfiles", *args],
+        [sys.executable, "-m", "handler.models.files", *args],
         capture_output=True,
         text=True,
         env=env,

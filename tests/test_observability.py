@@ -30,7 +30,7 @@ from starlette.testclient import TestClient
 from handler import logs
 from handler.app import create_app
 from handler.config import Settings
-from handler.observe import masked_settings
+from handler.routes.observe import masked_settings
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess
 from tests.fixtures.fakecomfy import FakeComfyUI
 from tests.fixtures.waiting import wait_until

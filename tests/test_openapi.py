@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
-from handler import openapi
-from handler.templates import Templates
+from handler.routes import openapi
+from handler.templates.registry import Templates
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,7 +93,8 @@ def test_template_changes_show_in_the_next_document(templates):
 
 
 def test_priorities_formats_and_queue_limits_come_from_their_declarations():
-    from handler import openapi, outputs
+    from handler.comfyui import outputs
+    from handler.routes import openapi
     from handler.taskqueue.base import PRIORITIES
     from handler.taskqueue.cloudtasks import QUEUE_LIMITS
 

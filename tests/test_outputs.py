@@ -3,9 +3,9 @@ import io
 import pytest
 from PIL import Image
 
-from handler.comfy_client import BinaryImage
+from handler.comfyui.client import BinaryImage
+from handler.comfyui.outputs import FolderOutputs, OutputOptions, collect
 from handler.errors import BadRequest, ServiceError
-from handler.outputs import FolderOutputs, OutputOptions, collect
 
 
 def png_bytes(mode="RGBA", size=(4, 3)) -> bytes:
@@ -88,7 +88,7 @@ def test_bad_output_options(raw):
 
 
 def test_store_keys_keep_names_and_tell_apart_two_files_of_one_name():
-    from handler.outputs import OutputFile, store_keys
+    from handler.comfyui.outputs import OutputFile, store_keys
 
     def file(node: str, name: str, subfolder: str = "") -> OutputFile:
         return OutputFile(node, name, subfolder, "output", "images", "image/png", b"")

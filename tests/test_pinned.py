@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from handler import urlguard
 from handler.config import Settings
+from handler.net import urlguard
 
 
 class Counting:
@@ -106,13 +106,13 @@ def test_kept_connections_send_without_nagle(settings):
     # body back until the receiver's delayed ACK (40 ms a call on Linux).
     import socket
 
-    from handler import pinned
+    from handler.net import connpool
 
     server = Counting()
     try:
         assert post(server.url, settings, 1) == 204
         port = server.server.server_address[1]
-        conn = pinned._POOL.take(pinned.Key("http", "127.0.0.1", port, "127.0.0.1"), timeout=5)
+        conn = connpool._POOL.take(connpool.Key("http", "127.0.0.1", port, "127.0.0.1"), timeout=5)
         assert conn is not None and conn.sock is not None
         assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         conn.close()
@@ -124,9 +124,9 @@ class _Conn:
     """Just what the pool looks at: a key, a socket, close()."""
 
     def __init__(self, n: int):
-        from handler import pinned
+        from handler.net import connpool
 
-        self.key = pinned.Key("http", f"host{n}.test", 80, f"10.0.0.{n % 250}")
+        self.key = connpool.Key("http", f"host{n}.test", 80, f"10.0.0.{n % 250}")
         self.sock: object | None = object()
 
     def close(self) -> None:
@@ -141,15 +141,15 @@ class _Answered:
 
 
 def test_the_pool_keeps_few_idle_connections_and_closes_stale_ones():
-    from handler import pinned
+    from handler.net import connpool
 
     now = [100.0]
-    pool = pinned.Pool(clock=lambda: now[0])
-    conns = [_Conn(n) for n in range(pinned.IDLE_TOTAL + 10)]
+    pool = connpool.Pool(clock=lambda: now[0])
+    conns = [_Conn(n) for n in range(connpool.IDLE_TOTAL + 10)]
     for conn in conns:  # one call each to many hosts, as input URLs are
         pool.give(conn, _Answered())  # type: ignore[arg-type]
     kept = [conn for conn in conns if conn.sock is not None]
-    assert len(kept) == pinned.IDLE_TOTAL  # the rest were closed at once, not kept open
-    now[0] += pinned.IDLE_S + 1
+    assert len(kept) == connpool.IDLE_TOTAL  # the rest were closed at once, not kept open
+    now[0] += connpool.IDLE_S + 1
     pool.give(_Conn(999), _Answered())  # type: ignore[arg-type]
     assert all(conn.sock is None for conn in kept)  # idle too long: closed on the next hand-back

@@ -27,7 +27,7 @@ def test_the_json_answer_splices_base64_and_knows_its_length():
     import json
     import os
 
-    from handler.outputs import OutputFile
+    from handler.comfyui.outputs import OutputFile
     from handler.pipeline import PredictResult
 
     for sizes in ([], [0], [1000, 1001, 1002], [3 * 10**6, 5, 4 * 10**6 + 1]):

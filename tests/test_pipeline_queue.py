@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from handler.comfy import Comfy
+from handler.comfyui.instance import Comfy
 from handler.config import Settings
 from handler.errors import Cancelled, ComfyUnavailable, QueueTimeout
 from handler.pipeline import Pipeline, queue_number

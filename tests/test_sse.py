@@ -14,8 +14,8 @@ import pytest
 import requests
 import websocket
 
-from handler.comfy_client import BinaryImage
-from handler.progress import EventKind, ProgressEvent, Reporter, Throttled
+from handler.comfyui.client import BinaryImage
+from handler.comfyui.progress import EventKind, ProgressEvent, Reporter, Throttled
 from tests.fixtures.comfy import RESOURCES, ServiceProcess
 from tests.fixtures.waiting import wait_until
 

@@ -81,7 +81,7 @@ def test_comfyui_does_not_outlive_a_service_that_is_killed(fresh_service: Servic
 
 
 def test_comfyui_gets_an_allowlisted_environment():
-    from handler.supervisor import comfy_env
+    from handler.comfyui.supervisor import comfy_env
 
     environ = {
         "PATH": "/bin",

@@ -12,10 +12,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from handler import graph
+from handler.comfyui import graph
 from handler.config import Settings
 from handler.errors import InvalidParameter, NotFound
-from handler.templates import Templates, load_template
+from handler.templates.registry import Templates, load_template
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TEMPLATES = ROOT / "test_resources" / "templates"
@@ -355,7 +355,7 @@ def test_broken_shared_params_only_take_down_templates_that_use_them(templates, 
 
 def test_refusals_are_logged(folder, caplog):
     write(folder / "broken.manifest.json", "{")
-    with caplog.at_level("ERROR", logger="handler.templates"):
+    with caplog.at_level("ERROR", logger="handler.templates.registry"):
         Templates(folder).list()
     assert "workflow template broken refused" in caplog.text
 
@@ -440,10 +440,10 @@ def test_shipped_template_uses_the_models_of_its_model_type(workflow_id):
 
 
 def models_by_type(text: str) -> dict[str, set[str]]:
-    from handler import modelfiles
+    from handler.models import files
 
     listed: dict[str, set[str]] = {}
-    for entry in modelfiles.parse_models_text(text):
+    for entry in files.parse_models_text(text):
         for model_type in entry.types:
             listed.setdefault(model_type, set()).add(entry.dest)
     return listed

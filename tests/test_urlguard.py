@@ -10,8 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from handler import errors, urlguard
+from handler import errors
 from handler.config import Settings
+from handler.net import urlguard
 
 LOCAL = Settings(url_allowlist=("127.0.0.1",), url_fetch_timeout_s=5.0)
 STRICT = Settings()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from handler.watchdog import Watchdog
+from handler.net.watchdog import Watchdog
 
 
 def test_alarms_fire_in_deadline_order_and_disarmed_ones_never():

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from handler import webhooks
 from handler.config import Settings
+from handler.net import webhooks
 
 SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two byte").decode()
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 import websocket
 
-from handler.wsframes import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_TEXT, FrameError, FrameReader
+from handler.comfyui.wsframes import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_TEXT, FrameError, FrameReader
 
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None, rsv: int = 0) -> bytes:

@@ -22,20 +22,20 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import Settings
-from ..runtime import Runtime
-from ..storage import Store
-from ..storage.local import LocalStore
-from ..taskqueue import PullQueue, TaskQueue
-from . import retention
-from .leases import Leases
-from .model import FINAL_STATES, Job, JobState
-from .outbox import LocalSender, Outbox, OutboxQueue, Sent
-from .repo import JobRepo, Observer
-from .runner import Outcome, Pipeline, Readiness, Runner, RunOutcome
-from .service import AsyncOptions, JobService, Preflight
-from .views import JobViews
-from .worker import LOCAL_SLOTS, WORKER_THREADS, LocalWorker
+from handler.config import Settings
+from handler.jobs import retention
+from handler.jobs.leases import Leases
+from handler.jobs.model import FINAL_STATES, Job, JobState
+from handler.jobs.outbox import LocalSender, Outbox, OutboxQueue, Sent
+from handler.jobs.repo import JobRepo, Observer
+from handler.jobs.runner import Outcome, Pipeline, Readiness, Runner, RunOutcome
+from handler.jobs.service import AsyncOptions, JobService, Preflight
+from handler.jobs.views import JobViews
+from handler.jobs.worker import LOCAL_SLOTS, WORKER_THREADS, LocalWorker
+from handler.runtime import Runtime
+from handler.storage import Store
+from handler.storage.local import LocalStore
+from handler.taskqueue import PullQueue, TaskQueue
 
 log = logging.getLogger("handler.jobs")
 

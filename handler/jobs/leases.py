@@ -13,9 +13,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..runtime import Runtime, Trigger
-from .model import Job, now
-from .repo import JobRepo, LeaseLost
+from handler.jobs.model import Job, now
+from handler.jobs.repo import JobRepo, LeaseLost
+from handler.runtime import Runtime, Trigger
 
 log = logging.getLogger("handler.jobs.leases")
 

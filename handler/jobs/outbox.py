@@ -23,13 +23,13 @@ import logging
 import threading
 from typing import Protocol
 
-from .. import webhooks
-from ..config import Settings
-from ..failpoints import Failpoints
-from ..taskqueue import PullQueue
-from .model import Job, WebhookState, iso, now
-from .repo import JobRepo, Keep
-from .views import JobViews
+from handler.config import Settings
+from handler.failpoints import Failpoints
+from handler.jobs.model import Job, WebhookState, iso, now
+from handler.jobs.repo import JobRepo, Keep
+from handler.jobs.views import JobViews
+from handler.net import webhooks
+from handler.taskqueue import PullQueue
 
 log = logging.getLogger("handler.jobs.outbox")
 

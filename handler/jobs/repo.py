@@ -29,11 +29,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .. import errors
-from ..storage import PreconditionFailed, Store, Versioned
-from ..storage.base import dump_json
-from ..taskqueue import PRIORITIES
-from .model import Job
+from handler import errors
+from handler.jobs.model import Job
+from handler.storage import PreconditionFailed, Store, Versioned
+from handler.storage.base import dump_json
+from handler.taskqueue import PRIORITIES
 
 log = logging.getLogger("handler.jobs.repo")
 

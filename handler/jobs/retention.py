@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from ..config import Settings
-from ..progress import progress_key
-from .model import now
-from .repo import JobRepo, job_key, request_key
+from handler.comfyui.progress import progress_key
+from handler.config import Settings
+from handler.jobs.model import now
+from handler.jobs.repo import JobRepo, job_key, request_key
 
 log = logging.getLogger("handler.jobs.retention")
 

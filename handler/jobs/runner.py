@@ -24,20 +24,20 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .. import errors, logs
-from ..config import Settings
-from ..errors import ServiceError
-from ..failpoints import Failpoints
-from ..outputs import store_keys
-from ..pipeline import PredictResult
-from ..predict_request import PredictRequest, parse_predict_body
-from ..progress import JobProgress, ProgressSink
-from ..runtime import Runtime
-from . import retention
-from .leases import ActiveRun, Leases
-from .model import Job, JobState, error, now
-from .outbox import Outbox
-from .repo import JobRepo, Keep, LeaseLost, outputs_prefix
+from handler import errors, logs
+from handler.comfyui.outputs import store_keys
+from handler.comfyui.progress import JobProgress, ProgressSink
+from handler.config import Settings
+from handler.errors import ServiceError
+from handler.failpoints import Failpoints
+from handler.jobs import retention
+from handler.jobs.leases import ActiveRun, Leases
+from handler.jobs.model import Job, JobState, error, now
+from handler.jobs.outbox import Outbox
+from handler.jobs.repo import JobRepo, Keep, LeaseLost, outputs_prefix
+from handler.pipeline import PredictResult
+from handler.predict_request import PredictRequest, parse_predict_body
+from handler.runtime import Runtime
 
 log = logging.getLogger("handler.jobs.runner")
 

@@ -18,21 +18,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .. import errors, urlguard, webhooks
-from ..body import check_fields
-from ..config import Settings
-from ..errors import ServiceError
-from ..predict_request import parse_predict_body
-from ..progress import read_job_progress
-from ..storage import PreconditionFailed, Store
-from ..taskqueue import PRIORITIES, PullQueue, TaskQueue
-from . import retention
-from .model import Job, JobState, error, now
-from .outbox import Outbox
-from .repo import JobRepo, Keep
-from .runner import Runner
-from .views import JobViews
-from .worker import LocalWorker
+from handler import errors
+from handler.body import check_fields
+from handler.comfyui.progress import read_job_progress
+from handler.config import Settings
+from handler.errors import ServiceError
+from handler.jobs import retention
+from handler.jobs.model import Job, JobState, error, now
+from handler.jobs.outbox import Outbox
+from handler.jobs.repo import JobRepo, Keep
+from handler.jobs.runner import Runner
+from handler.jobs.views import JobViews
+from handler.jobs.worker import LocalWorker
+from handler.net import urlguard, webhooks
+from handler.predict_request import parse_predict_body
+from handler.storage import PreconditionFailed, Store
+from handler.taskqueue import PRIORITIES, PullQueue, TaskQueue
 
 log = logging.getLogger("handler.jobs")
 

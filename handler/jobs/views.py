@@ -10,10 +10,10 @@ import base64
 import json
 from typing import Any
 
-from .. import urlguard
-from ..config import Settings
-from ..storage import Store, link
-from .model import Job, iso, now
+from handler.config import Settings
+from handler.jobs.model import Job, iso, now
+from handler.net import urlguard
+from handler.storage import Store, link
 
 
 class JobViews:

@@ -24,13 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from queue import SimpleQueue
 
-from .. import errors
-from ..predict_request import PredictRequest
-from ..runtime import Runtime, link
-from ..taskqueue import Claim, PullQueue
-from .leases import ActiveRun
-from .model import Job
-from .runner import Outcome, Readiness, Runner, RunOutcome
+from handler import errors
+from handler.jobs.leases import ActiveRun
+from handler.jobs.model import Job
+from handler.jobs.runner import Outcome, Readiness, Runner, RunOutcome
+from handler.predict_request import PredictRequest
+from handler.runtime import Runtime, link
+from handler.taskqueue import Claim, PullQueue
 
 log = logging.getLogger("handler.jobs.worker")
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from ..config import Settings
-from .base import BadKey, PreconditionFailed, Store, Versioned
+from handler.config import Settings
+from handler.storage.base import BadKey, PreconditionFailed, Store, Versioned
 
 __all__ = ["BadKey", "PreconditionFailed", "Store", "Versioned", "from_settings", "link"]
 
 
 def from_settings(settings: Settings) -> Store:
     if settings.storage_backend == "gcs":
-        from .gcs import GCSStore  # imported lazily: the local mode needs no Google libraries
+        from handler.storage.gcs import GCSStore  # imported lazily: the local mode needs no Google libraries
 
         assert settings.gcs_bucket is not None  # Settings.from_env refuses STORAGE_BACKEND=gcs without GCS_BUCKET
         return GCSStore(
@@ -18,7 +18,7 @@ def from_settings(settings: Settings) -> Store:
             project=settings.gcp_project,
             emulator_host=settings.storage_emulator_host,
         )
-    from .local import LocalStore
+    from handler.storage.local import LocalStore
 
     return LocalStore(settings.state_dir / "store")
 
@@ -26,7 +26,7 @@ def from_settings(settings: Settings) -> Store:
 def link(store: Store, key: str, ttl_s: int, base_url: str) -> str | None:
     """Where a caller fetches a stored output: a signed URL, or for the local store this
     service's own `/outputs/…` route; None when the store cannot sign (use its `gs://` URI)."""
-    from .local import LocalStore
+    from handler.storage.local import LocalStore
 
     url = store.signed_url(key, ttl_s)
     if url is None and isinstance(store, LocalStore):

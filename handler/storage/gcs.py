@@ -23,7 +23,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from .base import PreconditionFailed, Versioned, check_key, check_prefix, dump_json
+from handler.storage.base import PreconditionFailed, Versioned, check_key, check_prefix, dump_json
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .base import PreconditionFailed, Versioned, check_key, check_prefix, dump_json
+from handler.storage.base import PreconditionFailed, Versioned, check_key, check_prefix, dump_json
 
 _TMP = ".tmp-"
 _DB = "objects.sqlite"

@@ -20,8 +20,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
 from google.protobuf import duration_pb2
 
-from ..config import Settings
-from .base import PRIORITIES, check_priority
+from handler.config import Settings
+from handler.taskqueue.base import PRIORITIES, check_priority
 
 log = logging.getLogger(__name__)
 

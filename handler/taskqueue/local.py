@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from .base import PRIORITIES, Claim, check_priority
+from handler.taskqueue.base import PRIORITIES, Claim, check_priority
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (

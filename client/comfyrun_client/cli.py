@@ -1,0 +1,190 @@
+"""The `comfyrun` command: submit a workflow (sync or async), follow it, save its outputs.
+Run `comfyrun --help` for every option; the library it uses is `comfyrun_client.Client`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from comfyrun_client.client import Client, ClientError, identity_token, image_entry
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param wants key=value, got {text!r}")
+    try:
+        return key, json.loads(value)  # numbers, booleans, lists stay typed
+    except ValueError:
+        return key, value
+
+
+def _image(text: str) -> dict[str, str]:
+    if text.startswith(("http://", "https://")):
+        return image_entry(text)
+    name, sep, path = text.partition("=")
+    if sep and name and path:
+        return image_entry(path, name)  # --image uploads/in.png=photos/cat.png
+    return image_entry(text)
+
+
+def _summary(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer without base64 payloads, for printing."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: (f"<{len(v)} base64 chars>" if k in ("image", "base64") and isinstance(v, str) else strip(v))
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    stripped: dict[str, Any] = strip(answer)
+    return stripped
+
+
+def _safe_relative(name: str) -> PurePosixPath:
+    relative = PurePosixPath(name)
+    return PurePosixPath(relative.name) if relative.is_absolute() or ".." in relative.parts else relative
+
+
+class ProgressBar:
+    """Progress events drawn as one line that rewrites itself."""
+
+    WIDTH = 30
+
+    def __init__(self, out: Any):
+        self.out = out
+        self.drawn = False
+
+    def update(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "queued":
+            line = f"queued (position {data.get('position', 0)})"
+        elif kind == "started":
+            line = "running"
+        elif kind == "progress":
+            share = (data.get("percent") or 0.0) / 100
+            filled = int(share * self.WIDTH)
+            line = (
+                f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share * 100:5.1f}% "
+                f"node {data.get('node')} {data.get('class_type') or ''} {data.get('step')}/{data.get('max')}"
+            )
+        elif kind == "executed":
+            line = f"node {data.get('node')} {data.get('class_type') or ''} done"
+        else:
+            return
+        self.out.write("\r\033[K" + line)
+        self.out.flush()
+        self.drawn = True
+
+    def done(self) -> None:
+        if self.drawn:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="comfyrun", description=__doc__.split("\n\n")[0])
+    parser.add_argument("url", help="the service's base URL")
+    parser.add_argument("workflow", nargs="?", help="an API-format workflow JSON file")
+    parser.add_argument("--workflow-id", help="a named workflow instead of a file")
+    parser.add_argument(
+        "--param",
+        action="append",
+        type=_param,
+        default=[],
+        metavar="K=V",
+        help="a parameter of the named workflow (JSON values allowed)",
+    )
+    parser.add_argument(
+        "--image",
+        action="append",
+        type=_image,
+        default=[],
+        metavar="[NAME=]PATH|URL",
+        help="an input image: a local file, an http(s) URL or a gs:// URI",
+    )
+    parser.add_argument("--async", dest="run_async", action="store_true", help="queue a job and poll it")
+    parser.add_argument("--priority", choices=("high", "normal", "low"), default="normal")
+    parser.add_argument("--webhook", help="a URL to be told when the job ends (async)")
+    parser.add_argument("--no-wait", action="store_true", help="async: print the job id and return")
+    parser.add_argument("--out", default="outputs", help="where to save outputs (default: outputs/)")
+    parser.add_argument("--timeout", type=float, help="the job's timeout in seconds")
+    parser.add_argument("--token", help="a bearer token to send")
+    parser.add_argument("--id-token", action="store_true", help="mint a Google identity token for the URL")
+    parser.add_argument("--stream", action="store_true", help="sync: show live progress (Server-Sent Events)")
+    parser.add_argument(
+        "--raw",
+        nargs="?",
+        const="image/*",
+        metavar="TYPE",
+        help="sync: get the one output file itself (Accept: TYPE, default image/*)",
+    )
+    parser.add_argument(
+        "--url", dest="url_delivery", action="store_true", help="sync: store the outputs and answer links"
+    )
+    args = parser.parse_args(argv)
+
+    if bool(args.workflow) == bool(args.workflow_id):
+        parser.error("give a workflow file or --workflow-id (one of them)")
+    workflow = json.loads(Path(args.workflow).read_text()) if args.workflow else None
+    token = args.token or (identity_token(args.url.rstrip("/")) if args.id_token else None)
+    client = Client(args.url, token=token)
+    request = dict(workflow_id=args.workflow_id, params=dict(args.param), images=args.image, timeout=args.timeout)
+    try:
+        if args.run_async or args.webhook or args.no_wait:
+            job_id = client.submit(workflow, priority=args.priority, webhook=args.webhook, **request)
+            print(f"job {job_id} queued ({args.priority})", file=sys.stderr)
+            if args.no_wait:
+                print(json.dumps({"job_id": job_id}))
+                return 0
+            answer = client.wait(job_id, timeout_s=(args.timeout or 3600) + 600)
+            ok = answer["state"] == "succeeded"
+        elif args.raw:
+            raw = client.predict_raw(workflow, accept=args.raw, **request)
+            path = Path(args.out).joinpath(*_safe_relative(raw.filename).parts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(raw.data)
+            print(
+                json.dumps(
+                    {
+                        "prompt_id": raw.prompt_id,
+                        "content_type": raw.content_type,
+                        "size": len(raw.data),
+                        "node_id": raw.node_id,
+                        "outputs": raw.outputs,
+                    },
+                    indent=2,
+                )
+            )
+            print(f"saved {path}", file=sys.stderr)
+            return 0
+        elif args.stream:
+            bar = ProgressBar(sys.stderr)
+            answer = client.predict_stream(
+                workflow, on_event=bar.update, delivery="url" if args.url_delivery else None, **request
+            )
+            bar.done()
+            ok = True
+        else:
+            answer = client.predict(workflow, delivery="url" if args.url_delivery else None, **request)
+            ok = True
+        saved = client.save_outputs(answer, args.out) if ok else []
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.error:
+            print(json.dumps(exc.error, indent=2), file=sys.stderr)
+        return 1
+    print(json.dumps(_summary(answer), indent=2))
+    for path in saved:
+        print(f"saved {path}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Outputs: every kind ComfyUI reports, read from its folders, optionally re-encoded.
+
+ComfyUI reports outputs per node in `executed` events: lists of file references under keys such
+as `images`, `gifs`, `audio`, `video`, `latents`, text under `text`, and images pushed over the
+websocket by SaveImageWebsocket. Files are read from disk (the HTTP round trip through `/view`
+only when ComfyUI runs elsewhere).
+"""
+
+from __future__ import annotations
+
+import io
+import mimetypes
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from handler.comfyui.client import BinaryImage, ComfyClient
+from handler.errors import BadRequest, ServiceError
+
+EXTRA_TYPES = {
+    ".latent": "application/octet-stream",
+    ".webp": "image/webp",
+    ".flac": "audio/flac",
+    ".opus": "audio/ogg",
+    ".webm": "video/webm",
+    ".mp4": "video/mp4",
+    ".glb": "model/gltf-binary",
+    ".safetensors": "application/octet-stream",
+}
+FORMATS = {
+    "png": ("PNG", "image/png", ".png"),
+    "jpeg": ("JPEG", "image/jpeg", ".jpg"),
+    "webp": ("WEBP", "image/webp", ".webp"),
+}
+STILL_IMAGES = {"image/png", "image/jpeg", "image/webp"}
+# How a sync answer carries the files: base64 in the JSON, or stored with links (handler/routes/delivery.py).
+DELIVERIES = ("inline", "url")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    format: str | None = None  # None keeps what ComfyUI wrote
+    quality: int = 90
+    delivery: str = "inline"  # one of DELIVERIES; async jobs always store their outputs
+
+    @classmethod
+    def parse(cls, raw: Any) -> OutputOptions:
+        if raw is None:
+            return cls()
+        if isinstance(raw, str):
+            raw = {"format": raw}
+        if not isinstance(raw, dict):
+            raise BadRequest('output must be an object like {"format": "webp", "quality": 90}')
+        fmt = raw.get("format")
+        if fmt is not None:
+            fmt = str(fmt).lower().replace("jpg", "jpeg")
+            if fmt not in FORMATS:
+                raise BadRequest(f"output.format must be one of png, jpeg, webp; got {raw.get('format')!r}")
+        quality = raw.get("quality", 90)
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+            raise BadRequest("output.quality must be an integer from 1 to 100")
+        delivery = raw.get("delivery", "inline")
+        if delivery not in DELIVERIES:
+            raise BadRequest(
+                f"output.delivery must be one of {', '.join(DELIVERIES)}; got {delivery!r} "
+                "(for the file itself, send an Accept header such as image/png)"
+            )
+        return cls(fmt, quality, delivery)
+
+
+@dataclass
+class OutputFile:
+    node_id: str
+    filename: str
+    subfolder: str
+    type: str  # output | temp | input | websocket
+    output_key: str  # the key ComfyUI reported it under: images, gifs, audio, latents, …
+    content_type: str
+    data: bytes
+    animated: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "filename": self.filename,
+            "subfolder": self.subfolder,
+            "type": self.type,
+            "node_id": self.node_id,
+            "output_key": self.output_key,
+            "content_type": self.content_type,
+            "size": len(self.data),
+        }
+
+
+def store_keys(prefix: str, files: list[OutputFile]) -> list[str]:
+    """A store key under `prefix` for each file: its subfolder and name, unless two nodes wrote
+    the same name (then node id and a number tell them apart)."""
+    keys: list[str] = []
+    for file in files:
+        key, n = prefix + (f"{file.subfolder}/{file.filename}" if file.subfolder else file.filename), 1
+        while key in keys:
+            n += 1
+            key = f"{prefix}{file.node_id}-{n}-{file.filename}"
+        keys.append(key)
+    return keys
+
+
+def content_type_of(filename: str) -> str:
+    suffix = Path(filename).suffix.lower()
+    return EXTRA_TYPES.get(suffix) or mimetypes.guess_type(filename)[0] or "application/octet-stream"
+
+
+def file_refs(outputs: dict[str, dict[str, Any]]) -> Iterable[tuple[str, str, dict[str, Any], bool]]:
+    """(node_id, key, ref, animated) for every file reference in ComfyUI's outputs."""
+    for node_id, output in outputs.items():
+        animated = any(bool(flag) for flag in output.get("animated") or [] if isinstance(flag, bool))
+        for key, items in output.items():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if isinstance(item, dict) and isinstance(item.get("filename"), str):
+                    yield node_id, key, item, animated
+
+
+class OutputSource(Protocol):
+    def read(self, ref: dict[str, Any]) -> bytes: ...
+
+    def discard(self, request_id: str, refs: list[dict[str, Any]]) -> None: ...
+
+
+class FolderOutputs:
+    def __init__(self, folders: dict[str, Path]):
+        self.folders = {kind: path.resolve() for kind, path in folders.items()}
+
+    def path_of(self, ref: dict[str, Any]) -> Path:
+        base: Path | None = self.folders.get(ref.get("type") or "output")
+        if base is None:
+            raise ServiceError(f"ComfyUI reported an output of unknown type {ref.get('type')!r}")
+        # Lexically: ComfyUI names files inside folders this service owns, so `..` is the only way
+        # out (resolving symlinks cost a stat per path component, twice per file).
+        path = Path(os.path.normpath(os.path.join(base, str(ref.get("subfolder") or ""), str(ref["filename"]))))
+        if not path.is_relative_to(base) or path == base:
+            raise ServiceError("ComfyUI reported an output outside its folders")
+        return path
+
+    def read(self, ref: dict[str, Any]) -> bytes:
+        path = self.path_of(ref)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ServiceError(f"ComfyUI reported {ref['filename']!r} but the file is missing") from None
+
+    def discard(self, request_id: str, refs: list[dict[str, Any]]) -> None:
+        for ref in refs:
+            try:
+                self.path_of(ref).unlink(missing_ok=True)
+            except (ServiceError, OSError):
+                pass
+        for kind in ("output", "temp"):
+            if kind in self.folders:
+                folder = self.folders[kind] / request_id
+                try:
+                    folder.rmdir()  # empty once its files are gone: one call, not a tree walk
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+
+class ViewOutputs:
+    """ComfyUI runs elsewhere: fetch outputs through /view (and leave them there)."""
+
+    def __init__(self, client: ComfyClient):
+        self.client = client
+
+    def read(self, ref: dict[str, Any]) -> bytes:
+        params = {
+            "filename": ref["filename"],
+            "subfolder": ref.get("subfolder") or "",
+            "type": ref.get("type") or "output",
+        }
+        response = self.client.http.get(f"{self.client.base_url}/view", params=params, timeout=120)
+        if response.status_code != 200:
+            raise ServiceError(f"ComfyUI reported {ref['filename']!r} but /view answered {response.status_code}")
+        content: bytes = response.content
+        return content
+
+    def discard(self, request_id: str, refs: list[dict[str, Any]]) -> None:
+        pass
+
+
+def reencode(file: OutputFile, options: OutputOptions) -> OutputFile:
+    if options.format is None or file.animated or file.content_type not in STILL_IMAGES:
+        return file
+    pil_format, content_type, suffix = FORMATS[options.format]
+    if content_type == file.content_type and options.format == "png":
+        return file
+    from PIL import Image
+
+    with Image.open(io.BytesIO(file.data)) as opened:
+        image: Image.Image = opened
+        if pil_format == "JPEG" and image.mode not in {"RGB", "L"}:
+            image = image.convert("RGB")
+        buffer = io.BytesIO()
+        extra = {"quality": options.quality} if pil_format in {"JPEG", "WEBP"} else {}
+        image.save(buffer, pil_format, **extra)
+    file.data = buffer.getvalue()
+    file.content_type = content_type
+    file.filename = str(Path(file.filename).with_suffix(suffix))
+    return file
+
+
+def collect(
+    outputs: dict[str, dict[str, Any]],
+    binary_images: list[BinaryImage],
+    source: OutputSource,
+    options: OutputOptions,
+) -> list[OutputFile]:
+    files: list[OutputFile] = []
+    for node_id, key, ref, animated in file_refs(outputs):
+        data = source.read(ref)
+        files.append(
+            OutputFile(
+                node_id=node_id,
+                filename=ref["filename"],
+                subfolder=ref.get("subfolder") or "",
+                type=ref.get("type") or "output",
+                output_key=key,
+                content_type=content_type_of(ref["filename"]),
+                data=data,
+                animated=animated,
+            )
+        )
+    counters: dict[str, int] = {}
+    for image in binary_images:
+        node_id = image.node_id or "?"
+        counters[node_id] = counters.get(node_id, 0) + 1
+        suffix = mimetypes.guess_extension(image.content_type) or ".bin"
+        files.append(
+            OutputFile(
+                node_id=node_id,
+                filename=f"ws_{node_id}_{counters[node_id]:05d}{suffix}",
+                subfolder="",
+                type="websocket",
+                output_key="images",
+                content_type=image.content_type,
+                data=image.data,
+            )
+        )
+    return [reencode(file, options) for file in files]

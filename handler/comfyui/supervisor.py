@@ -1,0 +1,276 @@
+"""ComfyUI as a supervised child process.
+
+The supervisor starts ComfyUI on loopback with folders the service owns, forwards its log lines
+to ours, tells the owner when it listens and when it exits, and restarts it with backoff.
+
+ComfyUI and its custom nodes get only the environment they need to run (`comfy_env`): locale,
+paths, Python, CUDA and cache settings. The service's secrets (WEBHOOK_SECRET, HF_TOKEN, cloud
+credentials) stay out of the child, where any node could read them (/proc/<pid>/environ).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from handler import logs
+from handler.config import Settings
+from handler.runtime import Spawn, daemon_thread
+
+log = logging.getLogger("handler.comfyui.supervisor")
+comfy_log = logging.getLogger("comfyui")
+
+# ComfyUI prints this once its HTTP server accepts connections: readiness is event-driven.
+LISTENING_MARKER = "To see the GUI go to:"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# A run this long resets the backoff: the crash was not a boot loop.
+STABLE_RUN_S = 60.0
+
+# What ComfyUI inherits: exact names, and prefixes (ending in "_"). Everything else stays here.
+ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TERM",
+        "LD_LIBRARY_PATH",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "HF_HUB_DISABLE_TELEMETRY",
+        "TRANSFORMERS_CACHE",
+        "TORCH_HOME",
+        "XDG_CACHE_HOME",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+    }
+)
+ENV_PREFIXES = (
+    "LC_",
+    "PYTHON",
+    "CUDA_",
+    "NVIDIA_",
+    "CUDNN_",
+    "NCCL_",
+    "PYTORCH_",
+    "TORCH_",
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "TRITON_",
+)
+# Never passed, whatever the lists above or COMFYUI_ENV_PASSTHROUGH say: cloud credentials and
+# anything named like a secret.
+ENV_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE", "_KEY", "APIKEY")
+ENV_NEVER_PREFIXES = ("GOOGLE_", "GCLOUD", "CLOUDSDK_", "AWS_", "AZURE_", "WEBHOOK_")
+# Set for ComfyUI unless the operator sets them. PyTorch's OpenMP threads otherwise spin on every
+# core after each parallel operation, taking the CPU this service needs on the same cores (it ran
+# 1.3-1.5x slower for 50 queued jobs on 2 cores) while ComfyUI itself gains nothing measurable.
+COMFY_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def comfy_env(environ: dict[str, str], passthrough: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment ComfyUI runs with: an allowlist of `environ`, COMFY_ENV_DEFAULTS where
+    `environ` does not set them, and PYTHONUNBUFFERED."""
+    extra_names = {name for name in passthrough if not name.endswith("*")}
+    extra_prefixes = tuple(name[:-1] for name in passthrough if name.endswith("*"))
+    env = {}
+    for name, value in environ.items():
+        allowed = (
+            name in ENV_NAMES
+            or name.startswith(ENV_PREFIXES)
+            or name in extra_names
+            or (extra_prefixes and name.startswith(extra_prefixes))
+        )
+        secret = name.upper().startswith(ENV_NEVER_PREFIXES) or any(word in name.upper() for word in ENV_SECRET_WORDS)
+        if allowed and not secret:
+            env[name] = value
+    env = {**COMFY_ENV_DEFAULTS, **env}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: if the service dies hard, ComfyUI goes too (Linux only)."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass(frozen=True)
+class ComfyFolders:
+    input: Path
+    output: Path
+    temp: Path  # where ComfyUI's type="temp" files land
+
+    @classmethod
+    def under(cls, base: Path) -> ComfyFolders:
+        # ComfyUI appends "temp" to --temp-directory itself.
+        return cls(input=base / "input", output=base / "output", temp=base / "temp" / "temp")
+
+    def create(self) -> None:
+        for folder in (self.input, self.output, self.temp, self.temp.parent.parent / "user"):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def placeholders(self) -> dict[Path, str]:
+        """How answers name these folders instead of their absolute paths."""
+        return {self.input: "<input>", self.output: "<output>", self.temp: "<temp>"}
+
+
+def private_paths(settings: Settings, folders: ComfyFolders | None) -> dict[Path, str]:
+    """Folders of this machine that no answer may name, with what answers say instead."""
+    paths = {settings.state_dir: "<server>", Path(__file__).resolve().parents[1]: "<server>"}
+    if settings.comfyui_path:
+        paths[settings.comfyui_path] = "<comfyui>"
+    if folders:
+        paths[folders.input.parent] = "<server>"
+        paths.update(folders.placeholders())
+    return paths
+
+
+class ComfySupervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        on_listening: Callable[[], None],
+        on_exit: Callable[[int], None],
+        spawn: Spawn = daemon_thread,
+    ):
+        if settings.comfyui_path is None:
+            raise ValueError("COMFYUI_PATH is not set")
+        self.settings = settings
+        self.folders = ComfyFolders.under(settings.comfyui_base_dir)
+        self.url = f"http://127.0.0.1:{settings.comfyui_port}"
+        self._on_listening = on_listening
+        self._on_exit = on_exit
+        self._spawn = spawn
+        self._stopping = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+        self.restarts = 0
+
+    def command(self) -> list[str]:
+        base = self.settings.comfyui_base_dir
+        return [
+            self.settings.comfyui_python,
+            "main.py",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.settings.comfyui_port),
+            "--input-directory",
+            str(self.folders.input),
+            "--output-directory",
+            str(self.folders.output),
+            "--temp-directory",
+            str(base / "temp"),
+            # Keep ComfyUI's user data and database out of its source tree (read-only in the image).
+            "--user-directory",
+            str(base / "user"),
+            "--database-url",
+            "sqlite:///:memory:",
+            "--disable-auto-launch",
+            "--verbose",
+            self.settings.comfy_log_level,
+            *(["--models-directory", str(self.settings.models_dir)] if self.settings.models_dir else []),
+            *self.settings.comfyui_args,
+        ]
+
+    def start(self) -> None:
+        self.folders.create()
+        if self.settings.models_dir:
+            self.settings.models_dir.mkdir(parents=True, exist_ok=True)  # ComfyUI wants it to exist
+        self._thread = self._spawn("comfyui-supervisor", self._supervise)
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process and process.poll() is None else None
+
+    def _supervise(self) -> None:
+        backoff = self.settings.comfyui_restart_backoff_s
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            code = self._run_once()
+            self._on_exit(code)
+            if self._stopping.is_set():
+                break
+            if time.monotonic() - started > STABLE_RUN_S:
+                backoff = self.settings.comfyui_restart_backoff_s
+            log.warning("ComfyUI exited with code %s; restarting in %.1f s", code, backoff)
+            if self._stopping.wait(backoff):
+                break
+            backoff = min(backoff * 2, self.settings.comfyui_restart_backoff_max_s)
+            self.restarts += 1
+
+    def _run_once(self) -> int:
+        command = self.command()
+        log.info("starting ComfyUI: %s", " ".join(command))
+        env = comfy_env(dict(os.environ), self.settings.comfyui_env_passthrough)
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=self.settings.comfyui_path,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # our SIGTERM handling decides when it stops
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            log.error("cannot start ComfyUI: %s", exc)
+            return -1
+        self._process = process
+        assert process.stdout is not None
+        announced = False
+        for raw in iter(process.stdout.readline, b""):
+            line = ANSI_ESCAPE.sub("", raw.decode("utf-8", "replace")).rstrip()
+            if line:
+                comfy_log.log(logs.comfy_level(line), "%s", line)  # the line's own level, if it says one
+            if not announced and LISTENING_MARKER in line:
+                announced = True
+                self._on_listening()
+        return process.wait()
+
+    def kill(self) -> None:
+        """Kill ComfyUI hard (tests and operators use it to exercise recovery)."""
+        process = self._process
+        if process and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stopping.set()
+        process = self._process
+        if process and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("ComfyUI did not stop in %.0f s; killing it", timeout_s)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            except ProcessLookupError:
+                pass
+        if self._thread:
+            self._thread.join(timeout_s)

@@ -1,0 +1,133 @@
+"""The live dashboard: `GET /dashboard` (one self-contained HTML page, no CDN: it works offline)
+and `GET /dashboard/data` (the JSON it polls every two seconds).
+
+Contract of `/dashboard/data`:
+
+* `service`: version, role, uptime; `comfyui`: state, ready, version, restarts, reconnects, the
+  versions it reports (Python, PyTorch), RAM and per-device VRAM (from its `/system_stats`);
+* `queue`: jobs waiting per priority (the same numbers as `comfyrun_jobs_queued`);
+* `running`: prompts in ComfyUI now with their job or request id, state, progress and age;
+* `recent`: the last finished runs (sync and jobs) with state, duration and error;
+* `latency`: request latency per 10 s over the last ten minutes (watching routes left out).
+
+The page is `handler/static/dashboard.html` (package data), read once.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from handler import __version__
+from handler.errors import scrub_text
+from handler.metrics import Metrics
+from handler.routes.common import Services, services_of
+
+if TYPE_CHECKING:
+    from handler.comfyui.instance import Comfy
+
+PAGE = resources.files("handler").joinpath("static/dashboard.html").read_text(encoding="utf-8")
+# The page has no other origin to talk to: everything it needs is inline.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+    "Cache-Control": "no-store",
+}
+
+
+def comfy_view(comfy: Comfy, stats: dict[str, Any] | None) -> dict[str, Any]:
+    system = (stats or {}).get("system") or {}
+    return {
+        "state": comfy.state.value,
+        "ready": comfy.ready,
+        "version": comfy.version,
+        "restarts": comfy.supervisor.restarts if comfy.supervisor else 0,
+        "reconnects": max(0, comfy.client.connects - 1),
+        "python_version": scrub_text(str(system.get("python_version", ""))).split(" ")[0] or None,
+        "pytorch_version": system.get("pytorch_version"),
+        "ram_total": system.get("ram_total"),
+        "ram_free": system.get("ram_free"),
+        "devices": [
+            {
+                key: device.get(key)
+                for key in ("name", "type", "vram_total", "vram_free", "torch_vram_total", "torch_vram_free")
+            }
+            for device in (stats or {}).get("devices") or []
+        ],
+    }
+
+
+def running_view(comfy: Comfy | None, metrics: Metrics) -> list[dict[str, Any]]:
+    priorities = metrics.running_jobs()
+    rows: list[dict[str, Any]] = []
+    now = time.monotonic()
+    seen_jobs = set()
+    for watch in comfy.client.in_flight() if comfy is not None else []:
+        if watch.done:
+            continue
+        job_id = watch.labels.get("job_id")
+        seen_jobs.add(job_id)
+        value, maximum = watch.progress or (0.0, 0.0)
+        rows.append(
+            {
+                "prompt_id": watch.prompt_id,
+                "job_id": job_id,
+                "request_id": None if job_id else watch.labels.get("request_id"),
+                "workflow_id": watch.labels.get("workflow_id"),
+                "priority": priorities.get(job_id, "high") if job_id else "high",  # sync runs go first
+                "state": "running" if watch.started_at is not None else "queued in ComfyUI",
+                "progress": {"value": value, "max": maximum} if maximum else None,
+                "for_s": round(now - (watch.started_at or watch.submitted_at), 1),
+            }
+        )
+    for job_id, priority in priorities.items():  # runs between their lease and their prompt
+        if job_id not in seen_jobs:
+            rows.append(
+                {
+                    "prompt_id": None,
+                    "job_id": job_id,
+                    "request_id": None,
+                    "workflow_id": None,
+                    "priority": priority,
+                    "state": "starting",
+                    "progress": None,
+                    "for_s": None,
+                }
+            )
+    return rows
+
+
+def data(services: Services) -> dict[str, Any]:
+    comfy, metrics, collector = services.comfy, services.metrics, services.collector
+    now = time.time()
+    return {
+        "now": now,
+        "service": {
+            "version": __version__,
+            "role": services.settings.service_role.value,
+            "uptime_s": round(now - services.started_at, 1),
+        },
+        "comfyui": comfy_view(comfy, collector.stats.get()) if comfy is not None else None,
+        "queue": collector.queued.get(),
+        "running": running_view(comfy, metrics),
+        "recent": metrics.finished(),
+        "latency": metrics.latency.series(now),
+    }
+
+
+async def page(request: Request) -> HTMLResponse:
+    return HTMLResponse(PAGE, headers=PAGE_HEADERS)
+
+
+async def page_data(request: Request) -> JSONResponse:
+    return JSONResponse(await run_in_threadpool(data, services_of(request)), headers={"Cache-Control": "no-store"})
+
+
+def routes() -> list[BaseRoute]:
+    return [Route("/dashboard", page), Route("/dashboard/data", page_data)]

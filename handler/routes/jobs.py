@@ -1,0 +1,182 @@
+"""HTTP routes of async jobs: /status, /cancel, /tasks/run, /tasks/webhook, local outputs, and
+the async branch of /predict.
+
+Cloud Tasks calls /tasks/run (a job queue's token: run the first job in line) and /tasks/webhook
+(deliver one job's event) with an OIDC token, checked by `tasktoken` wherever
+VERIFY_TASK_TOKENS is on (cloud mode). A task's answer tells Cloud Tasks what to do: 2xx when
+it is done (or never can be), 503 when a retry may help (ComfyUI restarting, shutdown, a
+receiver that failed), 409 while another delivery of the same job holds its lease.
+
+`X-CloudTasks-*` headers on /predict (a task a client created against /predict) are honoured
+only with a verified task token; without token checking configured they are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from handler import errors
+from handler.config import Settings
+from handler.jobs import Outcome, RunOutcome, Sent
+from handler.jobs.repo import check_job_id
+from handler.routes.common import Services, base_url, query_flag, services_of
+from handler.storage.local import LocalStore
+
+log = logging.getLogger("handler.routes.jobs")
+
+TASK_BODY_LIMIT = 64 * 1024
+CLOUD_TASKS_HEADER = "x-cloudtasks-taskname"
+
+
+# --- the async branch of /predict (handler/routes/predict.py)
+
+
+def wants_async(settings: Settings, body: Any, request: Request) -> bool:
+    if settings.verify_task_tokens and request.headers.get(CLOUD_TASKS_HEADER):
+        return True
+    return isinstance(body, dict) and (body.get("async") is True or body.get("webhook") is not None)
+
+
+async def accept(services: Services, body: Any, request: Request) -> Response:
+    settings, jobs = services.settings, services.jobs
+    base = base_url(request, settings)
+    task_name = request.headers.get(CLOUD_TASKS_HEADER)
+    if task_name and settings.verify_task_tokens:
+        # A task a client created against /predict: run it now, once per task.
+        await _verify(services, request)
+        if jobs.runner is None:
+            raise errors.BadRequest(
+                "this is the api service: point client-made tasks at the worker's /predict",
+                worker_url=settings.worker_url,
+            )
+        queue_name = request.headers.get("x-cloudtasks-queuename", "")
+        job_id = await run_in_threadpool(
+            jobs.service.adopt_task, body, queue_name=queue_name, task_name=task_name, base_url=base
+        )
+        outcome = await jobs.runtime.run_long(jobs.runner.run, job_id)
+        return _outcome(services, outcome, base)
+    if not settings.service_role.accepts_jobs:
+        raise errors.BadRequest("this is a worker: submit async jobs to the api service", api_url=settings.api_url)
+    job = await run_in_threadpool(jobs.service.submit, body, base_url=base)
+    status_url = f"{base}/status/{job.job_id}"
+    return JSONResponse(
+        {"job_id": job.job_id, "status_url": status_url, "state": job.state.value, "priority": job.priority},
+        status_code=202,
+        headers={"Location": status_url},
+    )
+
+
+# --- deliveries from Cloud Tasks (or anyone holding a valid task token)
+
+
+async def tasks_run(request: Request) -> Response:
+    services = services_of(request)
+    jobs = services.jobs
+    await _verify(services, request)
+    job_id = await _job_id(request)
+    if job_id is None:
+        # Cloud Tasks would retry a 400 forever; no retry can fix this task, so it ends here.
+        log.warning("a task without a job id reached /tasks/run")
+        return JSONResponse({"outcome": "idle", "detail": "the task body has no job_id"})
+    runner = jobs.runner
+    assert runner is not None  # the route exists only where jobs run
+    if jobs.worker is None:  # a push queue: the task is a token, the line decides
+        outcome = await jobs.runtime.run_long(runner.run_next, job_id)
+    else:
+        outcome = await jobs.runtime.run_long(runner.run, job_id)
+    return _outcome(services, outcome, base_url(request, services.settings))
+
+
+async def tasks_webhook(request: Request) -> Response:
+    services = services_of(request)
+    await _verify(services, request)
+    job_id = await _job_id(request)
+    if job_id is None:
+        return JSONResponse({"outcome": "idle", "detail": "the task body has no job_id"})
+    sent = await run_in_threadpool(services.jobs.outbox.deliver, job_id)
+    if sent is Sent.RETRY:
+        return JSONResponse({"outcome": "retry"}, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse({"outcome": "done"})
+
+
+async def _verify(services: Services, request: Request) -> None:
+    if services.settings.verify_task_tokens:
+        await run_in_threadpool(services.task_tokens.verify, request.headers.get("authorization"))
+
+
+async def _job_id(request: Request) -> str | None:
+    raw = await request.body()
+    if len(raw) > TASK_BODY_LIMIT:
+        raise errors.PayloadTooLarge("a task body carries only a job id")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    job_id = body.get("job_id") if isinstance(body, dict) else None
+    return job_id if isinstance(job_id, str) and job_id else None
+
+
+def _outcome(services: Services, outcome: RunOutcome, base: str) -> JSONResponse:
+    body: dict[str, Any] = {"outcome": outcome.kind.value, "detail": outcome.detail}
+    if outcome.job is not None:
+        body["job"] = services.jobs.service.views.status(outcome.job, base_url=base)
+    headers = {"Retry-After": "5"} if outcome.kind in (Outcome.RETRY, Outcome.BUSY) else None
+    return JSONResponse(body, status_code=outcome.http_status, headers=headers)
+
+
+# --- callers
+
+
+async def status(request: Request) -> Response:
+    services = services_of(request)
+    view = await run_in_threadpool(
+        services.jobs.service.status,
+        request.path_params["job_id"],
+        base_url=base_url(request, services.settings),
+        inline=query_flag(request, "inline"),
+    )
+    return JSONResponse(view)
+
+
+async def cancel(request: Request) -> Response:
+    answer = await run_in_threadpool(services_of(request).jobs.service.cancel, request.path_params["job_id"])
+    return JSONResponse(answer, status_code=200 if answer["cancel"] == "dequeued" else 202)
+
+
+async def local_output(request: Request) -> Response:
+    """Outputs kept in a local folder, served the way a signed URL would serve them."""
+    store = services_of(request).jobs.service.store
+    if not isinstance(store, LocalStore):
+        raise errors.NotFound("outputs are in Cloud Storage: use the job's signed URLs")
+    job_id = check_job_id(request.path_params["job_id"])  # 404 for anything no job could be named
+    try:
+        path = store.path(f"outputs/{job_id}/{request.path_params['name']}")
+        found = path.is_file()
+    except (ValueError, OSError):  # not a key, or a name the filesystem refuses (too long)
+        found = False
+    if not found:
+        raise errors.NotFound("no such output")
+    return FileResponse(path)
+
+
+def routes(settings: Settings, runs_jobs: bool) -> list[BaseRoute]:
+    """The api role keeps the callers' routes and delivers webhooks; the worker role runs job
+    tasks (`runs_jobs`); role "all" serves both."""
+    mounted: list[BaseRoute] = []
+    if settings.service_role.accepts_jobs:
+        mounted += [
+            Route("/status/{job_id}", status, methods=["GET"]),
+            Route("/cancel/{job_id}", cancel, methods=["POST"]),
+            Route("/tasks/webhook", tasks_webhook, methods=["POST"]),
+            Route("/outputs/{job_id}/{name:path}", local_output, methods=["GET"]),
+        ]
+    if runs_jobs:
+        mounted.append(Route("/tasks/run", tasks_run, methods=["POST"]))
+    return mounted

@@ -1,0 +1,86 @@
+"""The wiring: every collaborator a role needs, built once per process from `Settings`.
+
+`build` is the only place that decides which parts exist: a ComfyUI and a pipeline where the
+role runs ComfyUI (`all`, `worker`), the job store's catalogue copy for the api role's checks
+otherwise. Routes reach the result through `services_of(request)`; nothing imports the app for
+a type.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+
+from handler import storage, taskqueue
+from handler.collector import ServiceCollector
+from handler.comfyui.catalog import StoreCatalog
+from handler.comfyui.instance import Comfy, ComfyConnection
+from handler.config import Settings
+from handler.jobs import Jobs, Preflight, Runs
+from handler.metrics import Metrics
+from handler.pipeline import Pipeline
+from handler.runtime import Runtime
+from handler.tasktoken import TaskTokenVerifier
+from handler.templates.registry import Templates
+
+
+@dataclass(frozen=True, kw_only=True)
+class Services:
+    """What the routes need, each part complete when built."""
+
+    settings: Settings
+    runtime: Runtime
+    comfy: Comfy | None  # None in the api role, which has no ComfyUI
+    pipeline: Pipeline | None
+    templates: Templates
+    jobs: Jobs
+    task_tokens: TaskTokenVerifier
+    metrics: Metrics
+    collector: ServiceCollector
+    started_at: float = field(default_factory=time.time)
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def build(settings: Settings, runtime: Runtime, comfy_client: ComfyConnection | None = None) -> Services:
+    """Everything the role needs. `comfy_client`: the connection to an attached ComfyUI (the
+    in-process tests' double); by default Comfy's own."""
+    store = storage.from_settings(settings)
+    templates = Templates.from_settings(settings)
+    comfy = pipeline = None
+    checks: Preflight = StoreCatalog(store)
+    runs = None
+    if settings.service_role.runs_comfy:
+        comfy = Comfy(settings, runtime.thread, comfy_client)
+        pipeline = Pipeline(comfy, runtime)
+        checks, runs = pipeline, Runs(pipeline, comfy)
+    metrics = Metrics(settings)
+    jobs = Jobs.build(
+        settings,
+        store,
+        taskqueue.from_settings(settings),
+        taskqueue.outbox_from_settings(settings),
+        checks,
+        runs,
+        templates,
+        runtime,
+        observer=metrics.job_changed if metrics.enabled else None,  # None: no decode of `before` per write
+    )
+    collector = ServiceCollector(comfy, jobs)
+    metrics.registry.register(collector)
+    return Services(
+        settings=settings,
+        runtime=runtime,
+        comfy=comfy,
+        pipeline=pipeline,
+        templates=templates,
+        jobs=jobs,
+        task_tokens=TaskTokenVerifier.from_settings(settings),
+        metrics=metrics,
+        collector=collector,
+    )

@@ -1,0 +1,1 @@
+"""Named workflows: manifests, parameters and the registry that hot reloads them."""
