@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from handler import logs
 from handler.app import create_app
 from handler.config import Settings
 from handler.routes.observe import masked_settings
+from tests.fixtures.browser import chromium
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess
 from tests.fixtures.fakecomfy import FakeComfyUI
 from tests.fixtures.waiting import wait_until
@@ -262,41 +262,10 @@ def test_trace_headers_and_request_ids() -> None:
 
 # --- the dashboard, in a real browser ---------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-NO_BROWSER = (
-    "no Chromium with chromedriver here: scripts/test.sh installs Debian's chromium and "
-    "chromium-driver where apt-get can run; install them to run this test"
-)
-
-
 @pytest.fixture
 def browser(tmp_path: Path):
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip(NO_BROWSER)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1280,1100",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    with chromium(tmp_path / "chromium-profile") as driver:
+        yield driver
 
 
 def test_dashboard_in_a_real_browser(observed: ServiceProcess, browser: Any, tmp_path: Path) -> None:

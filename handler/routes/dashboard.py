@@ -6,7 +6,10 @@ Contract of `/dashboard/data`:
 * `service`: version, role, uptime; `comfyui`: state, ready, version, restarts, reconnects, the
   versions it reports (Python, PyTorch), RAM and per-device VRAM (from its `/system_stats`);
 * `queue`: jobs waiting per priority (the same numbers as `comfyrun_jobs_queued`);
-* `running`: prompts in ComfyUI now with their job or request id, state, progress and age;
+* `running`: prompts in ComfyUI now with their job or request id, state (`starting`: claimed,
+  not yet in ComfyUI; `placed`: waiting in ComfyUI's own queue; `running`: executing), progress
+  and age;
+* `counts`: `waiting` here (all priorities), `placed` in ComfyUI's queue (or starting), `running`;
 * `recent`: the last finished runs (sync and jobs) with state, duration and error;
 * `latency`: request latency per 10 s over the last ten minutes (watching routes left out).
 
@@ -81,7 +84,7 @@ def running_view(comfy: Comfy | None, metrics: Metrics) -> list[dict[str, Any]]:
                 "request_id": None if job_id else watch.labels.get("request_id"),
                 "workflow_id": watch.labels.get("workflow_id"),
                 "priority": priorities.get(job_id, "high") if job_id else "high",  # sync runs go first
-                "state": "running" if watch.started_at is not None else "queued in ComfyUI",
+                "state": "running" if watch.started_at is not None else "placed",
                 "progress": {"value": value, "max": maximum} if maximum else None,
                 "for_s": round(now - (watch.started_at or watch.submitted_at), 1),
             }
@@ -103,9 +106,21 @@ def running_view(comfy: Comfy | None, metrics: Metrics) -> list[dict[str, Any]]:
     return rows
 
 
+def counts(queued: dict[str, int] | None, running: list[dict[str, Any]]) -> dict[str, int]:
+    """What the queue card shows: a prompt placed in ComfyUI's queue is not running yet."""
+    executing = sum(1 for row in running if row["state"] == "running")
+    return {
+        "waiting": sum((queued or {}).values()),
+        "placed": len(running) - executing,
+        "running": executing,
+    }
+
+
 def data(services: Services) -> dict[str, Any]:
     comfy, metrics, collector = services.comfy, services.metrics, services.collector
     now = time.time()
+    queued = collector.queued.get()
+    running = running_view(comfy, metrics)
     return {
         "now": now,
         "service": {
@@ -114,8 +129,9 @@ def data(services: Services) -> dict[str, Any]:
             "uptime_s": round(now - services.started_at, 1),
         },
         "comfyui": comfy_view(comfy, collector.stats.get()) if comfy is not None else None,
-        "queue": collector.queued.get(),
-        "running": running_view(comfy, metrics),
+        "queue": queued,
+        "running": running,
+        "counts": counts(queued, running),
         "recent": metrics.finished(),
         "latency": metrics.latency.series(now),
     }
