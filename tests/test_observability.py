@@ -262,6 +262,7 @@ def test_trace_headers_and_request_ids() -> None:
 
 # --- the dashboard, in a real browser ---------------------------------------------------------
 
+
 @pytest.fixture
 def browser(tmp_path: Path):
     with chromium(tmp_path / "chromium-profile") as driver:
