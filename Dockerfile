@@ -51,7 +51,8 @@ ARG MODEL_TYPE=flux1-dev-fp8
 WORKDIR /src
 # Only what the downloader needs (it uses the standard library only), so a change elsewhere in
 # the service keeps this stage cached and the models are not downloaded again.
-COPY handler/__init__.py handler/config.py handler/
+COPY handler/__init__.py handler/
+COPY handler/config/ handler/config/
 COPY handler/models/__init__.py handler/models/files.py handler/models/
 COPY models.txt ./
 # The Hugging Face token is a BuildKit secret: mounted for this step only, never in a layer.

@@ -227,7 +227,7 @@ def test_every_copied_path_exists_and_is_in_the_build_context():
 
 
 def test_models_stage_downloader_runs_from_only_what_the_stage_copies(tmp_path):
-    """The models stage copies the downloader, the settings and models.txt; the downloader
+    """The models stage copies the downloader, the settings package and models.txt; the downloader
     must need no more than the standard library (the stage has no service venv)."""
     copies = [i for i in dockerfile_stages()["models"] if i.startswith("COPY ")]
     for instr in copies:
@@ -239,7 +239,7 @@ def test_models_stage_downloader_runs_from_only_what_the_stage_copies(tmp_path):
             target = tmp_path / dest / Path(src).name if dest.endswith("/") else tmp_path / dest
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / src, target)
-    assert sorted(p.name for p in (tmp_path / "handler").iterdir()) == ["__init__.py", "config.py", "models"]
+    assert sorted(p.name for p in (tmp_path / "handler").iterdir()) == ["__init__.py", "config", "models"]
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "HF_TOKEN", "MODEL_TYPE", "COMFYUI_PATH"}}
     # -S: no site-packages, so neither the installed dependencies nor the editable install of this
     # repository's own handler/ can stand in for what the stage lacks.

@@ -1,0 +1,54 @@
+"""Settings of models and named workflows: which models this image serves, where runtime models
+come from, where the workflow templates are. One section of `Settings`
+(handler/config/settings.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from handler.config.declare import setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """`models.txt` lists the files each model type needs (docs/operators.md, "Runtime models")."""
+
+    TITLE: ClassVar[str] = "Models and workflows"
+
+    model_type: str = setting(
+        env="MODEL_TYPE",
+        default="base",
+        help="which models this image carries (`base`, `flux1-schnell`, `flux1-dev`, `flux1-dev-fp8`, `sdxl`, "
+        "`sd3`); a template is `available` when its `model_type` matches",
+    )
+    models_file: Path = setting(
+        env="MODELS_FILE", default=Path("models.txt"), help="the list of model files per model type"
+    )
+    models_source: str | None = setting(
+        env="MODELS_SOURCE",
+        default=None,
+        help="runtime models: `MODEL_TYPE`'s files are fetched from `gs://bucket/prefix` or linked from a "
+        "mounted folder before ComfyUI boots",
+    )
+    models_dir: Path | None = setting(
+        env="MODELS_DIR",
+        default=None,
+        shown="`COMFYUI_PATH`/models",
+        help="where ComfyUI's models live (passed as `--models-directory`)",
+    )
+    hf_token: str | None = setting(
+        env="HF_TOKEN",
+        default=None,
+        secret=True,
+        help="a Hugging Face token for gated models, sent to huggingface.co only",
+    )
+    models_cache_ttl_s: float = setting(
+        env="MODELS_CACHE_TTL_S",
+        default=300.0,
+        help="how long the list of ComfyUI's models (`/models`) is kept before it is asked for again (seconds)",
+    )
+    workflows_dir: Path = setting(
+        env="WORKFLOWS_DIR", default=Path("workflows"), help="the named workflow templates (docs/templates.md)"
+    )

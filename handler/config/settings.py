@@ -1,0 +1,131 @@
+"""`Settings`: every setting of the service, read from the environment in one place.
+
+`Settings` is the union of the sections (handler/config/http.py, comfyui.py, cloud.py, jobs.py,
+webhooks.py, urls.py, models.py, observability.py), each a frozen dataclass whose fields are
+declared once with `setting()`; a collaborator that needs one section may be typed with it, and
+any `Settings` is one. `from_env` reads every declared field (handler/config/declare.py), then
+fills in the defaults that depend on other settings and makes the checks that span several.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from handler.config.cloud import CloudSettings, ServiceRole
+from handler.config.comfyui import ComfyUISettings
+from handler.config.declare import ConfigError, read
+from handler.config.http import CLOUD_RUN_MAX_REQUEST_BYTES, HttpSettings
+from handler.config.jobs import JobSettings
+from handler.config.models import ModelSettings
+from handler.config.observability import ObservabilitySettings
+from handler.config.urls import UrlSettings
+from handler.config.webhooks import WebhookSettings
+
+# The sections in the order docs/configuration.md shows them.
+SECTIONS: tuple[type, ...] = (
+    HttpSettings,
+    ComfyUISettings,
+    CloudSettings,
+    JobSettings,
+    WebhookSettings,
+    UrlSettings,
+    ModelSettings,
+    ObservabilitySettings,
+)
+
+
+# A dataclass collects its fields from the last base to the first: the bases in reverse order of
+# SECTIONS keep the fields in that order.
+@dataclass(frozen=True, kw_only=True)
+class Settings(
+    ObservabilitySettings,
+    ModelSettings,
+    UrlSettings,
+    WebhookSettings,
+    JobSettings,
+    CloudSettings,
+    ComfyUISettings,
+    HttpSettings,
+):
+    """Every setting (docs/configuration.md)."""
+
+    TITLE: ClassVar[str] = "Settings"
+
+    @property
+    def comfyui_base_dir(self) -> Path:
+        """Folders the service owns for a ComfyUI it boots: input/, output/, temp/."""
+        return (self.state_dir / "comfyui").resolve()
+
+    @property
+    def comfyui_models_dir(self) -> Path | None:
+        """Where the models of a booted ComfyUI live (MODELS_DIR, else COMFYUI_PATH/models)."""
+        if self.models_dir is not None:
+            return self.models_dir
+        return self.comfyui_path / "models" if self.comfyui_path else None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings `env` (by default the process's environment) holds; `ConfigError` names
+        the first variable whose value cannot be used."""
+        values, given = read(cls, os.environ if env is None else env)
+        _derive_defaults(values, given)
+        _check(values)
+        return cls(**values)
+
+
+def _derive_defaults(values: dict[str, object], given: set[str]) -> None:
+    """The defaults that depend on other settings, for the settings that were not set."""
+
+    def default(name: str, value: object) -> None:
+        if name not in given:
+            values[name] = value
+
+    on_cloud_run = bool(values["cloud_run_service"])
+    default("cloud_mode", on_cloud_run)
+    if values["tasks_location"]:
+        default("queue_backend", "cloudtasks")
+    if values["gcs_bucket"]:
+        default("storage_backend", "gcs")
+    if values["cloud_mode"]:
+        default("max_body_bytes", CLOUD_RUN_MAX_REQUEST_BYTES)
+    if on_cloud_run:
+        default("log_format", "json")
+    default("access_log", values["log_format"] == "json" or values["log_level"] == "DEBUG")
+    default("verify_task_tokens", values["cloud_mode"])
+    # Behind Cloud Run's IAM (not a public service) token signatures are checked before us.
+    default("ingress_verifies_tokens", on_cloud_run and not values["public_service"])
+    for name in ("api_url", "worker_url"):
+        if values[name] is None:  # unset, or "/"
+            values[name] = values["service_url"]
+    # `--cpu` in COMFYUI_ARGS is an explicit CPU run: it needs no GPU, whatever REQUIRE_GPU says.
+    args = values["comfyui_args"]
+    assert isinstance(args, tuple)
+    values["require_gpu"] = bool(values["require_gpu"]) and "--cpu" not in args
+
+
+def _check(values: dict[str, object]) -> None:
+    """The checks no single setting can make."""
+    role = values["service_role"]
+    queue_backend = values["queue_backend"]
+    if role is ServiceRole.API and queue_backend != "cloudtasks":
+        raise ConfigError("SERVICE_ROLE=api needs Cloud Tasks (QUEUE_BACKEND=cloudtasks): workers run elsewhere")
+    # A task's token is minted for the URL it targets and checked against SERVICE_URL where it
+    # lands: a role that receives job tasks (all, worker) must be WORKER_URL, one that receives
+    # webhook tasks (all, api) API_URL, or every delivery is refused (401) and retried for a day.
+    service_url = values["service_url"]
+    if queue_backend == "cloudtasks" and service_url:
+        assert isinstance(role, ServiceRole)
+        receives = {ServiceRole.ALL: ("WORKER_URL", "API_URL"), ServiceRole.WORKER: ("WORKER_URL",)}
+        urls = {"WORKER_URL": values["worker_url"], "API_URL": values["api_url"]}
+        for name in receives.get(role, ("API_URL",)):
+            if urls[name] != service_url:
+                raise ConfigError(
+                    f"SERVICE_ROLE={role.value} receives the tasks sent to {name}, so {name} "
+                    f"({urls[name]}) must be this service's SERVICE_URL ({service_url})"
+                )
+    if values["storage_backend"] == "gcs" and not values["gcs_bucket"]:
+        raise ConfigError("STORAGE_BACKEND=gcs needs GCS_BUCKET")
