@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 from typing import ClassVar
 
-from handler.config.declare import setting, url
+from handler.config.declare import Section, setting, url
 
 
 class ServiceRole(str, enum.Enum):
@@ -30,7 +30,7 @@ class ServiceRole(str, enum.Enum):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CloudSettings:
+class CloudSettings(Section):
     """Cloud mode (on Cloud Run) demands https URLs and verifies task tokens. A role that receives
     tasks must be the URL they are sent to: role `all` is both `WORKER_URL` and `API_URL`,
     `worker` is `WORKER_URL`, `api` is `API_URL` (a task's token is minted for the URL it targets

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from handler.config.declare import setting, upper, url
+from handler.config.declare import Section, setting, upper, url
 
 
 def shell_words(text: str) -> tuple[str, ...]:
@@ -18,7 +18,7 @@ def shell_words(text: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ComfyUISettings:
+class ComfyUISettings(Section):
     """One of `COMFYUI_PATH` and `COMFYUI_URL` is needed wherever ComfyUI runs (roles `all` and
     `worker`)."""
 

@@ -20,7 +20,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 T = TypeVar("T")
 
@@ -30,6 +30,14 @@ KEY = "setting"
 
 class ConfigError(ValueError):
     """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Section:
+    """A group of settings that belong together: a frozen dataclass whose fields are all declared
+    with `setting()`, titled for docs/configuration.md; its docstring is the section's note there."""
+
+    TITLE: ClassVar[str] = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -60,7 +60,7 @@ def markdown() -> str:
     """The whole of docs/configuration.md."""
     parts = [INTRO]
     for section in SECTIONS:
-        parts.append(f"\n## {section.TITLE}\n")  # type: ignore[attr-defined]
+        parts.append(f"\n## {section.TITLE}\n")
         intro = inspect.getdoc(section)
         if intro:
             parts.append(f"\n{_linked(' '.join(intro.split()))}\n")

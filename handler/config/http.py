@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from handler.config.declare import setting
+from handler.config.declare import Section, setting
 
 MiB = 1024 * 1024
 # Cloud Run refuses a request body over 32 MiB (HTTP/1) before it reaches the service.
@@ -15,7 +15,7 @@ CLOUD_RUN_MAX_REQUEST_BYTES = 32 * MiB
 
 
 @dataclass(frozen=True, kw_only=True)
-class HttpSettings:
+class HttpSettings(Section):
     """A request too slow to arrive or too big is refused before it reaches a route; a sync
     `/predict` then answers within its `timeout`, counted from its prompt's start in ComfyUI."""
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from handler.config.declare import setting
+from handler.config.declare import Section, setting
 
 
 @dataclass(frozen=True, kw_only=True)
-class JobSettings:
+class JobSettings(Section):
     """Locally, jobs are queued in SQLite and stored under `STATE_DIR`; on Google Cloud, Cloud
     Tasks queues them (one queue per priority, named `<TASKS_QUEUE_PREFIX>-<priority>`) and Cloud
     Storage keeps them (docs/async.md)."""

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from handler.config.declare import setting
+from handler.config.declare import Section, setting
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelSettings:
+class ModelSettings(Section):
     """`models.txt` lists the files each model type needs (docs/operators.md, "Runtime models")."""
 
     TITLE: ClassVar[str] = "Models and workflows"

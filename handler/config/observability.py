@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from handler.config.declare import lower, setting, upper
+from handler.config.declare import Section, lower, setting, upper
 
 
 @dataclass(frozen=True, kw_only=True)
-class ObservabilitySettings:
+class ObservabilitySettings(Section):
     """Request ids and log context are not metrics: they stay on whatever these say (docs/api.md,
     "Seeing what it does")."""
 

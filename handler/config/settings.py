@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from handler.config.cloud import CloudSettings, ServiceRole
 from handler.config.comfyui import ComfyUISettings
-from handler.config.declare import ConfigError, read
+from handler.config.declare import ConfigError, Section, read
 from handler.config.http import CLOUD_RUN_MAX_REQUEST_BYTES, HttpSettings
 from handler.config.jobs import JobSettings
 from handler.config.models import ModelSettings
@@ -26,7 +26,7 @@ from handler.config.urls import UrlSettings
 from handler.config.webhooks import WebhookSettings
 
 # The sections in the order docs/configuration.md shows them.
-SECTIONS: tuple[type, ...] = (
+SECTIONS: tuple[type[Section], ...] = (
     HttpSettings,
     ComfyUISettings,
     CloudSettings,

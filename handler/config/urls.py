@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from handler.config.declare import setting
+from handler.config.declare import Section, setting
 
 
 @dataclass(frozen=True, kw_only=True)
-class UrlSettings:
+class UrlSettings(Section):
     """Every URL is checked before it is fetched or called: https in cloud mode, and never a
     loopback, private, link-local or metadata address unless `URL_ALLOWLIST` names it; the check is
     made again after DNS and at every redirect (docs/api.md)."""

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from handler.config.declare import setting
+from handler.config.declare import Section, setting
 
 
 @dataclass(frozen=True, kw_only=True)
-class WebhookSettings:
+class WebhookSettings(Section):
     """Webhooks follow Standard Webhooks and are delivered at least once (docs/async.md,
     "Webhooks")."""
 
