@@ -29,7 +29,7 @@ x = (torch.randn(256, 256, device="cuda") @ torch.randn(256, 256, device="cuda")
 print(f"torch {torch.__version__}, built for CUDA {torch.version.cuda}, cuda available {ok}, device {name}, matmul {x is not None}")' 2>&1 | tail -1) || status=1
 
 export COMFYUI_PATH COMFYUI_PYTHON COMFYUI_TEST_ARGS="" REQUIRE_GPU=true
-"$SERVICE_PYTHON" -m pytest -q -p no:cacheprovider tests/test_real_model.py tests/test_gpu.py >"$out/tests.txt" 2>&1 || status=1
+"$SERVICE_PYTHON" -m pytest -q -p no:cacheprovider tests/test_real_model.py tests/comfyui/test_gpu.py >"$out/tests.txt" 2>&1 || status=1
 "$SERVICE_PYTHON" bench/cold_start.py --rounds 2 --args "" >"$out/cold.md" 2>"$out/cold.err" || status=1
 
 cat <<REPORT

@@ -32,7 +32,8 @@ pytest_plugins = [
     "tests.fixtures.tiny_model",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 
 # Fixtures that mean real processes on real sockets, and those that mean the cloud emulators.
 INTEGRATION_FIXTURES = {
@@ -49,33 +50,36 @@ INTEGRATION_FIXTURES = {
     "gcs_bucket",
 }
 CLOUD_FIXTURES = {"fake_gcs", "tasks_emulator", "gcs", "gcs_bucket", "cloud"}
+# Test modules are named by their path under tests/ ("routes/test_jobs.py"); a name ending in "/"
+# names every module in that folder. A name that matches no file stops the run (check_lists), so a
+# moved or renamed module cannot silently lose its markers.
 # Modules whose tests start servers of their own (ServiceProcess, StandIn, uvicorn) without a fixture.
 INTEGRATION_MODULES = {
-    "test_real_model",
-    "test_app",
-    "test_comfy",
-    "test_comfy_client",
-    "test_jobs_api",
-    "test_lifecycle",
-    "test_standin",
-    "test_supervisor",
-    "test_workflows_api",
-    "test_security",
-    "test_runtime",
-    "test_pipeline_queue",
-    "test_observability",
-    "test_client_modes",
-    "test_dispatch",
+    "test_real_model.py",
+    "test_app.py",
+    "comfyui/test_instance.py",
+    "comfyui/test_client.py",
+    "routes/test_jobs.py",
+    "test_lifecycle.py",
+    "test_standin.py",
+    "comfyui/test_supervisor.py",
+    "routes/test_workflows.py",
+    "test_security.py",
+    "test_runtime.py",
+    "test_pipeline_queue.py",
+    "routes/test_observability.py",
+    "client/test_modes.py",
+    "taskqueue/test_dispatch.py",
 }
 # Slow (measured: seconds each on 2 cores): modules whose every test runs deploy.sh, external linters or
 # a service and ComfyUI of its own; fixtures that start those; and single tests by name.
 SLOW_MODULES = {
-    "test_real_model",
-    "test_deploy",
-    "test_build_files",
-    "test_supervisor",
-    "test_comfy",
-    "test_comfy_client",
+    "test_real_model.py",
+    "test_deploy.py",
+    "deploy/test_build_files.py",
+    "comfyui/test_supervisor.py",
+    "comfyui/test_instance.py",
+    "comfyui/test_client.py",
 }
 SLOW_FIXTURES = {"fresh_service", "attached", "cloud"}
 SLOW_TESTS = {
@@ -140,20 +144,44 @@ def _replay_skip_reason(config: pytest.Config) -> str | None:
     )
 
 
+def module_path(item: pytest.Item) -> str:
+    """The item's module as a path under tests/ ("routes/test_jobs.py"); "" outside tests/."""
+    path = Path(str(getattr(item, "path", ""))).resolve()
+    return path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else ""
+
+
+def listed(module: str, names: set[str]) -> bool:
+    return any(module == name or (name.endswith("/") and module.startswith(name)) for name in names)
+
+
+def check_lists() -> None:
+    """Every module and test the marker lists name exists, so a move or a rename updates them."""
+    missing = sorted(name for name in INTEGRATION_MODULES | SLOW_MODULES if not (TESTS / name).exists())
+    sources = "\n".join(p.read_text() for p in TESTS.rglob("test_*.py"))
+    missing += sorted(name for name in SLOW_TESTS | {GCLOUD_REPLAY} if f"def {name}(" not in sources)
+    missing += sorted(name for name in GCLOUD_REPLAY_INPUTS if not (ROOT / name).exists())
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py names what does not exist (moved or renamed?): {missing}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    check_lists()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     replay_skip = _replay_skip_reason(config)
     cache = getattr(config, "cache", None)
     measured: dict[str, float] = cache.get(DURATIONS_KEY, {}) if cache is not None else {}
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        module = module_path(item)
         name = getattr(item, "originalname", item.name)
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & INTEGRATION_FIXTURES or module in INTEGRATION_MODULES:
+        if fixtures & INTEGRATION_FIXTURES or listed(module, INTEGRATION_MODULES):
             item.add_marker(pytest.mark.integration)
         if fixtures & CLOUD_FIXTURES or name == GCLOUD_REPLAY:
             item.add_marker(pytest.mark.cloud)
         if (
-            module in SLOW_MODULES
+            listed(module, SLOW_MODULES)
             or fixtures & SLOW_FIXTURES
             or name in SLOW_TESTS
             or measured.get(item.nodeid, 0.0) >= SLOW_S

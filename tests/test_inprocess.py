@@ -2,7 +2,7 @@
 against a ComfyUI double (tests/fixtures/fakecomfy.py), driven by starlette's TestClient.
 
 The same behaviours run against a service process and a real (or stand-in) ComfyUI in
-test_app.py and test_jobs_api.py; here they take milliseconds.
+test_app.py and routes/test_jobs.py; here they take milliseconds.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
@@ -24,35 +23,9 @@ from starlette.testclient import TestClient
 
 from handler.app import create_app
 from handler.comfyui.instance import Comfy, ComfyState
-from handler.config import Settings
 from tests.fixtures.fakecomfy import FakeComfyUI
+from tests.fixtures.inprocess import final_view, settings_under, workflow
 from tests.fixtures.waiting import wait_until
-
-
-def workflow(*middle: tuple[str, dict[str, Any]], prefix: str = "proto") -> dict[str, Any]:
-    """EmptyImage → each of `middle` (class, inputs) → SaveImage."""
-    graph: dict[str, Any] = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}}}
-    for class_type, inputs in middle:
-        node_id = str(len(graph) + 1)
-        graph[node_id] = {"class_type": class_type, "inputs": {"images": [str(len(graph)), 0], **inputs}}
-    graph[str(len(graph) + 1)] = {
-        "class_type": "SaveImage",
-        "inputs": {"images": [str(len(graph)), 0], "filename_prefix": prefix},
-    }
-    return graph
-
-
-def settings_under(root: Path) -> Settings:
-    comfyui = root / "comfyui"
-    for name in ("input", "output", "temp"):
-        (comfyui / name).mkdir(parents=True)
-    return Settings(
-        comfyui_url="http://comfyui.test:8188",  # attached; never dialled: the double is the connection
-        comfyui_input_dir=comfyui / "input",
-        comfyui_output_dir=comfyui / "output",
-        comfyui_temp_dir=comfyui / "temp",
-        state_dir=root / "state",
-    )
 
 
 @dataclass
@@ -172,11 +145,6 @@ def test_healthz_is_503_until_comfyui_is_booted_and_follows_the_websocket(tmp_pa
     # Every thread the service started has ended (anyio's idle workers end on their own).
     left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
     assert [name for name in left if name != "AnyIO worker thread"] == []
-
-
-def final_view(http: TestClient, job_id: str) -> dict[str, Any] | None:
-    view: dict[str, Any] = http.get(f"/status/{job_id}").json()
-    return view if view["state"] in ("succeeded", "failed", "cancelled") else None
 
 
 def test_an_async_job_waits_for_comfyui_then_runs(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ class ScriptedPipeline:
         self.started = threading.Event()
 
     def preflight(self, workflow):
-        pass  # the graph checks have tests of their own (test_graph.py)
+        pass  # the graph checks have tests of their own (tests/comfyui/test_graph.py)
 
     def run(self, request, cancel=None):
         self.runs += 1
@@ -81,7 +81,7 @@ class Preflighted:
         return self.inner.run(request, cancel)
 
     def preflight(self, workflow):
-        pass  # the graph checks have tests of their own (test_graph.py)
+        pass  # the graph checks have tests of their own (tests/comfyui/test_graph.py)
 
 
 class Harness:
@@ -507,7 +507,7 @@ def test_the_outbox_retries_a_failing_receiver_with_one_webhook_id_then_gives_up
     """One POST per delivery; the queue asks again while the receiver fails in a way worth
     retrying, with the same webhook-id, and stops at WEBHOOK_MAX_ATTEMPTS."""
     from handler.jobs import Sent
-    from tests.test_webhooks import SECRET, Receiver
+    from tests.fixtures.receiver import SECRET, Receiver
 
     receiver = Receiver()
     try:

@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
+from tests.fixtures.asyncjobs import BASE_ENV, FINAL, TASKS_ACCOUNT, cloud_env, quick, wait_for
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess, free_port
 from tests.fixtures.ingress import Ingress
-from tests.test_jobs_api import BASE_ENV, FINAL, TASKS_ACCOUNT, cloud_env, quick, wait_for
-from tests.test_webhooks import Receiver
+from tests.fixtures.receiver import Receiver
 
 STANDIN_TARGET = ComfyTarget("standin", STANDIN, sys.executable, "")
 

@@ -7,7 +7,7 @@ folder-name rules on all of them.
 
 Kept elsewhere and not repeated here: file names that leave a request's folder
 (`tests/test_predict_request.py::test_bad_bodies_say_what_is_wrong`) and the SSRF rules
-(`tests/test_urlguard.py`); `test_traversal_and_ssrf_are_refused_by_the_service` replays one of each
+(`tests/net/test_urlguard.py`); `test_traversal_and_ssrf_are_refused_by_the_service` replays one of each
 over HTTP.
 """
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.asyncjobs import BASE_ENV, quick, submit, wait_for
 from tests.fixtures.browser import chromium
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess
 from tests.fixtures.waiting import wait_until
-from tests.test_jobs_api import BASE_ENV, quick, submit, wait_for
 
 WIDTHS = (1024, 1920)
 

@@ -17,7 +17,7 @@ from ruamel.yaml import YAML  # comes with check-jsonschema
 
 from handler.models import files
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 CLOUDBUILD = ROOT / "cloudbuild.yaml"
 SHELL_SCRIPTS = [

@@ -17,7 +17,7 @@ from handler.config import Settings
 from handler.errors import InvalidParameter, NotFound
 from handler.templates.registry import Templates, load_template
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEST_TEMPLATES = ROOT / "test_resources" / "templates"
 SHIPPED = ROOT / "workflows"
 OBJECT_INFO = ROOT / "test_resources" / "comfy" / "object_info.json"

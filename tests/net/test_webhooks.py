@@ -6,53 +6,13 @@ import base64
 import json
 import logging
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from standardwebhooks import Webhook, WebhookVerificationError
 
 from handler.config import Settings
 from handler.net import webhooks
-
-SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two byte").decode()
-
-
-class Receiver:
-    """An HTTP server on loopback that verifies every delivery it gets."""
-
-    def __init__(self, port: int = 0, statuses: list[int] | None = None, secret: str = SECRET):
-        self.received: list[dict] = []
-        self.statuses = list(statuses or [])
-        verifier = Webhook(secret)
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                try:
-                    payload = verifier.verify(body, dict(self.headers))
-                    verified = True
-                except WebhookVerificationError:
-                    payload, verified = json.loads(body), False
-                outer.received.append({"headers": dict(self.headers), "payload": payload, "verified": verified})
-                status = outer.statuses.pop(0) if outer.statuses else (204 if verified else 401)
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/comfy?token=t0p"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+from tests.fixtures.receiver import SECRET, Receiver
 
 
 def settings(**kw) -> Settings:

@@ -11,7 +11,7 @@ import pytest
 from handler.comfyui import graph
 from handler.errors import WorkflowInvalid
 
-RESOURCES = Path(__file__).resolve().parent.parent / "test_resources" / "comfy"
+RESOURCES = Path(__file__).resolve().parents[2] / "test_resources" / "comfy"
 
 
 @pytest.fixture(scope="module")

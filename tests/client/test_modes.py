@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from comfyrun_client import Client, ClientError
+from tests.fixtures.asyncjobs import BASE_ENV, STANDIN_TARGET
 from tests.fixtures.comfy import ServiceProcess
-from tests.test_jobs_api import BASE_ENV, STANDIN_TARGET
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from handler.errors import ServiceError
 from handler.routes import workflows
 from handler.templates.registry import Templates
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _service_error(request, exc: ServiceError) -> JSONResponse:

@@ -22,12 +22,12 @@ import requests
 from google.auth import jwt
 
 from handler.config import Settings
+from tests.fixtures.asyncjobs import FINAL, TASKS_ACCOUNT, cloud_env, quick, status, submit, wait_for
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess, free_port
 from tests.fixtures.dispatcher import Attempt, Dispatcher, SigningKey
 from tests.fixtures.ingress import STRIPPED, Ingress, stripped_token
+from tests.fixtures.receiver import Receiver
 from tests.fixtures.waiting import stays, wait_until
-from tests.test_jobs_api import FINAL, TASKS_ACCOUNT, cloud_env, quick, status, submit, wait_for
-from tests.test_webhooks import Receiver
 
 STANDIN_TARGET = ComfyTarget("standin", STANDIN, sys.executable, "")
 INTRUDER = "intruder@other-project.iam.gserviceaccount.com"

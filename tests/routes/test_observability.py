@@ -30,13 +30,13 @@ from handler import logs
 from handler.app import create_app
 from handler.config import Settings
 from handler.routes.observe import masked_settings
+from tests.fixtures.asyncjobs import BASE_ENV, quick, status, submit, wait_for
 from tests.fixtures.browser import chromium
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess
 from tests.fixtures.fakecomfy import FakeComfyUI
+from tests.fixtures.inprocess import final_view, settings_under, workflow
+from tests.fixtures.receiver import Receiver
 from tests.fixtures.waiting import wait_until
-from tests.test_inprocess import final_view, settings_under, workflow
-from tests.test_jobs_api import BASE_ENV, quick, status, submit, wait_for
-from tests.test_webhooks import Receiver
 
 STANDIN_TARGET = ComfyTarget("standin", STANDIN, sys.executable, "")
 PROJECT = "obs-project"

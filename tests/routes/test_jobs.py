@@ -10,92 +10,31 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 from handler.jobs.worker import LOCAL_SLOTS
-from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess, free_port
+from tests.fixtures.asyncjobs import (
+    BASE_ENV,
+    FINAL,
+    STANDIN_TARGET,
+    TASKS_ACCOUNT,
+    cloud_env,
+    failing,
+    load,
+    medium,
+    quick,
+    status,
+    submit,
+    wait_for,
+)
+from tests.fixtures.comfy import ServiceProcess, free_port
 from tests.fixtures.ingress import Ingress, stripped_token
+from tests.fixtures.receiver import Receiver
 from tests.fixtures.waiting import stays
-from tests.test_webhooks import SECRET, Receiver
-
-ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = ROOT / "test_resources"
-STANDIN_TARGET = ComfyTarget("standin", STANDIN, sys.executable, "")
-FINAL = {"succeeded", "failed", "cancelled"}
-
-BASE_ENV = {
-    "WEBHOOK_SECRET": SECRET,
-    "URL_ALLOWLIST": "127.0.0.1",
-    "WEBHOOK_BACKOFF_S": "0.2",
-    "WEBHOOK_MAX_ATTEMPTS": "6",
-    "JOB_MAX_ATTEMPTS": "3",
-}
-
-
-def load(name: str) -> dict[str, Any]:
-    return json.loads((WORKFLOWS / name).read_text())
-
-
-def quick(color: int) -> dict[str, Any]:
-    """A trivial graph; the color makes it new to ComfyUI's cache."""
-    wf = load("comfy/workflows/empty_save.json")
-    wf["1"]["inputs"].update(width=64, height=64, color=color)
-    return wf
-
-
-def slow(color: int, batch: int = 1) -> dict[str, Any]:
-    """A graph that keeps the stand-in busy for a second or more."""
-    wf = load("workflows/slow.json")
-    wf["1"]["inputs"].update(color=color, batch_size=batch)
-    return wf
-
-
-def medium(color: int) -> dict[str, Any]:
-    """A graph that takes a tenth of a second or so: far more than the bookkeeping between jobs."""
-    wf = slow(color)
-    wf["1"]["inputs"].update(width=256, height=256)
-    return wf
-
-
-def failing() -> dict[str, Any]:
-    """Valid for the pre-flight check, fails when it runs: the input image is not there."""
-    return load("comfy/workflows/missing_input_file.json")
-
-
-def submit(service: ServiceProcess, workflow: dict, **extra: Any) -> str:
-    response = service.post("/predict", json={"workflow": workflow, "async": True, **extra})
-    assert response.status_code == 202, response.text
-    body = response.json()
-    assert body["status_url"].endswith(f"/status/{body['job_id']}")
-    assert response.headers["location"] == body["status_url"]
-    return body["job_id"]
-
-
-def status(service: ServiceProcess, job_id: str) -> dict[str, Any]:
-    response = service.get(f"/status/{job_id}")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def wait_for(
-    service: ServiceProcess, job_id: str, done: Callable[[dict], bool] | None = None, timeout: float = 90
-) -> dict[str, Any]:
-    done = done or (lambda s: s["state"] in FINAL)
-    deadline = time.monotonic() + timeout
-    while True:
-        current = status(service, job_id)
-        if done(current):
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} stuck: {current}\n{service.log()[-3000:]}")
-        time.sleep(0.05)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
@@ -292,29 +231,6 @@ def test_comfyui_crash_is_transient_and_retried_to_success(tmp_path):
 
 
 # --- cloud mode: Cloud Tasks emulator + fake-gcs-server -------------------------------------
-
-
-TASKS_ACCOUNT = "tasks@test-project.iam.gserviceaccount.com"
-
-
-def cloud_env(settings: Any, tasks_emulator: Any, fake_gcs: Any, bucket: str, **extra: str) -> dict[str, str]:
-    """A service on the Cloud Tasks emulator (queues of `settings`) and fake-gcs-server, checking
-    the task tokens an ingress (tests/fixtures/ingress.py) hands it, as behind Cloud Run's IAM."""
-    return {
-        **BASE_ENV,
-        "QUEUE_BACKEND": "cloudtasks",
-        "GOOGLE_CLOUD_PROJECT": settings.gcp_project,
-        "TASKS_LOCATION": settings.tasks_location,
-        "TASKS_QUEUE_PREFIX": settings.tasks_queue_prefix,
-        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
-        "VERIFY_TASK_TOKENS": "1",
-        "INGRESS_VERIFIES_TOKENS": "1",
-        "TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
-        "STORAGE_BACKEND": "gcs",
-        "GCS_BUCKET": bucket,
-        "STORAGE_EMULATOR_HOST": fake_gcs.url,
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 from handler.config import Settings
 from handler.models import files as mf
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_test_token_0123456789"
 
 

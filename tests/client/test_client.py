@@ -11,10 +11,10 @@ import pytest
 
 from comfyrun_client import Client, ClientError, image_entry
 from comfyrun_client.cli import _param, main
+from tests.fixtures.asyncjobs import BASE_ENV, STANDIN_TARGET, failing, quick, slow
 from tests.fixtures.comfy import ServiceProcess
-from tests.test_jobs_api import BASE_ENV, STANDIN_TARGET, failing, quick, slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOAD_INVERT = ROOT / "test_resources" / "comfy" / "workflows" / "loadimage_invert_save.json"
 INPUT_PNG = ROOT / "test_resources" / "comfy" / "test_input.png"
 

@@ -12,7 +12,7 @@ from openapi_spec_validator import validate
 from handler.routes import openapi
 from handler.templates.registry import Templates
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
