@@ -11,7 +11,7 @@ Markers (registered in pyproject.toml) are applied here, by fixture and by modul
   run. `./scripts/test.sh -m "not slow"` is the quick loop; `./scripts/test.sh` (what CI runs)
   runs everything.
 
-The real-gcloud replay (test_deploy.py) runs in CI (CI set, as .ci/run does), with
+The real-gcloud replay (tests/deploy/test_gcloud_replay.py) runs in CI (CI set, as .ci/run does), with
 `--gcloud-replay`, without a pytest cache (`-p no:cacheprovider`), or when the files that decide the
 recorded commands changed since it last passed on this machine: their content hash is kept in
 .pytest_cache after a pass. Otherwise it is skipped and says why.
@@ -75,8 +75,7 @@ INTEGRATION_MODULES = {
 # a service and ComfyUI of its own; fixtures that start those; and single tests by name.
 SLOW_MODULES = {
     "test_real_model.py",
-    "test_deploy.py",
-    "deploy/test_build_files.py",
+    "deploy/",
     "comfyui/test_supervisor.py",
     "comfyui/test_instance.py",
     "comfyui/test_client.py",
@@ -104,7 +103,14 @@ DURATIONS_KEY = "comfyrun/call-durations"
 
 GCLOUD_REPLAY = "test_every_recorded_command_parses_in_the_real_gcloud"
 # What decides the commands the replay feeds to the real gcloud.
-GCLOUD_REPLAY_INPUTS = ["deploy.sh", "cloudbuild.yaml", "deploy", "tests/deploy_fixtures", "tests/test_deploy.py"]
+GCLOUD_REPLAY_INPUTS = [
+    "deploy.sh",
+    "cloudbuild.yaml",
+    "deploy",
+    "tests/deploy_fixtures",
+    "tests/fixtures/deploy.py",
+    "tests/deploy/test_gcloud_replay.py",
+]
 CACHE_KEY = "comfyrun/gcloud-replay-passed"
 
 
