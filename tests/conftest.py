@@ -61,7 +61,7 @@ INTEGRATION_MODULES = {
     "comfyui/test_client.py",
     "routes/test_jobs.py",
     "test_lifecycle.py",
-    "test_standin.py",
+    "protocol/",
     "comfyui/test_supervisor.py",
     "routes/test_workflows.py",
     "test_security.py",
