@@ -2,11 +2,13 @@
 of the handler/ package it tests (tests/jobs/ for handler/jobs/, ...), or in one of the folders
 for what is not in handler/ (the client, the deploy files, the stand-in's protocol, the shared
 fixtures), or at the top for handler/'s top-level modules and the whole service. Every folder is
-a package, so two modules may share a name (comfyui/test_client.py, client/test_client.py), and
-no test module grows past the size a reader takes in at once."""
+a package, so two modules may share a name (comfyui/test_client.py, client/test_client.py);
+helpers are shared through tests/fixtures/, not imported from another test module; and no test
+module grows past the size a reader takes in at once."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -52,3 +54,24 @@ def test_test_folders_mirror_handler_packages() -> None:
     assert not strays, f"test folders that mirror no handler/ package (name one, or add it to OTHER_FOLDERS): {strays}"
     without_init = sorted(f for f in folders if not (TESTS / f / "__init__.py").exists())
     assert not without_init, f"test folders without __init__.py (modules would clash by name): {without_init}"
+
+
+def imports_of_test_modules(path: Path) -> set[str]:
+    """The test modules `path` imports (tests.….test_x), which should be fixtures instead."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        found |= {n for n in names if n.startswith("tests.") and n.rsplit(".", 1)[-1].startswith("test_")}
+    return found
+
+
+def test_test_modules_share_helpers_through_fixtures_only(tmp_path: Path) -> None:
+    shared = {m.relative_to(TESTS).as_posix(): i for m in modules_under(TESTS) if (i := imports_of_test_modules(m))}
+    assert not shared, f"test modules importing other test modules (move the helper to tests/fixtures/): {shared}"
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(
+        "from tests.routes.test_jobs import quick\nimport tests.test_inprocess\nfrom tests.fixtures import waiting\n"
+    )
+    assert imports_of_test_modules(probe) == {"tests.routes.test_jobs", "tests.test_inprocess"}
