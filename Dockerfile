@@ -53,12 +53,12 @@ WORKDIR /src
 # the service keeps this stage cached and the models are not downloaded again.
 COPY handler/__init__.py handler/
 COPY handler/config/ handler/config/
-COPY handler/models/__init__.py handler/models/files.py handler/models/
+COPY handler/models/ handler/models/
 COPY models.txt ./
 # The Hugging Face token is a BuildKit secret: mounted for this step only, never in a layer.
 RUN --mount=type=secret,id=hf_token,required=false \
     mkdir -p /models \
-    && python -m handler.models.files --model-type "${MODEL_TYPE}" --models-file models.txt \
+    && python -m handler.models --model-type "${MODEL_TYPE}" --models-file models.txt \
         --dest /models --hf-token-file /run/secrets/hf_token
 
 # ---------------------------------------------------------------- comfyui: the pinned ComfyUI and its venv (frozen)

@@ -232,7 +232,7 @@ class Comfy:
             gpu.require(info)
 
     def _fetch_models_then_boot(self) -> None:
-        from handler.models.files import ensure_models
+        from handler.models import ensure_models
 
         if not self._update(ComfyState.FETCHING_MODELS):
             return  # stopped before it began

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML  # comes with check-jsonschema
 
-from handler.models import files
+from handler import models
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -28,7 +28,7 @@ SHELL_SCRIPTS = [
     ROOT / "scripts" / "lock.sh",
     ROOT / "bench" / "gpu_check.sh",
 ]
-MODEL_TYPES = files.model_types(files.parse_models_file(ROOT / "models.txt"))
+MODEL_TYPES = models.model_types(models.parse_models_file(ROOT / "models.txt"))
 
 
 def tool(name: str, package: str) -> str:
@@ -180,7 +180,7 @@ def test_dockerfile_targets_models_secret_user_and_command():
     # the token is a BuildKit secret only: never an ARG, ENV or a file copied in
     assert not re.search(r"^(ARG|ENV)\s+\S*(HF_TOKEN|TOKEN)", text, re.M | re.I)
     secret_runs = [i for i in stages["models"] if "--mount=type=secret,id=hf_token" in i]
-    assert len(secret_runs) == 1 and "python -m handler.models.files" in secret_runs[0]
+    assert len(secret_runs) == 1 and "python -m handler.models " in secret_runs[0]
     assert '--model-type "${MODEL_TYPE}"' in secret_runs[0]
     assert arg_default("MODEL_TYPE") == "flux1-dev-fp8"
     worker, api = stages["worker"], stages["api"]
@@ -227,14 +227,16 @@ def test_every_copied_path_exists_and_is_in_the_build_context():
 
 
 def test_models_stage_downloader_runs_from_only_what_the_stage_copies(tmp_path):
-    """The models stage copies the downloader, the settings package and models.txt; the downloader
+    """The models stage copies the settings package, handler/models/ and models.txt; the downloader
     must need no more than the standard library (the stage has no service venv)."""
     copies = [i for i in dockerfile_stages()["models"] if i.startswith("COPY ")]
     for instr in copies:
         *srcs, dest = instr.split()[1:]
         for src in srcs:
             if (ROOT / src).is_dir():  # Docker copies a folder's contents into `dest`
-                shutil.copytree(ROOT / src, tmp_path / dest, dirs_exist_ok=True)
+                shutil.copytree(
+                    ROOT / src, tmp_path / dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+                )
                 continue
             target = tmp_path / dest / Path(src).name if dest.endswith("/") else tmp_path / dest
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +249,7 @@ def test_models_stage_downloader_runs_from_only_what_the_stage_copies(tmp_path):
         sys.executable,
         "-S",
         "-m",
-        "handler.models.files",
+        "handler.models",
         "--model-type",
         "base",
         "--models-file",
@@ -266,7 +268,7 @@ def test_models_stage_downloader_runs_from_only_what_the_stage_copies(tmp_path):
             sys.executable,
             "-S",
             "-m",
-            "handler.models.files",
+            "handler.models",
             "--model-type",
             model_type,
             "--models-file",

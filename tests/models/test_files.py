@@ -1,4 +1,4 @@
-"""handler.models.files against a real local HTTP server (Range, auth, redirects, dropped connections),
+"""handler.models (models.txt, its sources, the installer, the CLI) against a real local HTTP server (Range, auth, redirects, dropped connections),
 a real fake-gcs-server, real folders and the real command line."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import handler.models as mf
 from handler.config import Settings
-from handler.models import files as mf
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_test_token_0123456789"
@@ -146,7 +146,7 @@ def fetch(files, dest, **kw):
     kw.setdefault("backoff_s", 0.01)
     kw.setdefault("timeout_s", 10)
     kw.setdefault("token_hosts", ("127.0.0.1",))
-    return mf.fetch_models(files, dest, **kw)
+    return mf.fetch_models(files, dest, mf.FetchOptions(**kw))
 
 
 # --------------------------------------------------------------------------- parsing
@@ -345,7 +345,7 @@ def test_unverified_lines_are_refused_unless_allowed(server, tmp_path, caplog):
     with pytest.raises(mf.ModelFilesError, match=r"no sha256 is known for loras/u.safetensors \(line 12\); refusing"):
         fetch([entry], tmp_path)
     assert server.state.requests == []
-    with caplog.at_level("WARNING", logger="handler.models.files"):
+    with caplog.at_level("WARNING", logger="handler.models"):
         fetch([entry], tmp_path, allow_unverified=True)
     assert (tmp_path / "loras" / "u.safetensors").read_bytes() == body
     assert "UNVERIFIED" in caplog.text and sha(body) in caplog.text
@@ -372,17 +372,17 @@ def test_mounted_folder_is_linked_not_copied(tmp_path):
     (mount / "checkpoints" / "a.safetensors").write_bytes(body)
     entry = mf.ModelFile(("t",), "https://unused.example/a", "checkpoints/a.safetensors", sha(body), len(body), 1)
     dest = tmp_path / "models"
-    result = mf.fetch_models([entry], dest, source=str(mount), verify_local=True)
+    result = mf.fetch_models([entry], dest, mf.FetchOptions(source=str(mount), verify_local=True))
     link = dest / "checkpoints" / "a.safetensors"
     assert result.linked == ["checkpoints/a.safetensors"]
     assert link.is_symlink() and link.resolve() == (mount / "checkpoints" / "a.safetensors").resolve()
-    mf.fetch_models([entry], dest, source=str(mount))  # idempotent
+    mf.fetch_models([entry], dest, mf.FetchOptions(source=str(mount)))  # idempotent
     wrong = mf.ModelFile(("t",), "https://unused.example/a", "checkpoints/a.safetensors", "f" * 64, None, 1)
     with pytest.raises(mf.ChecksumError, match="sha256 mismatch"):
-        mf.fetch_models([wrong], tmp_path / "other", source=str(mount), verify_local=True)
+        mf.fetch_models([wrong], tmp_path / "other", mf.FetchOptions(source=str(mount), verify_local=True))
     missing = mf.ModelFile(("t",), "https://unused.example/b", "vae/b.safetensors", "f" * 64, None, 2)
     with pytest.raises(mf.DownloadError, match=r"vae/b.safetensors: not found in the models source"):
-        mf.fetch_models([missing], dest, source=str(mount))
+        mf.fetch_models([missing], dest, mf.FetchOptions(source=str(mount)))
 
 
 @pytest.fixture
@@ -414,16 +414,16 @@ def test_cloud_storage_source_downloads_verifies_and_resumes(gcs, tmp_path):
     dest = tmp_path / "models"
     (dest / "checkpoints").mkdir(parents=True)
     (dest / "checkpoints" / "m.safetensors.part").write_bytes(body[:250_000])  # an interrupted run
-    result = mf.fetch_models([entry], dest, source="gs://models-bucket/runtime", gcs_client=gcs)
+    result = mf.fetch_models([entry], dest, mf.FetchOptions(source="gs://models-bucket/runtime", gcs_client=gcs))
     assert result.downloaded == ["checkpoints/m.safetensors"]
     assert (dest / "checkpoints" / "m.safetensors").read_bytes() == body
     missing = mf.ModelFile(("t",), "https://unused.example/x", "vae/x.safetensors", "a" * 64, None, 2)
     with pytest.raises(mf.DownloadError, match=r"gs://models-bucket/runtime/vae/x.safetensors: not found"):
-        mf.fetch_models([missing], dest, source="gs://models-bucket/runtime", gcs_client=gcs)
+        mf.fetch_models([missing], dest, mf.FetchOptions(source="gs://models-bucket/runtime", gcs_client=gcs))
     bucket.blob("runtime/vae/bad.safetensors").upload_from_string(b"corrupt")
     bad = mf.ModelFile(("t",), "https://unused.example/x", "vae/bad.safetensors", "a" * 64, None, 3)
     with pytest.raises(mf.ChecksumError):
-        mf.fetch_models([bad], dest, source="gs://models-bucket/runtime", gcs_client=gcs)
+        mf.fetch_models([bad], dest, mf.FetchOptions(source="gs://models-bucket/runtime", gcs_client=gcs))
 
 
 def test_ensure_models_uses_settings(tmp_path):
@@ -465,7 +465,7 @@ def run_cli(args, env_extra=None, cwd=None):
     env["PYTHONPATH"] = str(ROOT)
     env.update(env_extra or {})
     return subprocess.run(
-        [sys.executable, "-m", "handler.models.files", *args],
+        [sys.executable, "-m", "handler.models", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -440,10 +440,10 @@ def test_shipped_template_uses_the_models_of_its_model_type(workflow_id):
 
 
 def models_by_type(text: str) -> dict[str, set[str]]:
-    from handler.models import files
+    from handler import models
 
     listed: dict[str, set[str]] = {}
-    for entry in files.parse_models_text(text):
+    for entry in models.parse_models_text(text):
         for model_type in entry.types:
             listed.setdefault(model_type, set()).add(entry.dest)
     return listed
