@@ -26,7 +26,7 @@ from typing import Protocol
 from handler.config import Settings
 from handler.failpoints import Failpoints
 from handler.jobs.model import Job, WebhookState, iso, now
-from handler.jobs.repo import JobRepo, Keep
+from handler.jobs.repo import JobRepo, LeaveUnchanged
 from handler.jobs.views import JobViews
 from handler.net import webhooks
 from handler.taskqueue import PullQueue
@@ -116,7 +116,7 @@ class Outbox:
 
         def record(current: Job) -> None:
             if not self.pending(current):
-                raise Keep("settled")  # a concurrent delivery settled it first
+                raise LeaveUnchanged("settled")  # a concurrent delivery settled it first
             current.webhook = {
                 "state": state.value,
                 "attempts": attempts,
@@ -127,7 +127,7 @@ class Outbox:
 
         try:
             self.repo.update(job_id, record)
-        except Keep:
+        except LeaveUnchanged:
             return Sent.DONE
         return Sent.RETRY if state is WebhookState.PENDING else Sent.DONE
 

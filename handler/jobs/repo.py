@@ -45,7 +45,7 @@ class LeaseLost(Exception):
     """The run no longer owns the job: another delivery took it over."""
 
 
-class Keep(Exception):
+class LeaveUnchanged(Exception):
     """Raised inside a change function: leave the job as it is."""
 
     def __init__(self, why: str):

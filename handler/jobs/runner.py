@@ -34,7 +34,7 @@ from handler.jobs import retention
 from handler.jobs.leases import ActiveRun, Leases
 from handler.jobs.model import Job, JobState, error, now
 from handler.jobs.outbox import Outbox
-from handler.jobs.repo import JobRepo, Keep, LeaseLost, outputs_prefix
+from handler.jobs.repo import JobRepo, LeaseLost, LeaveUnchanged, outputs_prefix
 from handler.pipeline import PredictResult
 from handler.predict_request import PredictRequest, parse_predict_body
 from handler.runtime import Runtime
@@ -171,10 +171,10 @@ class Runner:
             nonlocal decision
             at = now()
             if job.final:
-                raise Keep("final")
+                raise LeaveUnchanged("final")
             here = self.leases.get(job.job_id) is not None
             if job.state is JobState.RUNNING and (here or (job.lease_alive(at) and not takeover)):
-                raise Keep("busy")
+                raise LeaveUnchanged("busy")
             if job.cancel_requested:
                 job.finish(JobState.CANCELLED, error=error("cancelled", "cancelled before it could finish"))
                 decision = "cancelled"
@@ -193,10 +193,10 @@ class Runner:
         except errors.NotFound:
             free()
             return RunOutcome(Outcome.IDLE, detail="no such job")
-        except Keep as keep:
+        except LeaveUnchanged as unchanged:
             free()
             found = self.repo.get(job_id)
-            if keep.why == "final":
+            if unchanged.why == "final":
                 self.repo.leave_line(found)
                 outcome = self._settled(found)
                 outcome.detail = "already"

@@ -26,7 +26,7 @@ from handler.errors import ServiceError
 from handler.jobs import retention
 from handler.jobs.model import Job, JobState, error, now
 from handler.jobs.outbox import Outbox
-from handler.jobs.repo import JobRepo, Keep
+from handler.jobs.repo import JobRepo, LeaveUnchanged
 from handler.jobs.runner import Runner
 from handler.jobs.views import JobViews
 from handler.jobs.worker import LocalWorker
@@ -238,21 +238,21 @@ class JobService:
         def change(job: Job) -> None:
             nonlocal outcome
             if job.final:
-                raise Keep("final")
+                raise LeaveUnchanged("final")
             if job.state is JobState.QUEUED:
                 job.finish(JobState.CANCELLED, error=error("cancelled", "cancelled before it ran"))
                 outcome = "dequeued"
             elif job.cancel_requested:
-                raise Keep("already")
+                raise LeaveUnchanged("already")
             else:
                 job.cancel_requested = True
                 outcome = "requested"
 
         try:
             job = self.repo.update(job_id, change)
-        except Keep as keep:
+        except LeaveUnchanged as unchanged:
             job = self.repo.get(job_id)
-            if keep.why == "final":
+            if unchanged.why == "final":
                 raise errors.Conflict(
                     f"the job is already {job.state.value}", job_id=job_id, state=job.state.value
                 ) from None

@@ -56,23 +56,25 @@ _FILE_PREFIXES = ("image/", "video/", "audio/", "model/")
 _STILL_FORMATS = {content_type: name for name, (_, content_type, _) in FORMATS.items()}
 
 
-class Form(str, enum.Enum):
+class AnswerForm(str, enum.Enum):
+    """The form of a sync answer: the JSON document, the one output file, or Server-Sent Events."""
+
     JSON = "json"
     RAW = "raw"
     EVENTS = "events"
 
 
 @dataclass(frozen=True)
-class Wanted:
+class AcceptedAnswer:
     """What the caller accepts, from its Accept header."""
 
-    form: Form
+    form: AnswerForm
     file_types: tuple[str, ...] = ()  # RAW: the accepted file media ranges, in the caller's order
     json_ok: bool = True  # RAW: JSON is acceptable too, when the outputs do not fit one file
 
     def check(self, output: OutputOptions) -> None:
         """Refuse contradictions before the run."""
-        if self.form is Form.RAW and output.delivery == "url":
+        if self.form is AnswerForm.RAW and output.delivery == "url":
             raise BadRequest(
                 'output.delivery "url" and an Accept for the file itself contradict each other; '
                 "send Accept: application/json for links"
@@ -80,8 +82,9 @@ class Wanted:
 
 
 @dataclass(frozen=True)
-class Outlet:
-    """Where `url` delivery stores files, and how links to a local store are formed."""
+class DeliveryContext:
+    """What sending an answer needs besides the run: the size limits (settings), where `url`
+    delivery stores files, and the service's base URL for links to a local store."""
 
     settings: Settings
     store: Store
@@ -104,18 +107,18 @@ def _is_file_type(media: str) -> bool:
     return media.startswith(_FILE_PREFIXES) or media == "application/octet-stream"
 
 
-def negotiate(accept: str | None) -> Wanted:
+def negotiate(accept: str | None) -> AcceptedAnswer:
     if not accept or not accept.strip():
-        return Wanted(Form.JSON)
+        return AcceptedAnswer(AnswerForm.JSON)
     ranges = _media_ranges(accept)
     if EVENT_STREAM in ranges:
-        return Wanted(Form.EVENTS)
+        return AcceptedAnswer(AnswerForm.EVENTS)
     json_ok = any(media in _JSON_RANGES for media in ranges)
     files = tuple(media for media in ranges if _is_file_type(media))
     if files:
-        return Wanted(Form.RAW, files, json_ok)
+        return AcceptedAnswer(AnswerForm.RAW, files, json_ok)
     if json_ok:
-        return Wanted(Form.JSON)
+        return AcceptedAnswer(AnswerForm.JSON)
     raise NotAcceptable(
         "the answer can be application/json, text/event-stream, or the one output file "
         f"(image/png, image/*, video/mp4, application/octet-stream, …); Accept allows none of these: {accept[:200]!r}"
@@ -128,14 +131,14 @@ def _accepts(media_range: str, content_type: str) -> bool:
     return media_range.endswith("/*") and content_type.startswith(media_range[:-1])
 
 
-def pick_file(files: list[OutputFile], wanted: Wanted) -> OutputFile | None:
+def pick_file(files: list[OutputFile], accepted: AcceptedAnswer) -> OutputFile | None:
     """The one file of a raw answer, re-encoded if the Accept asks for another still format;
     None when the JSON answer should go instead; NotAcceptable when neither may."""
     if len(files) == 1:
         file = files[0]
-        if any(_accepts(media, file.content_type) for media in wanted.file_types):
+        if any(_accepts(media, file.content_type) for media in accepted.file_types):
             return file
-        target = next((media for media in wanted.file_types if media in _STILL_FORMATS), None)
+        target = next((media for media in accepted.file_types if media in _STILL_FORMATS), None)
         if target is not None and file.content_type in STILL_IMAGES and not file.animated:
             return reencode(file, OutputOptions(format=_STILL_FORMATS[target]))
         reason = f"its one file output is {file.content_type}, which the Accept header does not allow"
@@ -146,10 +149,10 @@ def pick_file(files: list[OutputFile], wanted: Wanted) -> OutputFile | None:
             if files
             else "it produced no file output"
         )
-    if wanted.json_ok:
+    if accepted.json_ok:
         return None
     raise NotAcceptable(
-        f"the workflow's answer cannot be sent as {', '.join(wanted.file_types)}: {reason}. "
+        f"the workflow's answer cannot be sent as {', '.join(accepted.file_types)}: {reason}. "
         'Send Accept: application/json (base64), or output.delivery "url" for links'
     )
 
@@ -157,27 +160,29 @@ def pick_file(files: list[OutputFile], wanted: Wanted) -> OutputFile | None:
 # --- rendering -------------------------------------------------------------------------------
 
 
-def respond(result: PredictResult, output: OutputOptions, wanted: Wanted, outlet: Outlet) -> Response:
+def respond(
+    result: PredictResult, output: OutputOptions, accepted: AcceptedAnswer, context: DeliveryContext
+) -> Response:
     """The answer to a finished sync run; its files are removed once the answer is sent."""
     cleanup = BackgroundTask(result.cleanup) if result.cleanup else None
     try:
-        file = pick_file(result.files, wanted) if wanted.form is Form.RAW else None
+        file = pick_file(result.files, accepted) if accepted.form is AnswerForm.RAW else None
         if file is not None:
-            return raw_response(result, file, outlet.settings, cleanup)
+            return raw_response(result, file, context.settings, cleanup)
         if output.delivery == "url":
-            return JSONResponse(stored_document(result, outlet), background=cleanup)
+            return JSONResponse(stored_document(result, context), background=cleanup)
     except BaseException:
         if result.cleanup:
             result.cleanup()
         raise
     length, parts = result.json_parts()
-    return _sized(length, parts, JSON, {}, outlet.settings, cleanup)
+    return _sized(length, parts, JSON, {}, context.settings, cleanup)
 
 
-def document_bytes(result: PredictResult, output: OutputOptions, outlet: Outlet) -> bytes:
+def document_bytes(result: PredictResult, output: OutputOptions, context: DeliveryContext) -> bytes:
     """The JSON answer as bytes (what an events stream ends with)."""
     if output.delivery == "url":
-        return orjson.dumps(stored_document(result, outlet))
+        return orjson.dumps(stored_document(result, context))
     return b"".join(result.json_parts()[1])
 
 
@@ -236,13 +241,13 @@ def raw_response(
     )
 
 
-def stored_document(result: PredictResult, outlet: Outlet) -> dict[str, Any]:
+def stored_document(result: PredictResult, context: DeliveryContext) -> dict[str, Any]:
     """Store every file and answer with links, like an async job's result."""
     started = time.monotonic()
     keys = store_keys(f"outputs/sync-{secrets.token_hex(16)}/", result.files)
 
     def put(pair: tuple[OutputFile, str]) -> None:
-        outlet.store.put_bytes(pair[1], pair[0].data, pair[0].content_type)
+        context.store.put_bytes(pair[1], pair[0].data, pair[0].content_type)
 
     try:
         if len(keys) > 1:  # Cloud Storage uploads overlap; a local store barely notices
@@ -255,11 +260,11 @@ def stored_document(result: PredictResult, outlet: Outlet) -> dict[str, Any]:
             f"storing the outputs failed ({type(exc).__name__}); the run's files are gone, retry the request"
         ) from None
     images, unsigned = [], False
-    ttl = outlet.settings.signed_url_ttl_s
+    ttl = context.settings.signed_url_ttl_s
     for file, key in zip(result.files, keys):
-        url = link(outlet.store, key, ttl, outlet.base_url)
+        url = link(context.store, key, ttl, context.base_url)
         unsigned = unsigned or url is None
-        images.append({**file.describe(), "uri": outlet.store.uri(key), "url": url})
+        images.append({**file.describe(), "uri": context.store.uri(key), "url": url})
     document: dict[str, Any] = {
         "status": "success",
         "prompt_id": result.prompt_id,

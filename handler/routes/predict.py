@@ -21,7 +21,7 @@ from handler.predict_request import PredictRequest, parse_predict_body
 from handler.routes import delivery, sse
 from handler.routes import jobs as job_routes
 from handler.routes.common import Services, base_url, read_json, services_of
-from handler.routes.delivery import Form, Outlet, Wanted
+from handler.routes.delivery import AcceptedAnswer, AnswerForm, DeliveryContext
 
 # Where sync /predict requests stand in ComfyUI's queue, among async jobs (docs/async.md).
 SYNC_PRIORITY = "high"
@@ -62,27 +62,27 @@ def comfy_of(services: Services) -> Comfy:
     return services.comfy
 
 
-def parse_sync(services: Services, body: Any, wanted: Wanted) -> PredictRequest:
+def parse_sync(services: Services, body: Any, accepted: AcceptedAnswer) -> PredictRequest:
     predict_request = parse_predict_body(body, services.settings, services.templates)
     # A caller holds a connection: its prompt goes ahead of queued normal and low jobs.
     predict_request.priority = SYNC_PRIORITY
-    wanted.check(predict_request.output)
+    accepted.check(predict_request.output)
     return predict_request
 
 
-def outlet(services: Services, base: str) -> Outlet:
+def delivery_context(services: Services, base: str) -> DeliveryContext:
     """Where `output.delivery: "url"` stores a sync answer's files: the jobs' store."""
-    return Outlet(services.settings, services.jobs.service.store, base)
+    return DeliveryContext(services.settings, services.jobs.service.store, base)
 
 
-def run_sync(services: Services, body: Any, wanted: Wanted, base: str) -> Response:
+def run_sync(services: Services, body: Any, accepted: AcceptedAnswer, base: str) -> Response:
     """Parse, run and render in a worker thread: the event loop stays free for /healthz."""
-    predict_request = parse_sync(services, body, wanted)
+    predict_request = parse_sync(services, body, accepted)
     assert services.pipeline is not None  # predict() sends sync runs only where there is one
     result = services.pipeline.run(predict_request, defer_cleanup=True)
     services.metrics.sync_timings(result.timings)
     # The job's files are removed once the answer is on its way (delivery.respond).
-    response = delivery.respond(result, predict_request.output, wanted, outlet(services, base))
+    response = delivery.respond(result, predict_request.output, accepted, delivery_context(services, base))
     benchtrace.mark("response_dict")
     return response
 
@@ -98,19 +98,19 @@ async def predict(request: Request) -> Response:
             'this is the api service, without a GPU: send sync requests to the worker, or add "async": true',
             worker_url=services.settings.worker_url,
         )
-    wanted = delivery.negotiate(request.headers.get("accept"))  # 406 before any work
+    accepted = delivery.negotiate(request.headers.get("accept"))  # 406 before any work
     base = base_url(request, services.settings)
-    if wanted.form is Form.EVENTS:
+    if accepted.form is AnswerForm.EVENTS:
         comfy = comfy_of(services)
 
         def prepare() -> PredictRequest:
             # A bad body or a ComfyUI that is not ready is a plain HTTP error, before the stream starts.
-            predict_request = parse_sync(services, body, wanted)
+            predict_request = parse_sync(services, body, accepted)
             comfy.require_ready()
             return predict_request
 
-        return await sse.stream(prepare, services.pipeline, services.runtime, outlet(services, base))
-    response = await services.runtime.run_long(run_sync, services, body, wanted, base)
+        return await sse.stream(prepare, services.pipeline, services.runtime, delivery_context(services, base))
+    response = await services.runtime.run_long(run_sync, services, body, accepted, base)
     benchtrace.mark("response_built")
     benchtrace.end()
     return response

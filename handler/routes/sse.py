@@ -28,7 +28,7 @@ from handler.comfyui.progress import ProgressEvent
 from handler.errors import ComfyUnavailable, ServiceError
 from handler.pipeline import Pipeline
 from handler.predict_request import PredictRequest
-from handler.routes.delivery import Outlet, document_bytes
+from handler.routes.delivery import DeliveryContext, document_bytes
 from handler.runtime import Runtime, Trigger
 
 log = logging.getLogger("handler.routes.sse")
@@ -50,7 +50,7 @@ def error_frame(exc: ServiceError) -> bytes:
 
 
 async def stream(
-    prepare: Callable[[], PredictRequest], pipeline: Pipeline, runtime: Runtime, outlet: Outlet
+    prepare: Callable[[], PredictRequest], pipeline: Pipeline, runtime: Runtime, context: DeliveryContext
 ) -> StreamingResponse:
     """`prepare` (parse the body, check readiness) runs in the same worker thread as the run, and
     what it raises is raised here, before the stream starts: a plain HTTP error."""
@@ -78,7 +78,7 @@ async def stream(
         try:
             result = pipeline.run(request, cancel=cancel, progress=sink)
             # Rendered here, off the event loop; the files are already removed by then.
-            put(b"event: result\ndata: " + document_bytes(result, request.output, outlet) + b"\n\n")
+            put(b"event: result\ndata: " + document_bytes(result, request.output, context) + b"\n\n")
         except ServiceError as exc:
             put(error_frame(exc))
         except Exception:

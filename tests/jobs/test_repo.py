@@ -75,7 +75,7 @@ class CountsReads:
 
 
 def test_changes_start_from_our_own_last_write_and_decide_again_on_a_read_when_it_is_stale(store):
-    from handler.jobs.repo import JobRepo, Keep
+    from handler.jobs.repo import JobRepo, LeaveUnchanged
 
     counted = CountsReads(store)
     ours, theirs = JobRepo(counted, keeps_line=False), JobRepo(store, keeps_line=False)  # two processes
@@ -93,10 +93,10 @@ def test_changes_start_from_our_own_last_write_and_decide_again_on_a_read_when_i
     def unless_final(j: Job) -> None:
         seen.append(j.state.value)
         if j.final:
-            raise Keep("final")
+            raise LeaveUnchanged("final")
         j.attempts += 1
 
-    with pytest.raises(Keep):
+    with pytest.raises(LeaveUnchanged):
         ours.update(job.job_id, unless_final)
     assert seen == ["running", "cancelled"] and counted.reads == 1
     assert ours.get(job.job_id).state is JobState.CANCELLED and ours.get(job.job_id).attempts == 5
@@ -110,8 +110,8 @@ def test_changes_start_from_our_own_last_write_and_decide_again_on_a_read_when_i
     def only_if_queued(j: Job) -> None:
         decided.append(j.state.value)
         if j.state is not JobState.QUEUED:
-            raise Keep("busy")
+            raise LeaveUnchanged("busy")
 
-    with pytest.raises(Keep):
+    with pytest.raises(LeaveUnchanged):
         ours.update(other.job_id, only_if_queued)
     assert decided == ["queued", "running"]  # queued in our view, then running in the store's

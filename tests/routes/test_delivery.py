@@ -15,7 +15,7 @@ from PIL import Image
 
 from handler.config import CLOUD_RUN_MAX_REQUEST_BYTES, Settings
 from handler.errors import NotAcceptable
-from handler.routes.delivery import Form, negotiate
+from handler.routes.delivery import AnswerForm, negotiate
 from tests.fixtures.cloudrun import CloudRunFront
 from tests.fixtures.comfy import RESOURCES, ComfyTarget, ServiceProcess, start_service
 from tests.fixtures.waiting import wait_until
@@ -67,19 +67,19 @@ def leftovers(service: ServiceProcess, *names: str) -> list[Path]:
 @pytest.mark.parametrize(
     ("accept", "form"),
     [
-        (None, Form.JSON),
-        ("", Form.JSON),
-        ("*/*", Form.JSON),
-        ("application/json", Form.JSON),
-        ("text/html,application/xhtml+xml,*/*;q=0.8", Form.JSON),
-        ("text/event-stream", Form.EVENTS),
-        ("image/png", Form.RAW),
-        ("image/*", Form.RAW),
-        ("video/mp4, application/json", Form.RAW),
-        ("application/octet-stream", Form.RAW),
+        (None, AnswerForm.JSON),
+        ("", AnswerForm.JSON),
+        ("*/*", AnswerForm.JSON),
+        ("application/json", AnswerForm.JSON),
+        ("text/html,application/xhtml+xml,*/*;q=0.8", AnswerForm.JSON),
+        ("text/event-stream", AnswerForm.EVENTS),
+        ("image/png", AnswerForm.RAW),
+        ("image/*", AnswerForm.RAW),
+        ("video/mp4, application/json", AnswerForm.RAW),
+        ("application/octet-stream", AnswerForm.RAW),
     ],
 )
-def test_the_accept_header_decides_the_form(accept: str | None, form: Form):
+def test_the_accept_header_decides_the_form(accept: str | None, form: AnswerForm):
     assert negotiate(accept).form is form
 
 
