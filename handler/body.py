@@ -123,7 +123,7 @@ def _inlined(schema: Any) -> Any:
     return schema
 
 
-# The graph itself is checked by graph.shape_problem, whose messages say what to export.
+# The graph itself is checked by graphshape.shape_problem, whose messages say what to export.
 _CHECKED = jsonschema.Draft202012Validator(
     {
         "type": "object",

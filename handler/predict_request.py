@@ -4,7 +4,7 @@ Sync requests, async jobs and Cloud Tasks deliveries all go through `parse_predi
 body that is accepted for later is exactly one that would run now.
 
 Every problem is a 400, never a 500: bodies nested deeper than `MAX_BODY_DEPTH`, non-finite
-numbers anywhere, graphs whose chains of links are longer than `graph.MAX_CHAIN` (ComfyUI's own
+numbers anywhere, graphs whose chains of links are longer than `graphshape.MAX_CHAIN` (ComfyUI's own
 validation recurses along them), and references into ComfyUI's shared output and temp folders
 (`"name [output]"`, `"name [temp]"`), which would let one request read another's files.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handler.body import check_fields
-from handler.comfyui import graph
+from handler.comfyui import graphshape
 from handler.comfyui.inputs import InputImage, parse_images
 from handler.comfyui.outputs import OutputOptions
 from handler.config import Settings
@@ -58,7 +58,7 @@ class PredictRequest:
 
 def check_workflow(workflow: Any) -> dict[str, Any]:
     """The shape of an API-format graph: {node id: {class_type, inputs}}."""
-    problem = graph.shape_problem(workflow)
+    problem = graphshape.shape_problem(workflow)
     if problem is not None:
         raise BadRequest(problem)
     assert isinstance(workflow, dict)
@@ -69,9 +69,9 @@ def check_workflow(workflow: Any) -> dict[str, Any]:
                     f"workflow node {node_id!r} input {name!r} refers to ComfyUI's shared output or temp folder "
                     f"({value!r}); only files sent with this request can be loaded"
                 )
-    depth = graph.longest_chain(workflow)
-    if depth > graph.MAX_CHAIN:
-        raise BadRequest(f"workflow has a chain of {depth} linked nodes; at most {graph.MAX_CHAIN} are allowed")
+    depth = graphshape.longest_chain(workflow)
+    if depth > graphshape.MAX_CHAIN:
+        raise BadRequest(f"workflow has a chain of {depth} linked nodes; at most {graphshape.MAX_CHAIN} are allowed")
     return workflow
 
 

@@ -19,8 +19,8 @@ Deliberate differences, because the check runs without ComfyUI's Python classes:
   With `check_files=False`, a value that looks like a file name is not looked up in its list.
 * Dynamic V3 inputs (`COMFY_DYNAMICCOMBO_V3`, `COMFY_AUTOGROW_V3`) are left to ComfyUI.
 
-Nothing here recurses along the graph, so any graph gets an answer; `longest_chain` measures the
-chains of links that ComfyUI's own (recursive) validation would walk, for `MAX_CHAIN`.
+Nothing here recurses along the graph, so any graph gets an answer. The API format's shape and the
+depth of its chains of links are checked before this, in graphshape.py.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from handler.comfyui.graphshape import is_link, is_ui_format
 from handler.errors import WorkflowInvalid
 
 Graph = Mapping[str, Any]
@@ -43,70 +44,6 @@ _FILE_NAME = re.compile(
     r"png|jpe?g|webp|gif|bmp|tiff?|mp4|webm|mov|wav|mp3|flac|ogg|glb|obj|ply)$",
     re.IGNORECASE,
 )
-
-
-def is_ui_format(workflow: Any) -> bool:
-    """A workflow saved by the editor (`nodes` + `links` lists), not the API format."""
-    return (
-        isinstance(workflow, Mapping)
-        and isinstance(workflow.get("nodes"), list)
-        and isinstance(workflow.get("links"), list)
-    )
-
-
-UI_FORMAT_HINT = (
-    "this looks like a workflow saved in ComfyUI's UI format (it has 'nodes' and 'links'); "
-    "export it with 'Export (API)' in ComfyUI's workflow menu and send that instead"
-)
-
-
-def shape_problem(workflow: Any) -> str | None:
-    """The one check of the API format's shape, {node id: {class_type, inputs}}, used for request
-    bodies and template files alike: what is wrong, or None."""
-    if is_ui_format(workflow):
-        return UI_FORMAT_HINT
-    if not isinstance(workflow, Mapping) or not workflow:
-        return "a workflow must be a non-empty object of nodes in ComfyUI's API format"
-    for node_id, node in workflow.items():
-        if not isinstance(node, Mapping) or not isinstance(node.get("class_type"), str):
-            return f"workflow node {node_id!r} must be an object with a string class_type"
-        if not isinstance(node.get("inputs", {}), Mapping):
-            return f"workflow node {node_id!r} has inputs that are not an object"
-    return None
-
-
-# Longest chain of linked nodes a request may send. ComfyUI validates recursively along links:
-# measured on 0.3x, a chain of 700 runs and one of 1,000 fails there with an empty error.
-MAX_CHAIN = 500
-
-
-def is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int) and not isinstance(value[1], bool)
-
-
-def _sources(graph: Graph, node_id: str) -> list[str]:
-    inputs = graph[node_id].get("inputs") if isinstance(graph[node_id], Mapping) else None
-    if not isinstance(inputs, Mapping):
-        return []
-    return [v[0] for v in inputs.values() if is_link(v) and isinstance(v[0], str) and v[0] in graph]
-
-
-def longest_chain(graph: Graph) -> int:
-    """The most nodes on one path of links (cycles are cut where they close), without recursion."""
-    depth: dict[str, int] = {}
-    for start in graph:
-        stack: list[tuple[str, bool]] = [(start, False)]
-        on_path: set[str] = set()
-        while stack:
-            node_id, finished = stack.pop()
-            if finished:
-                on_path.discard(node_id)
-                depth[node_id] = 1 + max((depth[u] for u in _sources(graph, node_id) if u in depth), default=0)
-            elif node_id not in depth and node_id not in on_path:
-                on_path.add(node_id)
-                stack.append((node_id, True))
-                stack.extend((u, False) for u in _sources(graph, node_id) if u not in depth and u not in on_path)
-    return max(depth.values(), default=0)
 
 
 def _error(type_: str, message: str, details: str = "", **extra: Any) -> dict[str, Any]:

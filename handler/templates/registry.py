@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jsonschema
 
-from handler.comfyui.graph import shape_problem
+from handler.comfyui.graphshape import shape_problem
 from handler.errors import BadRequest, InvalidParameter, NotFound
 
 if TYPE_CHECKING:

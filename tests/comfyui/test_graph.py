@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from handler.comfyui import graph
+from handler.comfyui import graph, graphshape
 from handler.errors import WorkflowInvalid
 
 RESOURCES = Path(__file__).resolve().parents[2] / "test_resources" / "comfy"
@@ -179,11 +179,11 @@ def test_cycle(object_info):
 
 def test_ui_format_is_recognised(object_info):
     ui = {"last_node_id": 2, "nodes": [{"id": 1, "type": "EmptyImage"}], "links": [], "version": 0.4}
-    assert graph.is_ui_format(ui)
+    assert graphshape.is_ui_format(ui)
     report = graph.check(ui, object_info)
     assert report.error["type"] == "invalid_prompt"
     assert "UI-format" in report.error["message"]
-    assert not graph.is_ui_format(workflow("empty_save"))
+    assert not graphshape.is_ui_format(workflow("empty_save"))
 
 
 @pytest.mark.parametrize("bad", [[], {}, {"1": "node"}, {"1": {"inputs": {}}}])
@@ -249,7 +249,7 @@ def test_a_chain_of_thousands_is_checked_without_recursion(object_info):
 
 
 def test_longest_chain_counts_nodes_on_the_longest_path_and_cuts_cycles():
-    assert graph.longest_chain(long_chain(3000)) == 3001
+    assert graphshape.longest_chain(long_chain(3000)) == 3001
     cycle = {"a": {"class_type": "X", "inputs": {"i": ["b", 0]}}, "b": {"class_type": "X", "inputs": {"i": ["a", 0]}}}
-    assert graph.longest_chain(cycle) == 2
-    assert graph.longest_chain({"a": {"class_type": "X", "inputs": {"i": [["nested"], 0]}}}) == 1
+    assert graphshape.longest_chain(cycle) == 2
+    assert graphshape.longest_chain({"a": {"class_type": "X", "inputs": {"i": [["nested"], 0]}}}) == 1
