@@ -15,7 +15,8 @@ import pytest
 from handler.comfyui import graph
 from handler.config import Settings
 from handler.errors import InvalidParameter, NotFound
-from handler.templates.registry import Templates, load_template
+from handler.templates.loading import load_template
+from handler.templates.registry import Templates
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_TEMPLATES = ROOT / "test_resources" / "templates"
