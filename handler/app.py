@@ -25,7 +25,7 @@ from handler.comfyui import catalog
 from handler.comfyui.instance import ComfyConnection
 from handler.config import ServiceRole, Settings
 from handler.errors import HTTPStatusError, ServiceError
-from handler.routes import dashboard, jobs, models, observe, predict, workflows
+from handler.routes import dashboard, jobs, models, observe, openapi, predict, workflows
 from handler.runtime import Runtime
 from handler.services import Services
 
@@ -91,6 +91,7 @@ def role_routes(built: Services) -> list[BaseRoute]:
     return (
         mounted
         + workflows.routes()
+        + openapi.routes()
         + jobs.routes(settings, runs_jobs=built.jobs.runner is not None)
         + observe.routes()
         + dashboard.routes()

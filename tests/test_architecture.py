@@ -11,7 +11,6 @@ HANDLER = Path(__file__).resolve().parents[1] / "handler"
 MAX_LINES = 420
 # Over the limit today, each to be split along its seams; none may grow meanwhile.
 KNOWN_LONG = {
-    "handler/routes/openapi.py": 555,
 }
 
 # Lowest first: a module may import from its own layer's other parts and from layers below.

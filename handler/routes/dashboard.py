@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute, Route
 from handler import __version__
 from handler.errors import scrub_text
 from handler.metrics import Metrics
+from handler.routes.apidoc import PathItems, json_response
 from handler.routes.common import Services, services_of
 
 if TYPE_CHECKING:
@@ -147,3 +148,46 @@ async def page_data(request: Request) -> JSONResponse:
 
 def routes() -> list[BaseRoute]:
     return [Route("/dashboard", page), Route("/dashboard/data", page_data)]
+
+
+# --- the OpenAPI document (routes/apidoc.py)
+
+OPERATIONS: PathItems = {
+    "/dashboard": {
+        "get": {
+            "summary": "The live dashboard: one self-contained HTML page that polls /dashboard/data",
+            "operationId": "dashboard",
+            "tags": ["observability"],
+            "responses": {
+                "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+            },
+        }
+    },
+    "/dashboard/data": {
+        "get": {
+            "summary": "What the dashboard shows, as JSON",
+            "operationId": "dashboardData",
+            "tags": ["observability"],
+            "responses": {
+                "200": json_response(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "now": {"type": "number", "description": "Unix time of the answer."},
+                            "service": {"type": "object", "description": "Version, role, uptime_s."},
+                            "comfyui": {
+                                "type": ["object", "null"],
+                                "description": "State, readiness, versions, restarts, reconnects, RAM and VRAM.",
+                            },
+                            "queue": {"type": "object", "description": "Jobs waiting per priority."},
+                            "running": {"type": "array", "description": "Prompts in ComfyUI now, with progress."},
+                            "recent": {"type": "array", "description": "The last finished runs."},
+                            "latency": {"type": "array", "description": "Request latency per 10 s, last ten minutes."},
+                        },
+                    },
+                    "The dashboard's data (not cached).",
+                )
+            },
+        }
+    },
+}

@@ -56,6 +56,17 @@ _FILE_PREFIXES = ("image/", "video/", "audio/", "model/")
 _STILL_FORMATS = {content_type: name for name, (_, content_type, _) in FORMATS.items()}
 
 
+# The raw answer, for the OpenAPI document of /predict.
+RAW_DESCRIPTION = (
+    "With `Accept` naming a file type (image/png, image/webp, image/*, video/mp4, audio/*, "
+    "application/octet-stream, …) and a workflow with exactly one file output, the body is that file (a still "
+    "image is re-encoded to the still format asked for). Headers: Content-Disposition (its name), X-Prompt-Id, "
+    "X-Output-Node, X-Output-Key, X-Output-Type, X-Output-Filename (URL-encoded, with its subfolder), "
+    "Server-Timing (the timings), X-Outputs (ComfyUI's outputs as JSON, when under 8 KiB). With none or several "
+    "files: 406, or the JSON answer when the Accept allows JSON too."
+)
+
+
 class AnswerForm(str, enum.Enum):
     """The form of a sync answer: the JSON document, the one output file, or Server-Sent Events."""
 

@@ -23,9 +23,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from handler import errors
+from handler.body import PRIORITIES
 from handler.config import Settings
 from handler.jobs import Outcome, RunOutcome, Sent
 from handler.jobs.repo import check_job_id
+from handler.routes.apidoc import PathItems, error_response, json_response, path_param, ref
 from handler.routes.common import Services, base_url, query_flag, services_of
 from handler.storage.local import LocalStore
 
@@ -180,3 +182,127 @@ def routes(settings: Settings, runs_jobs: bool) -> list[BaseRoute]:
     if runs_jobs:
         mounted.append(Route("/tasks/run", tasks_run, methods=["POST"]))
     return mounted
+
+
+# --- the OpenAPI document (routes/apidoc.py)
+
+_STATE = {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+ACCEPTED = {
+    "type": "object",
+    "required": ["job_id", "status_url", "state"],
+    "properties": {
+        "job_id": {"type": "string"},
+        "status_url": {"type": "string", "format": "uri"},
+        "state": _STATE,
+        "priority": {"type": "string", "enum": PRIORITIES},
+    },
+}
+
+JOB = {
+    "type": "object",
+    "description": "An async job: its state and, once finished, its result (files with URLs) or error.",
+    "required": ["job_id", "state"],
+    "properties": {
+        "job_id": {"type": "string"},
+        "state": _STATE,
+        "priority": {"type": "string", "enum": PRIORITIES},
+        "attempts": {"type": "integer"},
+        "created_at": _TIME,
+        "started_at": _TIME,
+        "finished_at": _TIME,
+        "updated_at": _TIME,
+        "status_url": {"type": "string"},
+        "cancel_requested": {"type": "boolean"},
+        "progress": {
+            "type": "object",
+            "description": "While running: the latest of ComfyUI's progress messages (at most one update a second).",
+            "properties": {
+                "node": {"type": ["string", "null"]},
+                "class_type": {"type": ["string", "null"]},
+                "step": {"type": ["number", "null"]},
+                "max": {"type": ["number", "null"]},
+                "percent": {"type": ["number", "null"]},
+                "updated_at": {"type": "number", "description": "Unix time of the update."},
+            },
+        },
+        "result": {
+            "type": "object",
+            "properties": {
+                "files": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "uri": {"type": "string"},
+                            "url": {"type": ["string", "null"]},
+                            "base64": {"type": "string", "contentEncoding": "base64"},
+                        },
+                    },
+                },
+            },
+        },
+        "error": {"type": "object", "description": "Why the job failed or was cancelled."},
+        "last_error": {"type": "object", "description": "The latest transient failure of a job that will be retried."},
+        "webhook": {"type": "object", "description": "The webhook URL (shortened) and its delivery state."},
+    },
+}
+
+CANCEL = {
+    "type": "object",
+    "properties": {
+        "job_id": {"type": "string"},
+        "state": _STATE,
+        "cancel": {"type": "string", "enum": ["dequeued", "interrupting", "requested"]},
+        "detail": {"type": "string"},
+    },
+}
+
+SCHEMAS: dict[str, Any] = {"JobAccepted": ACCEPTED, "Job": JOB}
+
+OPERATIONS: PathItems = {
+    "/status/{job_id}": {
+        "get": {
+            "summary": "State of an async job",
+            "operationId": "status",
+            "tags": ["jobs"],
+            "parameters": [
+                path_param("job_id"),
+                {
+                    "name": "inline",
+                    "in": "query",
+                    "schema": {"type": "boolean"},
+                    "description": "Embed the outputs as base64 (default: what the job asked for).",
+                },
+            ],
+            "responses": {"200": json_response(ref("Job"), "The job."), "404": error_response("No such job.")},
+        }
+    },
+    "/cancel/{job_id}": {
+        "post": {
+            "summary": "Cancel an async job",
+            "operationId": "cancel",
+            "tags": ["jobs"],
+            "parameters": [path_param("job_id")],
+            "responses": {
+                "200": json_response(CANCEL, "A queued job was taken out of the queue: it will never run."),
+                "202": json_response(CANCEL, "A running job is being interrupted, or will stop soon."),
+                "404": error_response("No such job."),
+                "409": error_response("The job has already finished."),
+            },
+        }
+    },
+    "/outputs/{job_id}/{name}": {
+        "get": {
+            "summary": "An output file of an async job (local storage only; Cloud Storage gives signed URLs)",
+            "operationId": "output",
+            "tags": ["jobs"],
+            "parameters": [path_param("job_id"), path_param("name")],
+            "responses": {
+                "200": {"description": "The file.", "content": {"*/*": {}}},
+                "404": error_response("No such file."),
+            },
+        }
+    },
+}

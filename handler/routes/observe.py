@@ -36,6 +36,7 @@ from handler import __version__, logs
 from handler.config import Settings
 from handler.errors import NotFound, scrub
 from handler.metrics import Metrics
+from handler.routes.apidoc import PathItems, error_response, json_response
 from handler.routes.common import Services, services_of
 
 if TYPE_CHECKING:
@@ -191,3 +192,48 @@ async def system(request: Request) -> JSONResponse:
 
 def routes() -> list[BaseRoute]:
     return [Route("/metrics", metrics_text), Route("/system", system)]
+
+
+# --- the OpenAPI document (routes/apidoc.py)
+
+OPERATIONS: PathItems = {
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "operationId": "metrics",
+            "tags": ["observability"],
+            "responses": {
+                "200": {
+                    "description": "Prometheus' text format: requests, runs, jobs queued per priority, ComfyUI's "
+                    "restarts, readiness and memory.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "404": error_response("Metrics are off on this service (METRICS=false)."),
+            },
+        }
+    },
+    "/system": {
+        "get": {
+            "summary": "ComfyUI's system stats and queue, and this service's settings",
+            "operationId": "system",
+            "tags": ["observability"],
+            "responses": {
+                "200": json_response(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "service": {"type": "object", "description": "Version and role."},
+                            "settings": {"type": "object", "description": "The settings, secrets masked."},
+                            "comfyui": {
+                                "type": ["object", "null"],
+                                "description": "State, readiness, version; when ready, its /system_stats and "
+                                "its queue as prompt ids only. Null where this role runs no ComfyUI.",
+                            },
+                        },
+                    },
+                    "The service and its ComfyUI.",
+                )
+            },
+        }
+    },
+}

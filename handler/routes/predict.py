@@ -20,6 +20,7 @@ from handler.errors import BadRequest
 from handler.predict_request import PredictRequest, parse_predict_body
 from handler.routes import delivery, sse
 from handler.routes import jobs as job_routes
+from handler.routes.apidoc import JSON, PathItems, error_response, json_response, ref
 from handler.routes.common import Services, base_url, read_json, services_of
 from handler.routes.delivery import AcceptedAnswer, AnswerForm, DeliveryContext
 
@@ -122,3 +123,122 @@ def routes() -> list[BaseRoute]:
         Route("/healthz", healthz),
         Route("/predict", predict, methods=["POST"]),
     ]
+
+
+# --- the OpenAPI document (routes/apidoc.py); /predict's request body is made of the templates,
+# so routes/openapi.py adds it when it builds the document.
+
+FILE = {
+    "type": "object",
+    "properties": {
+        "filename": {"type": "string"},
+        "subfolder": {"type": "string"},
+        "type": {"type": "string", "examples": ["output", "temp"]},
+        "node_id": {"type": "string"},
+        "output_key": {"type": "string", "examples": ["images", "gifs"]},
+        "content_type": {"type": "string", "examples": ["image/png"]},
+        "size": {"type": "integer"},
+        "image": {"type": "string", "contentEncoding": "base64", "description": "Inline delivery."},
+        "uri": {"type": "string", "description": "URL delivery: gs://bucket/key (local://key for a local store)."},
+        "url": {
+            "type": ["string", "null"],
+            "format": "uri",
+            "description": "URL delivery: a signed HTTPS URL (or the service's own link for a local store).",
+        },
+    },
+}
+
+PREDICT_RESPONSE = {
+    "type": "object",
+    "properties": {
+        "status": {"const": "success"},
+        "prompt_id": {"type": "string"},
+        "images": {"type": "array", "items": ref("OutputFile")},
+        "outputs": {"type": "object", "description": "ComfyUI's outputs per node, as in its history."},
+        "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+    },
+}
+
+SCHEMAS: dict[str, Any] = {"OutputFile": FILE, "PredictResponse": PREDICT_RESPONSE}
+
+OPERATIONS: PathItems = {
+    "/": {
+        "get": {
+            "summary": "Service information",
+            "operationId": "info",
+            "tags": ["service"],
+            "responses": {
+                "200": json_response({"type": "object"}, "Version, MODEL_TYPE, ComfyUI state and endpoints.")
+            },
+        }
+    },
+    "/healthz": {
+        "get": {
+            "summary": "Readiness (does not call ComfyUI)",
+            "operationId": "healthz",
+            "tags": ["service"],
+            "responses": {
+                "200": json_response(
+                    {"type": "object", "properties": {"status": {"const": "ready"}}}, "ComfyUI is ready."
+                ),
+                "503": json_response(
+                    {"type": "object", "properties": {"status": {"type": "string"}}},
+                    "ComfyUI is booting or restarting; see Retry-After.",
+                ),
+            },
+        }
+    },
+    "/predict": {
+        "post": {
+            "summary": "Run a workflow: raw, or a named template with parameters",
+            "operationId": "predict",
+            "tags": ["predict"],
+            "description": (
+                "Sends either `workflow` (API format) or `workflow_id` with `params`. The result comes back in the "
+                "response, unless the body asks for `async` or a `webhook`: then the graph is checked, a job is "
+                "accepted (202) and its state is read from `/status/{job_id}`.\n\n"
+                "The sync answer takes the form the `Accept` header asks for: JSON (default; files inline as base64, "
+                'or stored with links when `output.delivery` is "url"), the file itself, or Server-Sent Events. '
+                "Any answer over CHUNKED_ABOVE_BYTES (16 MiB) goes out chunked: Cloud Run lets a chunked answer through "
+                "at any size, and refuses one over 32 MiB that declares its length.\n\n"
+                + delivery.RAW_DESCRIPTION
+                + "\n\n"
+                + sse.EVENTS_DESCRIPTION
+            ),
+            "responses": {
+                "200": {
+                    "description": 'The outputs: JSON (base64 inline, or links with output.delivery "url"), the '
+                    "one file itself (raw), or an event stream.",
+                    "content": {
+                        JSON: {"schema": ref("PredictResponse")},
+                        "text/event-stream": {"schema": {"type": "string", "description": sse.EVENTS_DESCRIPTION}},
+                        "image/*": {"schema": {"type": "string", "format": "binary"}},
+                        "video/*": {"schema": {"type": "string", "format": "binary"}},
+                        "audio/*": {"schema": {"type": "string", "format": "binary"}},
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    },
+                },
+                "202": {
+                    **json_response(
+                        ref("JobAccepted"),
+                        "Accepted as an async job (`async`, `webhook`, or a Cloud Tasks delivery).",
+                    ),
+                    "headers": {"Location": {"schema": {"type": "string"}, "description": "The status URL."}},
+                },
+                "400": error_response(
+                    "A malformed body, or a workflow ComfyUI refuses (workflow_invalid, with node_errors)."
+                ),
+                "404": error_response("No template with that workflow_id."),
+                "406": error_response(
+                    "The Accept header allows no form of the answer (e.g. text/html), or a raw answer was "
+                    "asked for and the workflow did not produce exactly one file of an accepted type."
+                ),
+                "413": error_response("The body or an input image is too large."),
+                "422": error_response("A template parameter is wrong: `param` names it, `message` says why."),
+                "500": error_response("ComfyUI failed while running the workflow."),
+                "503": error_response("ComfyUI is not ready; retry after Retry-After seconds."),
+                "504": error_response("The workflow did not finish in time."),
+            },
+        }
+    },
+}

@@ -38,6 +38,18 @@ _tasks: set[asyncio.Future[Any]] = set()  # runs whose stream went away still fi
 _ACCEPTED = object()  # `prepare` passed: the stream starts
 
 
+# These events, for the OpenAPI document of /predict.
+EVENTS_DESCRIPTION = (
+    "With `Accept: text/event-stream` the answer is a stream of events, sent chunked (no size limit): "
+    "`queued` {prompt_id, position}, `started` {prompt_id}, `progress` {node, class_type, step, max, percent} as "
+    "ComfyUI reports it, `executed` {node, class_type, output} per output node, `preview` {node, class_type, "
+    'content_type, image} when the body says `"previews": true`, then `result` (exactly the JSON of a plain '
+    "call) or `error` {status_code, body} (the status and error body of a plain call). A comment line is sent "
+    "every 15 s while nothing else is. Errors before the run starts (a bad body, not ready) are plain HTTP "
+    "errors. A client that disconnects has its prompt interrupted."
+)
+
+
 def frame(kind: str, data: Any) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 

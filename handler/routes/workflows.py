@@ -1,43 +1,16 @@
-"""Routes for named workflows and the API description: /workflows, /openapi.json, /docs.
-
-The docs page is Swagger UI served from the `swagger-ui-py` package's own files, so it works
-without reaching any CDN.
-"""
+"""Routes for named workflows: `GET /workflows` (every loaded template, and the ones refused) and
+`GET /workflows/{workflow_id}` (one template with its parameters as JSON Schema)."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
 
-from handler import __version__
-from handler.routes import openapi
+from handler.routes.apidoc import PathItems, error_response, json_response, path_param, ref
 from handler.routes.common import query_flag, services_of
-
-ASSETS = "/docs/static"
-
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <title>{title}</title>
-  <link rel="stylesheet" href="{assets}/swagger-ui.css">
-  <link rel="icon" type="image/png" href="{assets}/favicon-32x32.png">
-</head>
-<body>
-  <div id="swagger-ui"></div>
-  <script src="{assets}/swagger-ui-bundle.js"></script>
-  <script>
-    window.ui = SwaggerUIBundle({{url: "{spec}", dom_id: "#swagger-ui", deepLinking: true,
-                                  defaultModelsExpandDepth: 0, tryItOutEnabled: true}});
-  </script>
-</body>
-</html>
-"""
 
 
 def list_workflows(request: Request) -> JSONResponse:
@@ -56,28 +29,84 @@ def get_workflow(request: Request) -> JSONResponse:
     return JSONResponse(services_of(request).templates.describe(request.path_params["workflow_id"]))
 
 
-def openapi_json(request: Request) -> JSONResponse:
-    present = [route.path for route in request.app.routes if isinstance(route, Route)]
-    root = request.scope.get("root_path") or ""
-    document = openapi.document(
-        services_of(request).templates, present=present, version=__version__, server_url=root or None
-    )
-    return JSONResponse(document)
-
-
-def docs(request: Request) -> HTMLResponse:
-    root = request.scope.get("root_path") or ""
-    return HTMLResponse(
-        _PAGE.format(title=html.escape("comfyrun API"), assets=root + ASSETS, spec=root + "/openapi.json")
-    )
-
-
 def routes() -> list[BaseRoute]:
-    """GET /workflows, /workflows/{workflow_id}, /openapi.json, /docs (+ its static files)."""
+    """GET /workflows, /workflows/{workflow_id}."""
     return [
         Route("/workflows", list_workflows, methods=["GET"]),
         Route("/workflows/{workflow_id}", get_workflow, methods=["GET"]),
-        Route("/openapi.json", openapi_json, methods=["GET"]),
-        Route("/docs", docs, methods=["GET"]),
-        Mount(ASSETS, app=StaticFiles(packages=[("swagger_ui", "static")]), name="docs-static"),
     ]
+
+
+# --- the OpenAPI document (routes/apidoc.py)
+
+WORKFLOW_SUMMARY = {
+    "type": "object",
+    "required": ["id", "title", "available"],
+    "properties": {
+        "id": {"type": "string"},
+        "title": {"type": "string"},
+        "description": {"type": "string"},
+        "model_type": {"type": ["string", "null"], "description": "The MODEL_TYPE whose models it needs."},
+        "available": {"type": "boolean", "description": "This service's image has those models."},
+    },
+}
+
+WORKFLOW_DETAIL = {
+    "allOf": [
+        ref("WorkflowSummary"),
+        {
+            "type": "object",
+            "properties": {"params": {"type": "object", "description": "The parameters as JSON Schema."}},
+        },
+    ]
+}
+
+
+SCHEMAS: dict[str, Any] = {"WorkflowSummary": WORKFLOW_SUMMARY, "WorkflowDetail": WORKFLOW_DETAIL}
+
+OPERATIONS: PathItems = {
+    "/workflows": {
+        "get": {
+            "summary": "Named workflows",
+            "operationId": "listWorkflows",
+            "tags": ["workflows"],
+            "parameters": [
+                {
+                    "name": "available",
+                    "in": "query",
+                    "schema": {"type": "boolean"},
+                    "description": "Only the templates whose models this image has.",
+                }
+            ],
+            "responses": {
+                "200": json_response(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "model_type": {"type": "string"},
+                            "workflows": {"type": "array", "items": ref("WorkflowSummary")},
+                            "errors": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                                "description": "Templates refused at load time, and why.",
+                            },
+                        },
+                    },
+                    "Every loaded template.",
+                )
+            },
+        }
+    },
+    "/workflows/{workflow_id}": {
+        "get": {
+            "summary": "One named workflow with its parameters as JSON Schema",
+            "operationId": "getWorkflow",
+            "tags": ["workflows"],
+            "parameters": [path_param("workflow_id")],
+            "responses": {
+                "200": json_response(ref("WorkflowDetail"), "The template."),
+                "404": error_response("No such template, or its manifest was refused."),
+            },
+        }
+    },
+}

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from handler.config import Settings
 from handler.errors import ServiceError
-from handler.routes import workflows
+from handler.routes import openapi, workflows
 from handler.templates.registry import Templates
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,9 @@ def base_url(folder: Path):
     settings = Settings(workflows_dir=folder, model_type="base")
     services = SimpleNamespace(settings=settings, templates=Templates.from_settings(settings))
     stub = Route("/predict", lambda request: JSONResponse({}), methods=["POST"])
-    app = Starlette(routes=[stub, *workflows.routes()], exception_handlers={ServiceError: _service_error})
+    app = Starlette(
+        routes=[stub, *workflows.routes(), *openapi.routes()], exception_handlers={ServiceError: _service_error}
+    )
     app.state.services = services  # what services_of(request) hands the routes
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -105,7 +107,7 @@ def test_docs_page_and_its_assets_are_served_locally(base_url):
     assert "/openapi.json" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
-        response = requests.get(f"{base_url}{workflows.ASSETS}/{asset}", timeout=10)
+        response = requests.get(f"{base_url}{openapi.ASSETS}/{asset}", timeout=10)
         assert response.status_code == 200 and len(response.content) > 10_000, asset
 
 
