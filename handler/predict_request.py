@@ -25,6 +25,7 @@ from handler.comfyui.inputs import InputImage, parse_images
 from handler.comfyui.outputs import OutputOptions
 from handler.config import Settings
 from handler.errors import REQUEST_FOLDER, BadRequest
+from handler.templates.registry import Templates
 
 MAX_BODY_DEPTH = 64
 # ComfyUI reads `name [output]` / `name [temp]` from its shared folders, which hold other
@@ -98,7 +99,7 @@ def parse_timeout(raw: Any, settings: Settings) -> float:
     return float(raw)
 
 
-def parse_predict_body(body: Any, settings: Settings, templates: Any = None) -> PredictRequest:
+def parse_predict_body(body: Any, settings: Settings, templates: Templates | None = None) -> PredictRequest:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     check_body(body)

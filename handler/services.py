@@ -61,14 +61,14 @@ def build(settings: Settings, runtime: Runtime, comfy_client: ComfyConnection | 
         checks, runs = pipeline, Runs(pipeline, comfy)
     metrics = Metrics(settings)
     jobs = Jobs.build(
-        settings,
-        store,
-        taskqueue.from_settings(settings),
-        taskqueue.outbox_from_settings(settings),
-        checks,
-        runs,
-        templates,
-        runtime,
+        settings=settings,
+        store=store,
+        queue=taskqueue.from_settings(settings),
+        outbox_queue=taskqueue.outbox_from_settings(settings),
+        checks=checks,
+        runs=runs,
+        templates=templates,
+        runtime=runtime,
         observer=metrics.job_changed if metrics.enabled else None,  # None: no decode of `before` per write
     )
     collector = ServiceCollector(comfy, jobs)

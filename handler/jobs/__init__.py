@@ -20,13 +20,12 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from handler.config import Settings
 from handler.jobs import retention
 from handler.jobs.leases import Leases
 from handler.jobs.model import FINAL_STATES, Job, JobState
-from handler.jobs.outbox import LocalSender, Outbox, OutboxQueue, Sent
+from handler.jobs.outbox import LocalSender, Outbox, Sent
 from handler.jobs.repo import JobRepo, Observer
 from handler.jobs.runner import Outcome, Pipeline, Readiness, Runner, RunOutcome
 from handler.jobs.service import AsyncOptions, JobService, Preflight
@@ -34,8 +33,8 @@ from handler.jobs.views import JobViews
 from handler.jobs.worker import LOCAL_SLOTS, WORKER_THREADS, LocalWorker
 from handler.runtime import Runtime
 from handler.storage import Store
-from handler.storage.local import LocalStore
-from handler.taskqueue import PullQueue, TaskQueue
+from handler.taskqueue import TaskQueue
+from handler.templates.registry import Templates
 
 log = logging.getLogger("handler.jobs")
 
@@ -62,66 +61,95 @@ class Runs:
     comfy: Readiness
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Jobs:
+    """One process's async jobs, wired for its role by `build`."""
+
     service: JobService
     runner: Runner | None  # None in the api role: jobs run on the workers
     outbox: Outbox
     worker: LocalWorker | None
     sender: LocalSender | None
     queue: TaskQueue
-    outbox_queue: OutboxQueue
+    outbox_queue: TaskQueue
     runtime: Runtime
 
     @classmethod
     def build(
         cls,
+        *,
         settings: Settings,
         store: Store,
         queue: TaskQueue,
-        outbox_queue: OutboxQueue,
+        outbox_queue: TaskQueue,
         checks: Preflight,
         runs: Runs | None,
-        templates: Any,
+        templates: Templates | None,
         runtime: Runtime,
         observer: Observer | None = None,
     ) -> Jobs:
         """`runs`: the pipeline and ComfyUI's readiness where this process runs jobs (roles
         all and worker); `checks`: how submits are checked (the pipeline, or the catalogue the
-        workers published)."""
+        workers published). The queues say whether this process drains them (`pull_queue`: the
+        local backend) or Cloud Tasks pushes their tasks; the store, whether it is on this disk."""
         instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        jobs_here, webhooks_here = queue.pull_queue(), outbox_queue.pull_queue()
         repo = JobRepo(
             store,
-            keeps_line=not isinstance(queue, PullQueue),
+            keeps_line=jobs_here is None,
             observer=observer,
-            min_write_interval_s=0.0 if isinstance(store, LocalStore) else settings.gcs_object_write_interval_s,
+            min_write_interval_s=0.0 if store.on_local_disk else settings.gcs_object_write_interval_s,
         )
         views = JobViews(settings, store)
-        local_worker = runs is not None and isinstance(queue, PullQueue)
+        local_worker = runs is not None and jobs_here is not None
         # The local worker's threads beyond its places in ComfyUI may make a webhook's first try.
-        inline = WORKER_THREADS - LOCAL_SLOTS if local_worker and isinstance(outbox_queue, PullQueue) else 0
+        inline = WORKER_THREADS - LOCAL_SLOTS if local_worker and webhooks_here is not None else 0
         outbox = Outbox(settings, repo, views, outbox_queue, inline_tries=inline)
         runner = worker = None
         if runs is not None:
-            leases = Leases(repo, runtime, settings.job_lease_ttl_s)
-            runner = Runner(settings, repo, runs.pipeline, runs.comfy, outbox, leases, runtime, templates, instance_id)
-            if isinstance(queue, PullQueue):
-                worker = LocalWorker(runner, queue, runs.comfy, runtime)
-        service = JobService(settings, repo, queue, views, outbox, runner, checks, templates, worker)
-        sender = (
-            LocalSender(outbox, outbox_queue, settings, runtime.stopping)
-            if isinstance(outbox_queue, PullQueue)
-            else None
+            runner = Runner(
+                settings=settings,
+                repo=repo,
+                pipeline=runs.pipeline,
+                comfy=runs.comfy,
+                outbox=outbox,
+                leases=Leases(repo, runtime, settings.job_lease_ttl_s),
+                runtime=runtime,
+                templates=templates,
+                instance_id=instance_id,
+            )
+            if jobs_here is not None:
+                worker = LocalWorker(runner, jobs_here, runs.comfy, runtime)
+        service = JobService(
+            settings=settings,
+            repo=repo,
+            queue=queue,
+            views=views,
+            outbox=outbox,
+            runner=runner,
+            checks=checks,
+            templates=templates,
+            worker=worker,
         )
-        for pull in (queue, outbox_queue):
-            if isinstance(pull, PullQueue):
-                runtime.on_stop(pull.stop_waiting)  # the dispatcher and the sender wait in `next`
-        return cls(service, runner, outbox, worker, sender, queue, outbox_queue, runtime)
+        sender = LocalSender(outbox, webhooks_here, settings, runtime.stopping) if webhooks_here is not None else None
+        for drained in (jobs_here, webhooks_here):
+            if drained is not None:
+                runtime.on_stop(drained.stop_waiting)  # the dispatcher and the sender wait in `next`
+        return cls(
+            service=service,
+            runner=runner,
+            outbox=outbox,
+            worker=worker,
+            sender=sender,
+            queue=queue,
+            outbox_queue=outbox_queue,
+            runtime=runtime,
+        )
 
     def start(self) -> None:
         if self.runner is not None:
             self.runner.start()
-        if isinstance(self.service.store, LocalStore):  # in the cloud, the bucket's lifecycle rules
+        if self.service.store.on_local_disk:  # in the cloud, the bucket's lifecycle rules
             self.runtime.thread("retention", self._sweep)
         if self.worker is not None or self.sender is not None:
             self._recover()

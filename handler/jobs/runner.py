@@ -38,6 +38,7 @@ from handler.jobs.repo import JobRepo, LeaseLost, LeaveUnchanged, outputs_prefix
 from handler.pipeline import PredictResult
 from handler.predict_request import PredictRequest, parse_predict_body
 from handler.runtime import Runtime
+from handler.templates.registry import Templates
 
 log = logging.getLogger("handler.jobs.runner")
 
@@ -89,6 +90,7 @@ class RunOutcome:
 class Runner:
     def __init__(
         self,
+        *,
         settings: Settings,
         repo: JobRepo,
         pipeline: Pipeline,
@@ -96,7 +98,7 @@ class Runner:
         outbox: Outbox,
         leases: Leases,
         runtime: Runtime,
-        templates: Any,
+        templates: Templates | None,
         instance_id: str,
     ):
         self.settings = settings

@@ -34,6 +34,7 @@ from handler.net import urlguard, webhooks
 from handler.predict_request import parse_predict_body
 from handler.storage import PreconditionFailed, Store
 from handler.taskqueue import PRIORITIES, PullQueue, TaskQueue
+from handler.templates.registry import Templates
 
 log = logging.getLogger("handler.jobs")
 
@@ -77,6 +78,7 @@ class AsyncOptions:
 class JobService:
     def __init__(
         self,
+        *,
         settings: Settings,
         repo: JobRepo,
         queue: TaskQueue,
@@ -84,7 +86,7 @@ class JobService:
         outbox: Outbox,
         runner: Runner | None,
         checks: Preflight,
-        templates: Any,
+        templates: Templates | None,
         worker: LocalWorker | None = None,
     ):
         self.settings = settings

@@ -28,6 +28,10 @@ class Versioned:
 
 @runtime_checkable
 class Store(Protocol):
+    # On this machine's disk: no per-object write rate limit, and nothing expires old objects
+    # (the service sweeps them itself; a bucket has lifecycle rules for that).
+    on_local_disk: bool
+
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
 
     def get_bytes(self, key: str) -> bytes | None:

@@ -35,6 +35,8 @@ RETRY = DEFAULT_RETRY.with_timeout(20.0)
 
 
 class GCSStore:
+    on_local_disk = False
+
     def __init__(
         self,
         bucket: str,

@@ -33,6 +33,8 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, data BLOB N
 
 
 class LocalStore:
+    on_local_disk = True
+
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)

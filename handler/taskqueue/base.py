@@ -25,6 +25,10 @@ class TaskQueue(Protocol):
 
     def close(self) -> None: ...
 
+    def pull_queue(self) -> PullQueue | None:
+        """This queue as one this process drains itself, or None where another service pushes
+        its tasks (Cloud Tasks)."""
+
 
 @dataclass(frozen=True)
 class Claim:

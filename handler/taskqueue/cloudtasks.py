@@ -142,6 +142,9 @@ class CloudTasksQueue:
                 pass
         return created
 
+    def pull_queue(self) -> None:
+        return None  # Cloud Tasks pushes the tasks to /tasks/run and /tasks/webhook
+
     def close(self) -> None:
         transport = getattr(self.client, "transport", None)
         if transport is not None:
