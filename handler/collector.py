@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from handler.taskqueue import PRIORITIES, PullQueue
+from handler.taskqueue import PRIORITIES
 
 if TYPE_CHECKING:
     from handler.comfyui.instance import Comfy
@@ -46,8 +46,9 @@ class Cached:
 def queued_counts(jobs: Jobs) -> dict[str, int]:
     """Jobs waiting per priority: the local queue, or the line kept in the store (Cloud Tasks)."""
     counts = dict.fromkeys(PRIORITIES, 0)
-    if isinstance(jobs.queue, PullQueue):
-        counts.update({p: int(n) for p, n in jobs.queue.pending().items() if p in counts})
+    drained = jobs.queue.pull_queue()
+    if drained is not None:
+        counts.update({p: int(n) for p, n in drained.pending().items() if p in counts})
         return counts
     for key in jobs.service.repo.store.list("line/"):
         rank = key.split("/")[1]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from typing import Protocol
 
 from handler.config import Settings
 from handler.failpoints import Failpoints
@@ -29,15 +28,9 @@ from handler.jobs.model import Job, WebhookState, iso, now
 from handler.jobs.repo import JobRepo, LeaveUnchanged
 from handler.jobs.views import JobViews
 from handler.net import webhooks
-from handler.taskqueue import PullQueue
+from handler.taskqueue import PullQueue, TaskQueue
 
 log = logging.getLogger("handler.jobs.outbox")
-
-
-class OutboxQueue(Protocol):
-    def enqueue(self, job_id: str, priority: str = "normal") -> None: ...
-
-    def close(self) -> None: ...
 
 
 class Sent(str, enum.Enum):
@@ -46,9 +39,7 @@ class Sent(str, enum.Enum):
 
 
 class Outbox:
-    def __init__(
-        self, settings: Settings, repo: JobRepo, views: JobViews, queue: OutboxQueue, *, inline_tries: int = 0
-    ):
+    def __init__(self, settings: Settings, repo: JobRepo, views: JobViews, queue: TaskQueue, *, inline_tries: int = 0):
         self.settings = settings
         self.repo = repo
         self.views = views
@@ -72,8 +63,9 @@ class Outbox:
                 self._inline.release()
             if settled:
                 return
-            if isinstance(self.queue, PullQueue):  # inline tries exist only then; the next waits its turn
-                self.queue.enqueue(job.job_id, "normal", delay_s=webhooks.backoff(self.settings.webhook_backoff_s, 1))
+            drained = self.queue.pull_queue()
+            if drained is not None:  # inline tries exist only then; the next waits its turn
+                drained.enqueue(job.job_id, "normal", delay_s=webhooks.backoff(self.settings.webhook_backoff_s, 1))
                 return
         self.queue.enqueue(job.job_id, "normal")
 

@@ -33,7 +33,7 @@ from handler.jobs.worker import LocalWorker
 from handler.net import urlguard, webhooks
 from handler.predict_request import parse_predict_body
 from handler.storage import PreconditionFailed, Store
-from handler.taskqueue import PRIORITIES, PullQueue, TaskQueue
+from handler.taskqueue import PRIORITIES, TaskQueue
 from handler.templates.registry import Templates
 
 log = logging.getLogger("handler.jobs")
@@ -289,8 +289,9 @@ class JobService:
 
     def _drop_from_queue(self, job: Job) -> None:
         try:
-            if isinstance(self.queue, PullQueue):
-                self.queue.remove(job.job_id)
+            drained = self.queue.pull_queue()
+            if drained is not None:
+                drained.remove(job.job_id)
             else:
                 self.queue.cancel(job.job_id, job.priority)  # type: ignore[attr-defined]
         except Exception as exc:  # the state says cancelled: a delivery will just find that

@@ -26,9 +26,7 @@ def from_settings(settings: Settings) -> Store:
 def link(store: Store, key: str, ttl_s: int, base_url: str) -> str | None:
     """Where a caller fetches a stored output: a signed URL, or for the local store this
     service's own `/outputs/…` route; None when the store cannot sign (use its `gs://` URI)."""
-    from handler.storage.local import LocalStore
-
     url = store.signed_url(key, ttl_s)
-    if url is None and isinstance(store, LocalStore):
+    if url is None and store.on_local_disk:
         url = f"{base_url.rstrip('/')}/{key}"
     return url
