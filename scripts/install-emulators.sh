@@ -11,7 +11,9 @@ PYTHON="${PYTHON:-python3}"
 VERSION="0.6.2"
 
 if [ -x "$VENV/bin/gcloud-tasks-emulator" ] \
-    && "$VENV/bin/python" -m pip show gcloud-tasks-emulator 2>/dev/null | grep -qx "Version: $VERSION"; then
+    && "$VENV/bin/python" -m pip show gcloud-tasks-emulator 2>/dev/null | grep -x "Version: $VERSION" >/dev/null; then
+    # (not grep -q: it stops reading early, pip dies of the closed pipe and, with pipefail, a
+    # working install looked broken and was installed again on every run)
     echo "gcloud-tasks-emulator $VERSION already in $VENV"
     exit 0
 fi
