@@ -162,9 +162,44 @@ class UnsafeURL(BadRequest):
 
 
 class WorkflowInvalid(BadRequest):
-    """ComfyUI (or our pre-flight check) refused the graph; carries its `error` and `node_errors`."""
+    """ComfyUI (or our pre-flight check) refused the graph; carries its `error` and `node_errors`.
+
+    A file the graph names that ComfyUI does not have (a `value_not_in_list` whose `extra_info`
+    has `installed`, see `comfyui.graph`) is listed under `missing_files` with the files there
+    are, and the first one is said in the message: a checkpoint named otherwise here is one
+    rename away, not a hunt through `/models`."""
 
     code = "workflow_invalid"
+
+    def __init__(self, message: str, **details: Any):
+        missing = _missing_files(details.get("node_errors"))
+        if missing:
+            first = missing[0]
+            names = [str(name) for name in first["installed"]]
+            there = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+            message += (
+                f"; {first['input']} {first['value']!r} is not installed, the files there are: {there or 'none'}"
+                " (GET /models lists every folder)"
+            )
+        super().__init__(message, **details, missing_files=missing or None)
+
+
+def _missing_files(node_errors: Any) -> list[dict[str, Any]]:
+    found = []
+    for node_id, entry in (node_errors or {}).items() if isinstance(node_errors, dict) else ():
+        for err in entry.get("errors", []) if isinstance(entry, dict) else ():
+            extra = err.get("extra_info") if isinstance(err, dict) else None
+            if isinstance(extra, dict) and err.get("type") == "value_not_in_list" and "installed" in extra:
+                found.append(
+                    {
+                        "node": node_id,
+                        "class_type": entry.get("class_type"),
+                        "input": extra.get("input_name"),
+                        "value": extra.get("received_value"),
+                        "installed": extra["installed"],
+                    }
+                )
+    return found
 
 
 class ExecutionFailed(ServiceError):

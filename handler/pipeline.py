@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from handler import benchtrace, logs
-from handler.comfyui import graph
+from handler.comfyui import graph, refusals
 from handler.comfyui.client import BinaryImage, Interrupted, PromptWatch
 from handler.comfyui.inputs import rewrite_references
 from handler.comfyui.instance import Comfy
@@ -34,6 +34,7 @@ from handler.errors import (
     QueueTimeout,
     ServiceError,
     Timeout,
+    WorkflowInvalid,
     register_private_path,
     scrub_text,
 )
@@ -281,7 +282,12 @@ class Pipeline:
                     previews=request.previews,
                 )
                 watch.listener = reporter.on_message
-            self.client.submit(graph, prompt_id, number)
+            try:
+                self.client.submit(graph, prompt_id, number)
+            except WorkflowInvalid as refusal:
+                raise refusals.with_installed(
+                    refusal, request.workflow, self.comfy.catalogue.latest().object_info
+                ) from None
             submitted = time.monotonic()
             if reporter is not None:
                 reporter.queued(self.client.ahead_of(prompt_id))

@@ -71,6 +71,10 @@ class CatalogueSlot:
         """The load in progress, if any, will not come: answer the last one loaded."""
         self._settled.set()
 
+    def latest(self) -> NodeCatalogue:
+        """The last catalogue loaded (empty before the first), without waiting for one on its way."""
+        return self._current
+
     def get(self) -> NodeCatalogue:
         """The catalogue; while one is loading, waits for it (ComfyUnavailable after `WAIT_S`)."""
         if not self._settled.wait(WAIT_S):

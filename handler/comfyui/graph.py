@@ -18,6 +18,8 @@ Deliberate differences, because the check runs without ComfyUI's Python classes:
   recorded `object_info` from a machine without models would otherwise refuse every model graph.
   With `check_files=False`, a value that looks like a file name is not looked up in its list.
 * Dynamic V3 inputs (`COMFY_DYNAMICCOMBO_V3`, `COMFY_AUTOGROW_V3`) are left to ComfyUI.
+* A `value_not_in_list` for a file name (a model or an image) adds `installed` to its
+  `extra_info`: the files ComfyUI has for that input (`WorkflowInvalid` says them in its message).
 
 Nothing here recurses along the graph, so any graph gets an answer. The API format's shape and the
 depth of its chains of links are checked before this, in graphshape.py.
@@ -362,6 +364,8 @@ class _Checker:
         if not invalid:
             return None
         listing = f"(list of length {len(options)})" if len(options) > 20 else str(options)
+        # ComfyUI's own error, word for word; a missing file also gets the files there are.
+        files = all(isinstance(v, str) and _FILE_NAME.search(v) for v in invalid)
         return _error(
             "value_not_in_list",
             "Value not in list",
@@ -369,6 +373,7 @@ class _Checker:
             input_name=name,
             input_config=None if len(options) > 20 else config,
             received_value=value,
+            **({"installed": list(options)} if files else {}),
         )
 
     @staticmethod

@@ -1,5 +1,12 @@
 """Routes for named workflows: `GET /workflows` (every loaded template, and the ones refused) and
-`GET /workflows/{workflow_id}` (one template with its parameters as JSON Schema)."""
+`GET /workflows/{workflow_id}` (one template with its parameters as JSON Schema).
+
+A template's `available` is decided by the ComfyUI that would run it: its node catalogue has the
+graph's node classes and lists every model file the graph names (`availability`), so a template is
+available exactly when its files are installed, whatever MODEL_TYPE the image has; `missing` says
+what is not there. `null` while no catalogue is known (before ComfyUI's first boot, or before a
+worker published one for the api role).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +16,38 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from handler.comfyui import graph
+from handler.comfyui.catalog import StoreCatalog
 from handler.routes.apidoc import PathItems, error_response, json_response, path_param, ref
-from handler.routes.common import query_flag, services_of
+from handler.routes.common import Services, query_flag, services_of
+from handler.templates.params import Template
+
+
+def catalogue_of(services: Services) -> dict[str, Any]:
+    """The node catalogue that decides what a template can run (empty while none is known): this
+    worker's last one loaded (not waiting for one on its way), or the one a worker published for
+    the api role."""
+    if services.comfy is not None:
+        return services.comfy.catalogue.latest().object_info
+    checks = services.jobs.service.checks
+    return checks.object_info() if isinstance(checks, StoreCatalog) else {}
+
+
+def availability(template: Template, object_info: dict[str, Any]) -> dict[str, Any]:
+    """`available` (None while no catalogue is known) and, when not, `missing`: what is not there."""
+    if not object_info:
+        return {"available": None}
+    report = graph.check(template.graph, object_info)
+    return {"available": True} if report.clean else {"available": False, "missing": report.messages()}
 
 
 def list_workflows(request: Request) -> JSONResponse:
+    # A sync endpoint: starlette runs it on a worker thread (the api role reads the store).
     services = services_of(request)
-    listed = services.templates.list()
+    info, templates = catalogue_of(services), services.templates
+    listed = [{**summary, **availability(templates.get(summary["id"]), info)} for summary in templates.list()]
     if query_flag(request, "available"):
-        listed = [w for w in listed if w["available"]]  # only what this image's models can run
+        listed = [w for w in listed if w["available"]]  # only what this ComfyUI can run now
     body: dict[str, Any] = {"model_type": services.settings.model_type, "workflows": listed}
     errors = services.templates.errors()
     if errors:
@@ -26,7 +56,10 @@ def list_workflows(request: Request) -> JSONResponse:
 
 
 def get_workflow(request: Request) -> JSONResponse:
-    return JSONResponse(services_of(request).templates.describe(request.path_params["workflow_id"]))
+    services = services_of(request)
+    workflow_id = request.path_params["workflow_id"]
+    described = services.templates.describe(workflow_id)
+    return JSONResponse({**described, **availability(services.templates.get(workflow_id), catalogue_of(services))})
 
 
 def routes() -> list[BaseRoute]:
@@ -47,7 +80,15 @@ WORKFLOW_SUMMARY = {
         "title": {"type": "string"},
         "description": {"type": "string"},
         "model_type": {"type": ["string", "null"], "description": "The MODEL_TYPE whose models it needs."},
-        "available": {"type": "boolean", "description": "This service's image has those models."},
+        "available": {
+            "type": ["boolean", "null"],
+            "description": "The running ComfyUI has the graph's nodes and model files (null: not known yet).",
+        },
+        "missing": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "When not available: what ComfyUI lacks, one line each.",
+        },
     },
 }
 
@@ -75,7 +116,7 @@ OPERATIONS: PathItems = {
                     "name": "available",
                     "in": "query",
                     "schema": {"type": "boolean"},
-                    "description": "Only the templates whose models this image has.",
+                    "description": "Only the templates the running ComfyUI can run now.",
                 }
             ],
             "responses": {
@@ -105,7 +146,9 @@ OPERATIONS: PathItems = {
             "parameters": [path_param("workflow_id")],
             "responses": {
                 "200": json_response(ref("WorkflowDetail"), "The template."),
-                "404": error_response("No such template, or its manifest was refused."),
+                "404": error_response(
+                    "No such template (the answer lists those there are), or its manifest was refused."
+                ),
             },
         }
     },

@@ -115,14 +115,8 @@ class Template:
             schema["required"] = required
         return schema
 
-    def summary(self, model_type: str | None = None) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "title": self.title,
-            "description": self.description,
-            "model_type": self.model_type,
-            "available": self.model_type is None or self.model_type == model_type,
-        }
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "description": self.description, "model_type": self.model_type}
 
 
 def value_problem(param: Param, value: Any) -> str | None:

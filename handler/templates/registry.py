@@ -22,7 +22,7 @@ image parameter takes base64, a data URI or an http(s) URL, becomes an image nam
 `param-<name>.png`, and that name is written into the graph's input (LoadImage's `image`), which the
 pipeline then rewrites to the staged file like any other. A value that is a plain image file name
 (`photo.png`) is written as is: it names an entry of the request's `images` list.
-Unknown template → `NotFound` (404); a bad parameter → `InvalidParameter` (422) naming it.
+Unknown template → `NotFound` (404) listing the ids there are; a bad parameter → `InvalidParameter` (422) naming it.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Templates:
     """The registry of named workflows in one folder, reloaded when its files change."""
 
     directory: Path
-    model_type: str | None = None  # this image's MODEL_TYPE: templates for others are "unavailable"
+    model_type: str | None = None  # the image's MODEL_TYPE; what runs is decided by ComfyUI's catalogue
     settings: Settings | None = None  # for image parameters (URL checks, size limits), as for /predict images
     _stamp: Stamp = field(default=(), init=False, repr=False)
     _templates: dict[str, Template] = field(default_factory=dict, init=False, repr=False)
@@ -69,7 +69,7 @@ class Templates:
     # --- reading ------------------------------------------------------------------------------
 
     def list(self) -> list[dict[str, Any]]:
-        return [t.summary(self.model_type) for t in self._current().values()]
+        return [t.summary() for t in self._current().values()]
 
     def errors(self) -> dict[str, str]:
         """Templates refused at load time: id → why."""
@@ -83,7 +83,12 @@ class Templates:
                 raise NotFound(
                     f"workflow {workflow_id!r} is not available: its manifest was refused", workflow_id=workflow_id
                 )
-            raise NotFound(f"no workflow named {workflow_id!r}", workflow_id=workflow_id)
+            known = sorted(self._templates)
+            raise NotFound(
+                f"no workflow named {workflow_id!r}; the workflows here: {', '.join(known) or 'none'}",
+                workflow_id=workflow_id,
+                workflows=known,
+            )
         return template
 
     def json_schema(self, workflow_id: str) -> dict[str, Any]:
@@ -91,7 +96,7 @@ class Templates:
 
     def describe(self, workflow_id: str) -> dict[str, Any]:
         template = self.get(workflow_id)
-        return {**template.summary(self.model_type), "params": template.json_schema()}
+        return {**template.summary(), "params": template.json_schema()}
 
     # --- rendering ----------------------------------------------------------------------------
 

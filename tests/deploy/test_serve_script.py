@@ -88,7 +88,7 @@ def serve(checkout: Path, repo: str) -> subprocess.CompletedProcess[str]:
 def assert_told_what_to_do(result: subprocess.CompletedProcess[str], url: str, why: str) -> None:
     assert result.returncode == 1, (result.returncode, result.stderr)
     err = result.stderr
-    assert f"could not fetch ComfyUI 0." in err and url in err and why in err, err
+    assert "could not fetch ComfyUI 0." in err and url in err and why in err, err
     # the ways around it, spelled as commands
     assert "COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=" in err and "./scripts/serve.sh" in err, err
     assert "COMFYUI_URL=http://" in err, err

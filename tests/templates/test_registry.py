@@ -63,7 +63,7 @@ def invalid(templates: Templates, workflow_id: str, params) -> InvalidParameter:
 def test_lists_the_test_templates(templates):
     assert [t["id"] for t in templates.list()] == ["invert", "solid-blur", "solid-scale"]
     assert templates.errors() == {}
-    assert all(t["available"] and t["model_type"] is None for t in templates.list())
+    assert all(t["model_type"] is None for t in templates.list())
 
 
 def test_schemas_are_valid_json_schema(templates):
