@@ -13,7 +13,10 @@ Contract:
   goes through `Throttled`, which writes at most once per interval on a thread of its own).
 * `JobProgress` keeps an async job's latest progress in the store (`progress/<job id>.json`, at
   most one write a second, removed when the run ends), where `/status` on any instance reads it
-  (`read_job_progress`): {node, class_type, step, max, percent, updated_at}.
+  (`read_job_progress`): {stage, node, class_type, step, max, percent, updated_at}.
+* `started` and `progress` carry a `stage` (`Stage`): between the start and the first step a
+  graph with a model loader is `loading models` (ComfyUI sends no steps while it loads weights),
+  one without is `running`; a sampler's steps are `sampling`, any other node's steps `running`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,16 @@ class EventKind(str, enum.Enum):
     PROGRESS = "progress"
     EXECUTED = "executed"
     PREVIEW = "preview"
+
+
+class Stage(str, enum.Enum):
+    LOADING = "loading models"
+    SAMPLING = "sampling"
+    RUNNING = "running"
+
+
+def _loads_models(class_type: Any) -> bool:
+    return isinstance(class_type, str) and "Loader" in class_type  # CheckpointLoaderSimple, UNETLoader, …
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,7 @@ class Reporter:
                         "step": step,
                         "max": maximum,
                         "percent": percent(step, maximum),
+                        "stage": (Stage.SAMPLING if "Sampler" in str(self.classes.get(node)) else Stage.RUNNING).value,
                     },
                 )
             elif kind == "executed" and isinstance(data.get("output"), dict):
@@ -143,7 +157,11 @@ class Reporter:
             self._emit(EventKind.QUEUED, {"prompt_id": self.prompt_id, "position": 0})
         if not self._started:
             self._started = True
-            self._emit(EventKind.STARTED, {"prompt_id": self.prompt_id})
+            loading = any(_loads_models(class_type) for class_type in self.classes.values())
+            self._emit(
+                EventKind.STARTED,
+                {"prompt_id": self.prompt_id, "stage": (Stage.LOADING if loading else Stage.RUNNING).value},
+            )
 
 
 class Throttled:
@@ -227,8 +245,8 @@ class JobProgress:
 
     def _write(self, event: ProgressEvent) -> None:
         data = event.data
-        shown = {key: data.get(key) for key in ("node", "class_type", "step", "max", "percent")}
-        self.store.put_json(self.key, {**shown, "updated_at": time.time()})
+        shown = {key: data.get(key) for key in ("stage", "node", "class_type", "step", "max", "percent")}
+        self.store.put_json(self.key, {**shown, "updated_at": time.time()})  # /status shows it in ISO 8601
         self._written = True
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from handler.comfyui.progress import read_job_progress
 from handler.config import Settings
 from handler.errors import ServiceError
 from handler.jobs import retention
-from handler.jobs.model import Job, JobState, error, now
+from handler.jobs.model import Job, JobState, error, iso, now
 from handler.jobs.outbox import Outbox
 from handler.jobs.repo import JobRepo, LeaveUnchanged
 from handler.jobs.runner import Runner
@@ -230,7 +230,8 @@ class JobService:
         if job.state is JobState.RUNNING:  # the run's latest progress, from whichever instance runs it
             progress = read_job_progress(self.store, job_id)
             if progress is not None:
-                view["progress"] = progress
+                stamp = progress.get("updated_at")  # stored as Unix time; shown like every other time
+                view["progress"] = {**progress, "updated_at": iso(stamp) if isinstance(stamp, (int, float)) else stamp}
         return view
 
     def cancel(self, job_id: str) -> dict[str, Any]:

@@ -219,12 +219,17 @@ JOB = {
             "type": "object",
             "description": "While running: the latest of ComfyUI's progress messages (at most one update a second).",
             "properties": {
+                "stage": {
+                    "type": ["string", "null"],
+                    "enum": ["loading models", "sampling", "running", None],
+                    "description": "loading models: started, no step yet, in a graph with a model loader.",
+                },
                 "node": {"type": ["string", "null"]},
                 "class_type": {"type": ["string", "null"]},
                 "step": {"type": ["number", "null"]},
                 "max": {"type": ["number", "null"]},
                 "percent": {"type": ["number", "null"]},
-                "updated_at": {"type": "number", "description": "Unix time of the update."},
+                "updated_at": _TIME,
             },
         },
         "result": {
