@@ -358,7 +358,7 @@ class Comfy:
         catalogue: dict[str, list[str]] = {}
         for folder in folders:
             try:
-                catalogue[folder] = sorted(self.client.get_json(f"/models/{folder}"))
+                catalogue[folder] = sorted(filter(worth_listing, self.client.get_json(f"/models/{folder}")))
             except Exception:
                 catalogue[folder] = []
         self._models = (time.monotonic(), catalogue)
@@ -369,3 +369,10 @@ class Comfy:
         if folder not in catalogue:
             raise NotFound(f"no model folder named {folder!r}", folders=sorted(catalogue))
         return catalogue[folder]
+
+
+def worth_listing(name: str) -> bool:
+    """A file of a model folder that /models shows: ComfyUI lists every file (custom_nodes has no
+    extension filter), Python's caches and hidden files and folders (`.git`) included; those go."""
+    parts = name.replace("\\", "/").split("/")
+    return not any(part.startswith(".") or part == "__pycache__" for part in parts) and not name.endswith(".pyc")

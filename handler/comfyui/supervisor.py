@@ -148,6 +148,32 @@ def private_paths(settings: Settings, folders: ComfyFolders | None) -> dict[Path
     return paths
 
 
+# ComfyUI arguments the service sets itself (`ComfySupervisor.command`), and what to use instead:
+# given in COMFYUI_ARGS they would move ComfyUI away from where the service looks for it.
+OWN_ARGS = {
+    "--port": "set COMFYUI_PORT instead (the port the service starts ComfyUI on and connects to)",
+    "--listen": "ComfyUI listens on 127.0.0.1 for this service only; to use a ComfyUI elsewhere, set COMFYUI_URL",
+    "--tls-keyfile": "the service talks plain HTTP to ComfyUI on 127.0.0.1; TLS ends in front of the service",
+    "--tls-certfile": "the service talks plain HTTP to ComfyUI on 127.0.0.1; TLS ends in front of the service",
+    "--input-directory": "set STATE_DIR instead (ComfyUI's input/, output/, temp/ and user/ are under it)",
+    "--output-directory": "set STATE_DIR instead (ComfyUI's input/, output/, temp/ and user/ are under it)",
+    "--temp-directory": "set STATE_DIR instead (ComfyUI's input/, output/, temp/ and user/ are under it)",
+    "--user-directory": "set STATE_DIR instead (ComfyUI's input/, output/, temp/ and user/ are under it)",
+    "--database-url": "the service gives ComfyUI an in-memory database",
+    "--models-directory": "set MODELS_DIR instead (the folder models are downloaded to and listed from)",
+    "--base-directory": "set MODELS_DIR (models) and STATE_DIR (ComfyUI's folders) instead",
+    "--verbose": "set COMFY_LOG_LEVEL instead",
+}
+
+
+def refuse_own_args(args: tuple[str, ...] | list[str]) -> None:
+    """ValueError (a configuration error at start) for a COMFYUI_ARGS flag that `OWN_ARGS` names."""
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if flag in OWN_ARGS:
+            raise ValueError(f"COMFYUI_ARGS must not contain {flag}: {OWN_ARGS[flag]}")
+
+
 class ComfySupervisor:
     def __init__(
         self,
@@ -158,6 +184,7 @@ class ComfySupervisor:
     ):
         if settings.comfyui_path is None:
             raise ValueError("COMFYUI_PATH is not set")
+        refuse_own_args(settings.comfyui_args)
         self.settings = settings
         self.folders = ComfyFolders.under(settings.comfyui_base_dir)
         self.url = f"http://127.0.0.1:{settings.comfyui_port}"

@@ -34,6 +34,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--temp-directory", type=str, default=None)
     parser.add_argument("--user-directory", type=str, default=None)
     parser.add_argument("--base-directory", type=str, default=None)
+    parser.add_argument("--models-directory", type=str, default=None)
     parser.add_argument(
         "--verbose", default="INFO", const="DEBUG", nargs="?", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     )
@@ -116,7 +117,7 @@ def main(argv: list[str]) -> int:
         if args.temp_directory
         else os.path.join(base, "temp")
     )
-    models_dir = os.path.join(base, "models")
+    models_dir = os.path.abspath(args.models_directory) if args.models_directory else os.path.join(base, "models")
 
     log.info("Python version: %s", sys.version)
     log.info("ComfyUI version: %s (stand-in)", COMFYUI_VERSION)
