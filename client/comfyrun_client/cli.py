@@ -9,7 +9,7 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from comfyrun_client.client import Client, ClientError, identity_token, image_entry
+from comfyrun_client.client import Client, ClientError, identity_token, image_entry, write_new
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -66,7 +66,7 @@ class ProgressBar:
         if kind == "queued":
             line = f"queued (position {data.get('position', 0)})"
         elif kind == "started":
-            line = "running"
+            line = "running" + (f": {data['stage']}" if data.get("stage") else "")
         elif kind == "progress":
             share = (data.get("percent") or 0.0) / 100
             filled = int(share * self.WIDTH)
@@ -86,6 +86,28 @@ class ProgressBar:
         if self.drawn:
             self.out.write("\n")
             self.out.flush()
+            self.drawn = False
+
+
+class JobFollower:
+    """An async job's status, polled, drawn for a person: a line at each change of state, and
+    while it runs the progress bar the SSE mode draws (from the status's `progress`)."""
+
+    def __init__(self, job_id: str, bar: ProgressBar):
+        self.job_id = job_id
+        self.bar = bar
+        self.state: str | None = None
+
+    def update(self, status: dict[str, Any]) -> None:
+        state = status.get("state")
+        if state != self.state:
+            self.bar.done()
+            self.state = state
+            self.bar.out.write(f"job {self.job_id}: {state}\n")
+            self.bar.out.flush()
+        progress = status.get("progress")
+        if state == "running" and isinstance(progress, dict):
+            self.bar.update("progress" if progress.get("max") else "started", progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,11 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="[NAME=]PATH|URL",
         help="an input image: a local file, an http(s) URL or a gs:// URI",
     )
-    parser.add_argument("--async", dest="run_async", action="store_true", help="queue a job and poll it")
+    parser.add_argument(
+        "--async", dest="run_async", action="store_true", help="queue a job and follow it (state changes, progress)"
+    )
     parser.add_argument("--priority", choices=("high", "normal", "low"), default="normal")
     parser.add_argument("--webhook", help="a URL to be told when the job ends (async)")
     parser.add_argument("--no-wait", action="store_true", help="async: print the job id and return")
-    parser.add_argument("--out", default="outputs", help="where to save outputs (default: outputs/)")
+    parser.add_argument(
+        "--out",
+        default="outputs",
+        help="where to save outputs (default: outputs/); an existing file is never overwritten: name-2.png, …",
+    )
     parser.add_argument("--timeout", type=float, help="the job's timeout in seconds")
     parser.add_argument("--token", help="a bearer token to send")
     parser.add_argument("--id-token", action="store_true", help="mint a Google identity token for the URL")
@@ -143,13 +171,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.no_wait:
                 print(json.dumps({"job_id": job_id}))
                 return 0
-            answer = client.wait(job_id, timeout_s=(args.timeout or 3600) + 600)
+            follower = JobFollower(job_id, ProgressBar(sys.stderr))
+            answer = client.wait(job_id, timeout_s=(args.timeout or 3600) + 600, on_status=follower.update)
+            follower.bar.done()
             ok = answer["state"] == "succeeded"
         elif args.raw:
             raw = client.predict_raw(workflow, accept=args.raw, **request)
-            path = Path(args.out).joinpath(*_safe_relative(raw.filename).parts)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(raw.data)
+            path = write_new(Path(args.out).joinpath(*_safe_relative(raw.filename).parts), raw.data)
             print(
                 json.dumps(
                     {

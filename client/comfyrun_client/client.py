@@ -280,12 +280,22 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/cancel/{job_id}", timeout=30)
 
-    def wait(self, job_id: str, *, timeout_s: float = 3600.0, poll_s: float = 1.0) -> dict[str, Any]:
-        """Poll until the job is final; backs off from 0.2 s to `poll_s`."""
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float = 3600.0,
+        poll_s: float = 1.0,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job is final; backs off from 0.2 s to `poll_s`. `on_status` sees every
+        status read, the final one included (the `comfyrun` command draws them)."""
         deadline = time.monotonic() + timeout_s
         delay = 0.2
         while True:
             current = self.status(job_id)
+            if on_status is not None:
+                on_status(current)
             if current["state"] in FINAL:
                 return current
             if time.monotonic() > deadline:
@@ -296,7 +306,8 @@ class Client:
     # --- outputs
 
     def save_outputs(self, answer: dict[str, Any], out_dir: str | Path) -> list[Path]:
-        """Write every output of a /predict response or a finished job's status to `out_dir`."""
+        """Write every output of a /predict response or a finished job's status to `out_dir`,
+        under the name ComfyUI gave it; never over an existing file (`write_new`)."""
         out = Path(out_dir)
         saved = []
         sync = "images" in answer  # a sync response holds base64 images; a job's status, files
@@ -306,10 +317,7 @@ class Client:
             relative = PurePosixPath(item.get("subfolder") or "", item["filename"])
             if relative.is_absolute() or ".." in relative.parts:
                 relative = PurePosixPath(relative.name)
-            path = out.joinpath(*relative.parts)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            saved.append(path)
+            saved.append(write_new(out.joinpath(*relative.parts), data))
         return saved
 
     def _fetch(self, item: dict[str, Any]) -> bytes:
@@ -331,3 +339,19 @@ class Client:
             data: bytes = storage.Client().bucket(bucket).blob(name).download_as_bytes()
             return data
         raise ClientError(f"no way to download {item['filename']}: no URL, no data")
+
+
+def write_new(path: Path, data: bytes) -> Path:
+    """Write `data` to `path`, or, when a file is there already (ComfyUI numbers its outputs per
+    run, so every run of a workflow makes `out_00001_.png`), to `stem-2.ext`, `stem-3.ext`, …: the
+    first free name, taken atomically. Returns the path written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate, number = path, 1
+    while True:
+        try:
+            with open(candidate, "xb") as file:
+                file.write(data)
+            return candidate
+        except FileExistsError:
+            number += 1
+            candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
