@@ -109,6 +109,8 @@ CMD ["python", "-m", "handler"]
 
 # ---------------------------------------------------------------- worker (default): service + ComfyUI + models
 FROM comfyui AS worker
+# The default, FLUX.1 [dev] fp8, is under the FLUX.1 [dev] Non-Commercial License: for a commercial
+# service build another MODEL_TYPE (flux1-schnell: Apache-2.0). docs/operators.md, "Model licences".
 ARG MODEL_TYPE=flux1-dev-fp8
 # --link: the models layer does not depend on the layers below it, so a new ComfyUI, PyTorch or
 # service reuses it as it is (not rebuilt, re-compressed or pushed again).

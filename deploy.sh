@@ -18,7 +18,9 @@ Usage: ./deploy.sh [options] PROJECT_ID REGION TAG
 
 Options (each also read from the environment variable in brackets):
   --service NAME            Cloud Run service name [SERVICE] (comfyui)
-  --model-type TYPE         models baked into the image, a type of models.txt or base [MODEL_TYPE] (flux1-dev-fp8)
+  --model-type TYPE         models baked into the image, a type of models.txt or base [MODEL_TYPE] (flux1-dev-fp8:
+                            FLUX.1 dev, non-commercial licence; flux1-schnell is Apache-2.0; see
+                            docs/operators.md, "Model licences")
   --min-instances N         instances kept warm; each bills its GPU all the time [MIN_INSTANCES] (0)
   --max-instances N         most instances (each one L4 of quota) [MAX_INSTANCES] (3)
   --concurrency N           requests one instance takes at once: 2 is one running on the GPU and the
