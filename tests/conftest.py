@@ -11,7 +11,7 @@ Markers (registered in pyproject.toml) are applied here, by fixture and by modul
   run. `./scripts/test.sh -m "not slow"` is the quick loop; `./scripts/test.sh` (what CI runs)
   runs everything.
 
-The real-gcloud replay (tests/deploy/test_gcloud_replay.py) runs in CI (CI set, as .ci/run does), with
+The real-gcloud runs (tests/deploy/test_gcloud_replay.py's replay, tests/deploy/test_deploy_api.py's tests) run in CI (CI set, as .ci/run does), with
 `--gcloud-replay`, without a pytest cache (`-p no:cacheprovider`), or when the files that decide the
 recorded commands changed since it last passed on this machine: their content hash is kept in
 .pytest_cache after a pass. Otherwise it is skipped and says why.
@@ -101,15 +101,23 @@ SLOW_TESTS = {
 SLOW_S = 1.0
 DURATIONS_KEY = "comfyrun/call-durations"
 
-GCLOUD_REPLAY = "test_every_recorded_command_parses_in_the_real_gcloud"
-# What decides the commands the replay feeds to the real gcloud.
+# Tests that drive the real gcloud CLI: a minute or more each on a loaded machine.
+GCLOUD_REPLAYS = {
+    "test_every_recorded_command_parses_in_the_real_gcloud",
+    "test_every_request_deploy_sh_sends_is_one_the_google_apis_accept",
+    "test_updates_and_the_workers_other_shapes_are_accepted_too",
+}
+# What decides the commands they feed to the real gcloud, and how their answers are checked.
 GCLOUD_REPLAY_INPUTS = [
     "deploy.sh",
     "cloudbuild.yaml",
+    "models.txt",
     "deploy",
     "tests/deploy_fixtures",
     "tests/fixtures/deploy.py",
+    "tests/fixtures/googleapis.py",
     "tests/deploy/test_gcloud_replay.py",
+    "tests/deploy/test_deploy_api.py",
 ]
 CACHE_KEY = "comfyrun/gcloud-replay-passed"
 
@@ -136,13 +144,13 @@ def gcloud_replay_inputs_hash() -> str:
     return digest.hexdigest()
 
 
-def _replay_skip_reason(config: pytest.Config) -> str | None:
+def _replay_skip_reason(config: pytest.Config, name: str) -> str | None:
     if os.environ.get("CI", "").lower() not in ("", "0", "false") or config.getoption("--gcloud-replay"):
         return None
     cache = getattr(config, "cache", None)
     if cache is None:
         return None
-    if cache.get(CACHE_KEY, None) != gcloud_replay_inputs_hash():
+    if cache.get(f"{CACHE_KEY}/{name}", None) != gcloud_replay_inputs_hash():
         return None
     return (
         "deploy.sh and its recorded commands are unchanged since this replay last passed here "
@@ -164,7 +172,7 @@ def check_lists() -> None:
     """Every module and test the marker lists name exists, so a move or a rename updates them."""
     missing = sorted(name for name in INTEGRATION_MODULES | SLOW_MODULES if not (TESTS / name).exists())
     sources = "\n".join(p.read_text() for p in TESTS.rglob("test_*.py"))
-    missing += sorted(name for name in SLOW_TESTS | {GCLOUD_REPLAY} if f"def {name}(" not in sources)
+    missing += sorted(name for name in SLOW_TESTS | GCLOUD_REPLAYS if f"def {name}(" not in sources)
     missing += sorted(name for name in GCLOUD_REPLAY_INPUTS if not (ROOT / name).exists())
     if missing:
         raise pytest.UsageError(f"tests/conftest.py names what does not exist (moved or renamed?): {missing}")
@@ -175,7 +183,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    replay_skip = _replay_skip_reason(config)
     cache = getattr(config, "cache", None)
     measured: dict[str, float] = cache.get(DURATIONS_KEY, {}) if cache is not None else {}
     for item in items:
@@ -184,7 +191,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & INTEGRATION_FIXTURES or listed(module, INTEGRATION_MODULES):
             item.add_marker(pytest.mark.integration)
-        if fixtures & CLOUD_FIXTURES or name == GCLOUD_REPLAY:
+        if fixtures & CLOUD_FIXTURES or name in GCLOUD_REPLAYS:
             item.add_marker(pytest.mark.cloud)
         if (
             listed(module, SLOW_MODULES)
@@ -193,8 +200,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             or measured.get(item.nodeid, 0.0) >= SLOW_S
         ):
             item.add_marker(pytest.mark.slow)
-        if name == GCLOUD_REPLAY:
+        if name in GCLOUD_REPLAYS:
             item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.slow)
+            replay_skip = _replay_skip_reason(config, name)
             if replay_skip:
                 item.add_marker(pytest.mark.skip(reason=replay_skip))
 
@@ -202,10 +211,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     report = yield
-    if call.when == "call" and report.passed and getattr(item, "originalname", item.name) == GCLOUD_REPLAY:
+    name = getattr(item, "originalname", item.name)
+    if call.when == "call" and report.passed and name in GCLOUD_REPLAYS:
         cache = getattr(item.config, "cache", None)
         if cache is not None:
-            cache.set(CACHE_KEY, gcloud_replay_inputs_hash())
+            cache.set(f"{CACHE_KEY}/{name}", gcloud_replay_inputs_hash())
     return report
 
 
