@@ -45,6 +45,8 @@ Options (each also read from the environment variable in brackets):
   --gpu-zonal-redundancy    reserve failover capacity (costs more, needs its own quota) [GPU_ZONAL_REDUNDANCY=true]
   --custom-nodes "URL[@REF] ..."   extra custom nodes baked into the image [CUSTOM_NODES]
   --skip-build              deploy an image already pushed under TAG [SKIP_BUILD=true]
+  --allow-region            deploy to a REGION off the list of Cloud Run L4 regions: asia-south1 (L4 by
+                            invitation) or one added since [ALLOW_REGION=true]
   --metrics                 add Managed Service for Prometheus' collector as a sidecar: /metrics lands
                             in Cloud Monitoring [METRICS_SIDECAR=true] (image: GMP_SIDECAR_IMAGE)
   --dry-run                 print every command without running any [DRY_RUN=true]
@@ -80,6 +82,7 @@ KEEP_IMAGES=${KEEP_IMAGES:-5}
 SKIP_BUILD=${SKIP_BUILD:-false}
 DRY_RUN=${DRY_RUN:-false}
 METRICS_SIDECAR=${METRICS_SIDECAR:-false}
+ALLOW_REGION=${ALLOW_REGION:-false}
 GMP_SIDECAR_IMAGE=${GMP_SIDECAR_IMAGE:-us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:1.2.0}
 
 positional=()
@@ -89,6 +92,7 @@ while [[ $# -gt 0 ]]; do
         --dry-run) DRY_RUN=true; shift; continue ;;
         --skip-build) SKIP_BUILD=true; shift; continue ;;
         --metrics) METRICS_SIDECAR=true; shift; continue ;;
+        --allow-region) ALLOW_REGION=true; shift; continue ;;
         --gpu-zonal-redundancy) GPU_ZONAL_REDUNDANCY=true; shift; continue ;;
         --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
     esac
@@ -157,9 +161,23 @@ done
 ((${MEMORY%Gi} >= 16 && ${MEMORY%Gi} <= 32)) || die "--memory must be 16Gi..32Gi with an L4 GPU, got $MEMORY"
 [[ $BUCKET =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || die "bad --bucket '$BUCKET'"
 [[ $QUEUE_PREFIX =~ ^[A-Za-z0-9-]{1,90}$ ]] || die "bad --queue-prefix '$QUEUE_PREFIX'"
-for flag in "$GPU_ZONAL_REDUNDANCY" "$SKIP_BUILD" "$DRY_RUN" "$METRICS_SIDECAR"; do
+for flag in "$GPU_ZONAL_REDUNDANCY" "$SKIP_BUILD" "$DRY_RUN" "$METRICS_SIDECAR" "$ALLOW_REGION"; do
     [[ $flag == true || $flag == false ]] || die "boolean settings take true or false, got '$flag'"
 done
+# Cloud Run's regions with the NVIDIA L4 (its GPU page); asia-south1 has it by invitation only, so
+# it takes --allow-region, as does a region added since. Checked before anything is created or
+# built: elsewhere the deploy would fail after a build of tens of GB.
+L4_REGIONS="us-central1 us-east4 europe-west1 europe-west4 asia-southeast1"
+if [[ " $L4_REGIONS " != *" $REGION "* ]]; then
+    if [[ $ALLOW_REGION != true ]]; then
+        invitation=""
+        if [[ $REGION == asia-south1 ]]; then
+            invitation=" (asia-south1 offers it by invitation: if your project has one, add --allow-region)"
+        fi
+        die "REGION $REGION has no Cloud Run L4 GPUs$invitation; they are in: $L4_REGIONS. --allow-region deploys there anyway"
+    fi
+    echo "deploy.sh: warning: $REGION is not on the list of Cloud Run L4 regions ($L4_REGIONS); going on (--allow-region)" >&2
+fi
 
 # Model types come from models.txt, the one file that lists models.
 mapfile -t KNOWN_TYPES < <(awk '!/^[[:space:]]*(#|$)/ { n = split($1, t, ","); for (i = 1; i <= n; i++) print t[i] }' \
@@ -383,14 +401,15 @@ step "Cloud Tasks queues $QUEUE_PREFIX-{high,normal,low,webhooks}"
 # dispatch as many tasks at once as there are request slots (max instances x concurrency); more
 # would only meet Cloud Run's 429. Backoff stays short so a freed GPU is not left idle. The job
 # bounds its own runs (JOB_MAX_ATTEMPTS) and then answers 2xx, so the queues retry without a count
-# limit and their 24-hour retry window is only a backstop. The webhooks queue is the outbox: one
+# limit and their 24-hour retry window is only a backstop (86400s: gcloud sends the value as it is,
+# and the API takes a duration only as seconds ending in s). The webhooks queue is the outbox: one
 # task per job event, to /tasks/webhook, whose own count (WEBHOOK_MAX_ATTEMPTS) ends it.
 SLOTS=$((MAX_INSTANCES * CONCURRENCY))
 for spec in "high:50:$SLOTS:10s" "normal:10:$SLOTS:10s" "low:1:$SLOTS:10s" "webhooks:50:100:300s"; do
     IFS=: read -r lane rate concurrent max_backoff <<<"$spec"
     queue=$QUEUE_PREFIX-$lane
     settings=(--max-dispatches-per-second="$rate" --max-concurrent-dispatches="$concurrent"
-        --max-attempts=-1 --max-retry-duration=24h --min-backoff=1s --max-backoff="$max_backoff")
+        --max-attempts=-1 --max-retry-duration=86400s --min-backoff=1s --max-backoff="$max_backoff")
     if exists gcloud tasks queues describe "$queue" --location="$REGION" --project="$PROJECT"; then
         run gcloud tasks queues update "$queue" --location="$REGION" "${settings[@]}" --project="$PROJECT"
     else
@@ -462,8 +481,19 @@ common_env=MODEL_TYPE=$MODEL_TYPE,GOOGLE_CLOUD_PROJECT=$PROJECT,GCS_BUCKET=$BUCK
 common_env+=,TASKS_LOCATION=$REGION,TASKS_QUEUE_PREFIX=$QUEUE_PREFIX,TASKS_SERVICE_ACCOUNT=$TASKS_SA
 common_env+=,API_URL=$API_URL,WORKER_URL=$SERVICE_URL,OUTPUT_RETENTION_DAYS=$RETENTION_DAYS
 
+# The deploys are retried when the grants before them may be seconds old: with --skip-build no
+# build stands between the IAM step and them, and an account made in this run may not have
+# reached Cloud Run yet (the build is retried for the same reason).
+deploy_service() {
+    if [[ $SKIP_BUILD == true || $FRESH_IAM == true ]]; then
+        RETRY_ATTEMPTS=3 retry "$@"
+    else
+        run "$@"
+    fi
+}
+
 step "Deploying $API_SERVICE (api role) to Cloud Run in $REGION"
-run gcloud run deploy "$API_SERVICE" --region="$REGION" --project="$PROJECT" \
+deploy_service gcloud run deploy "$API_SERVICE" --region="$REGION" --project="$PROJECT" \
     --service-account="$RUN_SA" --image="$API_IMAGE" --cpu=1 --memory=1Gi \
     --min-instances=0 --max-instances=10 --concurrency=80 --timeout=60 \
     --no-allow-unauthenticated --quiet \
@@ -502,7 +532,7 @@ if [[ $METRICS_SIDECAR == true ]]; then
 fi
 # The service's flags first, then the (app) container's: gcloud reads flags after --container as
 # that container's.
-run gcloud run deploy "$SERVICE" --region="$REGION" --project="$PROJECT" \
+deploy_service gcloud run deploy "$SERVICE" --region="$REGION" --project="$PROJECT" \
     --service-account="$RUN_SA" --gpu-type=nvidia-l4 "$redundancy" \
     --no-cpu-throttling --execution-environment=gen2 \
     --min-instances="$MIN_INSTANCES" --max-instances="$MAX_INSTANCES" \

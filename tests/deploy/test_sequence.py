@@ -49,7 +49,7 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     assert [r["argv"][3] for r in queues] == ["comfyui-high", "comfyui-normal", "comfyui-low", "comfyui-webhooks"]
     for r in queues:
         # the retry policy of docs/async.md: the job bounds its attempts, the queue only backs it up
-        for setting, value in (("--max-attempts", "-1"), ("--max-retry-duration", "24h"), ("--min-backoff", "1s")):
+        for setting, value in (("--max-attempts", "-1"), ("--max-retry-duration", "86400s"), ("--min-backoff", "1s")):
             assert flag(r["argv"], setting) == [value], f"{setting} on {r['argv'][3]}"
     from handler.taskqueue.cloudtasks import QUEUE_LIMITS  # the service's own idea of the queues
 
