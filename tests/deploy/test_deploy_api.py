@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from google.cloud import tasks_v2
 
-from tests.fixtures.googleapis import FakeGoogleAPIs
 from tests.fixtures.deploy import Stub
+from tests.fixtures.googleapis import FakeGoogleAPIs
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT, REGION, TAG = "demo-project", "us-central1", "v1"
