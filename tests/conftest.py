@@ -30,6 +30,7 @@ pytest_plugins = [
     "tests.fixtures.gcs",
     "tests.fixtures.cloudtasks",
     "tests.fixtures.tiny_model",
+    "tests.fixtures.modelserver",
 ]
 
 TESTS = Path(__file__).resolve().parent

@@ -44,6 +44,34 @@ class ModelSettings(Section):
         secret=True,
         help="a Hugging Face token for gated models, sent to huggingface.co only",
     )
+    model_urls: bool = setting(
+        env="MODEL_URLS",
+        default=True,
+        help="workflows may name a model by URL (https://, gs://, hf://) in a model-loading input; the worker "
+        "fetches it once into the model cache (docs/models-by-url.md)",
+    )
+    model_cache_dir: Path | None = setting(
+        env="MODEL_CACHE_DIR",
+        default=None,
+        shown="`STATE_DIR`/comfyui/model-cache",
+        help="where models fetched by URL are kept (on Cloud Run, in memory)",
+    )
+    model_cache_bytes: int | None = setting(
+        env="MODEL_CACHE_BYTES",
+        default=None,
+        shown="half of (memory − `MODEL_CACHE_RESERVE_BYTES`)",
+        help="the model cache's budget: a larger file is refused (413), least recently used files make room",
+    )
+    model_cache_reserve_bytes: int = setting(
+        env="MODEL_CACHE_RESERVE_BYTES",
+        default=4 * 1024**3,
+        help="memory set aside for ComfyUI and the service before the model cache's default budget is derived",
+    )
+    model_fetch_timeout_s: float = setting(
+        env="MODEL_FETCH_TIMEOUT_S",
+        default=600.0,
+        help="the longest one model download may take (inside the request's own timeout)",
+    )
     models_cache_ttl_s: float = setting(
         env="MODELS_CACHE_TTL_S",
         default=300.0,

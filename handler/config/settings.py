@@ -61,6 +61,11 @@ class Settings(
         return (self.state_dir / "comfyui").resolve()
 
     @property
+    def model_cache_root(self) -> Path:
+        """Where models fetched by URL are kept (MODEL_CACHE_DIR)."""
+        return self.model_cache_dir or self.comfyui_base_dir / "model-cache"
+
+    @property
     def comfyui_models_dir(self) -> Path | None:
         """Where the models of a booted ComfyUI live (MODELS_DIR, else COMFYUI_PATH/models)."""
         if self.models_dir is not None:

@@ -87,6 +87,11 @@ def _client(settings: Settings) -> Any:
         return client
 
 
+def client(settings: Settings) -> Any:
+    """The service's Cloud Storage client (the emulator's when STORAGE_EMULATOR_HOST is set)."""
+    return _client(settings)
+
+
 def read_gcs(uri: str, settings: Settings, *, max_bytes: int, timeout_s: float) -> bytes:
     obj = check_gcs_uri(uri, settings, purpose="input image")
     from google.api_core import exceptions as gexc

@@ -1,0 +1,253 @@
+"""Streaming one model file from its URL into a part file, under the input URL rules.
+
+`download(ref, part, settings, ...)` writes the bytes of `ref.url` to `part` and returns their
+sha256 and size. Every HTTP hop is vetted by urlguard (SSRF rules, URL_ALLOWLIST) and dialled to
+the vetted address; a redirect is vetted again; HF_TOKEN goes to huggingface.co only, never to
+the storage hosts it redirects to. A dropped connection is resumed with `Range` from what was
+written (a server that ignores it sends everything again). The whole download is bounded by
+`deadline` (time.monotonic()): a stalled or trickling server is cut there.
+
+`reserve(wanted, needed)` is asked before a byte is written, with the size the server announced
+(0 when it did not say), and again whenever the bytes written pass what was granted, wanting room
+ahead and needing the next chunk's; it returns what it granted, or raises to stop the download
+(the cache's budget). `gs://bucket/object` is read with the service's
+credentials from allowlisted buckets only, its size taken from the object's metadata first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urljoin, urlsplit
+
+from handler.config import Settings
+from handler.errors import BadRequest, ServiceError, StorageUnavailable, Timeout
+from handler.models.refs import HF_HOST, ModelRef
+from handler.net import connpool, gcsinput, urlguard, watchdog
+
+CHUNK = 1 << 20
+RESUMES = 3  # dropped connections resumed per download
+REDIRECTS = {301, 302, 303, 307, 308}
+
+Reserve = Callable[[int, int], int]  # (bytes wanted, bytes needed at least) -> bytes granted
+
+
+class ModelNotFound(BadRequest):
+    """The model's URL answered that it has no such file."""
+
+    code = "model_not_found"
+
+
+class ModelFetchFailed(BadRequest):
+    """The model's URL could not be read to the end (refused, broken, or not a file)."""
+
+    code = "model_fetch_failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Downloaded:
+    sha256: str
+    size: int
+    resumed: int  # how many times a dropped connection was picked up again
+
+
+class _Dropped(Exception):
+    """The connection ended before the announced length: worth resuming."""
+
+
+class _Sink:
+    """The part file and the digest of what it holds."""
+
+    def __init__(self, out: BinaryIO):
+        self.out = out
+        self.digest = hashlib.sha256()
+
+    @property
+    def size(self) -> int:
+        return self.out.tell()
+
+    def write(self, chunk: bytes) -> None:
+        self.out.write(chunk)
+        self.digest.update(chunk)
+
+    def restart(self) -> None:
+        self.out.seek(0)
+        self.out.truncate()
+        self.digest = hashlib.sha256()
+
+
+def download(
+    ref: ModelRef, part: Path, settings: Settings, *, reserve: Reserve, deadline: float, hf_token: str | None
+) -> Downloaded:
+    if ref.url.startswith("gs://"):
+        return _download_gcs(ref, part, settings, reserve=reserve, deadline=deadline)
+    shown = urlguard.redact_url(ref.url)
+    resumed = 0
+    with open(part, "wb") as out:
+        sink = _Sink(out)
+        while True:
+            try:
+                _stream(ref, sink, settings, reserve, deadline, hf_token)
+                out.flush()
+                return Downloaded(sha256=sink.digest.hexdigest(), size=sink.size, resumed=resumed)
+            except _Dropped:
+                if resumed >= RESUMES:
+                    raise ModelFetchFailed(f"model {shown}: the connection dropped {resumed + 1} times") from None
+                resumed += 1
+            except (OSError, http.client.HTTPException) as exc:
+                if time.monotonic() >= deadline:
+                    raise Timeout(f"model {shown}: the download did not finish in time") from None
+                raise ModelFetchFailed(f"model {shown}: {urlguard.describe_error(exc)}") from None
+
+
+def _headers(url: str, offset: int, hf_token: str | None) -> dict[str, str]:
+    headers = {"User-Agent": "comfyrun-models", "Accept-Encoding": "identity", "Accept": "*/*"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    if hf_token and (urlsplit(url).hostname or "").lower() == HF_HOST:
+        headers["Authorization"] = f"Bearer {hf_token}"
+    return headers
+
+
+def _stream(
+    ref: ModelRef,
+    sink: _Sink,
+    settings: Settings,
+    reserve: Reserve,
+    deadline: float,
+    hf_token: str | None,
+) -> None:
+    """One connection: append to the sink's end, or raise _Dropped when it ends early."""
+    offset = sink.size
+    shown = urlguard.redact_url(ref.url)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise Timeout(f"model {shown}: the download did not finish in time")
+    opened: list[connpool.Connection] = []
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        for conn in list(opened):
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    alarm = watchdog.arm(remaining, cut)
+    try:
+        url = ref.url
+        for _hop in range(urlguard.MAX_REDIRECTS + 1):
+            target = urlguard.vet(url, settings, purpose="model URL")
+            request = ("GET", target.path, None, _headers(url, offset, hf_token))
+            conn, resp = connpool.send(
+                target.scheme, target.host, target.port, target.addresses, request, remaining, opened
+            )
+            try:
+                location = resp.getheader("Location")
+                if resp.status in REDIRECTS and location:
+                    url = urljoin(url, location)
+                    continue
+                _body(resp, ref, sink, offset, reserve, expired)
+                return
+            finally:
+                conn.close()
+        raise ModelFetchFailed(f"model {shown}: more than {urlguard.MAX_REDIRECTS} redirects")
+    except (OSError, http.client.HTTPException):
+        if expired.is_set():
+            raise Timeout(f"model {shown}: the download did not finish in time") from None
+        raise
+    finally:
+        alarm.disarm()
+
+
+def _body(
+    resp: http.client.HTTPResponse,
+    ref: ModelRef,
+    sink: _Sink,
+    offset: int,
+    reserve: Reserve,
+    expired: threading.Event,
+) -> None:
+    shown = urlguard.redact_url(ref.url)
+    if resp.status in (404, 410):
+        raise ModelNotFound(f"model {shown}: no such file (HTTP {resp.status})")
+    if resp.status in (401, 403):
+        raise ModelFetchFailed(f"model {shown}: access refused (HTTP {resp.status})")
+    if offset and resp.status == 200:  # the server ignored the range: start again
+        sink.restart()
+        offset = 0
+    elif offset and resp.status == 206:
+        match = re.match(r"bytes (\d+)-", resp.getheader("Content-Range") or "")
+        if not match or int(match.group(1)) != offset:
+            raise ModelFetchFailed(f"model {shown}: the server resumed at the wrong place")
+    elif resp.status != 200:
+        raise ModelFetchFailed(f"model {shown}: HTTP {resp.status}")
+    length = resp.getheader("Content-Length")
+    expected = int(length) if length and length.isdigit() else None
+    total = offset + expected if expected is not None else None
+    granted = reserve(total or 0, total or 0)
+    while True:
+        try:
+            chunk = resp.read1(CHUNK) if not resp.isclosed() else b""
+        except (OSError, http.client.HTTPException):
+            if total is not None and not expired.is_set():
+                raise _Dropped from None
+            raise
+        if expired.is_set():
+            raise TimeoutError
+        if not chunk:
+            break
+        if sink.size + len(chunk) > granted:
+            if total is not None:
+                raise ModelFetchFailed(f"model {shown}: the server sent more than it announced")
+            granted = reserve(sink.size + CHUNK * 64, sink.size + len(chunk))
+        sink.write(chunk)
+    if expired.is_set():
+        raise TimeoutError
+    if total is not None and sink.size < total:
+        raise _Dropped
+
+
+def _download_gcs(ref: ModelRef, part: Path, settings: Settings, *, reserve: Reserve, deadline: float) -> Downloaded:
+    obj = gcsinput.check_gcs_uri(ref.url, settings, purpose="model URL")
+    from google.api_core import exceptions as gexc
+
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise Timeout(f"model {obj.uri[:200]}: the download did not finish in time")
+    try:
+        blob = gcsinput.client(settings).bucket(obj.bucket).get_blob(obj.name, timeout=remaining)
+        if blob is None:
+            raise ModelNotFound(f"model {obj.uri[:200]}: no such object")
+        size = int(blob.size or 0)
+        reserve(size, size)
+        with open(part, "wb") as out:
+            if size:
+                blob.download_to_file(out, start=0, end=size - 1, raw_download=True, timeout=remaining)
+    except (gexc.NotFound, gexc.Forbidden, gexc.Unauthorized):
+        raise ModelNotFound(f"model {obj.uri[:200]}: no such object, or the service may not read it") from None
+    except ServiceError:
+        raise
+    except Exception as exc:
+        if time.monotonic() >= deadline:
+            raise Timeout(f"model {obj.uri[:200]}: the download did not finish in time") from None
+        raise StorageUnavailable(
+            f"model {obj.uri[:200]}: Cloud Storage did not answer ({type(exc).__name__})"
+        ) from None
+    digest = hashlib.sha256()
+    with open(part, "rb") as done:
+        while block := done.read(CHUNK):
+            digest.update(block)
+    if part.stat().st_size != size:
+        raise ModelFetchFailed(f"model {obj.uri[:200]}: read {part.stat().st_size} of {size} bytes")
+    return Downloaded(sha256=digest.hexdigest(), size=size, resumed=0)
