@@ -38,6 +38,8 @@ from handler.errors import (
     register_private_path,
     scrub_text,
 )
+from handler.models import ondemand
+from handler.models.cache import ModelCache
 from handler.predict_request import PredictRequest, check_workflow, is_folder_name, new_folder_name
 from handler.runtime import Runtime, Trigger, link
 from handler.taskqueue.base import PRIORITIES
@@ -80,6 +82,7 @@ class PredictResult:
     files: list[OutputFile]
     outputs: dict[str, dict[str, Any]]
     timings: dict[str, float] = field(default_factory=dict)
+    models: list[dict[str, Any]] = field(default_factory=list)  # fetched by URL (models/ondemand.py)
 
     # Set when the caller asked to remove the job's files itself, after it has answered.
     cleanup: Callable[[], None] | None = None
@@ -91,6 +94,7 @@ class PredictResult:
             "images": [{**file.describe(), "image": image(file)} for file in self.files],
             "outputs": self.outputs,
             "timings": self.timings,
+            **({"models": self.models} if self.models else {}),
         }
 
     def to_response(self) -> dict[str, Any]:
@@ -206,8 +210,9 @@ def _ms(seconds: float) -> float:
 
 
 class Pipeline:
-    def __init__(self, comfy: Comfy, runtime: Runtime):
+    def __init__(self, comfy: Comfy, runtime: Runtime, *, models: ModelCache | None = None):
         self.comfy = comfy
+        self.models = models  # the cache of models named by URL; None: such workflows are refused
         self.client = comfy.client
         # Error bodies name these folders by placeholder, never by path (errors.scrub).
         for path, placeholder in private_paths(comfy.settings, comfy.folders).items():
@@ -264,9 +269,14 @@ class Pipeline:
         watch: PromptWatch | None = None
         reporter: Reporter | None = None
         deferred = False
+        models = ondemand.Staged()
         try:
+            info = self.comfy.object_info if self.models is not None else None
+            models = ondemand.stage(self.models, request.workflow, info, started + request.timeout_s)
+            fetched = time.monotonic()
             renames = self.comfy.inputs.stage(rid, request.images, deadline=started + request.timeout_s)
             graph = prepare_graph(request.workflow, rid, self.comfy.output_classes)
+            models.rewrite(graph)
             previews = preview_nodes(request.workflow)
             rewrite_references(graph, renames)
             staged = time.monotonic()
@@ -307,19 +317,23 @@ class Pipeline:
             collected = time.monotonic()
             timings = {
                 "total_ms": _ms(collected - started),
-                "inputs_ms": _ms(staged - started),
+                "models_ms": _ms(fetched - started),
+                "inputs_ms": _ms(staged - fetched),
                 "submit_ms": _ms(submitted - staged),
                 "comfyui_ms": _ms(finished - submitted),
                 "outputs_ms": _ms(collected - finished),
             }
             if watch.started_at:
                 timings["queued_ms"] = _ms(max(0.0, watch.started_at - submitted))
-            result = PredictResult(prompt_id, files, public_outputs(watch.outputs, rid, previews), timings)
+            result = PredictResult(
+                prompt_id, files, public_outputs(watch.outputs, rid, previews), timings, models.report()
+            )
             if defer_cleanup:
                 result.cleanup = functools.partial(self._discard, rid, watch)
                 deferred = True
             return result
         finally:
+            models.release()  # the prompt is over: its models may be evicted again
             if reporter is not None:
                 reporter.close()
             if watch is not None:

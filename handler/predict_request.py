@@ -25,6 +25,7 @@ from handler.comfyui.inputs import InputImage, parse_images
 from handler.comfyui.outputs import OutputOptions
 from handler.config import Settings
 from handler.errors import REQUEST_FOLDER, BadRequest
+from handler.models.refs import check_model_urls
 from handler.templates.registry import Templates
 
 MAX_BODY_DEPTH = 64
@@ -124,6 +125,7 @@ def parse_predict_body(body: Any, settings: Settings, templates: Templates | Non
         workflow = check_workflow(body["workflow"])
     else:
         raise BadRequest("the body needs a workflow (API format) or a workflow_id with params")
+    check_model_urls(workflow, settings)  # the api role checks them; the worker fetches them
     return PredictRequest(
         workflow=workflow,
         images=images,

@@ -20,6 +20,7 @@ from handler.comfyui.instance import Comfy, ComfyConnection
 from handler.config import Settings
 from handler.jobs import Jobs, Preflight, Runs
 from handler.metrics import Metrics
+from handler.models.cache import ModelCache, default_budget, memory_limit_bytes
 from handler.pipeline import Pipeline
 from handler.runtime import Runtime
 from handler.tasktoken import TaskTokenVerifier
@@ -34,6 +35,7 @@ class Services:
     runtime: Runtime
     comfy: Comfy | None  # None in the api role, which has no ComfyUI
     pipeline: Pipeline | None
+    models: ModelCache | None  # models fetched by URL, where this process boots ComfyUI
     templates: Templates
     jobs: Jobs
     task_tokens: TaskTokenVerifier
@@ -53,11 +55,13 @@ def build(settings: Settings, runtime: Runtime, comfy_client: ComfyConnection | 
     store = storage.from_settings(settings)
     templates = Templates.from_settings(settings)
     comfy = pipeline = None
+    models: ModelCache | None = None
     checks: Preflight = StoreCatalog(store)
     runs = None
     if settings.service_role.runs_comfy:
         comfy = Comfy(settings, runtime.thread, comfy_client)
-        pipeline = Pipeline(comfy, runtime)
+        models = model_cache(settings) if comfy.supervisor is not None and settings.model_urls else None
+        pipeline = Pipeline(comfy, runtime, models=models)
         checks, runs = pipeline, Runs(pipeline, comfy)
     metrics = Metrics(settings)
     jobs = Jobs.build(
@@ -78,9 +82,22 @@ def build(settings: Settings, runtime: Runtime, comfy_client: ComfyConnection | 
         runtime=runtime,
         comfy=comfy,
         pipeline=pipeline,
+        models=models,
         templates=templates,
         jobs=jobs,
         task_tokens=TaskTokenVerifier.from_settings(settings),
         metrics=metrics,
         collector=collector,
+    )
+
+
+def model_cache(settings: Settings) -> ModelCache:
+    """The cache of models named by URL, its budget MODEL_CACHE_BYTES or derived from memory."""
+    budget = settings.model_cache_bytes or default_budget(memory_limit_bytes(), settings.model_cache_reserve_bytes)
+    return ModelCache(
+        root=settings.model_cache_root,
+        budget_bytes=budget,
+        settings=settings,
+        hf_token=settings.hf_token,
+        download_timeout_s=settings.model_fetch_timeout_s,
     )

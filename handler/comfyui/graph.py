@@ -34,6 +34,7 @@ from typing import Any
 
 from handler.comfyui.graphshape import is_link, is_ui_format
 from handler.errors import WorkflowInvalid
+from handler.models.refs import folder_of, looks_like_url
 
 Graph = Mapping[str, Any]
 ObjectInfo = Mapping[str, Any]
@@ -256,6 +257,8 @@ class _Checker:
                         )
                     continue
                 value = inputs[name]
+                if looks_like_url(value) and folder_of(node["class_type"], name, self.object_info):
+                    continue  # a model by URL, fetched before the run (handler/models/refs.py)
                 if isinstance(value, list):
                     error, linked = self._link(name, value, input_type, extra)
                     if error:

@@ -10,6 +10,7 @@ credentials) stay out of the child, where any node could read them (/proc/<pid>/
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from handler import logs
 from handler.config import Settings
+from handler.models.refs import LOADERS
 from handler.runtime import Spawn, daemon_thread
 
 log = logging.getLogger("handler.comfyui.supervisor")
@@ -142,6 +144,8 @@ def private_paths(settings: Settings, folders: ComfyFolders | None) -> dict[Path
     paths = {settings.state_dir: "<server>", Path(__file__).resolve().parents[1]: "<server>"}
     if settings.comfyui_path:
         paths[settings.comfyui_path] = "<comfyui>"
+    if settings.model_urls:
+        paths[settings.model_cache_root.resolve()] = "<models>"
     if folders:
         paths[folders.input.parent] = "<server>"
         paths.update(folders.placeholders())
@@ -220,11 +224,26 @@ class ComfySupervisor:
             "--verbose",
             self.settings.comfy_log_level,
             *(["--models-directory", str(self.settings.models_dir)] if self.settings.models_dir else []),
+            *(["--extra-model-paths-config", str(self.model_paths_file)] if self.settings.model_urls else []),
             *self.settings.comfyui_args,
         ]
 
+    @property
+    def model_paths_file(self) -> Path:
+        return self.settings.comfyui_base_dir / "extra_model_paths.yaml"
+
+    def write_model_paths(self) -> None:
+        """Show ComfyUI the model cache's folders (and nothing else of it: not its part files).
+        JSON is YAML, and needs no quoting rules of its own for the path."""
+        folders = {folder: folder for folder in sorted(set(LOADERS.values()))}
+        config = {"comfyrun_model_cache": {"base_path": str(self.settings.model_cache_root.resolve()), **folders}}
+        self.model_paths_file.parent.mkdir(parents=True, exist_ok=True)
+        self.model_paths_file.write_text(json.dumps(config, indent=1) + "\n")
+
     def start(self) -> None:
         self.folders.create()
+        if self.settings.model_urls:
+            self.write_model_paths()
         if self.settings.models_dir:
             self.settings.models_dir.mkdir(parents=True, exist_ok=True)  # ComfyUI wants it to exist
         self._thread = self._spawn("comfyui-supervisor", self._supervise)

@@ -8,6 +8,14 @@ them at build time (`python -m handler.models`, the image's models stage) or at 
     __main__.py   the command line
 
 Standard library only, so the models stage runs it without the service's dependencies.
+
+Models named by URL in a workflow, fetched by the service at run time (not imported here: they
+use the service's URL rules and errors, which the models stage does not copy):
+
+    refs.py       which inputs load which model folder; the URL forms; the checks before fetching
+    download.py   one file streamed from https://, hf:// or gs:// under the input URL rules
+    cache.py      the bounded, checksummed cache: budget, LRU eviction, pins, one download per URL
+    ondemand.py   a run's models: fetched, pinned, the graph pointed at them, reported
 """
 
 from handler.models.install import FetchOptions, FetchResult, VerifiedFiles, ensure_models, fetch_models

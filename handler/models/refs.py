@@ -129,7 +129,7 @@ def _file_name(url: str, given: Any, where: str) -> str:
         name = given
     else:
         name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
-    name = _SAFE_NAME.sub("_", name).lstrip(".")[:120]
+    name = _SAFE_NAME.sub("_", name).lstrip("._")[-120:]
     if not name.lower().endswith(MODEL_EXTENSIONS):
         raise BadRequest(
             f"{where}: the URL does not end in a model file name ({', '.join(MODEL_EXTENSIONS)}); "

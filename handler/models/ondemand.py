@@ -1,0 +1,60 @@
+"""Models named by URL, made ready for one run: fetched into the cache, pinned, and the graph
+pointed at the cached files.
+
+`stage(cache, workflow, object_info, deadline)` acquires every model the workflow names by URL
+(handler/models/refs.py), within the request's deadline; `Staged.rewrite(graph)` puts the cached
+file's name where the URL was; `Staged.release()` unpins them once the prompt is over (queued or
+running prompts' files are never evicted). `Staged.report()` is the answer's `models`: which
+files, from where, their digests, whether this request fetched them, and how long it took.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from handler.errors import BadRequest
+from handler.models.cache import Acquired, ModelCache
+from handler.models.refs import Use, find_uses
+
+
+@dataclass(kw_only=True)
+class Staged:
+    cache: ModelCache | None = None
+    uses: list[Use] = field(default_factory=list)
+    acquired: list[Acquired] = field(default_factory=list)
+
+    def rewrite(self, graph: dict[str, Any]) -> None:
+        for use, got in zip(self.uses, self.acquired):
+            graph[use.node_id]["inputs"][use.input] = got.entry.name
+
+    def release(self) -> None:
+        cache, acquired = self.cache, self.acquired
+        self.acquired = []
+        if cache is not None:
+            for got in acquired:
+                cache.release(got.entry.key)
+
+    def report(self) -> list[dict[str, Any]]:
+        return [
+            {"node": use.node_id, "input": use.input, **got.describe()} for use, got in zip(self.uses, self.acquired)
+        ]
+
+
+def stage(
+    cache: ModelCache | None, workflow: Mapping[str, Any], object_info: Mapping[str, Any] | None, deadline: float
+) -> Staged:
+    uses = find_uses(workflow, object_info)
+    if not uses:
+        return Staged()
+    if cache is None:
+        raise BadRequest(f"workflow node {uses[0].node_id!r} names a model by URL; this service does not fetch models")
+    staged = Staged(cache=cache, uses=uses)
+    try:
+        for use in uses:
+            staged.acquired.append(cache.acquire(use.ref, deadline=deadline))
+    except BaseException:
+        staged.release()
+        raise
+    return staged

@@ -1,0 +1,194 @@
+"""Models named by URL in a workflow, through the service: which inputs count as model inputs,
+the URL forms, the 4xx answers before and after fetching, the cache's routes, and (on a real
+ComfyUI, skipped without one) a txt2img whose checkpoint and LoRA are URLs, run twice, fetched once.
+
+On the stand-in, whose model lists stay empty, a fetched model reaches ComfyUI's validation by its
+cached name: its `value_not_in_list` error names the cache's file, never the URL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from handler.config import Settings
+from handler.errors import BadRequest, UnsafeURL
+from handler.models.refs import ModelRef, check_model_urls, find_uses, hf_to_https, parse_ref
+from tests.fixtures.comfy import ComfyTarget, ServiceProcess
+from tests.fixtures.modelserver import ModelServer
+
+SHA = "ab" * 32
+
+
+def loader(value: object, class_type: str = "CheckpointLoaderSimple", name: str = "ckpt_name") -> dict:
+    return {"1": {"class_type": class_type, "inputs": {name: value}}}
+
+
+def shown(value: object) -> dict:
+    """A loader with an output node after it, so that ComfyUI validates the loader's input."""
+    return {**loader(value), "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+
+
+# --- which inputs, which forms --------------------------------------------------------------------
+
+
+def test_model_inputs_are_found_by_node_and_input() -> None:
+    workflow = {
+        **loader("https://h.example/a/model.safetensors"),
+        "2": {
+            "class_type": "LoraLoader",
+            "inputs": {"lora_name": {"url": "gs://b/x/style.safetensors", "sha256": SHA}},
+        },
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "https://not.a.model/x.safetensors"}},
+        "4": {"class_type": "VAELoader", "inputs": {"vae_name": "local.safetensors"}},
+        "5": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "hf://o/r@v1/up/4x.pth"}},
+    }
+    uses = {(u.node_id, u.input): u.ref for u in find_uses(workflow, None)}
+    assert set(uses) == {("1", "ckpt_name"), ("2", "lora_name"), ("5", "model_name")}
+    assert uses[("1", "ckpt_name")].folder == "checkpoints" and uses[("1", "ckpt_name")].filename == "model.safetensors"
+    assert uses[("2", "lora_name")] == ModelRef(
+        url="gs://b/x/style.safetensors", folder="loras", filename="style.safetensors", sha256=SHA
+    )
+    assert uses[("5", "model_name")].url == "https://huggingface.co/o/r/resolve/v1/up/4x.pth"
+    assert uses[("5", "model_name")].folder == "upscale_models"
+
+
+def test_a_custom_loader_counts_when_the_catalogue_lists_files_for_its_input() -> None:
+    workflow = loader("https://h.example/l.safetensors", class_type="FancyLoraLoader", name="lora_name")
+    assert find_uses(workflow, None) == []  # unknown node, no catalogue: left to ComfyUI
+    info = {"FancyLoraLoader": {"input": {"required": {"lora_name": [["a.safetensors"], {}]}}}}
+    assert [u.ref.folder for u in find_uses(workflow, info)] == ["loras"]
+    info_string = {"FancyLoraLoader": {"input": {"required": {"lora_name": ["STRING", {}]}}}}
+    assert find_uses(workflow, info_string) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ({"url": "https://h.example/m.safetensors", "sha256": "xyz"}, "64 hexadecimal"),
+        ({"url": "https://h.example/m.safetensors", "size": 3}, "unknown fields"),
+        ({"url": "ftp://h.example/m.safetensors"}, "must start with"),
+        ("https://h.example/download?id=3", "model file name"),
+        ("hf://only-owner/file.safetensors", "hf://owner/repo"),
+    ],
+)
+def test_bad_model_references_are_400s(value: object, says: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        find_uses(loader(value), None)
+    assert says in caught.value.message
+
+
+def test_an_object_where_no_model_loads_is_refused_and_a_filename_names_the_file() -> None:
+    with pytest.raises(BadRequest, match="loads no model"):
+        find_uses({"1": {"class_type": "CLIPTextEncode", "inputs": {"text": {"url": "https://h.example/a.pt"}}}}, None)
+    ref = parse_ref({"url": "https://h.example/download?id=3", "filename": "../My LoRA.safetensors"}, "loras", "x")
+    assert ref.filename == "My_LoRA.safetensors"
+    assert hf_to_https("hf://o/r/a b.safetensors") == "https://huggingface.co/o/r/resolve/main/a%20b.safetensors"
+
+
+def test_the_checks_before_fetching_apply_the_url_rules() -> None:
+    with pytest.raises(UnsafeURL):
+        check_model_urls(loader("http://169.254.169.254/m.safetensors"), Settings())
+    with pytest.raises(UnsafeURL, match="not allowlisted"):
+        check_model_urls(loader("gs://private-bucket/m.safetensors"), Settings())
+    with pytest.raises(BadRequest, match="does not fetch models"):
+        check_model_urls(loader("https://h.example/m.safetensors"), Settings(model_urls=False))
+    check_model_urls(loader("gs://models/m.safetensors"), Settings(url_allowlist=("gs://models",)))
+
+
+# --- through the service on the stand-in ------------------------------------------------------------
+
+
+@pytest.fixture
+def od_service(tmp_path: Path) -> Iterator[ServiceProcess]:
+    import sys
+
+    from tests.fixtures.comfy import STANDIN
+
+    target = ComfyTarget("standin", STANDIN, sys.executable, "")
+    env = {
+        "URL_ALLOWLIST": "127.0.0.1",
+        "MODEL_CACHE_BYTES": str(1024 * 1024),
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    service = ServiceProcess(target, tmp_path / "state", env=env).start().wait_ready()
+    yield service
+    service.stop()
+
+
+def test_a_model_url_is_fetched_once_and_comfyui_sees_the_cached_name(
+    od_service: ServiceProcess, model_server: ModelServer, tmp_path: Path
+) -> None:
+    data = b"weights" * 1000
+    model_server.files["m.safetensors"] = data
+    url = model_server.url("plain", "m.safetensors")
+    for _ in range(2):
+        answer = od_service.post(
+            "/predict", json={"workflow": shown({"url": url, "sha256": hashlib.sha256(data).hexdigest()})}
+        )
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "workflow_invalid", answer.text
+        text = json.dumps(answer.json())
+        assert "m.safetensors" in text and "127.0.0.1" not in text and str(tmp_path) not in text
+    assert model_server.requests["/plain/m.safetensors"] == 1
+    listing = od_service.get("/models").json()["cache"]
+    (entry,) = listing["files"]
+    assert (
+        entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["verified"] and entry["folder"] == "checkpoints"
+    )
+    assert entry["source"] == url and listing["budget_bytes"] == 1024 * 1024
+    assert (tmp_path / "cache" / "checkpoints" / entry["file"]).read_bytes() == data
+    assert entry["file"] in text  # what ComfyUI was asked to load
+
+
+@pytest.mark.parametrize(
+    ("path", "size", "sha", "status", "code"),
+    [
+        ("/plain/missing.safetensors", 0, None, 400, "model_not_found"),
+        ("/plain/m.safetensors", 100, "0" * 64, 400, "checksum_mismatch"),
+        ("/plain/big.safetensors", 2 * 1024 * 1024, None, 413, "model_too_large"),
+        ("/nolength/big.safetensors", 2 * 1024 * 1024, None, 413, "model_too_large"),
+    ],
+)
+def test_models_that_cannot_be_used_get_clear_4xx_and_leave_nothing(
+    od_service: ServiceProcess,
+    model_server: ModelServer,
+    tmp_path: Path,
+    path: str,
+    size: int,
+    sha: str | None,
+    status: int,
+    code: str,
+) -> None:
+    if size:
+        model_server.files[path.rsplit("/", 1)[1]] = b"x" * size
+    value = {"url": f"http://127.0.0.1:{model_server.port}{path}", **({"sha256": sha} if sha else {})}
+    answer = od_service.post("/predict", json={"workflow": loader(value)})
+    assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), answer.text
+    assert od_service.get("/models").json()["cache"]["files"] == []
+    left = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name != "index.json"]
+    assert left == []
+
+
+def test_a_refused_url_is_never_fetched(od_service: ServiceProcess) -> None:
+    answer = od_service.post("/predict", json={"workflow": loader("http://10.1.2.3/m.safetensors")})
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "unsafe_url"), answer.text
+
+
+def test_fetch_ahead_list_and_evict(od_service: ServiceProcess, model_server: ModelServer) -> None:
+    model_server.files["l.safetensors"] = b"lora" * 100
+    url = model_server.url("plain", "l.safetensors")
+    fetched = od_service.post("/models/fetch", json={"url": url, "folder": "loras"})
+    assert fetched.status_code == 200, fetched.text
+    assert fetched.json()["fetched"] and fetched.json()["size"] == 400
+    again = od_service.post("/models/fetch", json={"url": url, "folder": "loras"})
+    assert not again.json()["fetched"] and model_server.requests["/plain/l.safetensors"] == 1
+    bad = od_service.post("/models/fetch", json={"url": url, "folder": "../etc"})
+    assert bad.status_code == 400
+    key = fetched.json()["key"]
+    assert requests.delete(f"{od_service.url}/models/cache/{key}", timeout=30).status_code == 200
+    assert od_service.get("/models").json()["cache"]["files"] == []
+    assert requests.delete(f"{od_service.url}/models/cache/{key}", timeout=30).status_code == 404

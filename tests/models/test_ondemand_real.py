@@ -1,0 +1,120 @@
+"""Models by URL on the real ComfyUI (skipped without one, saying why): the tiny SD1.5 checkpoint
+and a LoRA built for it (tests/fixtures/tiny_lora.py: the kohya format, random weights), served
+over HTTP on loopback, named by URL in a txt2img through /predict. The service's own models folder
+is empty: the run can only succeed from the cache. Run twice, each file is fetched once; the LoRA
+changes the picture, so ComfyUI really loaded it from the cached name."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.fixtures.comfy import ComfyTarget, ServiceProcess
+from tests.fixtures.modelserver import ModelServer
+from tests.fixtures.tiny_lora import make_lora
+from tests.fixtures.tiny_model import NAME, TinyCheckpoint
+
+SIZE = 64
+
+
+def txt2img(checkpoint: object, lora: object | None, seed: int = 7) -> dict:
+    model, clip = (["8", 0], ["8", 1]) if lora is not None else (["1", 0], ["1", 1])
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": clip}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": clip}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": model,
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "seed": seed,
+                "steps": 2,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+            },
+        },
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "od"}},
+    }
+    if lora is not None:
+        graph["8"] = {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "lora_name": lora,
+                "strength_model": 1.0,
+                "strength_clip": 1.0,
+            },
+        }
+    return graph
+
+
+def pixels(body: dict) -> bytes:
+    (image,) = body["images"]
+    return Image.open(io.BytesIO(base64.b64decode(image["image"]))).convert("RGB").tobytes()
+
+
+@pytest.fixture
+def real_service(
+    tiny_checkpoint: TinyCheckpoint, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[ServiceProcess]:
+    import os
+
+    path = Path(request.config.getoption("--comfyui-path")).resolve()
+    python = request.config.getoption("--comfyui-python") or "python3"
+    target = ComfyTarget("real", path, python, os.environ.get("COMFYUI_TEST_ARGS", "--cpu --disable-api-nodes"))
+    (tmp_path / "models").mkdir()
+    env = {
+        "URL_ALLOWLIST": "127.0.0.1",
+        "MODELS_DIR": str(tmp_path / "models"),
+        "MODEL_CACHE_BYTES": str(2 * 1024**3),
+    }
+    service = ServiceProcess(target, tmp_path / "state", env=env).start().wait_ready(300)
+    yield service
+    service.stop()
+
+
+def test_txt2img_with_checkpoint_and_lora_by_url_fetches_once(
+    real_service: ServiceProcess, tiny_checkpoint: TinyCheckpoint, model_server: ModelServer, tmp_path: Path
+) -> None:
+    model_server.files[NAME] = tiny_checkpoint.path
+    assert make_lora(tiny_checkpoint.path, tmp_path / "lora.safetensors") > 0
+    model_server.files["tiny-lora.safetensors"] = lora_bytes = (tmp_path / "lora.safetensors").read_bytes()
+    checkpoint = {"url": model_server.url("plain", NAME), "sha256": tiny_checkpoint.sha256}
+    lora = model_server.url("plain", "tiny-lora.safetensors")
+
+    first = real_service.post("/predict", json={"workflow": txt2img(checkpoint, lora)})
+    assert first.status_code == 200, first.text[:3000]
+    report = {m["input"]: m for m in first.json()["models"]}
+    assert report["ckpt_name"]["fetched"] and report["ckpt_name"]["verified"]
+    assert (
+        report["ckpt_name"]["sha256"] == tiny_checkpoint.sha256 and report["ckpt_name"]["size"] == tiny_checkpoint.size
+    )
+    assert (
+        report["lora_name"]["sha256"] == hashlib.sha256(lora_bytes).hexdigest() and not report["lora_name"]["verified"]
+    )
+    assert report["lora_name"]["folder"] == "loras" and "models_ms" in first.json()["timings"]
+
+    second = real_service.post("/predict", json={"workflow": txt2img(checkpoint, lora)})
+    assert second.status_code == 200, second.text[:3000]
+    assert not any(m["fetched"] for m in second.json()["models"])
+    assert pixels(second.json()) == pixels(first.json())
+    assert model_server.requests[f"/plain/{NAME}"] == 1 and model_server.requests["/plain/tiny-lora.safetensors"] == 1
+
+    plain = real_service.post("/predict", json={"workflow": txt2img(checkpoint, None)})
+    assert plain.status_code == 200, plain.text[:3000]
+    assert pixels(plain.json()) != pixels(first.json())  # the LoRA was applied
+    assert "lora key not loaded" not in real_service.log()
