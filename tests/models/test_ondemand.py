@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from handler.errors import BadRequest, UnsafeURL
 from handler.models.refs import ModelRef, check_model_urls, find_uses, hf_to_https, parse_ref
 from tests.fixtures.comfy import ComfyTarget, ServiceProcess
 from tests.fixtures.modelserver import ModelServer
+from tests.fixtures.receiver import SECRET, Receiver
 
 SHA = "ab" * 32
 
@@ -112,6 +114,8 @@ def od_service(tmp_path: Path) -> Iterator[ServiceProcess]:
     target = ComfyTarget("standin", STANDIN, sys.executable, "")
     env = {
         "URL_ALLOWLIST": "127.0.0.1",
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_BACKOFF_S": "0.2",
         "MODEL_CACHE_BYTES": str(1024 * 1024),
         "MODEL_CACHE_DIR": str(tmp_path / "cache"),
     }
@@ -192,3 +196,30 @@ def test_fetch_ahead_list_and_evict(od_service: ServiceProcess, model_server: Mo
     assert requests.delete(f"{od_service.url}/models/cache/{key}", timeout=30).status_code == 200
     assert od_service.get("/models").json()["cache"]["files"] == []
     assert requests.delete(f"{od_service.url}/models/cache/{key}", timeout=30).status_code == 404
+
+
+def test_an_async_job_whose_model_cannot_be_fetched_fails_with_the_reason(
+    od_service: ServiceProcess, model_server: ModelServer
+) -> None:
+    refused = od_service.post("/predict", json={"workflow": shown("http://10.1.2.3/m.safetensors"), "async": True})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsafe_url"  # checked on submit
+    receiver = Receiver()
+    try:
+        url = model_server.url("plain", "gone.safetensors")
+        body = {"workflow": shown(url), "async": True, "webhook": {"url": receiver.url}}
+        accepted = od_service.post("/predict", json=body)
+        assert accepted.status_code == 202, accepted.text  # fetching is the worker's part
+        job_id = accepted.json()["job_id"]
+        deadline = time.monotonic() + 60
+        while True:
+            job = od_service.get(f"/status/{job_id}").json()
+            if job["state"] == "failed" and job.get("webhook", {}).get("delivered_at"):
+                break
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+        assert job["error"]["code"] == "model_not_found" and job["attempts"] == 1, job
+        (delivery,) = receiver.received
+        assert delivery["verified"] and delivery["payload"]["type"] == "job.failed"
+        assert "model_not_found" in json.dumps(delivery["payload"])
+    finally:
+        receiver.close()
