@@ -10,13 +10,14 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from handler.config import Settings
 from handler.errors import Conflict, NotFound, Timeout, UnsafeURL
 from handler.models.cache import ChecksumMismatch, ModelCache, ModelCacheBusy, ModelTooLarge
-from handler.models.download import ModelFetchFailed, ModelNotFound
+from handler.models.download import ModelFetchFailed, ModelNotFound, _headers
 from handler.models.refs import ModelRef
 from tests.fixtures.modelserver import ModelServer
 
@@ -225,3 +226,31 @@ def test_evicting_by_hand_spares_files_in_use(tmp_path: Path, model_server: Mode
     with pytest.raises(NotFound):
         cache.evict(got.entry.key)
     assert os.listdir(tmp_path / "vae") == []
+
+
+def test_a_gs_object_is_fetched_from_an_allowlisted_bucket(tmp_path: Path, fake_gcs: Any, gcs_bucket: str) -> None:
+    data = blob(200 * KIB, 6)
+    fake_gcs.client().bucket(gcs_bucket).blob("models/g.safetensors").upload_from_string(data)
+    settings = Settings(url_allowlist=(f"gs://{gcs_bucket}/models",), storage_emulator_host=fake_gcs.url)
+    cache = make(tmp_path, settings=settings)
+    got = cache.acquire(ref(f"gs://{gcs_bucket}/models/g.safetensors", folder="loras"), deadline=soon(30))
+    assert got.fetched and (tmp_path / "loras" / got.entry.name).read_bytes() == data
+    assert got.entry.sha256 == hashlib.sha256(data).hexdigest() and got.entry.source.startswith("gs://")
+    with pytest.raises(ModelNotFound):
+        cache.acquire(ref(f"gs://{gcs_bucket}/models/none.safetensors"), deadline=soon(30))
+    with pytest.raises(UnsafeURL):  # outside the allowlisted prefix
+        cache.acquire(ref(f"gs://{gcs_bucket}/other/g.safetensors"), deadline=soon(30))
+    with pytest.raises(ModelTooLarge):
+        make(tmp_path / "small", budget=100 * KIB, settings=settings).acquire(
+            ref(f"gs://{gcs_bucket}/models/g.safetensors"), deadline=soon(30)
+        )
+    assert visible(tmp_path / "small") == []
+
+
+def test_the_hugging_face_token_goes_to_huggingface_co_only() -> None:
+    assert (
+        _headers("https://huggingface.co/o/r/resolve/main/m.safetensors", 0, "hf_t")["Authorization"] == "Bearer hf_t"
+    )
+    assert "Authorization" not in _headers("https://cdn-lfs.huggingface.co/x", 0, "hf_t")
+    assert "Authorization" not in _headers("https://huggingface.co.evil.example/x", 0, "hf_t")
+    assert _headers("https://h.example/x", 10, None)["Range"] == "bytes=10-"
