@@ -49,6 +49,8 @@ INTEGRATION_FIXTURES = {
     "tasks_emulator",
     "gcs",
     "gcs_bucket",
+    "od_service",
+    "real_service",
 }
 CLOUD_FIXTURES = {"fake_gcs", "tasks_emulator", "gcs", "gcs_bucket", "cloud"}
 # Test modules are named by their path under tests/ ("routes/test_jobs.py"); a name ending in "/"
@@ -81,7 +83,7 @@ SLOW_MODULES = {
     "comfyui/test_instance.py",
     "comfyui/test_client.py",
 }
-SLOW_FIXTURES = {"fresh_service", "attached", "cloud"}
+SLOW_FIXTURES = {"fresh_service", "attached", "cloud", "od_service", "real_service"}
 SLOW_TESTS = {
     "test_every_recorded_command_parses_in_the_real_gcloud",  # 40-90 s: the real gcloud CLI per command
     "test_replays_every_recorded_scenario",
