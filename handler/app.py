@@ -125,6 +125,8 @@ def create_app(settings: Settings | None = None, *, comfy_client: ComfyConnectio
                 await run_in_threadpool(built.comfy.stop)
             await run_in_threadpool(runtime.stop, 3.0)
             built.jobs.close()
+            if built.models is not None:
+                built.models.flush()  # the last uses since the index was last written
 
     app = Starlette(
         routes=role_routes(built),

@@ -254,3 +254,16 @@ def test_the_hugging_face_token_goes_to_huggingface_co_only() -> None:
     assert "Authorization" not in _headers("https://cdn-lfs.huggingface.co/x", 0, "hf_t")
     assert "Authorization" not in _headers("https://huggingface.co.evil.example/x", 0, "hf_t")
     assert _headers("https://h.example/x", 10, None)["Range"] == "bytes=10-"
+
+
+def test_last_use_is_kept_across_a_restart_once_flushed(tmp_path: Path, model_server: ModelServer) -> None:
+    model_server.files["u.safetensors"] = blob(KIB)
+    r = ref(model_server.url("plain", "u.safetensors"))
+    now = [1000.0]
+    cache = make(tmp_path, clock=lambda: now[0])
+    cache.release(cache.acquire(r, deadline=soon()).entry.key)
+    now[0] = 2000.0
+    cache.release(cache.acquire(r, deadline=soon()).entry.key)  # a hit: the index is written later
+    assert [e.last_used for e in make(tmp_path).entries()] == [1000.0]
+    cache.flush()
+    assert [e.last_used for e in make(tmp_path).entries()] == [2000.0]
