@@ -39,7 +39,7 @@ from typing import Any
 from handler.config import Settings
 from handler.errors import BadRequest, ComfyUnavailable, Conflict, PayloadTooLarge, ServiceError, Timeout
 from handler.models.download import Downloaded, download
-from handler.models.refs import ModelRef
+from handler.models.refs import LOADERS, ModelRef
 from handler.net.urlguard import redact_url
 
 log = logging.getLogger("handler.models.cache")
@@ -47,6 +47,8 @@ log = logging.getLogger("handler.models.cache")
 INDEX = "index.json"
 PARTIAL = ".partial"
 _KEY = re.compile(r"^[0-9a-f]{24}$")
+_SAFE_FILE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+FOLDERS = frozenset(LOADERS.values())
 INDEX_WRITE_EVERY_S = 5.0  # a hit marks the index dirty; it is written at most this often
 
 
@@ -345,8 +347,10 @@ class ModelCache:
                 entry = Entry(**record)
             except TypeError:
                 continue
+            if not (_KEY.match(entry.key) and entry.folder in FOLDERS and _SAFE_FILE.match(entry.filename)):
+                continue  # not written by this cache: never a path to follow
             path = self.root / entry.folder / entry.key / entry.filename
-            if _KEY.match(entry.key) and path.is_file() and path.stat().st_size == entry.size:
+            if path.is_file() and path.stat().st_size == entry.size:
                 self._entries[entry.key] = entry
         for folder in self.root.iterdir():
             if not folder.is_dir() or folder.name.startswith("."):

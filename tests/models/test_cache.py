@@ -6,6 +6,7 @@ restart. Nothing half-written is ever left where ComfyUI looks."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -267,3 +268,15 @@ def test_last_use_is_kept_across_a_restart_once_flushed(tmp_path: Path, model_se
     assert [e.last_used for e in make(tmp_path).entries()] == [1000.0]
     cache.flush()
     assert [e.last_used for e in make(tmp_path).entries()] == [2000.0]
+
+
+def test_an_index_entry_that_points_outside_the_cache_is_ignored(tmp_path: Path) -> None:
+    root, outside = tmp_path / "cache", tmp_path / "precious"
+    (outside / ("ab" * 12)).mkdir(parents=True)
+    (outside / ("ab" * 12) / "keep.txt").write_bytes(b"x")
+    root.mkdir()
+    record = {"key": "ab" * 12, "folder": "../precious", "filename": "keep.txt", "source": "s", "size": 1}
+    record |= {"sha256": "0" * 64, "verified": False, "fetched_at": 0.0, "last_used": 0.0}
+    (root / "index.json").write_text(json.dumps({"version": 1, "entries": [record]}))
+    cache = make(root, budget=0)  # a zero budget would evict whatever the index holds
+    assert cache.entries() == [] and (outside / ("ab" * 12) / "keep.txt").exists()
