@@ -272,7 +272,7 @@ class Pipeline:
         models = ondemand.Staged()
         try:
             info = self.comfy.object_info if self.models is not None else None
-            models = ondemand.stage(self.models, request.workflow, info, started + request.timeout_s)
+            models = ondemand.stage(self.models, request.workflow, info, started + request.timeout_s, cancel)
             fetched = time.monotonic()
             renames = self.comfy.inputs.stage(rid, request.images, deadline=started + request.timeout_s)
             graph = prepare_graph(request.workflow, rid, self.comfy.output_classes)

@@ -20,7 +20,8 @@ from handler.comfyui.instance import Comfy, ComfyConnection
 from handler.config import Settings
 from handler.jobs import Jobs, Preflight, Runs
 from handler.metrics import Metrics
-from handler.models.cache import ModelCache, default_budget, memory_limit_bytes
+from handler.models.budget import default_budget, memory_limit_bytes
+from handler.models.cache import ModelCache
 from handler.pipeline import Pipeline
 from handler.runtime import Runtime
 from handler.tasktoken import TaskTokenVerifier

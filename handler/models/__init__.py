@@ -15,6 +15,7 @@ use the service's URL rules and errors, which the models stage does not copy):
     refs.py       which inputs load which model folder; the URL forms; the checks before fetching
     download.py   one file streamed from https://, hf:// or gs:// under the input URL rules
     cache.py      the bounded, checksummed cache: budget, LRU eviction, pins, one download per URL
+    budget.py     the cache's default budget, from the instance's memory
     ondemand.py   a run's models: fetched, pinned, the graph pointed at them, reported
 """
 

@@ -37,7 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from handler.config import Settings
-from handler.errors import BadRequest, ComfyUnavailable, Conflict, PayloadTooLarge, ServiceError, Timeout
+from handler.errors import (
+    BadRequest,
+    Cancelled,
+    ComfyUnavailable,
+    Conflict,
+    PayloadTooLarge,
+    ServiceError,
+    Timeout,
+)
 from handler.models.download import Downloaded, download
 from handler.models.refs import LOADERS, ModelRef
 from handler.net.urlguard import redact_url
@@ -49,7 +57,8 @@ PARTIAL = ".partial"
 _KEY = re.compile(r"^[0-9a-f]{24}$")
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 FOLDERS = frozenset(LOADERS.values())
-INDEX_WRITE_EVERY_S = 5.0  # a hit marks the index dirty; it is written at most this often
+INDEX_WRITE_EVERY_S = 5.0
+WAIT_STEP_S = 0.25  # how often a request waiting on another's download looks at its own cancel  # a hit marks the index dirty; it is written at most this often
 
 
 class ModelTooLarge(PayloadTooLarge):
@@ -149,9 +158,6 @@ class ModelCache:
 
     # --- what the routes and the pipeline use ----------------------------------------------
 
-    def folder_path(self, folder: str) -> Path:
-        return self.root / folder
-
     def entries(self) -> list[Entry]:
         with self._lock:
             return sorted(self._entries.values(), key=lambda e: e.last_used, reverse=True)
@@ -162,8 +168,9 @@ class ModelCache:
             reserved = sum(f.reserved for f in self._flights.values())
             return {"budget_bytes": self.budget_bytes, "used_bytes": used, "downloading_bytes": reserved}
 
-    def acquire(self, ref: ModelRef, *, deadline: float) -> Acquired:
-        """The file `ref` names, fetched when absent, pinned until `release(ref.key)`."""
+    def acquire(self, ref: ModelRef, *, deadline: float, cancel: threading.Event | None = None) -> Acquired:
+        """The file `ref` names, fetched when absent, pinned until `release(ref.key)`. A set
+        `cancel` ends the wait or this request's download (errors.Cancelled)."""
         started = time.monotonic()
         key = ref.key
         while True:
@@ -180,13 +187,19 @@ class ModelCache:
                 if flight is None:
                     flight = self._flights[key] = _Flight()
             if leader:
-                return self._fetch(ref, flight, deadline, started)
-            if not flight.done.wait(max(0.0, deadline - time.monotonic())):
-                raise Timeout(f"model {redact_url(ref.url)}: its download (by another request) did not finish in time")
-            if flight.error is not None and not (isinstance(flight.error, Timeout) and time.monotonic() < deadline):
+                return self._fetch(ref, flight, deadline, started, cancel)
+            while not flight.done.wait(min(WAIT_STEP_S, max(0.0, deadline - time.monotonic()))):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"model {redact_url(ref.url)}: cancelled while another request fetched it")
+                if time.monotonic() >= deadline:
+                    raise Timeout(
+                        f"model {redact_url(ref.url)}: its download (by another request) did not finish in time"
+                    )
+            taken_over = isinstance(flight.error, (Timeout, Cancelled)) and time.monotonic() < deadline
+            if flight.error is not None and not taken_over:
                 raise flight.error
             # Fetched by the other request (found in the index on the next turn), or it ran out
-            # of its own time while we still have some: take over.
+            # of its own time or was cancelled while we still have time: take over.
 
     def release(self, key: str) -> None:
         with self._lock:
@@ -219,7 +232,9 @@ class ModelCache:
 
     # --- fetching ---------------------------------------------------------------------------
 
-    def _fetch(self, ref: ModelRef, flight: _Flight, deadline: float, started: float) -> Acquired:
+    def _fetch(
+        self, ref: ModelRef, flight: _Flight, deadline: float, started: float, cancel: threading.Event | None
+    ) -> Acquired:
         partial = self.root / PARTIAL
         part = partial / f"{ref.key}.{next(self._serial)}.part"
         limit = min(deadline, time.monotonic() + self.download_timeout_s)
@@ -232,6 +247,7 @@ class ModelCache:
                 reserve=lambda wanted, needed: self._reserve(ref, flight, wanted, needed),
                 deadline=limit,
                 hf_token=self.hf_token,
+                cancel=cancel,
             )
             entry = self._install(ref, part, done)
         except ServiceError as exc:
@@ -366,29 +382,3 @@ class ModelCache:
             self._remove(entry)
             used -= entry.size
         self._save()
-
-
-def memory_limit_bytes() -> int | None:
-    """This instance's memory: the cgroup's limit where there is one, else the machine's."""
-    for path, scale in (("/sys/fs/cgroup/memory.max", 1), ("/sys/fs/cgroup/memory/memory.limit_in_bytes", 1)):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:
-            return int(text) * scale
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def default_budget(memory: int | None, comfyui_reserve: int) -> int:
-    """Half of what memory leaves once ComfyUI's reserve is set aside: on Cloud Run the disk is
-    memory, and a model loaded from the cache is in memory a second time while it is loaded."""
-    if memory is None:
-        return 10 * 1024**3
-    return max(0, (memory - comfyui_reserve) // 2)

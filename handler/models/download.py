@@ -5,7 +5,8 @@ sha256 and size. Every HTTP hop is vetted by urlguard (SSRF rules, URL_ALLOWLIST
 the vetted address; a redirect is vetted again; HF_TOKEN goes to huggingface.co only, never to
 the storage hosts it redirects to. A dropped connection is resumed with `Range` from what was
 written (a server that ignores it sends everything again). The whole download is bounded by
-`deadline` (time.monotonic()): a stalled or trickling server is cut there.
+`deadline` (time.monotonic()): a stalled or trickling server is cut there. A set `cancel` stops it
+between chunks (errors.Cancelled).
 
 `reserve(wanted, needed)` is asked before a byte is written, with the size the server announced
 (0 when it did not say), and again whenever the bytes written pass what was granted, wanting room
@@ -29,7 +30,7 @@ from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 from handler.config import Settings
-from handler.errors import BadRequest, ServiceError, StorageUnavailable, Timeout
+from handler.errors import BadRequest, Cancelled, ServiceError, StorageUnavailable, Timeout
 from handler.models.refs import HF_HOST, ModelRef
 from handler.net import connpool, gcsinput, urlguard, watchdog
 
@@ -85,7 +86,14 @@ class _Sink:
 
 
 def download(
-    ref: ModelRef, part: Path, settings: Settings, *, reserve: Reserve, deadline: float, hf_token: str | None
+    ref: ModelRef,
+    part: Path,
+    settings: Settings,
+    *,
+    reserve: Reserve,
+    deadline: float,
+    hf_token: str | None,
+    cancel: threading.Event | None = None,
 ) -> Downloaded:
     if ref.url.startswith("gs://"):
         return _download_gcs(ref, part, settings, reserve=reserve, deadline=deadline)
@@ -95,7 +103,7 @@ def download(
         sink = _Sink(out)
         while True:
             try:
-                _stream(ref, sink, settings, reserve, deadline, hf_token)
+                _stream(ref, sink, settings, reserve, deadline, hf_token, cancel)
                 out.flush()
                 return Downloaded(sha256=sink.digest.hexdigest(), size=sink.size, resumed=resumed)
             except _Dropped:
@@ -124,6 +132,7 @@ def _stream(
     reserve: Reserve,
     deadline: float,
     hf_token: str | None,
+    cancel: threading.Event | None,
 ) -> None:
     """One connection: append to the sink's end, or raise _Dropped when it ends early."""
     offset = sink.size
@@ -157,7 +166,7 @@ def _stream(
                 if resp.status in REDIRECTS and location:
                     url = urljoin(url, location)
                     continue
-                _body(resp, ref, sink, offset, reserve, expired)
+                _body(resp, ref, sink, offset, reserve, expired, cancel)
                 return
             finally:
                 conn.close()
@@ -177,6 +186,7 @@ def _body(
     offset: int,
     reserve: Reserve,
     expired: threading.Event,
+    cancel: threading.Event | None,
 ) -> None:
     shown = urlguard.redact_url(ref.url)
     if resp.status in (404, 410):
@@ -205,6 +215,8 @@ def _body(
             raise
         if expired.is_set():
             raise TimeoutError
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"model {shown}: the download was cancelled")
         if not chunk:
             break
         if sink.size + len(chunk) > granted:

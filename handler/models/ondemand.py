@@ -2,7 +2,7 @@
 pointed at the cached files.
 
 `stage(cache, workflow, object_info, deadline)` acquires every model the workflow names by URL
-(handler/models/refs.py), within the request's deadline; `Staged.rewrite(graph)` puts the cached
+(handler/models/refs.py), within the request's deadline (a set `cancel` stops it); `Staged.rewrite(graph)` puts the cached
 file's name where the URL was; `Staged.release()` unpins them once the prompt is over (queued or
 running prompts' files are never evicted). `Staged.report()` is the answer's `models`: which
 files, from where, their digests, whether this request fetched them, and how long it took.
@@ -10,6 +10,7 @@ files, from where, their digests, whether this request fetched them, and how lon
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +44,11 @@ class Staged:
 
 
 def stage(
-    cache: ModelCache | None, workflow: Mapping[str, Any], object_info: Mapping[str, Any] | None, deadline: float
+    cache: ModelCache | None,
+    workflow: Mapping[str, Any],
+    object_info: Mapping[str, Any] | None,
+    deadline: float,
+    cancel: threading.Event | None = None,
 ) -> Staged:
     uses = find_uses(workflow, object_info)
     if not uses:
@@ -53,7 +58,7 @@ def stage(
     staged = Staged(cache=cache, uses=uses)
     try:
         for use in uses:
-            staged.acquired.append(cache.acquire(use.ref, deadline=deadline))
+            staged.acquired.append(cache.acquire(use.ref, deadline=deadline, cancel=cancel))
     except BaseException:
         staged.release()
         raise

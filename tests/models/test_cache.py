@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from handler.config import Settings
-from handler.errors import Conflict, NotFound, Timeout, UnsafeURL
+from handler.errors import Cancelled, Conflict, NotFound, Timeout, UnsafeURL
+from handler.models.budget import default_budget, memory_limit_bytes
 from handler.models.cache import ChecksumMismatch, ModelCache, ModelCacheBusy, ModelTooLarge
 from handler.models.download import ModelFetchFailed, ModelNotFound, _headers
 from handler.models.refs import ModelRef
@@ -280,3 +281,44 @@ def test_an_index_entry_that_points_outside_the_cache_is_ignored(tmp_path: Path)
     (root / "index.json").write_text(json.dumps({"version": 1, "entries": [record]}))
     cache = make(root, budget=0)  # a zero budget would evict whatever the index holds
     assert cache.entries() == [] and (outside / ("ab" * 12) / "keep.txt").exists()
+
+
+def test_a_cancelled_download_stops_and_another_request_takes_over(tmp_path: Path, model_server: ModelServer) -> None:
+    data = blob(8 * 1024 * KIB, 2)  # more than a socket buffer: the held half stays in flight
+    model_server.files["c.safetensors"] = data
+    cache = make(tmp_path, budget=64 * 1024 * KIB)
+    r = ref(model_server.url("held", "c.safetensors"))
+    cancel, outcome = threading.Event(), {}
+
+    def leader() -> None:
+        try:
+            cache.acquire(r, deadline=soon(30), cancel=cancel)
+        except Exception as exc:  # noqa: BLE001 - the test looks at what it was
+            outcome["leader"] = exc
+
+    def follower() -> None:
+        outcome["follower"] = cache.acquire(r, deadline=soon(30))
+
+    first = threading.Thread(target=leader)
+    first.start()
+    deadline = time.monotonic() + 10
+    while not list((tmp_path / ".partial").glob("*.part")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = threading.Thread(target=follower)
+    second.start()
+    time.sleep(0.3)
+    cancel.set()
+    model_server.release.set()  # the held answer goes on; the leader stops at its next chunk
+    first.join(20)
+    second.join(30)
+    assert isinstance(outcome["leader"], Cancelled)
+    assert outcome["follower"].fetched and outcome["follower"].entry.size == len(data)
+    assert model_server.requests["/held/c.safetensors"] == 2
+
+
+def test_the_default_budget_leaves_comfyui_its_memory() -> None:
+    gib = 1024**3
+    assert default_budget(32 * gib, 4 * gib) == 14 * gib  # half of what is left after the reserve
+    assert default_budget(2 * gib, 4 * gib) == 0  # too small an instance: nothing is cached
+    assert default_budget(None, 4 * gib) == 10 * gib
+    assert (memory_limit_bytes() or 1) > 0
