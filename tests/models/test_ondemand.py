@@ -223,3 +223,16 @@ def test_an_async_job_whose_model_cannot_be_fetched_fails_with_the_reason(
         assert "model_not_found" in json.dumps(delivery["payload"])
     finally:
         receiver.close()
+
+
+def test_a_template_string_parameter_may_name_the_checkpoint_by_url(
+    od_service: ServiceProcess, model_server: ModelServer
+) -> None:
+    model_server.files["t.safetensors"] = b"template weights" * 100
+    url = model_server.url("plain", "t.safetensors")
+    body = {"workflow_id": "sd15-txt2img", "params": {"prompt": "a lighthouse", "checkpoint": url}}
+    answer = od_service.post("/predict", json=body)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "workflow_invalid", answer.text
+    (entry,) = od_service.get("/models").json()["cache"]["files"]
+    assert entry["source"] == url and entry["file"] in answer.text  # ComfyUI was asked for the cached file
+    assert model_server.requests["/plain/t.safetensors"] == 1
