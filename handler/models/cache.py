@@ -129,6 +129,7 @@ class _Flight:
         self.entry: Entry | None = None
         self.error: ServiceError | None = None
         self.reserved = 0
+        self.sha256: str | None = None  # what the fetching request expects
 
 
 class ModelCache:
@@ -186,6 +187,7 @@ class ModelCache:
                 leader = flight is None
                 if flight is None:
                     flight = self._flights[key] = _Flight()
+                    flight.sha256 = ref.sha256
             if leader:
                 return self._fetch(ref, flight, deadline, started, cancel)
             while not flight.done.wait(min(WAIT_STEP_S, max(0.0, deadline - time.monotonic()))):
@@ -195,11 +197,13 @@ class ModelCache:
                     raise Timeout(
                         f"model {redact_url(ref.url)}: its download (by another request) did not finish in time"
                     )
-            taken_over = isinstance(flight.error, (Timeout, Cancelled)) and time.monotonic() < deadline
-            if flight.error is not None and not taken_over:
+            theirs = isinstance(flight.error, (Timeout, Cancelled)) or (
+                isinstance(flight.error, ChecksumMismatch) and flight.sha256 != ref.sha256
+            )
+            if flight.error is not None and not (theirs and time.monotonic() < deadline):
                 raise flight.error
-            # Fetched by the other request (found in the index on the next turn), or it ran out
-            # of its own time or was cancelled while we still have time: take over.
+            # Fetched by the other request (found in the index on the next turn), or it failed for
+            # reasons of its own (its time, its cancel, its checksum) while we still have time: take over.
 
     def release(self, key: str) -> None:
         with self._lock:
@@ -328,6 +332,9 @@ class ModelCache:
     # --- under the lock ---------------------------------------------------------------------
 
     def _check_digest(self, ref: ModelRef, entry: Entry) -> None:
+        if ref.sha256 is not None and ref.sha256 == entry.sha256 and not entry.verified:
+            entry.verified = True  # recorded unchecked, now confirmed by a request that gave the digest
+            self._dirty_since = self._dirty_since or time.monotonic()
         if ref.sha256 is not None and ref.sha256 != entry.sha256:
             raise ChecksumMismatch(
                 f"model {entry.source}: the cached copy's sha256 is {entry.sha256}, not the {ref.sha256} the request "

@@ -322,3 +322,42 @@ def test_the_default_budget_leaves_comfyui_its_memory() -> None:
     assert default_budget(2 * gib, 4 * gib) == 0  # too small an instance: nothing is cached
     assert default_budget(None, 4 * gib) == 10 * gib
     assert (memory_limit_bytes() or 1) > 0
+
+
+def test_a_wrong_checksum_of_one_request_does_not_fail_another(tmp_path: Path, model_server: ModelServer) -> None:
+    data = blob(256 * KIB, 11)
+    model_server.files["w.safetensors"] = data
+    cache = make(tmp_path)
+    good = hashlib.sha256(data).hexdigest()
+    outcome: dict[str, object] = {}
+
+    def get(name: str, sha256: str) -> None:
+        try:
+            outcome[name] = cache.acquire(
+                ref(model_server.url("held", "w.safetensors"), sha256=sha256), deadline=soon(20)
+            )
+        except Exception as exc:  # noqa: BLE001 - the test looks at what it was
+            outcome[name] = exc
+
+    wrong = threading.Thread(target=get, args=("wrong", "0" * 64))
+    wrong.start()
+    deadline = time.monotonic() + 10
+    while not list((tmp_path / ".partial").glob("*.part")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    right = threading.Thread(target=get, args=("right", good))
+    right.start()
+    time.sleep(0.3)
+    model_server.release.set()
+    wrong.join(20)
+    right.join(20)
+    assert isinstance(outcome["wrong"], ChecksumMismatch)
+    assert outcome["right"].entry.verified and outcome["right"].entry.sha256 == good
+
+
+def test_a_digest_given_later_marks_the_cached_file_verified(tmp_path: Path, model_server: ModelServer) -> None:
+    data = blob(KIB, 12)
+    model_server.files["x.safetensors"] = data
+    cache = make(tmp_path)
+    url = model_server.url("plain", "x.safetensors")
+    assert not cache.acquire(ref(url), deadline=soon()).entry.verified
+    assert cache.acquire(ref(url, sha256=hashlib.sha256(data).hexdigest()), deadline=soon()).entry.verified
