@@ -76,7 +76,10 @@ class _Sink:
         return self.out.tell()
 
     def write(self, chunk: bytes) -> None:
-        self.out.write(chunk)
+        try:
+            self.out.write(chunk)
+        except OSError as exc:  # a full disk is ours, not the caller's (and no network error)
+            raise ServiceError(f"a model could not be stored: {exc.strerror}") from None
         self.digest.update(chunk)
 
     def restart(self) -> None:
