@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from handler.config import Settings
-from handler.errors import Cancelled, Conflict, NotFound, Timeout, UnsafeURL
+from handler.errors import Cancelled, Conflict, NotFound, ServiceError, Timeout, UnsafeURL
 from handler.models.budget import default_budget, memory_limit_bytes
 from handler.models.cache import ChecksumMismatch, ModelCache, ModelCacheBusy, ModelTooLarge
 from handler.models.download import ModelFetchFailed, ModelNotFound, _headers
@@ -361,3 +361,16 @@ def test_a_digest_given_later_marks_the_cached_file_verified(tmp_path: Path, mod
     url = model_server.url("plain", "x.safetensors")
     assert not cache.acquire(ref(url), deadline=soon()).entry.verified
     assert cache.acquire(ref(url, sha256=hashlib.sha256(data).hexdigest()), deadline=soon()).entry.verified
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to stand for a full disk")
+def test_a_full_disk_is_a_500_not_the_callers_fault(tmp_path: Path, model_server: ModelServer) -> None:
+    model_server.files["f.safetensors"] = blob(256 * KIB)
+    cache = make(tmp_path)
+    r = ref(model_server.url("plain", "f.safetensors"))
+    (tmp_path / ".partial").mkdir(exist_ok=True)
+    (tmp_path / ".partial" / f"{r.key}.0.part").symlink_to("/dev/full")  # the first part file's name
+    with pytest.raises(ServiceError) as caught:
+        cache.acquire(r, deadline=soon())
+    assert caught.value.status_code == 500 and "could not be stored" in caught.value.message
+    assert cache.entries() == [] and not list((tmp_path / ".partial").iterdir())
