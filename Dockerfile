@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # ComfyUI as a serverless API on Cloud Run with one NVIDIA L4. Two images from one file:
 #
 #   worker (the default, last stage): the service + ComfyUI + PyTorch (CUDA 12) + MODEL_TYPE's models
@@ -8,6 +6,10 @@
 #   DOCKER_BUILDKIT=1 docker build --build-arg MODEL_TYPE=sdxl \
 #     --secret id=hf_token,src=$HOME/.cache/huggingface/token -t comfyrun .
 #   DOCKER_BUILDKIT=1 docker build --target api -t comfyrun-api .
+#
+# Builds on any Docker >= 20.10 with BuildKit (Cloud Build's included) with the frontend built into
+# the engine: no `# syntax=` line, so nothing is pulled to read this file, and no `COPY --link`
+# (20.10 does not know it). tests/image/ builds both targets with Debian's Docker 20.10.
 #
 # Versions, each stated once: ComfyUI in deploy/comfyui.env (the commit the tests run), ComfyUI's
 # Python side with PyTorch in requirements/comfyui.lock, the service's in requirements/service.lock;
@@ -64,6 +66,14 @@ RUN --mount=type=secret,id=hf_token,required=false \
 # ---------------------------------------------------------------- comfyui: the pinned ComfyUI and its venv (frozen)
 FROM base AS comfyui
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+COPY requirements/comfyui.lock /opt/comfyui.lock
+# ComfyUI's requirements and PyTorch with its CUDA 12 libraries, exactly as locked (about 5 GB,
+# minutes). Before ComfyUI's source and its ARG (an ARG's value is part of every later RUN's cache
+# key), so another source tree or COMFYUI_REPO with the same lock reuses this layer. The same
+# pins, without hashes, constrain the custom nodes' installs so none can move PyTorch.
+RUN python -m venv /opt/comfy \
+    && /opt/comfy/bin/python -m pip install --require-hashes --requirement /opt/comfyui.lock \
+    && sed -n 's/^\([A-Za-z0-9_.-]*==[^ ;\\]*\).*/\1/p' /opt/comfyui.lock > /opt/constraints.txt
 ARG COMFYUI_REPO=https://github.com/comfyanonymous/ComfyUI
 COPY deploy/comfyui.env /opt/deploy/comfyui.env
 # The commit of deploy/comfyui.env, the one the tests run: a tarball of exactly that tree.
@@ -73,12 +83,6 @@ RUN . /opt/deploy/comfyui.env \
     && curl -fsSL "${COMFYUI_REPO}/archive/${COMFYUI_COMMIT}.tar.gz" | tar -xz --strip-components=1 -C /comfyui \
     && grep -q "__version__ = \"${COMFYUI_VERSION}\"" /comfyui/comfyui_version.py \
     && chown -R comfy:comfy /comfyui
-COPY requirements/comfyui.lock /opt/comfyui.lock
-# ComfyUI's requirements and PyTorch with its CUDA 12 libraries, exactly as locked. The same pins,
-# without hashes, constrain the custom nodes' installs so none can move PyTorch.
-RUN python -m venv /opt/comfy \
-    && /opt/comfy/bin/python -m pip install --require-hashes --requirement /opt/comfyui.lock \
-    && sed -n 's/^\([A-Za-z0-9_.-]*==[^ ;\\]*\).*/\1/p' /opt/comfyui.lock > /opt/constraints.txt
 # Custom nodes: lines of deploy/custom_nodes.txt plus CUSTOM_NODES (space-separated), each a
 # git URL with an optional @ref, e.g. https://github.com/owner/ComfyUI-Node@v1.2.0
 ARG CUSTOM_NODES=""
@@ -108,13 +112,19 @@ EXPOSE 8080
 CMD ["python", "-m", "handler"]
 
 # ---------------------------------------------------------------- worker (default): service + ComfyUI + models
-FROM comfyui AS worker
+# The models layer sits right on the base, under ComfyUI, PyTorch and the service, which are copied
+# in from their stages above it. So a new ComfyUI, PyTorch, custom node or service rebuilds only the
+# layers above the models: the models layer keeps its content and digest (not downloaded, rebuilt,
+# re-compressed or pushed again), as `COPY --link` would give. And a new MODEL_TYPE does not
+# reinstall ComfyUI or PyTorch: their stage stays cached and is only copied (a local copy of its
+# ~5 GB venv, seconds to a minute), which is the price of not using --link.
+FROM base AS worker
 # The default, FLUX.1 [dev] fp8, is under the FLUX.1 [dev] Non-Commercial License: for a commercial
 # service build another MODEL_TYPE (flux1-schnell: Apache-2.0). docs/operators.md, "Model licences".
 ARG MODEL_TYPE=flux1-dev-fp8
-# --link: the models layer does not depend on the layers below it, so a new ComfyUI, PyTorch or
-# service reuses it as it is (not rebuilt, re-compressed or pushed again).
-COPY --link --from=models --chown=1000:1000 /models/ /comfyui/models/
+COPY --from=models --chown=1000:1000 /models/ /comfyui/models/
+COPY --from=comfyui /opt/comfy /opt/comfy
+COPY --from=comfyui --chown=1000:1000 /comfyui /comfyui
 COPY --from=service /opt/service /opt/service
 WORKDIR /app
 COPY --chown=comfy:comfy workflows/ /app/workflows/
