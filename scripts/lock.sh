@@ -37,4 +37,20 @@ fi
 # No annotations: they would name this machine's temporary paths.
 "${uv[@]}" --no-annotate --python-platform x86_64-manylinux_2_28 \
     "$tmp/comfyui-requirements.txt" requirements/comfyui-torch.in -o requirements/comfyui.lock
+# comfy-kitchen: its pure-Python wheel only. Its binary wheels carry a CUDA extension built with
+# CUDA 13 (driver 580 or later); Cloud Run's L4 has driver 535. ComfyUI runs without it (it uses
+# the extension only with a CUDA 13 PyTorch): docs/operators.md, "Versions and the GPU driver".
+.venv/bin/python - requirements/comfyui.lock comfy-kitchen <<'PY'
+import json, re, sys, urllib.request
+
+path, name = sys.argv[1], sys.argv[2]
+text = open(path).read()
+entry = re.search(rf"^{re.escape(name)}==(\S+) \\\n(?:    --hash=sha256:\w+(?: \\)?\n)+", text, re.M)
+version = entry.group(1)
+with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/json") as answer:
+    files = json.load(answer)["releases"][version]
+(pure,) = [f["digests"]["sha256"] for f in files if f["filename"].endswith("-py3-none-any.whl")]
+note = f"# {name}: the pure-Python wheel only (scripts/lock.sh says why)\n"
+open(path, "w").write(text.replace(entry.group(0), f"{note}{name}=={version} \\\n    --hash=sha256:{pure}\n"))
+PY
 echo "locked: requirements/service.lock requirements/test.lock requirements/comfyui.lock (ComfyUI ${COMFYUI_VERSION})"
