@@ -5,6 +5,9 @@ Markers (registered in pyproject.toml) are applied here, by fixture and by modul
 * `integration`: the test runs real processes over real sockets: it uses a ComfyUI target, a
   service process, the stand-in, an emulator, or lives in a module that starts such servers.
 * `cloud`: it needs the Cloud Tasks emulator, fake-gcs-server or the gcloud CLI.
+* `image`: it builds or runs the Docker images (tests/image/): Docker's engine, the Dockerfile's
+  two targets built on a local base; integration and slow as well. Without an engine it skips
+  (scripts/image-env.sh starts one; .ci/run does).
 * `slow`: it takes seconds. Listed below (modules, fixtures, names), and also any test whose own
   run (its call, not its fixtures' setup) took SLOW_S or more the last time it ran on this machine:
   durations are kept in .pytest_cache, so a new slow test leaves the quick loop after its first
@@ -102,6 +105,7 @@ SLOW_TESTS = {
 }
 
 SLOW_S = 1.0
+IMAGE_TIMEOUT_S = 1800
 DURATIONS_KEY = "comfyrun/call-durations"
 
 # Tests that drive the real gcloud CLI: a minute or more each on a loaded machine.
@@ -192,12 +196,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = module_path(item)
         name = getattr(item, "originalname", item.name)
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & INTEGRATION_FIXTURES or listed(module, INTEGRATION_MODULES):
+        in_image_tier = module.startswith("image/")
+        if in_image_tier:
+            item.add_marker(pytest.mark.image)
+            # The session's first test waits for both builds: a first worker build takes minutes.
+            item.add_marker(pytest.mark.timeout(IMAGE_TIMEOUT_S))
+        if fixtures & INTEGRATION_FIXTURES or listed(module, INTEGRATION_MODULES) or in_image_tier:
             item.add_marker(pytest.mark.integration)
         if fixtures & CLOUD_FIXTURES or name in GCLOUD_REPLAYS:
             item.add_marker(pytest.mark.cloud)
         if (
-            listed(module, SLOW_MODULES)
+            in_image_tier
+            or listed(module, SLOW_MODULES)
             or fixtures & SLOW_FIXTURES
             or name in SLOW_TESTS
             or measured.get(item.nodeid, 0.0) >= SLOW_S

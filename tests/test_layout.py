@@ -20,6 +20,7 @@ OTHER_FOLDERS = {
     "deploy": "deploy.sh and the build files",
     "protocol": "the ComfyUI stand-in against the recorded protocol",
     "fixtures": "the real components and harnesses the tests share",
+    "image": "the Docker images, built and run (scripts/image-env.sh's engine)",
 }
 # Folders that hold no test modules of their own.
 NOT_TESTS = {"standin", "deploy_fixtures", "__pycache__"}

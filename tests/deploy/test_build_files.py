@@ -26,6 +26,7 @@ SHELL_SCRIPTS = [
     ROOT / "scripts" / "serve.sh",
     ROOT / "scripts" / "test.sh",
     ROOT / "scripts" / "lock.sh",
+    ROOT / "scripts" / "image-env.sh",
     ROOT / "bench" / "gpu_check.sh",
 ]
 MODEL_TYPES = models.model_types(models.parse_models_file(ROOT / "models.txt"))

@@ -14,7 +14,10 @@ import mimetypes
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+# The repository's root. Packaged on its own (the image tests' ComfyUI tarball puts it at the top of
+# /comfyui), the stand-in has none above it and is given its catalogue with STANDIN_OBJECT_INFO.
+_HERE = Path(__file__).resolve()
+REPO_ROOT = _HERE.parents[3] if len(_HERE.parents) > 3 else _HERE.parent
 DEFAULT_OBJECT_INFO = REPO_ROOT / "test_resources" / "comfy" / "object_info.json"
 
 # extension -> content type ("image", "video", ...), like the real server's cache
