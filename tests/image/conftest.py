@@ -89,13 +89,15 @@ def images(docker: Docker, tmp_path_factory: pytest.TempPathFactory, request: py
     pins = comfyui_env()
     commit = pins["COMFYUI_COMMIT"]
     given = os.environ.get("COMFYUI_SOURCE")
-    source = comfyui_archive(work / "served", commit, pins["COMFYUI_VERSION"], Path(given) if given else None)
+    repo_path, source = comfyui_archive(
+        work / "served", commit, pins["COMFYUI_VERSION"], Path(given) if given else None
+    )
     _report(request.config, f"the worker image's ComfyUI is {source}")
     files = FileServer(work / "served")
     node = GitDaemon(work / "git").start()
     build_args = {
         "PYTHON_IMAGE": os.environ.get("COMFYRUN_PYTHON_IMAGE", "comfyrun-test-base:bookworm"),
-        "COMFYUI_REPO": files.url,
+        "COMFYUI_REPO": files.url + repo_path,
         "MODEL_TYPE": "test",
         "CUSTOM_NODES": f"{node.url}@{node.pinned}",
     }

@@ -9,6 +9,7 @@ network (no bridge here), and on shutdown SIGTERM, then SIGKILL 10 s later (`doc
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import io
 import os
@@ -174,30 +175,41 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def comfyui_archive(served: Path, commit: str, version: str, source: Path | None) -> str:
-    """`<served>/archive/<commit>.tar.gz` as GitHub serves it (top folder ComfyUI-<commit>), of the
-    ComfyUI tree at `source`, or of the stand-in (tests/standin/) with the comfyui_version.py the
-    Dockerfile checks and the recorded catalogue it serves. Returns what the tarball holds."""
-    (served / "archive").mkdir(parents=True, exist_ok=True)
+def comfyui_archive(served: Path, commit: str, version: str, source: Path | None) -> tuple[str, str]:
+    """GitHub's archive tarball (top folder ComfyUI-<commit>) of the ComfyUI tree at `source`, or of
+    the stand-in (tests/standin/) with the comfyui_version.py the Dockerfile checks and the recorded
+    catalogue it serves. It lands at `<served>/<digest>/archive/<commit>.tar.gz`; returns the
+    repository path to give COMFYUI_REPO (`/<digest>`) and what the tarball holds, in words.
+
+    The path names the content because the build's cache keys a step by its command and arguments,
+    not by what it downloads: another tree at the same URL would reuse the last one's layer."""
     top = f"ComfyUI-{commit}"
 
     def skip(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         parts = Path(info.name).parts
         return None if "__pycache__" in parts or ".git" in parts else info
 
-    with tarfile.open(served / "archive" / f"{commit}.tar.gz", "w:gz", compresslevel=1) as tar:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
         if source is not None:
             tar.add(source, arcname=top, filter=skip)
-            return f"the ComfyUI tree at {source}"
-        tar.add(STANDIN, arcname=top, filter=skip)
-        for name, data in {
-            "comfyui_version.py": f'__version__ = "{version}"\n'.encode(),
-            "object_info.json": (ROOT / "test_resources" / "comfy" / "object_info.json").read_bytes(),
-        }.items():
-            info = tarfile.TarInfo(f"{top}/{name}")
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return "the project's ComfyUI stand-in (tests/standin/): no ComfyUI tree given (COMFYUI_SOURCE)"
+            note = f"the ComfyUI tree at {source}"
+        else:
+            tar.add(STANDIN, arcname=top, filter=skip)
+            for name, data in {
+                "comfyui_version.py": f'__version__ = "{version}"\n'.encode(),
+                "object_info.json": (ROOT / "test_resources" / "comfy" / "object_info.json").read_bytes(),
+            }.items():
+                info = tarfile.TarInfo(f"{top}/{name}")
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+            note = "the project's ComfyUI stand-in (tests/standin/): no ComfyUI tree given (COMFYUI_SOURCE)"
+    digest = hashlib.sha256(raw.getvalue()).hexdigest()[:16]
+    folder = served / digest / "archive"
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.GzipFile(folder / f"{commit}.tar.gz", "wb", compresslevel=1, mtime=0) as out:
+        out.write(raw.getvalue())
+    return f"/{digest}", note
 
 
 NODE_NAME = "ComfyUI-ImageTierNode"
