@@ -98,6 +98,10 @@ stop)
             sleep 0.2
         done
     fi
+    # dockerd leaves its network namespace mounted: the folder could not be removed otherwise.
+    if mountpoint -q "$dir/exec/netns/default" 2>/dev/null; then
+        umount "$dir/exec/netns/default" || true
+    fi
     ;;
 *)
     echo "usage: $0 start|stop" >&2
