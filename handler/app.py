@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import logging
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -98,14 +99,20 @@ def role_routes(built: Services) -> list[BaseRoute]:
     )
 
 
-def create_app(settings: Settings | None = None, *, comfy_client: ComfyConnection | None = None) -> Starlette:
-    """The service. `comfy_client` replaces the connection to ComfyUI (see `services.build`)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    comfy_client: ComfyConnection | None = None,
+    comfy_process: subprocess.Popen[bytes] | None = None,
+) -> Starlette:
+    """The service. `comfy_client` replaces the connection to ComfyUI; `comfy_process` is a
+    ComfyUI already spawned (see `services.build`)."""
     settings = settings or Settings.from_env()
     runtime = Runtime(settings)
     benchtrace.configure(settings.trace_out)
     if settings.service_role.runs_comfy or "local" in (settings.queue_backend, settings.storage_backend):
         runtime.claim_state_dir(settings.state_dir)
-    built = services.build(settings, runtime, comfy_client)
+    built = services.build(settings, runtime, comfy_client, comfy_process)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

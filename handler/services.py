@@ -8,6 +8,7 @@ a type.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -50,9 +51,15 @@ def services_of(request: Request) -> Services:
     return services
 
 
-def build(settings: Settings, runtime: Runtime, comfy_client: ComfyConnection | None = None) -> Services:
+def build(
+    settings: Settings,
+    runtime: Runtime,
+    comfy_client: ComfyConnection | None = None,
+    comfy_process: subprocess.Popen[bytes] | None = None,
+) -> Services:
     """Everything the role needs. `comfy_client`: the connection to an attached ComfyUI (the
-    in-process tests' double); by default Comfy's own."""
+    in-process tests' double); by default Comfy's own. `comfy_process`: ComfyUI already spawned
+    by `python -m handler` (`supervisor.boot_early`)."""
     store = storage.from_settings(settings)
     templates = Templates.from_settings(settings)
     comfy = pipeline = None
@@ -60,7 +67,7 @@ def build(settings: Settings, runtime: Runtime, comfy_client: ComfyConnection | 
     checks: Preflight = StoreCatalog(store)
     runs = None
     if settings.service_role.runs_comfy:
-        comfy = Comfy(settings, runtime.thread, comfy_client)
+        comfy = Comfy(settings, runtime.thread, comfy_client, comfy_process)
         models = model_cache(settings) if comfy.supervisor is not None and settings.model_urls else None
         pipeline = Pipeline(comfy, runtime, models=models)
         checks, runs = pipeline, Runs(pipeline, comfy)

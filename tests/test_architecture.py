@@ -21,7 +21,9 @@ LAYERS: list[set[str]] = [
     {"metrics", "collector"},
     {"services"},
     {"routes"},
-    {"app", "__main__"},
+    {"app"},
+    {"server"},
+    {"__main__"},
 ]
 LAYER_OF = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 

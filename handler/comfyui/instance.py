@@ -23,6 +23,7 @@ import contextlib
 import enum
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,10 +98,17 @@ class ComfyConnection(Protocol):
 
 
 class Comfy:
-    def __init__(self, settings: Settings, spawn: Spawn, client: ComfyConnection | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        spawn: Spawn,
+        client: ComfyConnection | None = None,
+        started: subprocess.Popen[bytes] | None = None,
+    ):
         """`spawn` starts this part's threads (the runtime's, in the service). `client`: the
         connection to an attached ComfyUI whose folders are given (COMFYUI_URL with
-        COMFYUI_INPUT_DIR and COMFYUI_OUTPUT_DIR); by default a `ComfyClient` to ComfyUI."""
+        COMFYUI_INPUT_DIR and COMFYUI_OUTPUT_DIR); by default a `ComfyClient` to ComfyUI.
+        `started`: a ComfyUI spawned early (`supervisor.boot_early`), adopted by the supervisor."""
         self.settings = settings
         self._spawn = spawn
         self.supervisor: ComfySupervisor | None = None
@@ -111,7 +119,7 @@ class Comfy:
                 temp = settings.comfyui_temp_dir or settings.comfyui_output_dir.parent / "temp"
                 folders = ComfyFolders(settings.comfyui_input_dir, settings.comfyui_output_dir, temp)
         elif settings.comfyui_path:
-            self.supervisor = ComfySupervisor(settings, self._on_listening, self._on_exit, spawn)
+            self.supervisor = ComfySupervisor(settings, self._on_listening, self._on_exit, spawn, started)
             base_url = self.supervisor.url
             folders = self.supervisor.folders
         else:

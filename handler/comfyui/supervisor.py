@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handler import logs
+from handler.comfyui import gpu
 from handler.config import Settings
 from handler.models.refs import LOADERS
 from handler.runtime import Spawn, daemon_thread
@@ -185,7 +186,10 @@ class ComfySupervisor:
         on_listening: Callable[[], None],
         on_exit: Callable[[int], None],
         spawn: Spawn = daemon_thread,
+        started: subprocess.Popen[bytes] | None = None,
     ):
+        """`started`: the first ComfyUI, already spawned by `boot_early` (`python -m handler`
+        starts it before it loads the web stack); the supervisor adopts it as its first run."""
         if settings.comfyui_path is None:
             raise ValueError("COMFYUI_PATH is not set")
         refuse_own_args(settings.comfyui_args)
@@ -197,6 +201,7 @@ class ComfySupervisor:
         self._spawn = spawn
         self._stopping = threading.Event()
         self._process: subprocess.Popen[bytes] | None = None
+        self._started = started
         self._thread: threading.Thread | None = None
         self.restarts = 0
 
@@ -240,13 +245,32 @@ class ComfySupervisor:
         self.model_paths_file.parent.mkdir(parents=True, exist_ok=True)
         self.model_paths_file.write_text(json.dumps(config, indent=1) + "\n")
 
-    def start(self) -> None:
+    def prepare(self) -> None:
+        """The folders and files ComfyUI's command line names."""
         self.folders.create()
         if self.settings.model_urls:
             self.write_model_paths()
         if self.settings.models_dir:
             self.settings.models_dir.mkdir(parents=True, exist_ok=True)  # ComfyUI wants it to exist
+
+    def start(self) -> None:
+        self.prepare()
         self._thread = self._spawn("comfyui-supervisor", self._supervise)
+
+    def spawn_process(self) -> subprocess.Popen[bytes]:
+        command = self.command()
+        log.info("starting ComfyUI: %s", " ".join(command))
+        env = comfy_env(dict(os.environ), self.settings.comfyui_env_passthrough)
+        return subprocess.Popen(
+            command,
+            cwd=self.settings.comfyui_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # our SIGTERM handling decides when it stops
+            preexec_fn=_die_with_parent,
+        )
 
     @property
     def pid(self) -> int | None:
@@ -270,20 +294,8 @@ class ComfySupervisor:
             self.restarts += 1
 
     def _run_once(self) -> int:
-        command = self.command()
-        log.info("starting ComfyUI: %s", " ".join(command))
-        env = comfy_env(dict(os.environ), self.settings.comfyui_env_passthrough)
         try:
-            process = subprocess.Popen(
-                command,
-                cwd=self.settings.comfyui_path,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # our SIGTERM handling decides when it stops
-                preexec_fn=_die_with_parent,
-            )
+            process, self._started = self._started or self.spawn_process(), None
         except OSError as exc:
             log.error("cannot start ComfyUI: %s", exc)
             return -1
@@ -320,3 +332,21 @@ class ComfySupervisor:
                 pass
         if self._thread:
             self._thread.join(timeout_s)
+
+
+def boot_early(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """Spawn ComfyUI at once, before the service imports its web stack and builds its app, so
+    that ComfyUI's boot overlaps the service's own (`python -m handler`). None where the service
+    does not boot ComfyUI itself, or must do something first: fetch runtime models, or stop
+    because REQUIRE_GPU finds no GPU (the regular start says why)."""
+    if not settings.service_role.runs_comfy or settings.comfyui_url or settings.comfyui_path is None:
+        return None
+    if settings.models_source or (settings.require_gpu and gpu.probe() is None):
+        return None
+    supervisor = ComfySupervisor(settings, on_listening=lambda: None, on_exit=lambda code: None)
+    supervisor.prepare()
+    try:
+        return supervisor.spawn_process()
+    except OSError as exc:
+        log.error("cannot start ComfyUI: %s", exc)  # the regular start tries again and says so
+        return None
