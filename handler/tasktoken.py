@@ -6,8 +6,13 @@ certificates, except where Cloud Run's IAM has already checked it: behind
 `--no-allow-unauthenticated`, Cloud Run verifies the token itself and hands it on with the
 signature replaced by `SIGNATURE_REMOVED_BY_GOOGLE`. Such a token is accepted only when the
 service sits behind that IAM check (INGRESS_VERIFIES_TOKENS, on by default on Cloud Run unless
-PUBLIC_SERVICE); the claims are checked all the same. A token that carries a signature is always
-verified in full.
+PUBLIC_SERVICE, and never on a public deployment); the claims are checked all the same. A token
+that carries a signature is always verified in full. `email_verified` must be the boolean true.
+
+Two headers: when a request carries `X-Serverless-Authorization`, Cloud Run checks that one and
+passes `Authorization` through untouched, so the identity comes from `X-Serverless-Authorization`
+and a token in `Authorization` counts only if its own signature verifies: a stripped one there
+was never seen by Cloud Run and is refused (401), whoever it names.
 """
 
 from __future__ import annotations
@@ -56,13 +61,26 @@ class TaskTokenVerifier:
             settings.service_url, settings.tasks_service_account, ingress_verified=settings.ingress_verifies_tokens
         )
 
-    def verify(self, authorization: str | None) -> dict[str, Any]:
+    def verify(self, authorization: str | None, serverless_authorization: str | None = None) -> dict[str, Any]:
+        """The claims of the task token, checked. `serverless_authorization`: the request's
+        X-Serverless-Authorization, when it has one (then it names the caller)."""
         if not self.audience or not self.service_account:
             raise Forbidden("task tokens cannot be checked: set SERVICE_URL and TASKS_SERVICE_ACCOUNT")
+        if serverless_authorization is not None:
+            # Cloud Run checked this header, not Authorization: that one must carry its signature.
+            if authorization and authorization.lower().startswith("bearer "):
+                passed = _jwt_of(authorization)
+                if passed is not None:
+                    if passed.rsplit(".", 1)[1] == STRIPPED_SIGNATURE:
+                        raise Unauthorized(
+                            "a token without its signature in Authorization was not checked by Cloud Run"
+                        )
+                    self._verified_claims(passed)
+            authorization = serverless_authorization
         if not authorization or not authorization.lower().startswith("bearer "):
             raise Unauthorized("a Cloud Tasks OIDC token is required")
-        token = authorization.split(" ", 1)[1].strip()
-        if token.count(".") != 2:
+        token = _jwt_of(authorization)
+        if token is None:
             raise Unauthorized("the token is not a JWT")
         if token.rsplit(".", 1)[1] == STRIPPED_SIGNATURE:
             if not self.ingress_verified:
@@ -75,7 +93,7 @@ class TaskTokenVerifier:
             raise Unauthorized("the task token is for another audience")
         if claims.get("iss") not in GOOGLE_ISSUERS:
             raise Unauthorized("the task token was not issued by Google")
-        if claims.get("email") != self.service_account or not claims.get("email_verified"):
+        if claims.get("email") != self.service_account or claims.get("email_verified") is not True:
             raise Forbidden("the task token is not for the configured TASKS_SERVICE_ACCOUNT")
         return claims
 
@@ -115,6 +133,12 @@ class TaskTokenVerifier:
             response.raise_for_status()
             self._certs = (time.monotonic(), response.json())
             return self._certs[1]
+
+
+def _jwt_of(authorization: str) -> str | None:
+    """The token of a `Bearer` header when it has the shape of a JWT."""
+    token = authorization.split(" ", 1)[1].strip() if " " in authorization else ""
+    return token if token.count(".") == 2 else None
 
 
 def _unverified_claims(token: str) -> dict[str, Any]:

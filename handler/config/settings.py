@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from handler.config.access import AccessSettings
 from handler.config.cloud import CloudSettings, ServiceRole
 from handler.config.comfyui import ComfyUISettings
 from handler.config.declare import ConfigError, Section, read
@@ -30,6 +31,7 @@ SECTIONS: tuple[type[Section], ...] = (
     HttpSettings,
     ComfyUISettings,
     CloudSettings,
+    AccessSettings,
     JobSettings,
     WebhookSettings,
     UrlSettings,
@@ -47,6 +49,7 @@ class Settings(
     UrlSettings,
     WebhookSettings,
     JobSettings,
+    AccessSettings,
     CloudSettings,
     ComfyUISettings,
     HttpSettings,
@@ -134,3 +137,10 @@ def _check(values: dict[str, object]) -> None:
                 )
     if values["storage_backend"] == "gcs" and not values["gcs_bucket"]:
         raise ConfigError("STORAGE_BACKEND=gcs needs GCS_BUCKET")
+    if values["public_service"]:  # anyone can reach it: keys decide, and no token is taken as checked
+        if values["ingress_verifies_tokens"]:
+            raise ConfigError(
+                "PUBLIC_SERVICE: Cloud Run checks no token in front of it, so INGRESS_VERIFIES_TOKENS must be off"
+            )
+        if not (values["api_keys_file"] or values["api_keys"]):
+            raise ConfigError("PUBLIC_SERVICE needs API keys (API_KEYS_FILE or API_KEYS): anyone can reach it")

@@ -110,7 +110,10 @@ async def tasks_webhook(request: Request) -> Response:
 
 async def _verify(services: Services, request: Request) -> None:
     if services.settings.verify_task_tokens:
-        await run_in_threadpool(services.task_tokens.verify, request.headers.get("authorization"))
+        headers = request.headers
+        await run_in_threadpool(
+            services.task_tokens.verify, headers.get("authorization"), headers.get("x-serverless-authorization")
+        )
 
 
 async def _job_id(request: Request) -> str | None:

@@ -37,7 +37,7 @@ def test_settings_are_the_sections_in_order() -> None:
 
 def test_secrets_are_declared_as_such_and_kept_out_of_repr() -> None:
     secrets = {f.name for f, declared, _ in FIELDS if declared.secret}
-    assert secrets == {"job_id_secret", "webhook_secret", "hf_token"}
+    assert secrets == {"job_id_secret", "webhook_secret", "hf_token", "api_keys", "api_keys_file"}
     assert all(not f.repr for f, declared, _ in FIELDS if declared.secret)
     # A new setting whose name says "secret", "token", "password" or "key" must say whether it is one.
     named_like_one = {
@@ -75,6 +75,8 @@ def test_each_variable_sets_its_own_field(name: str) -> None:
         env["QUEUE_BACKEND"] = "cloudtasks"  # the api role needs Cloud Tasks
     if name == "storage_backend":
         env["GCS_BUCKET"] = "b"
+    if name == "public_service":
+        env["API_KEYS"] = "keys"  # a public service needs keys
     settings = Settings.from_env(env)
     assert getattr(settings, name) == value
     assert getattr(Settings(), name) == f.default  # and nothing else moved to that field

@@ -30,7 +30,14 @@ def test_cloud_run_turns_on_what_depends_on_it() -> None:
 
 def test_what_is_set_wins_over_what_would_follow() -> None:
     settings = Settings.from_env(
-        {"K_SERVICE": "svc", "CLOUD_MODE": "false", "LOG_FORMAT": "TEXT", "PUBLIC_SERVICE": "1", "ACCESS_LOG": "no"}
+        {
+            "K_SERVICE": "svc",
+            "CLOUD_MODE": "false",
+            "LOG_FORMAT": "TEXT",
+            "PUBLIC_SERVICE": "1",
+            "API_KEYS": "keys",  # a public service needs keys
+            "ACCESS_LOG": "no",
+        }
     )
     assert not settings.cloud_mode and not settings.verify_task_tokens and not settings.ingress_verifies_tokens
     assert (settings.log_format, settings.access_log, settings.max_body_bytes) == ("text", False, 64 * MiB)
