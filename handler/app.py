@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from handler import benchtrace, logs, services
+from handler.access.gate import AccessGate
 from handler.comfyui import catalog
 from handler.comfyui.instance import ComfyConnection
 from handler.config import ServiceRole, Settings
@@ -137,7 +138,10 @@ def create_app(
 
     app = Starlette(
         routes=role_routes(built),
-        middleware=[Middleware(observe.RequestObserver, metrics=built.metrics, settings=settings)],
+        middleware=[
+            Middleware(observe.RequestObserver, metrics=built.metrics, settings=settings),
+            Middleware(AccessGate, access=built.access),  # inside: its 401s are observed too
+        ],
         lifespan=lifespan,
         # starlette types each handler as taking any Exception; ours take the class they are for
         exception_handlers={ServiceError: service_error, HTTPException: http_error, Exception: unexpected_error},  # type: ignore[dict-item]

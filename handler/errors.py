@@ -247,3 +247,18 @@ class RequestTimeout(ServiceError):
     @property
     def headers(self) -> dict[str, str]:
         return {"Connection": "close"}  # the rest of the body may still be on its way
+
+
+class TooManyRequests(ServiceError):
+    """A caller past its rate limit or its cap of jobs at once (API keys: handler/access/)."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after_s: int = 1, **details: Any):
+        super().__init__(message, **details)
+        self.retry_after_s = max(1, retry_after_s)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from handler import storage, taskqueue
+from handler.access.gate import Access
 from handler.collector import ServiceCollector
 from handler.comfyui.catalog import StoreCatalog
 from handler.comfyui.instance import Comfy, ComfyConnection
@@ -41,6 +42,7 @@ class Services:
     templates: Templates
     jobs: Jobs
     task_tokens: TaskTokenVerifier
+    access: Access
     metrics: Metrics
     collector: ServiceCollector
     started_at: float = field(default_factory=time.time)
@@ -94,6 +96,7 @@ def build(
         templates=templates,
         jobs=jobs,
         task_tokens=TaskTokenVerifier.from_settings(settings),
+        access=Access.from_settings(settings),
         metrics=metrics,
         collector=collector,
     )

@@ -13,7 +13,7 @@ MAX_LINES = 420
 # Lowest first: a module may import from its own layer's other parts and from layers below.
 LAYERS: list[set[str]] = [
     {"handler", "config", "errors", "failpoints", "benchtrace", "logs", "runtime"},
-    {"storage", "taskqueue", "net", "models"},
+    {"storage", "taskqueue", "net", "models", "access"},
     {"comfyui"},
     {"body", "predict_request", "templates"},
     {"pipeline", "tasktoken"},

@@ -79,6 +79,8 @@ class Job:
     attempts: int = 0
     source: str = "api"  # api | cloudtasks (a task that targeted /predict itself)
     task: str | None = None  # that task's queue/name
+    # Whose job it is (handler/access/): "key:<id>", "iam:<email>"; None: an admin's only.
+    caller: str | None = None
     base_url: str | None = None  # how the submitter reached us: for links in webhooks
     inline: bool = False
     timeout_s: float | None = None

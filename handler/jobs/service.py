@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from handler import errors
+from handler.access import Caller
 from handler.body import check_fields
 from handler.comfyui.progress import read_job_progress
 from handler.config import Settings
@@ -113,6 +114,7 @@ class JobService:
         job_id: str | None = None,
         source: str = "api",
         task: str | None = None,
+        caller: str | None = None,
     ) -> Job:
         """Validate, store and queue a job. Raises ServiceError (4xx) when it could not run."""
         if not isinstance(body, dict):
@@ -131,6 +133,7 @@ class JobService:
             priority=options.priority,
             source=source,
             task=task,
+            caller=caller,
             base_url=base_url,
             inline=options.inline,
             timeout_s=request.timeout_s,
@@ -224,8 +227,22 @@ class JobService:
 
     # --- status and cancel
 
-    def status(self, job_id: str, *, base_url: str | None = None, inline: bool | None = None) -> dict[str, Any]:
+    def owned(self, job_id: str, caller: Caller | None) -> Job:
+        """The job, when `caller` may see it (None: the service itself); another caller's job is
+        answered as no job at all (404), so its id tells nobody else anything."""
         job = self.repo.get(job_id)
+        if caller is not None and not caller.owns(job.caller):
+            raise errors.NotFound("no such job")
+        return job
+
+    def still_open(self, job_id: str) -> bool:
+        job = self.repo.find(job_id)
+        return job is not None and not job.final
+
+    def status(
+        self, job_id: str, *, base_url: str | None = None, inline: bool | None = None, caller: Caller | None = None
+    ) -> dict[str, Any]:
+        job = self.owned(job_id, caller)
         view = self.views.status(job, base_url=base_url, inline=job.inline if inline is None else inline)
         if job.state is JobState.RUNNING:  # the run's latest progress, from whichever instance runs it
             progress = read_job_progress(self.store, job_id)
@@ -234,8 +251,9 @@ class JobService:
                 view["progress"] = {**progress, "updated_at": iso(stamp) if isinstance(stamp, (int, float)) else stamp}
         return view
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str, caller: Caller | None = None) -> dict[str, Any]:
         """A queued job never runs; a running one here is interrupted; elsewhere, recorded."""
+        self.owned(job_id, caller)
         outcome = ""
 
         def change(job: Job) -> None:

@@ -1,5 +1,6 @@
-"""What every route module shares: its collaborators (`services_of`), the JSON body read with
-limits, the service's public URL and boolean query parameters."""
+"""What every route module shares: its collaborators (`services_of`), the caller the access gate
+checked (`caller_of`), the JSON body read with limits, the service's public URL and boolean
+query parameters."""
 
 from __future__ import annotations
 
@@ -9,13 +10,23 @@ from typing import Any
 import anyio
 from starlette.requests import Request
 
+from handler.access import Caller
 from handler.config import Settings
-from handler.errors import BadRequest, PayloadTooLarge, RequestTimeout
+from handler.errors import BadRequest, PayloadTooLarge, RequestTimeout, Unauthorized
 from handler.services import Services, services_of
 
-__all__ = ["Services", "base_url", "query_flag", "read_json", "services_of"]
+__all__ = ["Caller", "Services", "base_url", "caller_of", "query_flag", "read_json", "services_of"]
 
 TRUE_WORDS = {"1", "true", "yes"}
+
+
+def caller_of(request: Request) -> Caller:
+    """Who the request speaks for (handler/access/gate.py put it there); on a route the gate
+    leaves open, nobody: 401."""
+    caller = request.scope.get("state", {}).get("caller")
+    if not isinstance(caller, Caller):
+        raise Unauthorized("an API key is required: send X-API-Key or Authorization: Bearer")
+    return caller
 
 
 def query_flag(request: Request, name: str) -> bool | None:

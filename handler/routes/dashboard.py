@@ -13,6 +13,7 @@ Contract of `/dashboard/data`:
 * `recent`: the last finished runs (sync and jobs) with state, duration and error;
 * `latency`: request latency per 10 s over the last ten minutes (watching routes left out).
 
+Both are for admins only (handler/access/): the page shows every caller's job and request ids.
 The page is `handler/static/dashboard.html` (package data), read once.
 """
 
@@ -31,7 +32,7 @@ from handler import __version__
 from handler.errors import scrub_text
 from handler.metrics import Metrics
 from handler.routes.apidoc import PathItems, json_response
-from handler.routes.common import Services, services_of
+from handler.routes.common import Services, caller_of, services_of
 
 if TYPE_CHECKING:
     from handler.comfyui.instance import Comfy
@@ -139,10 +140,12 @@ def data(services: Services) -> dict[str, Any]:
 
 
 async def page(request: Request) -> HTMLResponse:
+    caller_of(request).require_admin()
     return HTMLResponse(PAGE, headers=PAGE_HEADERS)
 
 
 async def page_data(request: Request) -> JSONResponse:
+    caller_of(request).require_admin()
     return JSONResponse(await run_in_threadpool(data, services_of(request)), headers={"Cache-Control": "no-store"})
 
 

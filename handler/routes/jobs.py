@@ -28,7 +28,7 @@ from handler.config import Settings
 from handler.jobs import Outcome, RunOutcome, Sent
 from handler.jobs.repo import check_job_id
 from handler.routes.apidoc import PathItems, error_response, json_response, path_param, ref
-from handler.routes.common import Services, base_url, query_flag, services_of
+from handler.routes.common import Caller, Services, base_url, caller_of, query_flag, services_of
 from handler.storage.local import LocalStore
 
 log = logging.getLogger("handler.routes.jobs")
@@ -46,7 +46,8 @@ def wants_async(settings: Settings, body: Any, request: Request) -> bool:
     return isinstance(body, dict) and (body.get("async") is True or body.get("webhook") is not None)
 
 
-async def accept(services: Services, body: Any, request: Request) -> Response:
+async def accept(services: Services, body: Any, request: Request, caller: Caller | None) -> Response:
+    """`caller`: who submits (None only for a client-made task, which its token vouches for)."""
     settings, jobs = services.settings, services.jobs
     base = base_url(request, settings)
     task_name = request.headers.get(CLOUD_TASKS_HEADER)
@@ -66,7 +67,10 @@ async def accept(services: Services, body: Any, request: Request) -> Response:
         return _outcome(services, outcome, base)
     if not settings.service_role.accepts_jobs:
         raise errors.BadRequest("this is a worker: submit async jobs to the api service", api_url=settings.api_url)
-    job = await run_in_threadpool(jobs.service.submit, body, base_url=base)
+    assert caller is not None  # the gate put one on every request but task deliveries
+    with services.access.limits.running(caller.key, jobs.service.still_open) as keep:
+        job = await run_in_threadpool(jobs.service.submit, body, base_url=base, caller=caller.owner)
+        keep(job.job_id)
     status_url = f"{base}/status/{job.job_id}"
     return JSONResponse(
         {"job_id": job.job_id, "status_url": status_url, "state": job.state.value, "priority": job.priority},
@@ -146,21 +150,26 @@ async def status(request: Request) -> Response:
         request.path_params["job_id"],
         base_url=base_url(request, services.settings),
         inline=query_flag(request, "inline"),
+        caller=caller_of(request),
     )
     return JSONResponse(view)
 
 
 async def cancel(request: Request) -> Response:
-    answer = await run_in_threadpool(services_of(request).jobs.service.cancel, request.path_params["job_id"])
+    answer = await run_in_threadpool(
+        services_of(request).jobs.service.cancel, request.path_params["job_id"], caller_of(request)
+    )
     return JSONResponse(answer, status_code=200 if answer["cancel"] == "dequeued" else 202)
 
 
 async def local_output(request: Request) -> Response:
     """Outputs kept in a local folder, served the way a signed URL would serve them."""
-    store = services_of(request).jobs.service.store
+    service = services_of(request).jobs.service
+    store = service.store
     if not isinstance(store, LocalStore):
         raise errors.NotFound("outputs are in Cloud Storage: use the job's signed URLs")
     job_id = check_job_id(request.path_params["job_id"])  # 404 for anything no job could be named
+    await run_in_threadpool(service.owned, job_id, caller_of(request))  # another caller's: 404
     try:
         path = store.path(f"outputs/{job_id}/{request.path_params['name']}")
         found = path.is_file()

@@ -37,7 +37,7 @@ from handler.config import Settings
 from handler.errors import NotFound, scrub
 from handler.metrics import Metrics
 from handler.routes.apidoc import PathItems, error_response, json_response
-from handler.routes.common import Services, services_of
+from handler.routes.common import Services, caller_of, services_of
 
 if TYPE_CHECKING:
     from handler.comfyui.instance import Comfy
@@ -187,6 +187,7 @@ def system_document(services: Services) -> dict[str, Any]:
 
 
 async def system(request: Request) -> JSONResponse:
+    caller_of(request).require_admin()
     return JSONResponse(await run_in_threadpool(system_document, services_of(request)))
 
 

@@ -21,7 +21,7 @@ from handler.predict_request import PredictRequest, parse_predict_body
 from handler.routes import delivery, sse
 from handler.routes import jobs as job_routes
 from handler.routes.apidoc import JSON, PathItems, error_response, json_response, ref
-from handler.routes.common import Services, base_url, read_json, services_of
+from handler.routes.common import Services, base_url, caller_of, read_json, services_of
 from handler.routes.delivery import AcceptedAnswer, AnswerForm, DeliveryContext
 
 # Where sync /predict requests stand in ComfyUI's queue, among async jobs (docs/async.md).
@@ -91,9 +91,15 @@ def run_sync(services: Services, body: Any, accepted: AcceptedAnswer, base: str)
 async def predict(request: Request) -> Response:
     services = services_of(request)
     benchtrace.begin(request.headers.get("x-bench-trace"))
+    task = services.access.is_open("/predict", request.headers)  # a client-made task: its token decides
+    caller = None if task else caller_of(request)
+    if caller is not None:
+        services.access.limits.take(caller.key)  # the key's rate, before its body is read
     body = await read_json(request, services.settings.max_body_bytes, services.settings.body_read_timeout_s)
+    if caller is not None:
+        caller.check_body(body)
     if job_routes.wants_async(services.settings, body, request):
-        return await job_routes.accept(services, body, request)
+        return await job_routes.accept(services, body, request, caller)
     if services.pipeline is None:
         raise BadRequest(
             'this is the api service, without a GPU: send sync requests to the worker, or add "async": true',
@@ -111,7 +117,9 @@ async def predict(request: Request) -> Response:
             return predict_request
 
         return await sse.stream(prepare, services.pipeline, services.runtime, delivery_context(services, base))
-    response = await services.runtime.run_long(run_sync, services, body, accepted, base)
+    assert caller is not None  # a task is always async
+    with services.access.limits.running(caller.key, services.jobs.service.still_open):
+        response = await services.runtime.run_long(run_sync, services, body, accepted, base)
     benchtrace.mark("response_built")
     benchtrace.end()
     return response
