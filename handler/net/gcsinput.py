@@ -1,7 +1,8 @@
 """Input images named by a `gs://bucket/object` URI, read with the service's own credentials.
 
 Contract: a gs:// input is accepted only when URL_ALLOWLIST names its bucket as `gs://bucket`
-(any object) or `gs://bucket/prefix` (objects under that prefix): the service account can
+(any object) or `gs://bucket/folder` (objects under that folder, whole path segments only:
+`gs://b/inputs` admits `inputs/x.png`, never `inputs-private/x.png` nor `inputsx`): the service account can
 usually read far more than callers should (the job store among it), so nothing is readable by
 default, the way private addresses are refused to https URLs unless allowlisted. The object is
 read when the job runs, within the request's deadline, and at most MAX_INPUT_BYTES of it: a
@@ -46,7 +47,8 @@ def _allowed(obj: GcsObject, allowlist: tuple[str, ...]) -> bool:
         if not entry.startswith("gs://"):
             continue
         bucket, _, prefix = entry[5:].partition("/")
-        if bucket == obj.bucket and obj.name.startswith(prefix):
+        folder = prefix.strip("/")
+        if bucket == obj.bucket and (not folder or obj.name.startswith(folder + "/")):
             return True
     return False
 
