@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,25 @@ if TYPE_CHECKING:
 WATCHING = frozenset({"/metrics", "/dashboard", "/dashboard/data", "/system", "/healthz"})
 ERROR_PEEK_BYTES = 4096  # of a failed /predict answer, to show its error code on the dashboard
 SECRET_WORDS = ("secret", "token", "password", "credential", "private", "key")
+# In any shown value: a URL's userinfo, a query value or a command-line option whose name
+# sounds secret (`?sig=…`, `--api-key …`).
+USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/?#@\s]*@", re.IGNORECASE)
+SECRET_NAMES = r"[\w-]*(?:secret|token|passw(?:or)?d|pwd|credential|private|key|sig|signature|auth)[\w-]*"
+SECRET_QUERY = re.compile(rf"(?P<name>[?&;]{SECRET_NAMES}=)[^&#;\s]*", re.IGNORECASE)
+SECRET_OPTION = re.compile(rf"(?P<name>--{SECRET_NAMES}(?:=|\s+))\S+", re.IGNORECASE)
+
+
+def redact(value: Any) -> Any:
+    """`value` with URL userinfo and secret-named query values and options masked ("***")."""
+    if isinstance(value, str):
+        value = USERINFO.sub(lambda m: m.group("scheme") + "***@", value)
+        value = SECRET_QUERY.sub(lambda m: m.group("name") + "***", value)
+        return SECRET_OPTION.sub(lambda m: m.group("name") + "***", value)
+    if isinstance(value, (list, tuple)):
+        return [redact(item) for item in value]
+    if isinstance(value, dict):
+        return {key: redact(item) for key, item in value.items()}
+    return value
 
 
 class RequestObserver:
@@ -138,7 +158,8 @@ def _error_of(body: bytes) -> str | None:
 
 
 def masked_settings(settings: Settings) -> dict[str, Any]:
-    """Every setting; secrets as "***" when set; paths and private names as errors.scrub shows them."""
+    """Every setting; secrets as "***" when set, and so are URL userinfo and secret-named query
+    values and options (`redact`); paths and private names as errors.scrub shows them."""
     out: dict[str, Any] = {}
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
@@ -149,7 +170,12 @@ def masked_settings(settings: Settings) -> dict[str, Any]:
             value = value.value
         elif isinstance(value, Path):
             value = str(value)
-        out[field.name] = scrub(value)  # per value: scrub bounds the items of one object
+        elif field.name == "comfyui_args":  # `--api-key`, `sk-…`: the value is the next word
+            value = [
+                "***" if i and re.fullmatch(f"--{SECRET_NAMES}", value[i - 1], re.IGNORECASE) else word
+                for i, word in enumerate(value)
+            ]
+        out[field.name] = scrub(redact(value))  # per value: scrub bounds the items of one object
     return out
 
 
@@ -180,7 +206,7 @@ def system_document(services: Services) -> dict[str, Any]:
     if comfy is not None:
         info: dict[str, Any] = {"state": comfy.state.value, "ready": comfy.ready, "version": comfy.version}
         if comfy.ready:
-            info["system_stats"] = scrub(comfy.client.get_json("/system_stats", timeout_s=5))
+            info["system_stats"] = scrub(redact(comfy.client.get_json("/system_stats", timeout_s=5)))
             info["queue"] = comfy_queue(comfy)
         document["comfyui"] = info
     return document
