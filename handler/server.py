@@ -37,6 +37,13 @@ _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
     b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY
 )
+_TOO_LARGE_BODY = (
+    b'{"status":"error","error":{"code":"headers_too_large","message":"the request line and headers are too large"}}'
+)
+_TOO_LARGE_RESPONSE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: " + str(len(_TOO_LARGE_BODY)).encode() + b"\r\n\r\n" + _TOO_LARGE_BODY
+)
 
 
 # How long a connection closed mid-request keeps draining what the client still sends.
@@ -79,13 +86,16 @@ class _LingeringTransport:
         self._loop.call_later(LINGER_S, self._transport.close)
 
 
-def header_timeout_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with a deadline on each request's line and headers."""
+def header_timeout_protocol(timeout_s: float, max_header_bytes: int = 0) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with a deadline on each request's line and headers, and a
+    cap on their size (`max_header_bytes`, 0: none): past it, 431 and the connection closed,
+    before httptools spends the event loop on the rest."""
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
         _awaiting_headers = True
         _mid_request = False  # bytes of a request have arrived, and not all of it
+        _header_bytes = 0  # of the request whose headers are awaited
 
         def _arm(self) -> None:
             if self._header_timer is None and self._awaiting_headers and timeout_s > 0:
@@ -109,7 +119,28 @@ def header_timeout_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
                 return  # answered and lingering: drop the rest
             self._mid_request = True
             self._arm()
+            room = max_header_bytes - self._header_bytes
+            if max_header_bytes and self._awaiting_headers and len(data) > room:
+                # Fed in two parts: the headers may end within the room, the rest is body.
+                super().data_received(data[:room])
+                if self._still_awaiting_headers():  # a method: the call above changes the flag
+                    self._headers_too_large()
+                elif not self.transport.is_closing():
+                    super().data_received(data[room:])
+                return
+            if self._awaiting_headers:
+                self._header_bytes += len(data)
             super().data_received(data)
+
+        def _still_awaiting_headers(self) -> bool:
+            return self._awaiting_headers
+
+        def _headers_too_large(self) -> None:
+            self._disarm()
+            log.info("closing a connection whose request headers passed %d bytes", max_header_bytes)
+            if not self.transport.is_closing():
+                self.transport.write(_TOO_LARGE_RESPONSE)
+                self.transport.close()
 
         def on_headers_complete(self) -> None:
             self._awaiting_headers = False
@@ -121,6 +152,7 @@ def header_timeout_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
             # (until then, uvicorn's keep-alive timeout covers the idle connection).
             self._awaiting_headers = True
             self._mid_request = False
+            self._header_bytes = 0
             super().on_message_complete()
 
         def _headers_too_slow(self) -> None:
@@ -165,7 +197,7 @@ def serve(settings: Settings, comfy_process: subprocess.Popen[bytes] | None = No
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
-        http=header_timeout_protocol(settings.header_read_timeout_s),
+        http=header_timeout_protocol(settings.header_read_timeout_s, settings.max_header_bytes),
         # Answers in flight get this long after SIGTERM; runs see `stopping` and answer 503 at
         # once, so this only bounds slow writers. Cloud Run kills the process 10 s after SIGTERM.
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]

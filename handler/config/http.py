@@ -57,6 +57,11 @@ class HttpSettings(Section):
         default=10.0,
         help="a request's line and headers must arrive within this of its first byte (then 408)",
     )
+    max_header_bytes: int = setting(
+        env="MAX_HEADER_BYTES",
+        default=64 * 1024,
+        help="largest request line and headers together (then 431 and the connection closed); 0: no limit",
+    )
     body_read_timeout_s: float = setting(
         env="BODY_READ_TIMEOUT_S", default=30.0, help="a request's whole body must arrive within this (then 408)"
     )
