@@ -5,6 +5,9 @@ an image name are rewritten to `<request folder>/<name>`, so two requests that b
 never see each other's file. The folder name is a secret (`predict_request.new_folder_name`).
 Names are checked before anything is written: a name that could leave the folder, is too long
 for a file system, or is both a file and another name's folder is a 400, not an OSError.
+An image whose header declares more than MAX_INPUT_PIXELS (width × height of one frame) is a
+413 before anything decodes it: inline ones when the request is parsed, fetched ones when they
+arrive. Files Pillow does not take for an image (audio, video) are not judged by it.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
+import io
 import re
 import shutil
+import struct
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -69,6 +75,26 @@ def decode_base64(value: str, where: str, max_bytes: int) -> bytes:
         raise BadRequest(f"{where} is neither valid base64, a data URI, nor an http(s) URL") from None
 
 
+def check_pixels(data: bytes, where: str, max_pixels: int) -> None:
+    """413 when `data`'s image header declares more than `max_pixels`; only the header is read."""
+    from PIL import Image, UnidentifiedImageError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DecompressionBombWarning: judged below
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except Image.DecompressionBombError:
+            width = height = max_pixels + 1  # Pillow refused to even open it: over any sane limit
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error):
+            return  # not an image Pillow knows: ComfyUI's loaders say what they make of it
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"{where} declares {width} × {height} = {width * height} pixels; "
+            f"at most {max_pixels} are accepted (MAX_INPUT_PIXELS)"
+        )
+
+
 def parse_images(raw: Any, settings: Settings) -> list[InputImage]:
     if raw is None:
         return []
@@ -100,7 +126,9 @@ def parse_images(raw: Any, settings: Settings) -> list[InputImage]:
             check_gcs_uri(value, settings, purpose=f"{where}.image")  # allowlisted buckets only
             images.append(InputImage(name, url=value))
         else:
-            images.append(InputImage(name, data=decode_base64(value, f"{where}.image", settings.max_input_bytes)))
+            data = decode_base64(value, f"{where}.image", settings.max_input_bytes)
+            check_pixels(data, f"{where}.image", settings.max_input_pixels)
+            images.append(InputImage(name, data=data))
     clash = sorted(seen & folders)
     if clash:
         raise BadRequest(f"image name {clash[0]!r} is both a file and a folder of another image's name")
@@ -142,8 +170,11 @@ def _materialise(image: InputImage, settings: Settings, deadline: float | None) 
         if image.url.startswith("gs://"):
             from handler.net.gcsinput import read_gcs
 
-            return read_gcs(image.url, settings, max_bytes=settings.max_input_bytes, timeout_s=timeout_s)
-        return fetch_bytes(image.url, settings, max_bytes=settings.max_input_bytes, timeout_s=timeout_s)
+            data = read_gcs(image.url, settings, max_bytes=settings.max_input_bytes, timeout_s=timeout_s)
+        else:
+            data = fetch_bytes(image.url, settings, max_bytes=settings.max_input_bytes, timeout_s=timeout_s)
+        check_pixels(data, f"the input image {image.name!r}", settings.max_input_pixels)
+        return data
     except FetchFailed:
         if deadline is not None and time.monotonic() >= deadline:
             raise Timeout(f"the request's timeout ran out while fetching the input image {image.name!r}") from None

@@ -31,3 +31,9 @@ class UrlSettings(Section):
         default=50 * 1024 * 1024,
         help="largest input image: sent as base64, fetched by URL or read from `gs://`",
     )
+    max_input_pixels: int = setting(
+        env="MAX_INPUT_PIXELS",
+        default=50_000_000,
+        help="the most pixels (width × height) an input image's header may declare, checked before anything "
+        "decodes it (then 413)",
+    )
