@@ -36,6 +36,8 @@ FORMATS = {
     "webp": ("WEBP", "image/webp", ".webp"),
 }
 STILL_IMAGES = {"image/png", "image/jpeg", "image/webp"}
+# The most pixels a side each encoder takes (libwebp: 16383; libjpeg: 65500); PNG has no limit here.
+MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}
 # How a sync answer carries the files: base64 in the JSON, or stored with links (handler/routes/delivery.py).
 DELIVERIES = ("inline", "url")
 
@@ -201,11 +203,20 @@ def reencode(file: OutputFile, options: OutputOptions) -> OutputFile:
 
     with Image.open(io.BytesIO(file.data)) as opened:
         image: Image.Image = opened
+        limit = MAX_SIDE.get(pil_format)
+        if limit is not None and max(image.size) > limit:
+            raise BadRequest(
+                f"output.format {options.format} takes at most {limit} pixels a side; "
+                f"{file.filename} is {image.size[0]} × {image.size[1]}: ask for png, or leave output.format out"
+            )
         if pil_format == "JPEG" and image.mode not in {"RGB", "L"}:
             image = image.convert("RGB")
         buffer = io.BytesIO()
         extra = {"quality": options.quality} if pil_format in {"JPEG", "WEBP"} else {}
-        image.save(buffer, pil_format, **extra)
+        try:
+            image.save(buffer, pil_format, **extra)
+        except (OSError, ValueError) as exc:  # what else the encoder refuses about this image
+            raise BadRequest(f"output.format {options.format} cannot encode {file.filename}: {exc}") from None
     file.data = buffer.getvalue()
     file.content_type = content_type
     file.filename = str(Path(file.filename).with_suffix(suffix))
