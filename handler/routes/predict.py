@@ -4,10 +4,14 @@ and `GET /healthz`.
 A sync run is parsed, run and rendered in a worker thread on the runtime's own limiter, so the
 event loop stays free for /healthz and long runs never hold anyio's default pool. With
 `Accept: text/event-stream` the answer is a stream of progress events (handler/routes/sse.py).
+A plain caller that goes away before its answer gets its prompt interrupted and its files
+removed, as a streamed one does.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from starlette.requests import Request
@@ -23,6 +27,7 @@ from handler.routes import jobs as job_routes
 from handler.routes.apidoc import JSON, PathItems, error_response, json_response, ref
 from handler.routes.common import Services, base_url, caller_of, read_json, services_of
 from handler.routes.delivery import AcceptedAnswer, AnswerForm, DeliveryContext
+from handler.runtime import Trigger
 
 # Where sync /predict requests stand in ComfyUI's queue, among async jobs (docs/async.md).
 SYNC_PRIORITY = "high"
@@ -76,11 +81,14 @@ def delivery_context(services: Services, base: str) -> DeliveryContext:
     return DeliveryContext(services.settings, services.jobs.service.store, base)
 
 
-def run_sync(services: Services, body: Any, accepted: AcceptedAnswer, base: str) -> Response:
-    """Parse, run and render in a worker thread: the event loop stays free for /healthz."""
+def run_sync(
+    services: Services, body: Any, accepted: AcceptedAnswer, base: str, cancel: Trigger | None = None
+) -> Response:
+    """Parse, run and render in a worker thread: the event loop stays free for /healthz.
+    `cancel`: set when the caller has gone away (the run is interrupted)."""
     predict_request = parse_sync(services, body, accepted)
     assert services.pipeline is not None  # predict() sends sync runs only where there is one
-    result = services.pipeline.run(predict_request, defer_cleanup=True)
+    result = services.pipeline.run(predict_request, cancel, defer_cleanup=True)
     services.metrics.sync_timings(result.timings)
     # The job's files are removed once the answer is on its way (delivery.respond).
     response = delivery.respond(result, predict_request.output, accepted, delivery_context(services, base))
@@ -118,11 +126,28 @@ async def predict(request: Request) -> Response:
 
         return await sse.stream(prepare, services.pipeline, services.runtime, delivery_context(services, base))
     assert caller is not None  # a task is always async
-    with services.access.limits.running(caller.key, services.jobs.service.still_open):
-        response = await services.runtime.run_long(run_sync, services, body, accepted, base)
+    gone = Trigger()
+    watcher = asyncio.ensure_future(until_disconnect(request, gone))
+    try:
+        with services.access.limits.running(caller.key, services.jobs.service.still_open):
+            response = await services.runtime.run_long(run_sync, services, body, accepted, base, gone)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
     benchtrace.mark("response_built")
     benchtrace.end()
     return response
+
+
+async def until_disconnect(request: Request, gone: Trigger) -> None:
+    """Set `gone` when the caller disconnects. The body has been read, so the next message the
+    server has for this request is its disconnect."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return
 
 
 def routes() -> list[BaseRoute]:
