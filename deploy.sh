@@ -49,6 +49,8 @@ Options (each also read from the environment variable in brackets):
                             invitation) or one added since [ALLOW_REGION=true]
   --metrics                 add Managed Service for Prometheus' collector as a sidecar: /metrics lands
                             in Cloud Monitoring [METRICS_SIDECAR=true] (image: GMP_SIDECAR_IMAGE)
+  --public                  the api role open to the internet, every caller with an API key from the
+                            Secret Manager secret SERVICE-api-keys (docs/security.md, "Access")
   --dry-run                 print every command without running any [DRY_RUN=true]
   -h, --help                this text
 EOF
@@ -93,6 +95,7 @@ while [[ $# -gt 0 ]]; do
         --skip-build) SKIP_BUILD=true; shift; continue ;;
         --metrics) METRICS_SIDECAR=true; shift; continue ;;
         --allow-region) ALLOW_REGION=true; shift; continue ;;
+        --public) PUBLIC_API=true; shift; continue ;;
         --gpu-zonal-redundancy) GPU_ZONAL_REDUNDANCY=true; shift; continue ;;
         --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
     esac
@@ -493,12 +496,15 @@ deploy_service() {
 }
 
 step "Deploying $API_SERVICE (api role) to Cloud Run in $REGION"
+api_access=(--no-allow-unauthenticated "--set-env-vars=$common_env,SERVICE_ROLE=api,SERVICE_URL=$API_URL"
+    "--set-secrets=WEBHOOK_SECRET=$WEBHOOK_SECRET_NAME:latest")
+if [[ ${PUBLIC_API:-false} == true ]]; then # keys required: the secret holds their hashes (handler/access/cli.py)
+    api_access=(--allow-unauthenticated "${api_access[1]},PUBLIC_SERVICE=1" "${api_access[2]},API_KEYS=$SERVICE-api-keys:latest")
+fi
 deploy_service gcloud run deploy "$API_SERVICE" --region="$REGION" --project="$PROJECT" \
     --service-account="$RUN_SA" --image="$API_IMAGE" --cpu=1 --memory=1Gi \
     --min-instances=0 --max-instances=10 --concurrency=80 --timeout=60 \
-    --no-allow-unauthenticated --quiet \
-    --set-env-vars="$common_env,SERVICE_ROLE=api,SERVICE_URL=$API_URL" \
-    --set-secrets="WEBHOOK_SECRET=$WEBHOOK_SECRET_NAME:latest"
+    "${api_access[@]}" --quiet
 retry gcloud run services add-iam-policy-binding "$API_SERVICE" --region="$REGION" \
     --member="serviceAccount:$TASKS_SA" --role=roles/run.invoker --project="$PROJECT"
 

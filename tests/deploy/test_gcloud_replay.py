@@ -70,6 +70,7 @@ def test_every_recorded_command_parses_in_the_real_gcloud(stub):
         ),
         (("--models-source", "gs://model-store", "--skip-build", PROJECT, REGION, TAG), {}),
         (("--metrics", "--skip-build", PROJECT, REGION, TAG), {}),
+        (("--public", "--skip-build", PROJECT, REGION, TAG), {}),
     ]
     records = []
     for args, env in runs:
