@@ -35,6 +35,7 @@ log = logging.getLogger("handler.routes.jobs")
 
 TASK_BODY_LIMIT = 64 * 1024
 CLOUD_TASKS_HEADER = "x-cloudtasks-taskname"
+SYNC_OUTPUTS = "sync-"  # outputs/sync-<random>/: a sync answer's files (handler/routes/delivery.py)
 
 
 # --- the async branch of /predict (handler/routes/predict.py)
@@ -163,13 +164,16 @@ async def cancel(request: Request) -> Response:
 
 
 async def local_output(request: Request) -> Response:
-    """Outputs kept in a local folder, served the way a signed URL would serve them."""
+    """Outputs kept in a local folder, served the way a signed URL would serve them: a job's to
+    its caller (and admins), a sync answer's (`sync-<random>`) to whoever holds its link."""
     service = services_of(request).jobs.service
     store = service.store
     if not isinstance(store, LocalStore):
         raise errors.NotFound("outputs are in Cloud Storage: use the job's signed URLs")
     job_id = check_job_id(request.path_params["job_id"])  # 404 for anything no job could be named
-    await run_in_threadpool(service.owned, job_id, caller_of(request))  # another caller's: 404
+    caller = caller_of(request)
+    if not job_id.startswith(SYNC_OUTPUTS):  # a sync answer's files: 128 random bits, like a signed URL
+        await run_in_threadpool(service.owned, job_id, caller)  # another caller's job: 404
     try:
         path = store.path(f"outputs/{job_id}/{request.path_params['name']}")
         found = path.is_file()
