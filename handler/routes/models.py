@@ -6,6 +6,9 @@ ComfyUI runs (roles `all` and `worker`):
 * `POST /models/fetch` `{"url", "folder", "sha256"?, "filename"?}`: fetch into the cache ahead of
   the requests that will use it (the same URL rules and answers as a model URL in a workflow);
 * `DELETE /models/cache/{key}`: evict one file (409 while a queued or running prompt uses it).
+
+Fetching into the cache and evicting from it are for admins (handler/access/): they change what
+every caller's runs find.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from handler.errors import BadRequest, NotFound
 from handler.models.cache import ModelCache
 from handler.models.refs import LOADERS, check_model_urls, parse_ref
 from handler.routes.apidoc import PathItems, error_response, json_response, path_param
-from handler.routes.common import query_flag, read_json, services_of
+from handler.routes.common import caller_of, query_flag, read_json, services_of
 from handler.routes.predict import comfy_of
 from handler.services import Services
 
@@ -44,6 +47,7 @@ def cache_of(services: Services) -> ModelCache:
 
 
 async def fetch_model(request: Request) -> JSONResponse:
+    caller_of(request).require_admin()
     services = services_of(request)
     cache = cache_of(services)
     body = await read_json(request, 64 * 1024, timeout_s=30)
@@ -64,6 +68,7 @@ async def fetch_model(request: Request) -> JSONResponse:
 
 
 async def evict_model(request: Request) -> JSONResponse:
+    caller_of(request).require_admin()
     entry = cache_of(services_of(request)).evict(request.path_params["key"])
     return JSONResponse({"evicted": entry.describe()})
 
