@@ -124,7 +124,15 @@ async def predict(request: Request) -> Response:
             comfy.require_ready()
             return predict_request
 
-        return await sse.stream(prepare, services.pipeline, services.runtime, delivery_context(services, base))
+        assert caller is not None  # a task is always async
+        held = contextlib.ExitStack()  # the run holds its place under the key's cap while it streams
+        held.enter_context(services.access.limits.running(caller.key, services.jobs.service.still_open))
+        try:
+            context = delivery_context(services, base)
+            return await sse.stream(prepare, services.pipeline, services.runtime, context, held.close)
+        except BaseException:
+            held.close()
+            raise
     assert caller is not None  # a task is always async
     gone = Trigger()
     watcher = asyncio.ensure_future(until_disconnect(request, gone))

@@ -62,10 +62,15 @@ def error_frame(exc: ServiceError) -> bytes:
 
 
 async def stream(
-    prepare: Callable[[], PredictRequest], pipeline: Pipeline, runtime: Runtime, context: DeliveryContext
+    prepare: Callable[[], PredictRequest],
+    pipeline: Pipeline,
+    runtime: Runtime,
+    context: DeliveryContext,
+    ended: Callable[[], None] | None = None,
 ) -> StreamingResponse:
     """`prepare` (parse the body, check readiness) runs in the same worker thread as the run, and
-    what it raises is raised here, before the stream starts: a plain HTTP error."""
+    what it raises is raised here, before the stream starts: a plain HTTP error. `ended` is
+    called once the answer is over (sent or cut off), not when `prepare` raised."""
     loop = asyncio.get_running_loop()
     # Frames; None at the end; first, _ACCEPTED or what `prepare` raised.
     queue: asyncio.Queue[bytes | object | None] = asyncio.Queue()
@@ -125,6 +130,8 @@ async def stream(
     def closed() -> None:
         if not finished.is_set():
             cancel.set()  # the caller went away: interrupt the prompt (the pipeline removes its files)
+        if ended is not None:
+            ended()
 
     return _EventStream(events(), closed)
 

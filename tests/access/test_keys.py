@@ -166,6 +166,27 @@ def test_a_keys_cap_of_runs_at_once_is_answered_429_until_its_job_ends(keys):
     assert keys.call("POST", "/predict", keys.capped, {"workflow": quick(8)}).status_code == 200
 
 
+def test_a_streamed_run_holds_its_place_under_the_cap_while_it_streams(keys):
+    gate = keys.svc.gate()
+    headers = {"Authorization": f"Bearer {keys.capped}", "Accept": "text/event-stream"}
+    with requests.post(
+        keys.svc.url + "/predict", json={"workflow": gate.workflow()}, headers=headers, stream=True, timeout=60
+    ) as streamed:
+        assert streamed.status_code == 200
+        gate.wait_entered()
+        try:
+            refused = keys.call("POST", "/predict", keys.capped, {"workflow": quick(9), "async": True})
+            assert refused.status_code == 429, refused.text
+        finally:
+            gate.release()
+        assert b"event: result" in streamed.content
+    deadline = time.monotonic() + 10
+    while (answer := keys.call("POST", "/predict", keys.capped, {"workflow": quick(10)})).status_code == 429:
+        assert time.monotonic() < deadline, "the ended stream still holds its place"
+        time.sleep(0.1)
+    assert answer.status_code == 200, answer.text
+
+
 def test_a_key_added_to_the_file_works_without_a_restart(keys):
     fresh = make_key(keys.file, "--role", "caller")
     deadline = time.monotonic() + 5
