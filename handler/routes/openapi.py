@@ -160,11 +160,24 @@ def document(
             "description": "ComfyUI as a serverless API: run raw workflows or named templates with typed parameters.",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": SECURITY_SCHEMES},
+        # Keys where the service has them; behind Cloud Run's IAM, a Google ID token as the bearer.
+        "security": [{"apiKey": []}, {"bearer": []}, {}],
     }
     if server_url:
         doc["servers"] = [{"url": server_url}]
     return doc
+
+
+# API keys (docs/security.md, "Access"): `X-API-Key`, or the key as `Authorization: Bearer`.
+SECURITY_SCHEMES = {
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "an API key (crk_…)"},
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key (crk_…), or a Google ID token where Cloud Run's IAM lets callers in",
+    },
+}
 
 
 # --- the routes
