@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -145,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, help="the job's timeout in seconds")
     parser.add_argument("--token", help="a bearer token to send")
     parser.add_argument("--id-token", action="store_true", help="mint a Google identity token for the URL")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("COMFYRUN_API_KEY"),
+        help="an API key, sent as X-API-Key (default: $COMFYRUN_API_KEY)",
+    )
     parser.add_argument("--stream", action="store_true", help="sync: show live progress (Server-Sent Events)")
     parser.add_argument(
         "--raw",
@@ -162,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a workflow file or --workflow-id (one of them)")
     workflow = json.loads(Path(args.workflow).read_text()) if args.workflow else None
     token = args.token or (identity_token(args.url.rstrip("/")) if args.id_token else None)
-    client = Client(args.url, token=token)
+    client = Client(args.url, token=token, api_key=args.api_key)
     request = dict(workflow_id=args.workflow_id, params=dict(args.param), images=args.image, timeout=args.timeout)
     try:
         if args.run_async or args.webhook or args.no_wait:

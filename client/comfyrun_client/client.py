@@ -93,14 +93,19 @@ class Client:
         base_url: str,
         *,
         token: str | None = None,
+        api_key: str | None = None,
         timeout_s: float = 660.0,
         session: requests.Session | None = None,
     ):
+        """`token`: a bearer token (a Google ID token behind Cloud Run's IAM, or an API key);
+        `api_key`: an API key sent as `X-API-Key`, beside a token or alone."""
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.http = session or requests.Session()
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
+        if api_key:
+            self.http.headers["X-API-Key"] = api_key
 
     # --- requests
 
