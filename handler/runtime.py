@@ -1,6 +1,6 @@
 """The process's threads and its shutdown signal, owned in one place.
 
-`Runtime.stopping` is set the moment SIGTERM arrives (`handler/__main__.py` chains uvicorn's own
+`Runtime.stopping` is set the moment SIGTERM arrives (`handler/server.py` chains uvicorn's own
 handler to `Runtime.signal_stop`), before uvicorn starts draining connections: work in flight
 watches it and answers 503 at once, instead of running past Cloud Run's 10 s grace.
 
