@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from handler import benchtrace, logs
-from handler.comfyui import graph, refusals
+from handler.comfyui import graph, policy, refusals
 from handler.comfyui.client import BinaryImage, Interrupted, PromptWatch
 from handler.comfyui.inputs import rewrite_references
 from handler.comfyui.instance import Comfy
@@ -239,6 +239,8 @@ class Pipeline:
         if self.runtime.stopping.is_set():
             raise ComfyUnavailable("the service is shutting down; retry", retry_after_s=1)
         self.comfy.require_ready()
+        # Before anything is staged: a graph the node policy refuses never reaches ComfyUI.
+        policy.check(request.workflow, self.comfy.object_info, self.comfy.settings.allow_folder_nodes)
         benchtrace.mark("pipeline")
         result = self._run(request, cancel, defer_cleanup, progress)
         benchtrace.mark("pipeline_end", timings=result.timings)  # after the cleanup in its `finally`
@@ -247,6 +249,7 @@ class Pipeline:
     def preflight(self, workflow: dict[str, Any]) -> None:
         """Refuse now what ComfyUI would refuse later: async jobs are accepted only if they can run."""
         object_info = self.comfy.object_info  # waits while the catalogue is loading
+        policy.check(workflow, object_info, self.comfy.settings.allow_folder_nodes)
         if object_info:
             graph.check(workflow, object_info).raise_for_errors()
 

@@ -66,7 +66,7 @@ def build(
     templates = Templates.from_settings(settings)
     comfy = pipeline = None
     models: ModelCache | None = None
-    checks: Preflight = StoreCatalog(store)
+    checks: Preflight = StoreCatalog(store, allow_folder_nodes=settings.allow_folder_nodes)
     runs = None
     if settings.service_role.runs_comfy:
         comfy = Comfy(settings, runtime.thread, comfy_client, comfy_process)

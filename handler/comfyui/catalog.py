@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from handler.comfyui import graph
+from handler.comfyui import graph, policy
 from handler.errors import ComfyUnavailable
 from handler.storage import Store
 
@@ -94,8 +94,9 @@ def publish(store: Store, object_info: dict[str, Any]) -> None:
 class StoreCatalog:
     """The api role's graph checks, against the catalogue a worker published."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, *, allow_folder_nodes: tuple[str, ...] = ()):
         self.store = store
+        self.allow_folder_nodes = allow_folder_nodes
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
 
@@ -112,5 +113,6 @@ class StoreCatalog:
 
     def preflight(self, workflow: dict[str, Any]) -> None:
         info = self.object_info()
+        policy.check(workflow, info, self.allow_folder_nodes)
         if info:
             graph.check(workflow, info).raise_for_errors()

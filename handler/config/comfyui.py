@@ -49,6 +49,13 @@ class ComfyUISettings(Section):
         parse=upper,
         help="ComfyUI's `--verbose` level; its log lines are forwarded to ours",
     )
+    allow_folder_nodes: tuple[str, ...] = setting(
+        env="ALLOW_FOLDER_NODES",
+        default=(),
+        help="node classes that list or write a folder by name (`LoadImageOutput`, the dataset loaders and "
+        "savers) a request may use, comma-separated; honoured only where ComfyUI runs the isolation "
+        "extension (docs/security.md)",
+    )
     comfyui_restart_backoff_s: float = setting(
         env="COMFYUI_RESTART_BACKOFF_S",
         default=1.0,

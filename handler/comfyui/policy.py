@@ -1,0 +1,134 @@
+"""The node policy: which nodes a request may use, and which inputs take literal values only.
+
+ComfyUI checks a COMBO value against its options only when the value is a literal; a value that
+arrives through a link is used as computed (docs/security.md). A name built inside the graph
+(`StringConcatenate`, `StringSubstring`, a switch) would otherwise reach a file loader, a save
+node's prefix or a folder node unchecked. So, before anything runs:
+
+* **Literal-only inputs**: every COMBO input (file lists among them: LoadImage's `image`, the
+  model lists, LoadLatent's `latent`), every input with an upload widget (`image_upload`, …,
+  Painter's `mask`), and every input that names a file or folder (`filename_prefix`, `folder`,
+  `folder_name`, …). A link into one is a 400; literals are checked by the service
+  (`predict_request`, `pipeline.request_prefix`) and by ComfyUI against the options.
+* **Folder nodes**: nodes that list or write a folder by name (the dataset loaders and savers,
+  LoadImageOutput, which reads ComfyUI's shared output folder) are refused unless the operator
+  names them in ALLOW_FOLDER_NODES: the folders they name are shared by every request.
+
+The rules come from the catalogue (`object_info`) where it has the node, and from the names in
+this module otherwise, so a graph is judged the same with or without a catalogue for the nodes
+listed here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from handler.comfyui.graph import is_link
+from handler.errors import BadRequest
+
+# Nodes of ComfyUI 0.33.0 that list or write a folder named by a value, or read the shared output
+# folder. Any other node with a folder input (FOLDER_INPUT) counts too.
+FOLDER_NODES = frozenset(
+    {
+        "LoadImageOutput",
+        "LoadImageDataSetFromFolder",
+        "LoadImageTextDataSetFromFolder",
+        "LoadVideoDataSetFromFolder",
+        "LoadVideoTextDataSetFromFolder",
+        "SaveImageDataSetToFolder",
+        "SaveImageTextDataSetToFolder",
+        "LoadTrainingDataset",
+        "SaveTrainingDataset",
+    }
+)
+# Inputs that name a folder: a node that has one lists or writes that folder.
+FOLDER_INPUT = re.compile(r"^(folder|folder_name|folder_path|directory|dir|output_dir|input_dir)$")
+# Inputs that name a file or a folder, whatever their type.
+FILE_INPUT = re.compile(
+    r"^(filename_prefix|file|filename|file_name|model_file|path|file_path|model_path)$|_(dir|folder|path)$"
+)
+# Widget options that make an input a file chooser (ComfyUI's frontend uploads into it).
+UPLOAD_OPTIONS = frozenset({"image_upload", "audio_upload", "video_upload", "file_upload", "upload", "remote"})
+COMBO_TYPES = frozenset({"COMBO", "COMFY_DYNAMICCOMBO_V3"})
+# File inputs of common loaders, for when the catalogue does not have the node.
+KNOWN_FILE_INPUTS = {
+    "LoadImage": {"image"},
+    "LoadImageMask": {"image"},
+    "LoadAudio": {"audio"},
+    "LoadVideo": {"file"},
+    "LoadLatent": {"latent"},
+    "Painter": {"mask"},
+    "Load3D": {"model_file"},
+}
+
+
+@dataclass(frozen=True)
+class NodeRules:
+    """What the policy knows of one node class."""
+
+    literal_inputs: frozenset[str]
+    folder_node: bool
+
+
+def _declared(info: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
+    inputs = info.get("input")
+    if not isinstance(inputs, Mapping):
+        return
+    for section in ("required", "optional"):
+        declared = inputs.get(section)
+        if isinstance(declared, Mapping):
+            yield from declared.items()
+
+
+def _is_literal_only(name: str, spec: Any) -> bool:
+    if FILE_INPUT.search(name) or FOLDER_INPUT.match(name):
+        return True
+    if not isinstance(spec, list) or not spec:
+        return False
+    kind, options = spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
+    return isinstance(kind, list) or kind in COMBO_TYPES or bool(UPLOAD_OPTIONS & set(options))
+
+
+def rules_for(class_type: str, object_info: Mapping[str, Any]) -> NodeRules:
+    info = object_info.get(class_type)
+    literal = set(KNOWN_FILE_INPUTS.get(class_type, ()))
+    folder_node = class_type in FOLDER_NODES
+    if isinstance(info, Mapping):
+        for name, spec in _declared(info):
+            # An output node's `prefix` (SaveLoRA) names its files; elsewhere it is text.
+            if _is_literal_only(name, spec) or (name == "prefix" and info.get("output_node")):
+                literal.add(name)
+            if FOLDER_INPUT.match(name):
+                folder_node = True
+    return NodeRules(literal_inputs=frozenset(literal), folder_node=folder_node)
+
+
+def check(
+    workflow: Mapping[str, Any], object_info: Mapping[str, Any], allowed_folder_nodes: Iterable[str] = ()
+) -> None:
+    """Refuse (400) a graph that links into a literal-only input or uses a folder node the
+    operator did not allow. Inputs the catalogue does not declare are judged by name."""
+    allowed = frozenset(allowed_folder_nodes)
+    cache: dict[str, NodeRules] = {}
+    for node_id, node in workflow.items():
+        class_type = node.get("class_type")
+        if not isinstance(class_type, str):
+            continue
+        rules = cache.get(class_type) or cache.setdefault(class_type, rules_for(class_type, object_info))
+        if rules.folder_node and class_type not in allowed:
+            raise BadRequest(
+                f"workflow node {node_id!r} uses {class_type}, which lists or writes a folder shared by every "
+                "request; this service runs it only if the operator allows it (ALLOW_FOLDER_NODES)"
+            )
+        for name, value in (node.get("inputs") or {}).items():
+            if not is_link(value):
+                continue
+            if name in rules.literal_inputs or FILE_INPUT.search(name) or FOLDER_INPUT.match(name):
+                raise BadRequest(
+                    f"workflow node {node_id!r} ({class_type}) input {name!r} names a file or folder or is a "
+                    "choice from a list: it takes a literal value, not a link (a value computed inside the "
+                    "graph would skip the checks that keep requests apart)"
+                )
