@@ -24,7 +24,7 @@ from handler.comfyui import graph, policy, refusals
 from handler.comfyui.client import BinaryImage, Interrupted, PromptWatch
 from handler.comfyui.inputs import rewrite_references
 from handler.comfyui.instance import Comfy
-from handler.comfyui.outputs import OutputFile, collect, file_refs
+from handler.comfyui.outputs import OutputFile, collect, file_refs, without_folder_name
 from handler.comfyui.progress import ProgressSink, Reporter
 from handler.comfyui.supervisor import private_paths
 from handler.errors import (
@@ -48,7 +48,8 @@ log = logging.getLogger("handler.pipeline")
 
 # An undeclared input on output nodes: ComfyUI ignores it when running the node, but it is part
 # of the node's cache key, so each request's output nodes run again (cheaply, upstream stays
-# cached) and never hand back a file an earlier request owned and has deleted.
+# cached) and never hand back a file an earlier request owned and has deleted. Its value is the
+# run's prompt id, which the caller sees anyway: ComfyUI writes the graph into every PNG.
 REQUEST_MARKER = "_request_id"
 # Output nodes ComfyUI may not flag when its catalogue is unavailable.
 KNOWN_OUTPUT_NODES = frozenset(
@@ -132,8 +133,8 @@ def request_prefix(prefix: str, request_id: str) -> str:
         raise BadRequest(f"filename_prefix {prefix!r} leaves the request's own folder: '..' is not allowed there")
     if any(len(part.encode("utf-8", "surrogatepass")) > 200 for part in parts) or len(parts) > 8:
         raise BadRequest("filename_prefix is too long: at most 8 folders of 200 bytes each")
-    if normalized == ".":
-        return f"{request_id}/"
+    if normalized == ".":  # ComfyUI would name the files after the folder in front: ours, a secret
+        raise BadRequest(f"filename_prefix {prefix!r} names no file: give a name such as 'out' or 'folder/out'")
     # A trailing "/" means "files named by the counter alone, in that folder": keep it.
     return f"{request_id}/{normalized}" + ("/" if prefix.endswith("/") else "")
 
@@ -149,7 +150,9 @@ def preview_nodes(workflow: dict[str, Any]) -> frozenset[str]:
     return frozenset(node_id for node_id, node in workflow.items() if node.get("class_type") == PREVIEW_CLASS)
 
 
-def prepare_graph(workflow: dict[str, Any], request_id: str, output_classes: frozenset[str]) -> dict[str, Any]:
+def prepare_graph(
+    workflow: dict[str, Any], request_id: str, output_classes: frozenset[str], *, marker: str
+) -> dict[str, Any]:
     """A private copy of the graph whose outputs, previews included, land in the request's own
     subfolder.
 
@@ -169,7 +172,7 @@ def prepare_graph(workflow: dict[str, Any], request_id: str, output_classes: fro
             inputs["filename_prefix"] = request_prefix(prefix, request_id)
             is_output = True
         if is_output:
-            inputs[REQUEST_MARKER] = request_id
+            inputs[REQUEST_MARKER] = marker  # never the request folder: it ends up in the files' metadata
     return graph
 
 
@@ -278,7 +281,7 @@ class Pipeline:
             models = ondemand.stage(self.models, request.workflow, info, started + request.timeout_s, cancel)
             fetched = time.monotonic()
             renames = self.comfy.inputs.stage(rid, request.images, deadline=started + request.timeout_s)
-            graph = prepare_graph(request.workflow, rid, self.comfy.output_classes)
+            graph = prepare_graph(request.workflow, rid, self.comfy.output_classes, marker=prompt_id)
             models.rewrite(graph)
             previews = preview_nodes(request.workflow)
             rewrite_references(graph, renames)
@@ -314,6 +317,8 @@ class Pipeline:
             finished = time.monotonic()
             files = collect(watch.outputs, self._output_images(watch, graph), self.comfy.outputs, request.output)
             for file in files:
+                # ComfyUI writes the graph, our rewritten prefixes included, into each PNG.
+                file.data = without_folder_name(file, rid)
                 file.subfolder = _public_subfolder(file.subfolder, rid)
                 if file.node_id in previews and file.type == "output":
                     file.type = "temp"

@@ -9,7 +9,7 @@ GRAPH = {
 
 
 def test_outputs_go_to_the_request_subfolder_and_are_marked():
-    graph = prepare_graph(GRAPH, "rid", frozenset({"MyCustomSave"}))
+    graph = prepare_graph(GRAPH, "rid", frozenset({"MyCustomSave"}), marker="rid")
     assert graph["2"]["inputs"]["filename_prefix"] == "rid/proto/save"
     assert graph["2"]["inputs"][REQUEST_MARKER] == "rid"
     assert graph["3"]["inputs"][REQUEST_MARKER] == "rid"
@@ -18,7 +18,7 @@ def test_outputs_go_to_the_request_subfolder_and_are_marked():
 
 
 def test_the_callers_graph_is_left_untouched():
-    prepare_graph(GRAPH, "rid", frozenset())
+    prepare_graph(GRAPH, "rid", frozenset(), marker="rid")
     assert GRAPH["2"]["inputs"]["filename_prefix"] == "proto/save"
     assert REQUEST_MARKER not in GRAPH["3"]["inputs"]
 
@@ -44,7 +44,6 @@ def test_prefixes_are_normalised_inside_the_request_folder():
 
     assert request_prefix("a/../b/out", "rid") == "rid/b/out"
     assert request_prefix("/abs/out", "rid") == "rid/abs/out"
-    assert request_prefix("", "rid") == "rid/"
     assert request_prefix("dir/", "rid") == "rid/dir/"
 
 
@@ -54,11 +53,14 @@ def test_prefixes_that_leave_the_request_folder_are_400s():
     from handler.errors import BadRequest
     from handler.pipeline import request_prefix
 
-    for prefix in ("../x", "a/../../x", "..", "a\\..\\x", "x" * 300):
+    # "", "." and "a/..": ComfyUI would name the files after the request's folder, a secret.
+    for prefix in ("../x", "a/../../x", "..", "a\\..\\x", "x" * 300, "", ".", "a/.."):
         with pytest.raises(BadRequest):
             request_prefix(prefix, "rid")
     with pytest.raises(BadRequest):
-        prepare_graph({"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "../x"}}}, "rid", frozenset())
+        prepare_graph(
+            {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "../x"}}}, "rid", frozenset(), marker="m"
+        )
 
 
 def test_deep_values_are_shared_not_copied():
@@ -66,7 +68,7 @@ def test_deep_values_are_shared_not_copied():
     for _ in range(5000):
         deep = [deep]
     workflow = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "deep": deep}}}
-    graph = prepare_graph(workflow, "rid", frozenset())
+    graph = prepare_graph(workflow, "rid", frozenset(), marker="m")
     assert graph["1"]["inputs"]["deep"] is deep
     assert "filename_prefix" in workflow["1"]["inputs"] and workflow["1"]["inputs"]["filename_prefix"] == "x"
 
@@ -82,7 +84,7 @@ def test_previews_are_saved_in_the_requests_own_folder_and_shown_as_temp():
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "keep"}},
     }
-    graph = prepare_graph(workflow, rid, frozenset({"SaveImage", "PreviewImage"}))
+    graph = prepare_graph(workflow, rid, frozenset({"SaveImage", "PreviewImage"}), marker="m")
     assert graph["2"]["class_type"] == "SaveImage"
     assert graph["2"]["inputs"]["filename_prefix"] == f"{rid}/ComfyUI_temp"
     assert workflow["2"]["class_type"] == "PreviewImage"  # the caller's graph is untouched

@@ -12,6 +12,8 @@ import io
 import mimetypes
 import os
 import shutil
+import struct
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +193,35 @@ class ViewOutputs:
 
     def discard(self, request_id: str, refs: list[dict[str, Any]]) -> None:
         pass
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"iTXt"})
+
+
+def without_folder_name(file: OutputFile, folder: str) -> bytes:
+    """The file's bytes with `folder/` taken out of its PNG text chunks (ComfyUI's `prompt` and
+    `workflow` metadata carry the prefixes this service rewrote). Other formats are unchanged."""
+    data = file.data
+    secret = folder.encode("ascii")
+    if not data.startswith(PNG_SIGNATURE) or secret not in data:
+        return data
+    parts, offset = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        end = offset + 12 + length
+        if end > len(data):
+            return data  # not a PNG this function understands: left as ComfyUI wrote it
+        body = data[offset + 8 : offset + 8 + length]
+        if kind in PNG_TEXT_CHUNKS and secret in body:
+            body = body.replace(secret + b"/", b"").replace(secret, b"")
+            parts.append(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)))
+        else:
+            parts.append(data[offset:end])
+        offset = end
+    parts.append(data[offset:])
+    return b"".join(parts)
 
 
 def reencode(file: OutputFile, options: OutputOptions) -> OutputFile:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -25,6 +26,7 @@ from pathlib import Path
 from handler import logs
 from handler.comfyui import gpu
 from handler.config import Settings
+from handler.errors import REQUEST_FOLDER
 from handler.models.refs import LOADERS
 from handler.runtime import Spawn, daemon_thread
 
@@ -134,6 +136,21 @@ class ComfyFolders:
     def create(self) -> None:
         for folder in (self.input, self.output, self.temp, self.temp.parent.parent / "user"):
             folder.mkdir(parents=True, exist_ok=True)
+
+    def remove_request_folders(self) -> int:
+        """Remove what earlier runs left (a `kill -9` runs no cleanup): every request folder
+        (`errors.REQUEST_FOLDER`) under input, output and temp. The operator's files stay."""
+        removed = 0
+        for root in (self.input, self.output, self.temp):
+            try:
+                entries = list(root.iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                if REQUEST_FOLDER.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += 1
+        return removed
 
     def placeholders(self) -> dict[Path, str]:
         """How answers name these folders instead of their absolute paths."""
@@ -250,6 +267,9 @@ class ComfySupervisor:
         self.folders.create()
         if self.settings.model_urls:
             self.write_model_paths()
+        removed = self.folders.remove_request_folders()  # before ComfyUI runs: no run of ours is in flight
+        if removed:
+            log.info("removed %d request folders left by an earlier run", removed)
         if self.settings.models_dir:
             self.settings.models_dir.mkdir(parents=True, exist_ok=True)  # ComfyUI wants it to exist
 
