@@ -1,6 +1,9 @@
 """One job through ComfyUI: stage inputs, submit, wait, collect every output, clean up.
 
-The same `Pipeline.run` serves sync requests, async jobs and named templates.
+The same `Pipeline.run` serves sync requests, async jobs and named templates. Each run has a
+private request folder under ComfyUI's input, output and temp folders (docs/security.md): with
+the isolation extension the prompt sees only those (`submit(..., folder=)`), without it names
+and prefixes are rewritten into them. The node policy (`comfyui/policy.py`) is checked first.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from handler.comfyui import graph, policy, refusals
 from handler.comfyui.client import BinaryImage, Interrupted, PromptWatch
 from handler.comfyui.inputs import rewrite_references
 from handler.comfyui.instance import Comfy
-from handler.comfyui.outputs import OutputFile, collect, file_refs, without_folder_name
+from handler.comfyui.outputs import OutputFile, collect, file_refs, in_request_folder, without_folder_name
 from handler.comfyui.progress import ProgressSink, Reporter
 from handler.comfyui.supervisor import private_paths
 from handler.errors import (
@@ -151,10 +154,11 @@ def preview_nodes(workflow: dict[str, Any]) -> frozenset[str]:
 
 
 def prepare_graph(
-    workflow: dict[str, Any], request_id: str, output_classes: frozenset[str], *, marker: str
+    workflow: dict[str, Any], request_id: str, output_classes: frozenset[str], *, marker: str, isolated: bool = False
 ) -> dict[str, Any]:
     """A private copy of the graph whose outputs, previews included, land in the request's own
-    subfolder.
+    subfolder: by prefix, or, `isolated` (ComfyUI runs the isolation extension, whose output
+    folder for the prompt is that subfolder), with the caller's prefix checked and kept.
 
     Only nodes and their inputs are copied (what is changed here and in rewrite_references):
     no recursion into values, however deep."""
@@ -169,7 +173,8 @@ def prepare_graph(
         prefix = inputs.get("filename_prefix")
         if isinstance(prefix, str):
             # A "/" in the prefix makes a subfolder: outputs go under output/<request id>/.
-            inputs["filename_prefix"] = request_prefix(prefix, request_id)
+            inside = request_prefix(prefix, request_id)
+            inputs["filename_prefix"] = inside[len(request_id) + 1 :] if isolated else inside
             is_output = True
         if is_output:
             inputs[REQUEST_MARKER] = marker  # never the request folder: it ends up in the files' metadata
@@ -280,11 +285,13 @@ class Pipeline:
             info = self.comfy.object_info if self.models is not None else None
             models = ondemand.stage(self.models, request.workflow, info, started + request.timeout_s, cancel)
             fetched = time.monotonic()
+            isolated = self.comfy.isolated  # the prompt sees only input/<rid>, output/<rid>, temp/<rid>
             renames = self.comfy.inputs.stage(rid, request.images, deadline=started + request.timeout_s)
-            graph = prepare_graph(request.workflow, rid, self.comfy.output_classes, marker=prompt_id)
+            graph = prepare_graph(request.workflow, rid, self.comfy.output_classes, marker=prompt_id, isolated=isolated)
             models.rewrite(graph)
             previews = preview_nodes(request.workflow)
-            rewrite_references(graph, renames)
+            if not isolated:  # the names as sent are already the request's own files
+                rewrite_references(graph, renames)
             staged = time.monotonic()
             watch = self.client.watch(prompt_id)  # before submitting: no event can be missed
             watch.number = number
@@ -299,7 +306,7 @@ class Pipeline:
                 )
                 watch.listener = reporter.on_message
             try:
-                self.client.submit(graph, prompt_id, number)
+                self.client.submit(graph, prompt_id, number, folder=rid if isolated else None)
             except WorkflowInvalid as refusal:
                 raise refusals.with_installed(
                     refusal, request.workflow, self.comfy.catalogue.latest().object_info
@@ -315,6 +322,8 @@ class Pipeline:
                 if entry:
                     watch.apply_history(entry)
             finished = time.monotonic()
+            if isolated:
+                in_request_folder(watch.outputs, rid)
             files = collect(watch.outputs, self._output_images(watch, graph), self.comfy.outputs, request.output)
             for file in files:
                 # ComfyUI writes the graph, our rewritten prefixes included, into each PNG.

@@ -20,6 +20,8 @@ import urllib3
 from handler.errors import ComfyUnavailable, ServiceError, WorkflowInvalid
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+# The key of `extra_data` that names a prompt's request folder for the isolation extension.
+ISOLATION_KEY = "comfyrun_folder"
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,17 @@ class ComfyAPI:
         self._api.close()
         self.http.close()
 
-    def submit(self, graph: dict[str, Any], prompt_id: str, number: float | None = None) -> None:
+    def submit(
+        self, graph: dict[str, Any], prompt_id: str, number: float | None = None, *, folder: str | None = None
+    ) -> None:
         """Queue a prompt. ComfyUI's queue is a heap on `number` (lowest runs first); without
-        one, ComfyUI numbers prompts in arrival order."""
+        one, ComfyUI numbers prompts in arrival order. `folder`: the request folder the isolation
+        extension scopes the prompt to (`extension/comfyrun_isolation`)."""
         body: dict[str, Any] = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
         if number is not None:
             body["number"] = number
+        if folder is not None:
+            body["extra_data"] = {ISOLATION_KEY: folder}
         response = self._request("POST", "/prompt", body=body)
         if response.status_code == 200:
             return
@@ -87,6 +94,11 @@ class ComfyAPI:
         if response.status_code != 200:
             return None
         return (response.json() or {}).get(prompt_id)
+
+    def remove_folder(self, folder: str, timeout_s: float = 30.0) -> bool:
+        """Remove a request folder under ComfyUI's input, output and temp folders, through the
+        isolation extension: how files go from a ComfyUI on another machine. False without it."""
+        return self._request("DELETE", f"/comfyrun/folders/{folder}", timeout=timeout_s).status_code == 204
 
     def get_json(self, path: str, timeout_s: float = 30.0) -> Any:
         response = self._request("GET", path, timeout=timeout_s)

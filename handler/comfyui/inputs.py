@@ -1,8 +1,10 @@
 """Input images: decoded, fetched or checked, then put where ComfyUI's loaders find them.
 
-Each request gets its own subfolder of ComfyUI's input folder, and the workflow's references to
-an image name are rewritten to `<request folder>/<name>`, so two requests that both send `in.png`
-never see each other's file. The folder name is a secret (`predict_request.new_folder_name`).
+Each request gets its own subfolder of ComfyUI's input folder, so two requests that both send
+`in.png` never see each other's file. With the isolation extension that subfolder is the prompt's
+whole input folder and names stay as sent; without it, the workflow's references to an image
+name are rewritten to `<request folder>/<name>`. The folder name is a secret
+(`predict_request.new_folder_name`).
 Names are checked before anything is written: a name that could leave the folder, is too long
 for a file system, or is both a file and another name's folder is a 400, not an OSError.
 An image whose header declares more than MAX_INPUT_PIXELS (width × height of one frame) is a
@@ -16,6 +18,7 @@ import base64
 import binascii
 import errno
 import io
+import logging
 import re
 import shutil
 import struct
@@ -30,6 +33,8 @@ from handler.config import Settings
 if TYPE_CHECKING:
     from handler.comfyui.client import ComfyClient
 from handler.errors import BadRequest, PayloadTooLarge, ServiceError, Timeout
+
+log = logging.getLogger("handler.comfyui.inputs")
 
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _FORBIDDEN = set('\\:*?"<>|\0')
@@ -212,7 +217,8 @@ class FolderInputs:
 
 
 class UploadedInputs:
-    """ComfyUI runs elsewhere: upload through its API (it offers no way to delete them)."""
+    """ComfyUI runs elsewhere: upload through its API. ComfyUI offers no way to delete files:
+    the isolation extension does (`discard`), and a ComfyUI without it keeps them."""
 
     def __init__(self, client: ComfyClient, settings: Settings):
         self.client = client
@@ -236,4 +242,8 @@ class UploadedInputs:
         return renames
 
     def discard(self, request_id: str) -> None:
-        pass
+        """The request's folders under ComfyUI's input, output and temp, outputs included."""
+        try:
+            self.client.remove_folder(request_id)
+        except ServiceError as exc:
+            log.warning("could not remove a request's files from ComfyUI: %s", exc.message)

@@ -36,7 +36,7 @@ from handler.comfyui.inputs import FolderInputs, InputSink, UploadedInputs
 from handler.comfyui.outputs import FolderOutputs, OutputSource, ViewOutputs
 from handler.comfyui.supervisor import ComfyFolders, ComfySupervisor
 from handler.config import Settings
-from handler.errors import ComfyUnavailable, NotFound
+from handler.errors import ComfyUnavailable, NotFound, ServiceError
 from handler.runtime import Spawn, Trigger
 
 log = logging.getLogger("handler.comfyui.instance")
@@ -88,7 +88,9 @@ class ComfyConnection(Protocol):
 
     def ahead_of(self, prompt_id: str) -> int: ...
 
-    def submit(self, graph: dict[str, Any], prompt_id: str, number: float | None = None) -> None: ...
+    def submit(
+        self, graph: dict[str, Any], prompt_id: str, number: float | None = None, *, folder: str | None = None
+    ) -> None: ...
 
     def interrupt(self, prompt_id: str, timeout_s: float = 30.0) -> None: ...
 
@@ -149,6 +151,8 @@ class Comfy:
         self._ready = Trigger()  # set exactly while ready: booted and the websocket connected
         self.catalogue = CatalogueSlot()
         self.version: str | None = None
+        # Whether ComfyUI runs the isolation extension: each prompt in its own folders (`_has_isolation`).
+        self.isolated = False
         self.started_at = time.monotonic()
         # Seconds, for metrics: the last boot (start or crash → ready), the models' fetch, the warmup.
         self.boot_s: float | None = None
@@ -337,6 +341,7 @@ class Comfy:
         its PyTorch sees CUDA."""
         stats = self.client.get_json("/system_stats")
         self.version = (stats.get("system") or {}).get("comfyui_version")
+        self.isolated = self._has_isolation()
         torch_version, devices = gpu.torch_summary(stats)
         log.info("ComfyUI %s: torch %s, devices %s", self.version or "?", torch_version, ", ".join(devices) or "?")
         if self.settings.require_gpu and self.supervisor and not any(d.startswith("cuda") for d in devices):
@@ -350,6 +355,22 @@ class Comfy:
             self._update(ComfyState.GPU_UNUSABLE)
             self.supervisor.stop()
             os._exit(3)
+
+    def _has_isolation(self) -> bool:
+        """Whether this ComfyUI runs the isolation extension (docs/security.md); the supervisor
+        installs it, an attached ComfyUI has it if its operator installed it."""
+        try:
+            found = self.client.get_json("/comfyrun/isolation", timeout_s=10)
+        except ServiceError:
+            found = None
+        isolated = isinstance(found, dict) and found.get("version") == 1
+        if not isolated:
+            log.warning(
+                "ComfyUI runs without comfyrun's isolation extension: each prompt sees the shared input, "
+                "output and temp folders (only the node policy and name rewriting keep requests apart)%s",
+                "" if self.supervisor else "; files uploaded to it are not deleted",
+            )
+        return isolated
 
     def require_ready(self) -> None:
         if not self.ready:

@@ -128,6 +128,14 @@ def file_refs(outputs: dict[str, dict[str, Any]]) -> Iterable[tuple[str, str, di
                     yield node_id, key, item, animated
 
 
+def in_request_folder(outputs: dict[str, dict[str, Any]], request_id: str) -> None:
+    """With the isolation extension, ComfyUI names files relative to the request's folders:
+    make each reference relative to ComfyUI's own folders again, as without it."""
+    for _, _, ref, _ in file_refs(outputs):
+        subfolder = ref.get("subfolder") or ""
+        ref["subfolder"] = f"{request_id}/{subfolder}" if subfolder else request_id
+
+
 class OutputSource(Protocol):
     def read(self, ref: dict[str, Any]) -> bytes: ...
 

@@ -111,6 +111,19 @@ def comfy_env(environ: dict[str, str], passthrough: tuple[str, ...] = ()) -> dic
     return env
 
 
+# Custom-node packages the service installs into ComfyUI: a `custom_nodes` search path given to
+# ComfyUI in an extra paths file, so ComfyUI's own folder (read-only in the image) is untouched.
+EXTENSIONS = Path(__file__).resolve().parent / "extension"
+ISOLATION_EXTENSION = "comfyrun_isolation"
+
+
+def extension_config(folder: Path) -> Path:
+    """Write the extra paths file that adds EXTENSIONS to ComfyUI's custom node folders."""
+    path = folder / "comfyrun_extensions.yaml"
+    path.write_text(f"comfyrun:\n  custom_nodes: {json.dumps(str(EXTENSIONS))}\n", encoding="utf-8")
+    return path
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: if the service dies hard, ComfyUI goes too (Linux only)."""
     try:
@@ -247,7 +260,15 @@ class ComfySupervisor:
             self.settings.comfy_log_level,
             *(["--models-directory", str(self.settings.models_dir)] if self.settings.models_dir else []),
             *(["--extra-model-paths-config", str(self.model_paths_file)] if self.settings.model_urls else []),
+            # The isolation extension (docs/security.md): each prompt sees only its request's folders.
+            "--extra-model-paths-config",
+            str(base / "comfyrun_extensions.yaml"),
             *self.settings.comfyui_args,
+            *(
+                ["--whitelist-custom-nodes", ISOLATION_EXTENSION]
+                if "--disable-all-custom-nodes" in self.settings.comfyui_args
+                else []
+            ),
         ]
 
     @property
@@ -267,6 +288,7 @@ class ComfySupervisor:
         self.folders.create()
         if self.settings.model_urls:
             self.write_model_paths()
+        extension_config(self.settings.comfyui_base_dir)
         removed = self.folders.remove_request_folders()  # before ComfyUI runs: no run of ours is in flight
         if removed:
             log.info("removed %d request folders left by an earlier run", removed)

@@ -235,7 +235,7 @@ class NodeContext:
         self.extra_data = extra_data or {}
         self.extra_pnginfo = self.extra_data.get("extra_pnginfo")
         self._progress = progress
-        self.paths = executor.paths
+        self.paths = executor.paths.scoped(self.extra_data)  # the request's folders, with isolation
         self.disable_metadata = executor.disable_metadata
 
     def check_interrupt(self) -> None:

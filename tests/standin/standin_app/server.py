@@ -8,6 +8,8 @@ import json
 import logging
 import mimetypes
 import os
+import re
+import shutil
 import struct
 import sys
 import threading
@@ -86,15 +88,47 @@ def within(base: str, path: str) -> bool:
         return False
 
 
+ISOLATION_KEY = "comfyrun_folder"
+ISOLATION_FOLDER = re.compile(r"^r[0-9a-f]{32}$")
+
+
 class Paths:
-    def __init__(self, input_dir: str, output_dir: str, temp_dir: str, models_dir: str):
+    """ComfyUI's folders. With `isolation` (comfyrun's isolation extension is installed, see
+    `isolation_installed`), a prompt whose extra_data names a request folder validates and runs
+    in that folder's input/output/temp subfolders, as the extension makes ComfyUI do."""
+
+    def __init__(self, input_dir: str, output_dir: str, temp_dir: str, models_dir: str, isolation: bool = False):
         self.input = input_dir
         self.output = output_dir
         self.temp = temp_dir
         self.models = models_dir
+        self.isolation = isolation
 
     def by_type(self, kind: str | None) -> str | None:
         return {"input": self.input, "output": self.output, "temp": self.temp}.get(kind)
+
+    def scoped(self, extra_data: dict | None) -> Paths:
+        folder = (extra_data or {}).get(ISOLATION_KEY) if self.isolation else None
+        if not isinstance(folder, str) or not ISOLATION_FOLDER.fullmatch(folder):
+            return self
+        inside = [os.path.join(root, folder) for root in (self.input, self.output, self.temp)]
+        for path in inside:
+            os.makedirs(path, exist_ok=True)
+        return Paths(*inside, self.models)
+
+
+def isolation_installed(extra_paths_configs: list[str]) -> bool:
+    """Whether an extra paths file adds a custom_nodes folder holding `comfyrun_isolation`."""
+    import yaml
+
+    for config_path in extra_paths_configs:
+        with open(config_path, encoding="utf-8") as stream:
+            config = yaml.safe_load(stream) or {}
+        for entry in config.values():
+            folders = str((entry or {}).get("custom_nodes") or "").split("\n")
+            if any(folder and os.path.isdir(os.path.join(folder, "comfyrun_isolation")) for folder in folders):
+                return True
+    return False
 
 
 class StandinServer:
@@ -105,6 +139,7 @@ class StandinServer:
         self.catalog = catalog
         self.registry = registry
         self.paths = paths
+        self._validating: dict = {}  # the extra_data of the prompt being validated (its folder)
         self.messages: asyncio.Queue = asyncio.Queue()
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.sockets_metadata: dict[str, dict] = {}
@@ -121,7 +156,7 @@ class StandinServer:
     def _validation_context(self, node_id: str):
         from .engine import NodeContext
 
-        return NodeContext(self.executor, node_id)
+        return NodeContext(self.executor, node_id, extra_data=self._validating)
 
     # --- messaging ------------------------------------------------------------------------------
     def supports_preview_metadata(self, sid: str | None) -> bool:
@@ -229,6 +264,11 @@ class StandinServer:
             ("GET", "/users", self.users),
             ("GET", "/userdata", self.userdata),
         ]
+        if self.paths.isolation:  # the routes comfyrun's isolation extension adds
+            routes += [
+                ("GET", "/comfyrun/isolation", self.isolation_version),
+                ("DELETE", "/comfyrun/folders/{folder}", self.remove_folder),
+            ]
         table = []
         for method, path, handler in routes:
             table.append(web.route(method, "/api" + path, handler))
@@ -312,6 +352,17 @@ class StandinServer:
 
     async def get_extensions(self, request):
         return web.json_response([])
+
+    async def isolation_version(self, request):
+        return web.json_response({"version": 1})
+
+    async def remove_folder(self, request):
+        folder = request.match_info["folder"]
+        if not ISOLATION_FOLDER.fullmatch(folder):
+            return web.json_response({"error": "not a request folder"}, status=400)
+        for root in (self.paths.input, self.paths.output, self.paths.temp):
+            shutil.rmtree(os.path.join(root, folder), ignore_errors=True)
+        return web.Response(status=204)
 
     async def folder_paths(self, request):
         return web.json_response({name: [os.path.join(self.paths.models, name)] for name in MODEL_FOLDERS})
@@ -600,9 +651,14 @@ class StandinServer:
                 }
                 return web.json_response({"error": error, "node_errors": {}}, status=400)
 
-        self.catalog.input_dir = self.paths.input
-        valid = self.validator.validate_prompt(prompt, data.get("partial_execution_targets"))
         extra_data = data.get("extra_data", {})
+        self._validating = {ISOLATION_KEY: extra_data.get(ISOLATION_KEY)} if isinstance(extra_data, dict) else {}
+        self.catalog.input_dir = self.paths.scoped(self._validating).input
+        try:
+            valid = self.validator.validate_prompt(prompt, data.get("partial_execution_targets"))
+        finally:
+            self._validating = {}
+            self.catalog.input_dir = self.paths.input
         if "client_id" in data:
             extra_data["client_id"] = data["client_id"]
         if not valid[0]:
