@@ -248,7 +248,7 @@ class Pipeline:
             raise ComfyUnavailable("the service is shutting down; retry", retry_after_s=1)
         self.comfy.require_ready()
         # Before anything is staged: a graph the node policy refuses never reaches ComfyUI.
-        policy.check(request.workflow, self.comfy.object_info, self.comfy.settings.allow_folder_nodes)
+        policy.check(request.workflow, self.comfy.object_info, self._folder_nodes())
         benchtrace.mark("pipeline")
         result = self._run(request, cancel, defer_cleanup, progress)
         benchtrace.mark("pipeline_end", timings=result.timings)  # after the cleanup in its `finally`
@@ -257,9 +257,13 @@ class Pipeline:
     def preflight(self, workflow: dict[str, Any]) -> None:
         """Refuse now what ComfyUI would refuse later: async jobs are accepted only if they can run."""
         object_info = self.comfy.object_info  # waits while the catalogue is loading
-        policy.check(workflow, object_info, self.comfy.settings.allow_folder_nodes)
+        policy.check(workflow, object_info, self._folder_nodes())
         if object_info:
             graph.check(workflow, object_info).raise_for_errors()
+
+    def _folder_nodes(self) -> frozenset[str]:
+        """ALLOW_FOLDER_NODES, honoured only where each prompt sees its own folders."""
+        return frozenset(self.comfy.settings.allow_folder_nodes) if self.comfy.isolated else frozenset()
 
     def warmup(self, workflow: dict[str, Any]) -> None:
         self._run(PredictRequest(workflow=check_workflow(workflow)), None, False)
@@ -287,7 +291,10 @@ class Pipeline:
             fetched = time.monotonic()
             isolated = self.comfy.isolated  # the prompt sees only input/<rid>, output/<rid>, temp/<rid>
             renames = self.comfy.inputs.stage(rid, request.images, deadline=started + request.timeout_s)
-            graph = prepare_graph(request.workflow, rid, self.comfy.output_classes, marker=prompt_id, isolated=isolated)
+            # Allowed folder nodes get the marker too: no file hash in their cache key, their cached
+            # output would be another request's files.
+            marked = self.comfy.output_classes | self._folder_nodes()
+            graph = prepare_graph(request.workflow, rid, marked, marker=prompt_id, isolated=isolated)
             models.rewrite(graph)
             previews = preview_nodes(request.workflow)
             if not isolated:  # the names as sent are already the request's own files

@@ -12,7 +12,8 @@ node's prefix or a folder node unchecked. So, before anything runs:
   (`predict_request`, `pipeline.request_prefix`) and by ComfyUI against the options.
 * **Folder nodes**: nodes that list or write a folder by name (the dataset loaders and savers,
   LoadImageOutput, which reads ComfyUI's shared output folder) are refused unless the operator
-  names them in ALLOW_FOLDER_NODES: the folders they name are shared by every request.
+  names them in ALLOW_FOLDER_NODES, which the pipeline honours only where ComfyUI runs the
+  isolation extension: without it, the folders they name are shared by every request.
 
 The rules come from the catalogue (`object_info`) where it has the node, and from the names in
 this module otherwise, so a graph is judged the same with or without a catalogue for the nodes
@@ -121,7 +122,8 @@ def check(
         if rules.folder_node and class_type not in allowed:
             raise BadRequest(
                 f"workflow node {node_id!r} uses {class_type}, which lists or writes a folder shared by every "
-                "request; this service runs it only if the operator allows it (ALLOW_FOLDER_NODES)"
+                "request; this service runs it only if the operator allows it (ALLOW_FOLDER_NODES) and ComfyUI "
+                "runs the isolation extension"
             )
         for name, value in (node.get("inputs") or {}).items():
             if not is_link(value):

@@ -257,13 +257,16 @@ def test_a_folder_node_the_operator_allows_sees_only_the_requests_folder(
             "1": {"class_type": "LoadImageDataSetFromFolder", "inputs": {"folder": "sub"}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "own"}},
         }
-        sent = [{"name": "sub/a.png", "image": base64.b64encode(png_bytes((9, 9, 9))).decode()}]
-        response = predict(service, workflow, images=sent)
-        assert response.status_code == 200, response.text[:400]
-        images = response.json()["images"]
-        assert len(images) == 1
-        with Image.open(io.BytesIO(base64.b64decode(images[0]["image"]))) as loaded:
-            assert loaded.convert("RGB").getpixel((0, 0)) == (9, 9, 9)
+        # Twice, as two callers would: the node has no file hash in its cache key, so the second
+        # caller must not get the first one's images from ComfyUI's cache.
+        for color in ((9, 9, 9), (7, 7, 7)):
+            sent = [{"name": "sub/a.png", "image": base64.b64encode(png_bytes(color)).decode()}]
+            response = predict(service, workflow, images=sent)
+            assert response.status_code == 200, response.text[:400]
+            images = response.json()["images"]
+            assert len(images) == 1
+            with Image.open(io.BytesIO(base64.b64decode(images[0]["image"]))) as loaded:
+                assert loaded.convert("RGB").getpixel((0, 0)) == color
     finally:
         service.stop()
 
