@@ -291,9 +291,8 @@ class Pipeline:
             fetched = time.monotonic()
             isolated = self.comfy.isolated  # the prompt sees only input/<rid>, output/<rid>, temp/<rid>
             renames = self.comfy.inputs.stage(rid, request.images, deadline=started + request.timeout_s)
-            # Allowed folder nodes get the marker too: no file hash in their cache key, their cached
-            # output would be another request's files.
-            marked = self.comfy.output_classes | self._folder_nodes()
+            # Nodes whose cached output could be another request's files run again too.
+            marked = self.comfy.output_classes | policy.fresh_each_run(request.workflow, self.comfy.object_info)
             graph = prepare_graph(request.workflow, rid, marked, marker=prompt_id, isolated=isolated)
             models.rewrite(graph)
             previews = preview_nodes(request.workflow)

@@ -66,12 +66,18 @@ KNOWN_FILE_INPUTS = {
 }
 
 
+# Loaders of ComfyUI 0.33.0 whose cache key holds a hash of the file's bytes (IS_CHANGED or
+# fingerprint_inputs): a cached output of theirs is of the same bytes, whoever sent them.
+HASHED_LOADERS = frozenset({"LoadImage", "LoadImageMask", "LoadAudio", "LoadLatent", "Painter"})
+
+
 @dataclass(frozen=True)
 class NodeRules:
     """What the policy knows of one node class."""
 
     literal_inputs: frozenset[str]
     folder_node: bool
+    reads_files: bool  # an input names a file to read (an upload widget or a file name)
 
 
 def _declared(info: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
@@ -97,14 +103,33 @@ def rules_for(class_type: str, object_info: Mapping[str, Any]) -> NodeRules:
     info = object_info.get(class_type)
     literal = set(KNOWN_FILE_INPUTS.get(class_type, ()))
     folder_node = class_type in FOLDER_NODES
+    reads_files = bool(literal)
     if isinstance(info, Mapping):
         for name, spec in _declared(info):
+            options = spec[1] if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], Mapping) else {}
+            if UPLOAD_OPTIONS & set(options) or (FILE_INPUT.search(name) and "prefix" not in name):
+                reads_files = True
             # An output node's `prefix` (SaveLoRA) names its files; elsewhere it is text.
             if _is_literal_only(name, spec) or (name == "prefix" and info.get("output_node")):
                 literal.add(name)
             if FOLDER_INPUT.match(name):
                 folder_node = True
-    return NodeRules(literal_inputs=frozenset(literal), folder_node=folder_node)
+    return NodeRules(literal_inputs=frozenset(literal), folder_node=folder_node, reads_files=reads_files)
+
+
+def fresh_each_run(workflow: Mapping[str, Any], object_info: Mapping[str, Any]) -> frozenset[str]:
+    """The graph's node classes whose cached output may hold another request's files: they read
+    a file or a folder by name, and ComfyUI's cache key for them holds no hash of its bytes
+    (LoadVideo keys on the file's mtime, Load3D on nothing). Each run marks them
+    (`pipeline.REQUEST_MARKER`), so they run again for every request."""
+    found = set()
+    for node in workflow.values():
+        class_type = node.get("class_type")
+        if isinstance(class_type, str) and class_type not in HASHED_LOADERS:
+            rules = rules_for(class_type, object_info)
+            if rules.reads_files or rules.folder_node:
+                found.add(class_type)
+    return frozenset(found)
 
 
 def check(

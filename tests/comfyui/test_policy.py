@@ -90,3 +90,22 @@ def test_the_bundled_templates_pass() -> None:
         if path.name.endswith(".manifest.json") or path.name.startswith("_"):
             continue
         policy.check(json.loads(path.read_text()), INFO)
+
+
+def test_nodes_that_read_files_without_a_hash_run_again_for_every_request() -> None:
+    """Their cache key holds the name, not the bytes: a cached output may be another caller's file."""
+    graph = {
+        str(i): {"class_type": class_type, "inputs": {}}
+        for i, class_type in enumerate(
+            [
+                "LoadVideo",  # keyed by the file's mtime
+                "Load3D",  # no fingerprint at all
+                "LoadImageDataSetFromFolder",  # a folder by name
+                "LoadImage",  # sha256 of the bytes: its cache is the same file's
+                "LoadAudio",
+                "CheckpointLoaderSimple",  # models are the operator's, the same for everyone
+                "KSampler",
+            ]
+        )
+    }
+    assert policy.fresh_each_run(graph, INFO) == {"LoadVideo", "Load3D", "LoadImageDataSetFromFolder"}
