@@ -153,6 +153,25 @@ def test_nodes_that_read_the_shared_output_folder_are_off_by_default(service: Se
     assert response.status_code == 400, response.text[:400]
 
 
+@pytest.mark.parametrize("node", ["MaskPreview", "Painter"])
+def test_previews_are_kept_in_the_requests_own_temp_folder(service: ServiceProcess, node: str) -> None:
+    """Previews land in the prompt's temp folder, where the service reads them from: a file in
+    ComfyUI's shared temp folder would be a 500 here (it reads `<temp>/<request folder>/...`)."""
+    if not service.target.is_real:
+        pytest.skip(f"the stand-in does not implement {node}")
+    preview = {"class_type": "MaskPreview", "inputs": {"mask": ["1", 0]}}
+    if node == "Painter":
+        preview = {"class_type": "Painter", "inputs": {"mask": "", "width": 64, "height": 64, "bg_color": "#102030"}}
+    workflow = {"1": {"class_type": "SolidMask", "inputs": {"value": 0.5, "width": 8, "height": 8}}, "2": preview}
+    if node == "Painter":
+        workflow["3"] = {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "painted"}}
+    response = predict(service, workflow)
+    assert response.status_code == 200, response.text[:400]
+    temps = [image for image in response.json()["images"] if image["type"] == "temp"]
+    assert temps and all(image["subfolder"] == "" for image in temps), response.json()["images"]
+    assert not list(comfy_dir(service, "temp").glob("*.png"))  # nothing at the shared root
+
+
 def png_texts(data: bytes) -> dict[str, str]:
     with Image.open(io.BytesIO(data)) as image:
         image.load()
