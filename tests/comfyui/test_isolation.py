@@ -268,7 +268,8 @@ def test_a_folder_node_the_operator_allows_sees_only_the_requests_folder(
 ) -> None:
     if not comfy_target.is_real:
         pytest.skip("the stand-in does not implement LoadImageDataSetFromFolder")
-    service = start_service(comfy_target, tmp_path / "service", ALLOW_FOLDER_NODES="LoadImageDataSetFromFolder")
+    allowed = "LoadImageDataSetFromFolder,SaveImageDataSetToFolder"
+    service = start_service(comfy_target, tmp_path / "service", ALLOW_FOLDER_NODES=allowed)
     try:
         plant_victim(service, "input", "sub/victim.png")  # the same subfolder name, at the root
         plant_victim(service, "input", f"r{secrets.token_hex(16)}/sub/victim.png")  # another request's
@@ -286,6 +287,24 @@ def test_a_folder_node_the_operator_allows_sees_only_the_requests_folder(
             assert len(images) == 1
             with Image.open(io.BytesIO(base64.b64decode(images[0]["image"]))) as loaded:
                 assert loaded.convert("RGB").getpixel((0, 0)) == color
+        # A folder writer's files are in no answer (`"images": []`), and still go with the run.
+        writer = {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+            "2": {
+                "class_type": "SaveImageDataSetToFolder",
+                "inputs": {
+                    "images": ["1", 0],
+                    "folder_name": "dataset",
+                    "filename_prefix": "image",
+                    "mode": "overwrite",
+                },
+            },
+        }
+        assert predict(service, writer).status_code == 200
+        deadline = time.monotonic() + 10
+        while files_under(comfy_dir(service, "output")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert files_under(comfy_dir(service, "output")) == []  # every run's files went with it
     finally:
         service.stop()
 
