@@ -89,11 +89,15 @@ def _fresh_node_objects(executor: Any) -> None:
     caches.all = [caches.outputs, caches.objects]
 
 
-async def _execute_in_folder(self: Any, prompt: Any, prompt_id: Any, extra_data: Any = None, *args: Any) -> Any:
+async def _execute_in_folder(
+    self: Any, prompt: Any, prompt_id: Any, extra_data: Any = None, *args: Any, **kwargs: Any
+) -> Any:
     _fresh_node_objects(self)
     token = _folder.set(folder_of(extra_data))
     try:
-        return await _execute_async(self, prompt, prompt_id, extra_data if extra_data is not None else {}, *args)
+        return await _execute_async(
+            self, prompt, prompt_id, extra_data if extra_data is not None else {}, *args, **kwargs
+        )
     finally:
         _folder.reset(token)
 
