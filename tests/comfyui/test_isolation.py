@@ -169,7 +169,7 @@ def test_previews_are_kept_in_the_requests_own_temp_folder(service: ServiceProce
     assert response.status_code == 200, response.text[:400]
     temps = [image for image in response.json()["images"] if image["type"] == "temp"]
     assert temps and all(image["subfolder"] == "" for image in temps), response.json()["images"]
-    assert not list(comfy_dir(service, "temp").glob("*.png"))  # nothing at the shared root
+    assert not list(comfy_dir(service, "temp").glob("ComfyUI_temp_*"))  # no preview at the shared root
 
 
 def png_texts(data: bytes) -> dict[str, str]:
