@@ -1,9 +1,7 @@
 """One job through ComfyUI: stage inputs, submit, wait, collect every output, clean up.
 
-The same `Pipeline.run` serves sync requests, async jobs and named templates. Each run has a
-private request folder under ComfyUI's input, output and temp folders (docs/security.md): with
-the isolation extension the prompt sees only those (`submit(..., folder=)`), without it names
-and prefixes are rewritten into them. The node policy (`comfyui/policy.py`) is checked first.
+The same `Pipeline.run` serves sync requests, async jobs and named templates, each in a private
+request folder, after the node policy (`comfyui/policy.py`; docs/security.md).
 """
 
 from __future__ import annotations
@@ -51,8 +49,7 @@ log = logging.getLogger("handler.pipeline")
 
 # An undeclared input on output nodes: ComfyUI ignores it when running the node, but it is part
 # of the node's cache key, so each request's output nodes run again (cheaply, upstream stays
-# cached) and never hand back a file an earlier request owned and has deleted. Its value is the
-# run's prompt id, which the caller sees anyway: ComfyUI writes the graph into every PNG.
+# cached) and never hand back a file an earlier request owned and has deleted. Its value: the prompt id.
 REQUEST_MARKER = "_request_id"
 # Output nodes ComfyUI may not flag when its catalogue is unavailable.
 KNOWN_OUTPUT_NODES = frozenset(
@@ -261,8 +258,7 @@ class Pipeline:
         if object_info:
             graph.check(workflow, object_info).raise_for_errors()
 
-    def _folder_nodes(self) -> frozenset[str]:
-        """ALLOW_FOLDER_NODES, honoured only where each prompt sees its own folders."""
+    def _folder_nodes(self) -> frozenset[str]:  # ALLOW_FOLDER_NODES, only where prompts see their own folders
         return frozenset(self.comfy.settings.allow_folder_nodes) if self.comfy.isolated else frozenset()
 
     def warmup(self, workflow: dict[str, Any]) -> None:

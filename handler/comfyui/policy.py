@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from handler.comfyui.graph import is_link
+from handler.comfyui.graphshape import is_link
 from handler.errors import BadRequest
 
 # Nodes of ComfyUI 0.33.0 that list or write a folder named by a value, or read the shared output

@@ -124,6 +124,17 @@ def extension_config(folder: Path) -> Path:
     return path
 
 
+def with_isolation_whitelisted(args: tuple[str, ...]) -> list[str]:
+    """COMFYUI_ARGS, with the isolation extension loaded even under `--disable-all-custom-nodes`:
+    added to the operator's `--whitelist-custom-nodes` (ComfyUI keeps only the last one given)."""
+    words = list(args)
+    if "--whitelist-custom-nodes" in words:
+        words.insert(words.index("--whitelist-custom-nodes") + 1, ISOLATION_EXTENSION)
+    elif "--disable-all-custom-nodes" in words:
+        words += ["--whitelist-custom-nodes", ISOLATION_EXTENSION]
+    return words
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: if the service dies hard, ComfyUI goes too (Linux only)."""
     try:
@@ -263,12 +274,7 @@ class ComfySupervisor:
             # The isolation extension (docs/security.md): each prompt sees only its request's folders.
             "--extra-model-paths-config",
             str(base / "comfyrun_extensions.yaml"),
-            *self.settings.comfyui_args,
-            *(
-                ["--whitelist-custom-nodes", ISOLATION_EXTENSION]
-                if "--disable-all-custom-nodes" in self.settings.comfyui_args
-                else []
-            ),
+            *with_isolation_whitelisted(self.settings.comfyui_args),
         ]
 
     @property

@@ -109,3 +109,20 @@ def test_nodes_that_read_files_without_a_hash_run_again_for_every_request() -> N
         )
     }
     assert policy.fresh_each_run(graph, INFO) == {"LoadVideo", "Load3D", "LoadImageDataSetFromFolder"}
+
+
+def test_the_isolation_extension_is_loaded_whatever_custom_nodes_the_operator_disables() -> None:
+    from handler.comfyui.supervisor import with_isolation_whitelisted
+
+    assert with_isolation_whitelisted(("--cpu",)) == ["--cpu"]
+    assert with_isolation_whitelisted(("--disable-all-custom-nodes",)) == [
+        "--disable-all-custom-nodes",
+        "--whitelist-custom-nodes",
+        "comfyrun_isolation",
+    ]
+    assert with_isolation_whitelisted(("--disable-all-custom-nodes", "--whitelist-custom-nodes", "mine")) == [
+        "--disable-all-custom-nodes",
+        "--whitelist-custom-nodes",
+        "comfyrun_isolation",
+        "mine",
+    ]
