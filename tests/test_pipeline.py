@@ -1,4 +1,4 @@
-from handler.pipeline import REQUEST_MARKER, prepare_graph
+from handler.comfyui.prepare import REQUEST_MARKER, prepare_graph
 
 GRAPH = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
@@ -40,7 +40,7 @@ def test_the_json_answer_splices_base64_and_knows_its_length():
 
 
 def test_prefixes_are_normalised_inside_the_request_folder():
-    from handler.pipeline import request_prefix
+    from handler.comfyui.prepare import request_prefix
 
     assert request_prefix("a/../b/out", "rid") == "rid/b/out"
     assert request_prefix("/abs/out", "rid") == "rid/abs/out"
@@ -50,8 +50,8 @@ def test_prefixes_are_normalised_inside_the_request_folder():
 def test_prefixes_that_leave_the_request_folder_are_400s():
     import pytest
 
+    from handler.comfyui.prepare import request_prefix
     from handler.errors import BadRequest
-    from handler.pipeline import request_prefix
 
     # "", "." and "a/..": ComfyUI would name the files after the request's folder, a secret.
     for prefix in ("../x", "a/../../x", "..", "a\\..\\x", "x" * 300, "", ".", "a/.."):
@@ -76,7 +76,8 @@ def test_deep_values_are_shared_not_copied():
 def test_previews_are_saved_in_the_requests_own_folder_and_shown_as_temp():
     """PreviewImage would write to ComfyUI's one shared temp folder under its own names: the
     request's graph saves them into the request's folder instead, and callers still see `temp`."""
-    from handler.pipeline import prepare_graph, preview_nodes, public_outputs
+    from handler.comfyui.prepare import prepare_graph, preview_nodes
+    from handler.pipeline import public_outputs
 
     rid = "r" + "ab" * 16
     workflow = {

@@ -9,7 +9,7 @@ node's prefix or a folder node unchecked. So, before anything runs:
   model lists, LoadLatent's `latent`), every input with an upload widget (`image_upload`, …,
   Painter's `mask`), and every input that names a file or folder (`filename_prefix`, `folder`,
   `folder_name`, …). A link into one is a 400; literals are checked by the service
-  (`predict_request`, `pipeline.request_prefix`) and by ComfyUI against the options.
+  (`predict_request`, `prepare.request_prefix`) and by ComfyUI against the options.
 * **Folder nodes**: nodes that list or write a folder by name (the dataset loaders and savers,
   LoadImageOutput, which reads ComfyUI's shared output folder) are refused unless the operator
   names them in ALLOW_FOLDER_NODES, which the pipeline honours only where ComfyUI runs the
@@ -138,7 +138,7 @@ def fresh_each_run(workflow: Mapping[str, Any], object_info: Mapping[str, Any]) 
     """The graph's node classes whose cached output may hold another request's files: they read
     a file or a folder by name, and ComfyUI's cache key for them holds no hash of its bytes
     (LoadVideo keys on the file's mtime, Load3D on nothing). Each run marks them
-    (`pipeline.REQUEST_MARKER`), so they run again for every request."""
+    (`prepare.REQUEST_MARKER`), so they run again for every request."""
     found = set()
     for node in workflow.values():
         class_type = node.get("class_type")
