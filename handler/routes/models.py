@@ -55,7 +55,7 @@ async def fetch_model(request: Request) -> JSONResponse:
         raise BadRequest('the body must be {"url", "folder", "sha256", "filename"}')
     body = dict(body)
     folder = body.pop("folder", None)
-    if folder not in set(LOADERS.values()):
+    if not isinstance(folder, str) or folder not in set(LOADERS.values()):
         raise BadRequest(f"folder must be one of {sorted(set(LOADERS.values()))}")
     ref = parse_ref(body, folder, "the body")
     # The same checks as a model URL in a workflow (CheckpointLoaderSimple stands for any loader).

@@ -192,6 +192,9 @@ def test_fetch_ahead_list_and_evict(od_service: ServiceProcess, model_server: Mo
     assert not again.json()["fetched"] and model_server.requests["/plain/l.safetensors"] == 1
     bad = od_service.post("/models/fetch", json={"url": url, "folder": "../etc"})
     assert bad.status_code == 400
+    # A folder that is not a string (found by the schema fuzzer: it was a 500).
+    odd = od_service.post("/models/fetch", json={"url": "", "folder": {}, "sha256": "", "filename": ""})
+    assert odd.status_code == 400 and odd.json()["error"]["code"] == "bad_request", odd.text
     key = fetched.json()["key"]
     assert requests.delete(f"{od_service.url}/models/cache/{key}", timeout=30).status_code == 200
     assert od_service.get("/models").json()["cache"]["files"] == []
