@@ -32,8 +32,11 @@ def test_no_input_the_schema_allows_or_forbids_gets_a_5xx(service, tmp_path):
             "not_a_server_error",
             "--max-time",
             str(FUZZ_SECONDS),
+            # One worker: with two threads, hypothesis parses lambda sources with ast.parse at
+            # once in both, and CPython 3.11 then fails with "AST constructor recursion depth
+            # mismatch" (a runtime error of the tool, not a finding; seen 1 run in 3).
             "--workers",
-            "2",
+            "1",
             "--phases",
             "examples,coverage,fuzzing",
             "--suppress-health-check",
