@@ -95,16 +95,16 @@ class Jobs:
         instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         jobs_here, webhooks_here = queue.pull_queue(), outbox_queue.pull_queue()
         repo = JobRepo(
-            store,
+            store=store,
             keeps_line=jobs_here is None,
             observer=observer,
             min_write_interval_s=0.0 if store.on_local_disk else settings.gcs_object_write_interval_s,
         )
-        views = JobViews(settings, store)
+        views = JobViews(settings=settings, store=store)
         local_worker = runs is not None and jobs_here is not None
         # The local worker's threads beyond its places in ComfyUI may make a webhook's first try.
         inline = WORKER_THREADS - LOCAL_SLOTS if local_worker and webhooks_here is not None else 0
-        outbox = Outbox(settings, repo, views, outbox_queue, inline_tries=inline)
+        outbox = Outbox(settings=settings, repo=repo, views=views, queue=outbox_queue, inline_tries=inline)
         runner = worker = None
         if runs is not None:
             runner = Runner(
@@ -113,13 +113,13 @@ class Jobs:
                 pipeline=runs.pipeline,
                 comfy=runs.comfy,
                 outbox=outbox,
-                leases=Leases(repo, runtime, settings.job_lease_ttl_s),
+                leases=Leases(repo=repo, runtime=runtime, ttl_s=settings.job_lease_ttl_s),
                 runtime=runtime,
                 templates=templates,
                 instance_id=instance_id,
             )
             if jobs_here is not None:
-                worker = LocalWorker(runner, jobs_here, runs.comfy, runtime)
+                worker = LocalWorker(runner=runner, queue=jobs_here, comfy=runs.comfy, runtime=runtime)
         service = JobService(
             settings=settings,
             repo=repo,
@@ -131,7 +131,9 @@ class Jobs:
             templates=templates,
             worker=worker,
         )
-        sender = LocalSender(outbox, webhooks_here, settings, runtime.stopping) if webhooks_here is not None else None
+        sender = None
+        if webhooks_here is not None:
+            sender = LocalSender(outbox=outbox, queue=webhooks_here, settings=settings, stopping=runtime.stopping)
         for drained in (jobs_here, webhooks_here):
             if drained is not None:
                 runtime.on_stop(drained.stop_waiting)  # the dispatcher and the sender wait in `next`

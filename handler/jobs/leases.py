@@ -33,7 +33,7 @@ class ActiveRun:
 
 
 class Leases:
-    def __init__(self, repo: JobRepo, runtime: Runtime, ttl_s: float):
+    def __init__(self, *, repo: JobRepo, runtime: Runtime, ttl_s: float):
         self.repo = repo
         self.runtime = runtime
         self.ttl_s = ttl_s

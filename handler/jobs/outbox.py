@@ -39,7 +39,7 @@ class Sent(str, enum.Enum):
 
 
 class Outbox:
-    def __init__(self, settings: Settings, repo: JobRepo, views: JobViews, queue: TaskQueue, *, inline_tries: int = 0):
+    def __init__(self, *, settings: Settings, repo: JobRepo, views: JobViews, queue: TaskQueue, inline_tries: int = 0):
         self.settings = settings
         self.repo = repo
         self.views = views
@@ -127,7 +127,7 @@ class Outbox:
 class LocalSender:
     """Drains the local outbox queue in one thread, with exponential backoff between tries."""
 
-    def __init__(self, outbox: Outbox, queue: PullQueue, settings: Settings, stopping: threading.Event):
+    def __init__(self, *, outbox: Outbox, queue: PullQueue, settings: Settings, stopping: threading.Event):
         self.outbox = outbox
         self.queue = queue
         self.settings = settings

@@ -80,7 +80,7 @@ Observer = Callable[[Job | None, Job], None]
 
 class JobRepo:
     def __init__(
-        self, store: Store, *, keeps_line: bool, observer: Observer | None = None, min_write_interval_s: float = 0.0
+        self, *, store: Store, keeps_line: bool, observer: Observer | None = None, min_write_interval_s: float = 0.0
     ):
         """`min_write_interval_s`: Cloud Storage takes about one write a second per object, so
         this process spaces its writes of one job record that far apart (1 s on GCS)."""

@@ -17,7 +17,7 @@ from handler.storage import Store, link
 
 
 class JobViews:
-    def __init__(self, settings: Settings, store: Store):
+    def __init__(self, *, settings: Settings, store: Store):
         self.settings = settings
         self.store = store
 

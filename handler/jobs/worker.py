@@ -76,6 +76,7 @@ class Started:
 class LocalWorker:
     def __init__(
         self,
+        *,
         runner: Runner,
         queue: PullQueue,
         comfy: Readiness,

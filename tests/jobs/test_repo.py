@@ -78,7 +78,7 @@ def test_changes_start_from_our_own_last_write_and_decide_again_on_a_read_when_i
     from handler.jobs.repo import JobRepo, LeaveUnchanged
 
     counted = CountsReads(store)
-    ours, theirs = JobRepo(counted, keeps_line=False), JobRepo(store, keeps_line=False)  # two processes
+    ours, theirs = JobRepo(store=counted, keeps_line=False), JobRepo(store=store, keeps_line=False)  # two processes
     job = Job(job_id="j-known")
     ours.create(job, {"workflow": WORKFLOW})
     ours.update(job.job_id, lambda j: j.claim("us", "t1", time.time(), 60))
