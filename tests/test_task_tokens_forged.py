@@ -134,40 +134,17 @@ def test_a_signed_authorization_beside_x_serverless_authorization_must_verify():
     certificates (a local server here) even beside `X-Serverless-Authorization`; the identity
     still comes from the header Cloud Run checked, and what is not a JWT there (an API key) is not
     a task token at all."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from tests.fixtures.dispatcher import SigningKey
+    from tests.fixtures.dispatcher import SigningKey, certs_server
 
     key = SigningKey(kid="k1")
-    certs = json.dumps({"k1": key.public_pem}).encode()
-
-    class Certs(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(certs)))
-            self.end_headers()
-            self.wfile.write(certs)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     audience = "https://svc.run.app"
-    verifier = TaskTokenVerifier(
-        audience, TASKS_ACCOUNT, ingress_verified=True, certs_url=f"http://127.0.0.1:{server.server_address[1]}/"
-    )
     checked = "Bearer " + stripped_token(audience, TASKS_ACCOUNT)
     signed = "Bearer " + key.token(audience, TASKS_ACCOUNT)
-    try:
+    with certs_server({"k1": key.public_pem}) as certs_url:
+        verifier = TaskTokenVerifier(audience, TASKS_ACCOUNT, ingress_verified=True, certs_url=certs_url)
         assert verifier.verify(signed, serverless_authorization=checked)["email"] == TASKS_ACCOUNT
         with pytest.raises(Unauthorized):  # tampered: refused, though the checked identity is fine
             verifier.verify(signed[:-6] + "AAAAAA", serverless_authorization=checked)
         with pytest.raises(Forbidden):  # a good signature does not make the invoker the tasks account
             verifier.verify(signed, serverless_authorization="Bearer " + stripped_token(audience, INVOKER))
         assert verifier.verify("Bearer crk_0_x", serverless_authorization=checked)["email"] == TASKS_ACCOUNT
-    finally:
-        server.shutdown()
-        server.server_close()

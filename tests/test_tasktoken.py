@@ -4,7 +4,6 @@ for another account or tampered with."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -12,8 +11,6 @@ import pytest
 
 def test_task_tokens_are_verified(tmp_path):
     pytest.importorskip("cryptography")
-    import json
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -23,6 +20,7 @@ def test_task_tokens_are_verified(tmp_path):
 
     from handler.errors import Forbidden, Unauthorized
     from handler.tasktoken import TaskTokenVerifier
+    from tests.fixtures.dispatcher import certs_server
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
@@ -39,20 +37,6 @@ def test_task_tokens_are_verified(tmp_path):
         .not_valid_after(now + datetime.timedelta(days=1))
         .sign(key, hashes.SHA256())
     )
-    certs = json.dumps({"k1": cert.public_bytes(serialization.Encoding.PEM).decode()}).encode()
-
-    class Certs(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(certs)))
-            self.end_headers()
-            self.wfile.write(certs)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
@@ -70,12 +54,8 @@ def test_task_tokens_are_verified(tmp_path):
         base.update(claims)
         return "Bearer " + jwt.encode(signer, base).decode()
 
-    verifier = TaskTokenVerifier(
-        "https://svc.run.app",
-        "tasks@p.iam.gserviceaccount.com",
-        certs_url=f"http://127.0.0.1:{server.server_address[1]}/certs",
-    )
-    try:
+    with certs_server({"k1": cert.public_bytes(serialization.Encoding.PEM).decode()}) as certs_url:
+        verifier = TaskTokenVerifier("https://svc.run.app", "tasks@p.iam.gserviceaccount.com", certs_url=certs_url)
         assert verifier.verify(token())["email"] == "tasks@p.iam.gserviceaccount.com"
         with pytest.raises(Unauthorized):
             verifier.verify(None)
@@ -91,6 +71,3 @@ def test_task_tokens_are_verified(tmp_path):
             verifier.verify(token()[:-4] + "AAAA")  # signature tampered
         with pytest.raises(Forbidden):
             TaskTokenVerifier("https://svc.run.app", None).verify(token())
-    finally:
-        server.shutdown()
-        server.server_close()
