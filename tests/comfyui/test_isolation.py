@@ -310,7 +310,9 @@ def test_a_folder_node_the_operator_allows_sees_only_the_requests_folder(
 
 
 def files_under(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    # os.walk, not rglob: the service removes a run's folders while this looks, and a folder
+    # that vanishes mid-walk is skipped instead of raising.
+    return sorted(str((Path(root) / name).relative_to(folder)) for root, _, names in os.walk(folder) for name in names)
 
 
 @pytest.fixture
