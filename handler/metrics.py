@@ -13,7 +13,7 @@ Contract:
 * Sync runs: `sync_timings(timings)` — one histogram series per phase of the answer's `timings`.
 * Jobs: `job_changed(before, after)` is the one observer the job repository calls after every
   committed write (`before` is None for a new job). From the pair it derives state changes per
-  priority, running jobs, queue wait, run time, attempts by outcome and webhook deliveries by
+  priority, placed and running jobs (gauges), queue wait, run time, attempts by outcome and webhook deliveries by
   outcome. Nothing else in `handler/jobs/` calls into metrics.
 * ComfyUI (restarts, websocket reconnects, readiness, boot, model fetch, warmup, system stats)
   and the queued jobs per priority are read when scraped, by `ServiceCollector` (observe.py).
@@ -156,23 +156,31 @@ class Metrics:
             ["state", "priority"],
             registry=own,
         )
-        self.jobs_running = Gauge(
-            "comfyrun_jobs_running",
-            "Jobs running in this service (its processes)",
+        self.jobs_placed = Gauge(
+            "comfyrun_jobs_placed",
+            "Jobs placed in ComfyUI's queue by this service's runs, not executing yet",
             ["priority"],
             registry=own,
             multiprocess_mode="livesum",
         )
+        self.jobs_running = Gauge(
+            "comfyrun_jobs_running",
+            "Jobs ComfyUI is executing for this service's runs",
+            ["priority"],
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self._gauges = {JobState.PLACED: self.jobs_placed, JobState.RUNNING: self.jobs_running}
         self.queue_wait = Histogram(
             "comfyrun_job_queue_wait_seconds",
-            "Time a job waited in line before a run",
+            "Time a job waited in the service's line before a run placed it",
             ["priority"],
             buckets=BUCKETS,
             registry=own,
         )
         self.run_seconds = Histogram(
             "comfyrun_job_run_seconds",
-            "Time from a run's start to its end",
+            "Time from a run's claim (placed) to its end",
             ["priority"],
             buckets=BUCKETS,
             registry=own,
@@ -190,13 +198,14 @@ class Metrics:
             registry=own,
         )
         for priority in PRIORITIES:  # the series exist (at 0) before the first job
+            self.jobs_placed.labels(priority)
             self.jobs_running.labels(priority)
         # Children resolved once: `labels()` costs more than the observation itself, per request.
         self._phases = [(f"{phase}_ms", self.sync_phase_seconds.labels(phase)) for phase in PHASES]
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.recent: collections.deque[Finished] = collections.deque(maxlen=RECENT)
         self.latency = LatencyWindow()
-        self._running: dict[str, str] = {}  # job id → priority, for runs this process started
+        self._active: dict[str, tuple[str, JobState]] = {}  # job id → (priority, state), runs of this process
         self._lock = threading.Lock()
 
     def render(self) -> bytes:
@@ -238,47 +247,54 @@ class Metrics:
         priority = after.priority
         was = before.state if before is not None else None
         taken_over = (
-            was is JobState.RUNNING
-            and after.state is JobState.RUNNING
+            was is not None
+            and was.active
+            and after.state.active
             and before is not None
             and before.lease is not None
             and after.lease is not None
             and before.lease.token != after.lease.token
         )
-        if before is None and after.state is JobState.RUNNING:
-            # Created running (it started at once): it was accepted into line all the same, so
-            # queued → running → final holds for every job that ran.
+        if before is None and after.state.active:
+            # Created placed (it started at once): it was accepted into line all the same, so
+            # queued → placed → running → final holds for every job that ran.
             self.job_states.labels(JobState.QUEUED.value, priority).inc()
+        if was is JobState.PLACED and after.final and after.started_at is not None:
+            # It ran, but ended before its `running` write (or without one): counted all the same.
+            self.job_states.labels(JobState.RUNNING.value, priority).inc()
         if was is not after.state or taken_over:
             self.job_states.labels(after.state.value, priority).inc()
-        if was is JobState.RUNNING and (after.state is not JobState.RUNNING or taken_over):
+        if was is not None and was.active and (not after.state.active or taken_over):
             assert before is not None
             outcome = "taken_over" if taken_over else "retried" if after.state is JobState.QUEUED else after.state.value
             self.attempts.labels(outcome).inc()
-            if before.started_at is not None:
-                self.run_seconds.labels(priority).observe(max(0.0, after.updated_at - before.started_at))
-            self._left_running(after.job_id)
-        if after.state is JobState.RUNNING and (was is not JobState.RUNNING or taken_over):
-            if after.started_at is not None:  # created running (it started at once): it waited 0
+            since = before.placed_at or before.started_at  # records from before `placed` have no placed_at
+            if since is not None:
+                self.run_seconds.labels(priority).observe(max(0.0, after.updated_at - since))
+        if after.state.active and (was is None or not was.active or taken_over):
+            if after.placed_at is not None:  # created placed (it started at once): it waited 0
                 waiting_since = before.updated_at if before is not None else after.created_at
-                self.queue_wait.labels(priority).observe(max(0.0, after.started_at - waiting_since))
-            self._entered_running(after.job_id, priority)
+                self.queue_wait.labels(priority).observe(max(0.0, after.placed_at - waiting_since))
+        self._track(after.job_id, priority, after.state if after.state.active else None)
         if after.final and was is not after.state:
             self._finished_job(after)
         self._webhook(before, after)
 
-    def _entered_running(self, job_id: str, priority: str) -> None:
+    def _track(self, job_id: str, priority: str, state: JobState | None) -> None:
+        """The gauges of active jobs (placed, running) this process's runs hold."""
         with self._lock:
-            if job_id in self._running:
+            old = self._active.get(job_id)
+            new = (priority, state) if state is not None else None
+            if old == new:
                 return
-            self._running[job_id] = priority
-        self.jobs_running.labels(priority).inc()
-
-    def _left_running(self, job_id: str) -> None:
-        with self._lock:
-            priority = self._running.pop(job_id, None)
-        if priority is not None:
-            self.jobs_running.labels(priority).dec()
+            if new is None:
+                del self._active[job_id]
+            else:
+                self._active[job_id] = new
+        if old is not None:
+            self._gauges[old[1]].labels(old[0]).dec()
+        if new is not None:
+            self._gauges[state].labels(priority).inc()  # type: ignore[index]
 
     def _finished_job(self, job: Job) -> None:
         error = None
@@ -298,8 +314,9 @@ class Metrics:
     # --- what the dashboard reads ------------------------------------------------------------
 
     def running_jobs(self) -> dict[str, str]:
+        """The active jobs (placed or running) of this process's runs: job id → priority."""
         with self._lock:
-            return dict(self._running)
+            return {job_id: priority for job_id, (priority, _) in self._active.items()}
 
     def finished(self) -> list[dict[str, Any]]:
         return [asdict(entry) for entry in reversed(self.recent)]

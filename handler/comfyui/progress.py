@@ -11,6 +11,8 @@ Contract:
   nodes: sampler previews, base64). Nothing is sent after `close()`.
 * A sink is called on ComfyUI's listener thread: it must be quick and never block (a store write
   goes through `Throttled`, which writes at most once per interval on a thread of its own).
+* `OnStart` wraps a sink and tells its caller when ComfyUI starts the prompt (an async job is
+  `running` from then on, handler/jobs/leases.py).
 * `JobProgress` keeps an async job's latest progress in the store (`progress/<job id>.json`, at
   most one write a second, removed when the run ends), where `/status` on any instance reads it
   (`read_job_progress`): {stage, node, class_type, step, max, percent, updated_at}.
@@ -258,6 +260,24 @@ class JobProgress:
             self.store.delete(self.key)
         except Exception as exc:  # a stale record shows only while the job is running
             log.warning("could not remove %s: %s", self.key, exc)
+
+
+class OnStart:
+    """A sink that calls `on_start` at the run's `started` event (ComfyUI began executing the
+    prompt), then passes every event on to `inner`. On the listener thread: `on_start` must
+    not block."""
+
+    def __init__(self, inner: JobProgress, on_start: Callable[[], None]):
+        self.inner = inner
+        self.on_start = on_start
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.kind is EventKind.STARTED:
+            self.on_start()
+        self.inner(event)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def read_job_progress(store: Store, job_id: str) -> dict[str, Any] | None:

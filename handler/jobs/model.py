@@ -1,11 +1,16 @@
 """A job: its record, its states and the pure transitions between them.
 
-    queued ──claim──▶ running ──▶ succeeded | failed | cancelled
-       ▲                 │
-       └──── hand back ──┘   (ComfyUI restarting, shutdown, a lost lease)
+    queued ──claim──▶ placed ──ComfyUI starts it──▶ running ──▶ succeeded | failed | cancelled
+       ▲                 │  (or straight to an end) │
+       └──── hand back ──┴──────────────────────────┘   (ComfyUI restarting, shutdown, a lost lease)
+
+`placed`: a run holds the job's lease and its prompt is (about to be) in ComfyUI's own queue,
+not executing yet; `running`: ComfyUI is executing it (`started_at`). Both are *active*: they
+hold a lease, can be cancelled, and are recovered alike when their run dies. `placed_at` is
+when the run claimed the job.
 
 Nothing here does I/O: the repository stores these records, the runner drives them. One rule
-decides what counts as an attempt: a run that *started* counts, unless it was handed back
+decides what counts as an attempt: a run that was *claimed* counts, unless it was handed back
 because this process shut down (the job was not at fault). A run killed without a word (kill
 -9) counts, because nobody can tell.
 """
@@ -23,8 +28,11 @@ LEASE_TTL_S = 60.0  # a run renews its lease every LEASE_TTL_S / 4
 
 
 class JobState(str, enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
+    """The one list of job states (the OpenAPI enum and the docs' table follow it), in order."""
+
+    QUEUED = "queued"  # in the service's line
+    PLACED = "placed"  # claimed by a run: in ComfyUI's queue, not executing yet
+    RUNNING = "running"  # ComfyUI is executing it
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -33,8 +41,14 @@ class JobState(str, enum.Enum):
     def final(self) -> bool:
         return self in FINAL_STATES
 
+    @property
+    def active(self) -> bool:
+        """A run holds the job's lease: placed in ComfyUI or running there."""
+        return self in ACTIVE_STATES
+
 
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+ACTIVE_STATES = frozenset({JobState.PLACED, JobState.RUNNING})
 
 
 class WebhookState(str, enum.Enum):
@@ -74,7 +88,8 @@ class Job:
     state: JobState = JobState.QUEUED
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
-    started_at: float | None = None
+    placed_at: float | None = None  # the current (or last) run claimed it
+    started_at: float | None = None  # ComfyUI began executing that run's prompt
     finished_at: float | None = None
     attempts: int = 0
     source: str = "api"  # api | cloudtasks (a task that targeted /predict itself)
@@ -119,10 +134,18 @@ class Job:
     # --- transitions: each changes the record in place and says nothing about storage
 
     def claim(self, owner: str, token: str, at: float, ttl_s: float = LEASE_TTL_S) -> None:
-        self.state = JobState.RUNNING
+        """A run takes the job: placed, not running until ComfyUI starts it (`start`)."""
+        self.state = JobState.PLACED
         self.attempts += 1
-        self.started_at = at
+        self.placed_at = at
+        self.started_at = None
         self.lease = Lease(owner, token, at + ttl_s)
+
+    def start(self, at: float) -> None:
+        """ComfyUI began executing the placed job's prompt."""
+        assert self.state is JobState.PLACED
+        self.state = JobState.RUNNING
+        self.started_at = at
 
     def finish(
         self, state: JobState, *, error: dict[str, Any] | None = None, result: dict[str, Any] | None = None
@@ -145,7 +168,7 @@ class Job:
             self.attempts = max(0, self.attempts - 1)
 
     def owned_by(self, token: str) -> bool:
-        return self.state is JobState.RUNNING and self.lease is not None and self.lease.token == token
+        return self.state.active and self.lease is not None and self.lease.token == token
 
 
 _JOB_FIELDS = tuple(f.name for f in fields(Job))

@@ -1,7 +1,9 @@
 """Runs jobs: claim under a lease, run the pipeline, publish the result, announce the event.
 
-A run first takes the job's lease by compare-and-swap (owner, token, expiry); `leases.py` renews
-it every quarter of its life. It stops itself (the prompt is interrupted) when it is cancelled, when the
+A run first takes the job's lease by compare-and-swap (owner, token, expiry): the job is `placed`
+(its prompt goes to ComfyUI's queue), and `running` once ComfyUI starts executing that prompt
+(the run's `started` progress event, recorded by `leases.py`). `leases.py` renews the lease
+every quarter of its life. It stops itself (the prompt is interrupted) when it is cancelled, when the
 process is stopping (the job is handed back, not counted as an attempt, within Cloud Run's 10 s),
 or when its lease lapsed without a successful renewal (another delivery may own the job now).
 Its outputs go under its own run token and are published by the final write, which succeeds
@@ -26,7 +28,7 @@ from typing import Any, Protocol
 
 from handler import errors, logs
 from handler.comfyui.outputs import store_keys
-from handler.comfyui.progress import JobProgress, ProgressSink
+from handler.comfyui.progress import JobProgress, OnStart, ProgressSink
 from handler.config import Settings
 from handler.errors import ServiceError
 from handler.failpoints import Failpoints
@@ -150,7 +152,7 @@ class Runner:
             )
             if not skipped:
                 return outcome
-        if settled is None and hinted is not None and hinted.state is JobState.RUNNING:
+        if settled is None and hinted is not None and hinted.state.active:
             # Its run holds a live lease, here or in a process that may have died (SIGKILL, OOM):
             # keep the task (409 → retried) until the job is final or its lease lapses and it
             # takes its place in line again. An idle 200 would end the last token of the job.
@@ -175,7 +177,7 @@ class Runner:
             if job.final:
                 raise LeaveUnchanged("final")
             here = self.leases.get(job.job_id) is not None
-            if job.state is JobState.RUNNING and (here or (job.lease_alive(at) and not takeover)):
+            if job.state.active and (here or (job.lease_alive(at) and not takeover)):
                 raise LeaveUnchanged("busy")
             if job.cancel_requested:
                 job.finish(JobState.CANCELLED, error=error("cancelled", "cancelled before it could finish"))
@@ -257,8 +259,11 @@ class Runner:
                     raise errors.NotFound("the job's stored request is missing")
                 request = parse_predict_body(stored, self.settings, self.templates)
             request.priority = job.priority
-            # Progress for /status on any instance: in the store, at most once a second.
-            progress = JobProgress(self.repo.store, job.job_id)
+            # Progress for /status on any instance: in the store, at most once a second; and
+            # `running` once ComfyUI starts the prompt (placed until then).
+            progress = OnStart(
+                JobProgress(self.repo.store, job.job_id), lambda: self.leases.started(job.job_id, active)
+            )
             try:
                 # ComfyUI's copies of the outputs go once the event is on its way, not before it.
                 result = self.pipeline.run(request, cancel=active.cancel, progress=progress, defer_cleanup=True)
@@ -325,6 +330,8 @@ class Runner:
         def change(current: Job) -> None:
             if not current.owned_by(active.token):
                 raise LeaseLost(current.job_id)
+            if current.started_at is None:  # ended before `running` was written, or without it
+                current.started_at = active.started_at
             current.finish(state, error=error, result=result)
 
         try:

@@ -252,7 +252,8 @@ class JobService:
         return view
 
     def cancel(self, job_id: str, caller: Caller | None = None) -> dict[str, Any]:
-        """A queued job never runs; a running one here is interrupted; elsewhere, recorded."""
+        """A queued job never runs; a placed or running one here is interrupted (its prompt
+        leaves ComfyUI's queue or stops); elsewhere, recorded."""
         self.owned(job_id, caller)
         outcome = ""
 
@@ -294,14 +295,14 @@ class JobService:
                 "job_id": job_id,
                 "state": job.state.value,
                 "cancel": "interrupting",
-                "detail": "the job is running on this instance and is being interrupted",
+                "detail": f"the job is {job.state.value} on this instance and is being interrupted",
             }
         return {
             "job_id": job_id,
             "state": job.state.value,
             "cancel": "requested",
             "detail": (
-                f"the job is running on another instance; it stops at its next lease renewal "
+                f"the job is {job.state.value} on another instance; it stops at its next lease renewal "
                 f"(within {self.settings.job_lease_ttl_s / 4:.0f} s)"
             ),
         }

@@ -29,6 +29,7 @@ class JobViews:
             "priority": job.priority,
             "attempts": job.attempts,
             "created_at": iso(job.created_at),
+            "placed_at": iso(job.placed_at),
             "started_at": iso(job.started_at),
             "finished_at": iso(job.finished_at),
             "updated_at": iso(job.updated_at),

@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from handler import errors
 from handler.body import PRIORITIES
 from handler.config import Settings
-from handler.jobs import Outcome, RunOutcome, Sent
+from handler.jobs import JobState, Outcome, RunOutcome, Sent
 from handler.jobs.repo import check_job_id
 from handler.routes.apidoc import PathItems, error_response, json_response, path_param, ref
 from handler.routes.common import Caller, Services, base_url, caller_of, query_flag, services_of
@@ -202,7 +202,12 @@ def routes(settings: Settings, runs_jobs: bool) -> list[BaseRoute]:
 
 # --- the OpenAPI document (routes/apidoc.py)
 
-_STATE = {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}
+_STATE = {
+    "type": "string",
+    "enum": [state.value for state in JobState],  # the one list: handler/jobs/model.py
+    "description": "queued: in the service's line; placed: in ComfyUI's queue, not executing yet; "
+    "running: ComfyUI is executing it; then succeeded, failed or cancelled.",
+}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
 ACCEPTED = {
@@ -226,7 +231,8 @@ JOB = {
         "priority": {"type": "string", "enum": PRIORITIES},
         "attempts": {"type": "integer"},
         "created_at": _TIME,
-        "started_at": _TIME,
+        "placed_at": {**_TIME, "description": "When the latest run claimed it (placed in ComfyUI's queue)."},
+        "started_at": {**_TIME, "description": "When ComfyUI began executing the latest run's prompt."},
         "finished_at": _TIME,
         "updated_at": _TIME,
         "status_url": {"type": "string"},

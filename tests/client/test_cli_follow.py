@@ -58,6 +58,19 @@ def test_the_follower_draws_states_and_progress():
     ]
 
 
+def test_the_follower_says_what_placed_means():
+    out = io.StringIO()
+    follower = JobFollower("j1", ProgressBar(out))
+    for state in ("queued", "placed", "placed", "running", "succeeded"):
+        follower.update({"state": state})
+    assert [line for line in out.getvalue().split("\n") if line.startswith("job j1:")] == [
+        "job j1: queued",
+        "job j1: placed (in ComfyUI's queue, not executing yet)",
+        "job j1: running",
+        "job j1: succeeded",
+    ]
+
+
 def test_write_new_never_overwrites(tmp_path):
     first = write_new(tmp_path / "proto" / "empty_00001_.png", b"one")
     second = write_new(tmp_path / "proto" / "empty_00001_.png", b"two")

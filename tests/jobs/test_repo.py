@@ -98,7 +98,7 @@ def test_changes_start_from_our_own_last_write_and_decide_again_on_a_read_when_i
 
     with pytest.raises(LeaveUnchanged):
         ours.update(job.job_id, unless_final)
-    assert seen == ["running", "cancelled"] and counted.reads == 1
+    assert seen == ["placed", "cancelled"] and counted.reads == 1
     assert ours.get(job.job_id).state is JobState.CANCELLED and ours.get(job.job_id).attempts == 5
 
     # A change that declines on a stale view is not taken at its word either.
@@ -114,4 +114,4 @@ def test_changes_start_from_our_own_last_write_and_decide_again_on_a_read_when_i
 
     with pytest.raises(LeaveUnchanged):
         ours.update(other.job_id, only_if_queued)
-    assert decided == ["queued", "running"]  # queued in our view, then running in the store's
+    assert decided == ["queued", "placed"]  # queued in our view, then placed in the store's

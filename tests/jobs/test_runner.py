@@ -5,11 +5,15 @@ the first job in line. On real stores with a scripted pipeline."""
 
 from __future__ import annotations
 
+import threading
 import time
+
+import pytest
 
 from handler.jobs import Job, JobState, Outcome
 from handler.jobs.model import Lease
 from tests.fixtures.jobharness import WORKFLOW, ScriptedPipeline, service
+from tests.fixtures.waiting import wait_until
 
 
 def test_a_run_succeeds_once_and_a_second_delivery_does_nothing(store):
@@ -89,3 +93,49 @@ def test_a_cloud_tasks_delivery_runs_the_first_job_in_line_whatever_it_named(sto
     assert order == [high.job_id, normal.job_id, low.job_id]
     assert svc.runner.run_next(low.job_id).kind is Outcome.FINAL  # its own job, long done
     assert svc.service.repo.line() == []
+
+
+def test_a_run_is_placed_until_comfyui_starts_it_then_running(store):
+    pipeline = ScriptedPipeline("held")
+    svc = service(store, pipeline)
+    job = svc.submit({"workflow": WORKFLOW})
+    outcome: list = []
+    run = threading.Thread(target=lambda: outcome.append(svc.run(job.job_id)), daemon=True)
+    run.start()
+    try:
+        assert pipeline.started.wait(10)
+        placed = svc.status(job.job_id)
+        assert placed["state"] == "placed" and placed["placed_at"] and placed["started_at"] is None
+        pipeline.start.set()  # ComfyUI starts the prompt: the run's own thread records it
+        running = wait_until(lambda: (s := svc.status(job.job_id))["state"] == "running" and s, 10)
+        assert running["started_at"] >= running["placed_at"]
+    finally:
+        pipeline.start.set()
+        pipeline.finish.set()
+        run.join(10)
+        svc.stop()
+    (done,) = outcome
+    assert done.job.state is JobState.SUCCEEDED and svc.status(job.job_id)["started_at"] == running["started_at"]
+
+
+def test_a_run_that_ends_before_its_running_write_keeps_its_start(store):
+    svc = service(store, ScriptedPipeline("starts"))
+    job = svc.submit({"workflow": WORKFLOW})
+    done = svc.run(job.job_id)
+    svc.stop()
+    assert done.job.state is JobState.SUCCEEDED and done.job.started_at is not None
+    assert done.job.placed_at is not None and done.job.placed_at <= done.job.started_at <= done.job.finished_at
+
+
+@pytest.mark.parametrize("state", [JobState.PLACED, JobState.RUNNING])
+def test_a_placed_or_running_job_whose_run_died_is_taken_over(store, state):
+    svc = service(store, ScriptedPipeline())
+    job = svc.submit({"workflow": WORKFLOW})
+    svc.service.repo.update(
+        job.job_id,
+        lambda j: (setattr(j, "state", state), setattr(j, "lease", Lease("x", "t", time.time() + 60))),
+    )
+    assert svc.run(job.job_id).kind is Outcome.BUSY  # a live lease: respected
+    svc.service.repo.update(job.job_id, lambda j: setattr(j.lease, "expires_at", time.time() - 1))
+    taken = svc.run(job.job_id)
+    assert taken.kind is Outcome.FINAL and taken.job.state is JobState.SUCCEEDED

@@ -90,7 +90,7 @@ def test_dashboard_tells_placed_from_running_links_jobs_and_cancels(service: Ser
     gate.wait_entered()
     placed = submit(service, gate.workflow(prefix="held/second"), priority="high")
     try:
-        wait_until(lambda: wait_for(service, placed, done=lambda s: True)["state"] in ("running", "queued"))
+        wait_until(lambda: wait_for(service, placed, done=lambda s: True)["state"] in ("placed", "queued"))
         with chromium(tmp_path / "profile") as browser:
             browser.get(service.url + "/dashboard")
             wait_until(

@@ -80,16 +80,18 @@ def test_async_job_succeeds_with_outputs_and_a_verified_webhook(local, receiver)
 
 
 def test_a_job_that_finds_a_free_place_starts_at_once_and_one_that_does_not_waits(local):
-    # ComfyUI idle: the job is created already running (one write, no hop through the line).
+    # ComfyUI idle: the job is created already placed (one write, no hop through the line).
     response = local.post("/predict", json={"workflow": quick(151), "async": True})
-    assert response.status_code == 202 and response.json()["state"] == "running", response.text
+    assert response.status_code == 202 and response.json()["state"] == "placed", response.text
     final = wait_for(local, response.json()["job_id"])
     assert final["state"] == "succeeded" and final["attempts"] == 1
     # Every place taken: the next one waits in line, and starts when a place frees.
     gates = [local.gate() for _ in range(LOCAL_SLOTS)]
     held = [submit(local, gate.workflow()) for gate in gates]
     gates[0].wait_entered()
-    wait_until(lambda: all(status(local, job_id)["state"] == "running" for job_id in held))
+    wait_until(
+        lambda: [status(local, job_id)["state"] for job_id in held] == ["running"] + ["placed"] * (LOCAL_SLOTS - 1)
+    )
     response = local.post("/predict", json={"workflow": quick(152), "async": True})
     assert response.status_code == 202 and response.json()["state"] == "queued", response.text
     for gate in gates:
@@ -140,7 +142,7 @@ def test_strict_priority_then_fifo(local):
     for i, (prio, name) in enumerate(order):
         ids[name] = submit(local, medium(3000 + i), priority=prio)
         if i < inside:
-            wait_for(local, ids[name], lambda s: s["state"] == "running")  # in ComfyUI's queue
+            wait_for(local, ids[name], lambda s: s["state"] == "placed")  # in ComfyUI's queue
     assert all(status(local, ids[name])["state"] == "queued" for _, name in order[inside:])
     gate.release()
     finals = {name: wait_for(local, job_id) for name, job_id in ids.items()}
@@ -157,7 +159,7 @@ def test_cancel_a_queued_job_and_a_running_one(local, receiver):
     others = [local.gate() for _ in range(LOCAL_SLOTS - 1)]
     behind = [submit(local, other.workflow()) for other in others]
     for job_id in behind:  # sent to ComfyUI, queued behind `running`: every place is taken
-        wait_for(local, job_id, lambda s: s["state"] == "running")
+        wait_for(local, job_id, lambda s: s["state"] == "placed")
     queued = submit(local, quick(4002), webhook={"url": receiver.url})
 
     response = local.post(f"/cancel/{queued}")

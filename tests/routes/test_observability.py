@@ -86,8 +86,11 @@ def test_metrics_follow_a_scripted_sequence(observed: ServiceProcess) -> None:
         gate = observed.gate()
         held = submit(observed, gate.workflow(), priority="low")
         gate.wait_entered()
-        running = scrape(observed)
-        assert value(running, "comfyrun_jobs_running", priority="low") == 1
+        running = wait_until(
+            lambda: s if value(s := scrape(observed), "comfyrun_jobs_running", priority="low") else None,
+            message="the held job never showed as running",
+        )
+        assert value(running, "comfyrun_jobs_placed", priority="low") == 0
         assert observed.post(f"/cancel/{held}").json()["cancel"] == "interrupting"
         assert wait_for(observed, held)["state"] == "cancelled"
         wait_until(lambda: (status(observed, done).get("webhook") or {}).get("state") == "delivered")
@@ -108,9 +111,11 @@ def test_metrics_follow_a_scripted_sequence(observed: ServiceProcess) -> None:
     )
     for state, priority in (
         ("queued", "normal"),
+        ("placed", "normal"),
         ("running", "normal"),
         ("succeeded", "normal"),
         ("queued", "low"),
+        ("placed", "low"),
         ("running", "low"),
         ("cancelled", "low"),
     ):
@@ -125,6 +130,7 @@ def test_metrics_follow_a_scripted_sequence(observed: ServiceProcess) -> None:
         assert d("comfyrun_job_run_seconds_count", priority=priority) == 1
     assert d("comfyrun_job_run_seconds_sum", priority="low") > 0
     assert value(after, "comfyrun_jobs_running", priority="low") == 0
+    assert value(after, "comfyrun_jobs_placed", priority="low") == 0
     assert value(after, "comfyrun_jobs_queued", priority="high") == 0
     assert value(after, "comfyui_ready") == 1
     assert value(after, "comfyui_restarts_total") == 0
