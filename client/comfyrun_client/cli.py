@@ -90,6 +90,10 @@ class ProgressBar:
             self.drawn = False
 
 
+# What a state means where its name alone may puzzle: a placed job waits, it does not run yet.
+_STATE_NOTES = {"placed": " (in ComfyUI's queue, not executing yet)"}
+
+
 class JobFollower:
     """An async job's status, polled, drawn for a person: a line at each change of state, and
     while it runs the progress bar the SSE mode draws (from the status's `progress`)."""
@@ -104,7 +108,7 @@ class JobFollower:
         if state != self.state:
             self.bar.done()
             self.state = state
-            self.bar.out.write(f"job {self.job_id}: {state}\n")
+            self.bar.out.write(f"job {self.job_id}: {state}{_STATE_NOTES.get(str(state), '')}\n")
             self.bar.out.flush()
         progress = status.get("progress")
         if state == "running" and isinstance(progress, dict):
