@@ -11,19 +11,10 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from tests.fixtures.deploy import Stub, find, flag
+from tests.fixtures.deploy import Stub, find, flag, substitute
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "demo-project"
-
-
-def substitute(text: str, values: dict[str, str]) -> str:
-    def one(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        return values[match.group(1) or match.group(2)]
-
-    return re.sub(r"\$\$|\$\{(\w+)\}|\$([A-Z_][A-Z0-9_]*)", one, text)
 
 
 def run_step(stub: Stub, step_id: str, **given: str) -> subprocess.CompletedProcess[str]:
