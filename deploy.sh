@@ -36,10 +36,15 @@ Options (each also read from the environment variable in brackets):
                             created when missing from HF_TOKEN (blank when the model type is not gated)
   --repository NAME         Artifact Registry repository [REPOSITORY] (comfyui)
   --models-mount gs://B/P   runtime models: mount bucket B read-only and link files from P; nothing
-                            is copied, nothing counts against memory (preferred) [MODELS_MOUNT]
+                            is copied, nothing counts against memory (preferred) [MODELS_MOUNT].
+                            Without it, --models-source or --bake-models, a model type whose files
+                            exceed 10 GB is mounted from gs://PROJECT_ID-SERVICE-models, which
+                            deploy.sh fills with a models-only Cloud Build (docs/operators.md)
   --models-source gs://B/P  runtime models: download MODEL_TYPE's files from gs://B/P at each start
                             into the in-memory disk; refused when they do not fit --memory with room
                             to run or cannot arrive within the startup probe's window [MODELS_SOURCE]
+  --bake-models             bake the models into the image even above 10 GB (Google advises under
+                            10 GB in a Cloud Run GPU image) [BAKE_MODELS=true]
   --keep-images N           Artifact Registry keeps the N newest images; untagged ones go after 7
                             days, others after 30 [KEEP_IMAGES] (5)
   --gpu-zonal-redundancy    reserve failover capacity (costs more, needs its own quota) [GPU_ZONAL_REDUNDANCY=true]
@@ -78,6 +83,7 @@ HF_SECRET=${HF_SECRET:-hf-token}
 REPOSITORY=${REPOSITORY:-comfyui}
 MODELS_SOURCE=${MODELS_SOURCE:-}
 MODELS_MOUNT=${MODELS_MOUNT:-}
+BAKE_MODELS=${BAKE_MODELS:-false}
 GPU_ZONAL_REDUNDANCY=${GPU_ZONAL_REDUNDANCY:-false}
 CUSTOM_NODES=${CUSTOM_NODES:-}
 KEEP_IMAGES=${KEEP_IMAGES:-5}
@@ -96,6 +102,7 @@ while [[ $# -gt 0 ]]; do
         --metrics) METRICS_SIDECAR=true; shift; continue ;;
         --allow-region) ALLOW_REGION=true; shift; continue ;;
         --public) PUBLIC_API=true; shift; continue ;;
+        --bake-models) BAKE_MODELS=true; shift; continue ;;
         --gpu-zonal-redundancy) GPU_ZONAL_REDUNDANCY=true; shift; continue ;;
         --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
     esac
@@ -164,7 +171,7 @@ done
 ((${MEMORY%Gi} >= 16 && ${MEMORY%Gi} <= 32)) || die "--memory must be 16Gi..32Gi with an L4 GPU, got $MEMORY"
 [[ $BUCKET =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || die "bad --bucket '$BUCKET'"
 [[ $QUEUE_PREFIX =~ ^[A-Za-z0-9-]{1,90}$ ]] || die "bad --queue-prefix '$QUEUE_PREFIX'"
-for flag in "$GPU_ZONAL_REDUNDANCY" "$SKIP_BUILD" "$DRY_RUN" "$METRICS_SIDECAR" "$ALLOW_REGION"; do
+for flag in "$GPU_ZONAL_REDUNDANCY" "$SKIP_BUILD" "$DRY_RUN" "$METRICS_SIDECAR" "$ALLOW_REGION" "$BAKE_MODELS"; do
     [[ $flag == true || $flag == false ]] || die "boolean settings take true or false, got '$flag'"
 done
 # Cloud Run's regions with the NVIDIA L4 (its GPU page); asia-south1 has it by invitation only, so
@@ -194,6 +201,48 @@ GATED_TYPES=" flux1-dev sd3 "
 if [[ -n $MODELS_SOURCE && -n $MODELS_MOUNT ]]; then
     die "choose one of --models-source and --models-mount"
 fi
+if [[ $BAKE_MODELS == true && -n $MODELS_SOURCE$MODELS_MOUNT ]]; then
+    die "--bake-models puts the models in the image: drop --models-source/--models-mount, or --bake-models"
+fi
+# MODEL_TYPE's files: their bytes (models.txt's SIZE column) and a digest of what lands (URL, DEST,
+# SHA256, SIZE of each line), which names the model set in the models bucket.
+model_lines() {
+    awk -v type="$MODEL_TYPE" '!/^[[:space:]]*(#|$)/ {
+        n = split($1, t, ","); for (i = 1; i <= n; i++) if (t[i] == type) print $2, $3, $4, $5 }' "$ROOT/models.txt"
+}
+model_bytes=$(model_lines | awk '{ total += $4 } END { printf "%.0f", total }')
+model_gb=$(awk -v b="$model_bytes" 'BEGIN { printf "%.1f", b / 1e9 }')
+# Google advises baking at most 10 GB of models into a Cloud Run GPU image (its GPU best practices,
+# docs/operators.md "Cold starts"): a larger model set is by default served from a Cloud Storage
+# volume, a models bucket this script owns, fills once per model set and mounts.
+BAKE_LIMIT_GB=10
+MODELS_BUCKET=$PROJECT-$SERVICE-models
+OWN_MODELS=false
+if [[ -n $MODELS_MOUNT ]]; then
+    models_way="mounted from $MODELS_MOUNT (--models-mount)"
+elif [[ -n $MODELS_SOURCE ]]; then
+    models_way="downloaded from $MODELS_SOURCE at each start (--models-source)"
+elif ((model_bytes == 0)); then
+    models_way="none: model type $MODEL_TYPE has no files"
+elif ((model_bytes <= BAKE_LIMIT_GB * 1000000000)); then
+    models_way="baked into the image: $MODEL_TYPE's files are $model_gb GB, within the $BAKE_LIMIT_GB GB Google advises for a Cloud Run GPU image"
+elif [[ $BAKE_MODELS == true ]]; then
+    models_way="baked into the image (--bake-models): $MODEL_TYPE's files are $model_gb GB"
+    echo "deploy.sh: warning: --bake-models: $MODEL_TYPE's files are $model_gb GB, over the $BAKE_LIMIT_GB GB Google advises baking into a Cloud Run GPU image; expect slower builds and deploys and a copy of the models per image (docs/operators.md, \"Cold starts\")" >&2
+else
+    OWN_MODELS=true
+    [[ $MODELS_BUCKET =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || die "bad models bucket name '$MODELS_BUCKET'"
+    if command -v sha256sum >/dev/null; then
+        MODELS_DIGEST=$(model_lines | sha256sum | cut -c1-16)
+    else # macOS
+        MODELS_DIGEST=$(model_lines | shasum -a 256 | cut -c1-16)
+    fi
+    # A model set is never changed in place: a new models.txt line makes a new prefix, so running
+    # revisions keep reading theirs. The marker is written last: a fill cut short is redone.
+    MODELS_MOUNT=gs://$MODELS_BUCKET/$MODEL_TYPE/$MODELS_DIGEST
+    MODELS_MARKER=.complete
+    models_way="mounted from $MODELS_MOUNT: $MODEL_TYPE's files are $model_gb GB, over the $BAKE_LIMIT_GB GB Google advises baking into a Cloud Run GPU image (--bake-models bakes them anyway)"
+fi
 RUNTIME_MODELS=""
 MOUNT_BUCKET=""
 if [[ -n $MODELS_SOURCE ]]; then
@@ -216,9 +265,6 @@ STARTUP_WINDOW_S=240
 BOOT_S=60
 DOWNLOAD_MB_PER_S=150
 if [[ -n $MODELS_SOURCE ]]; then
-    model_bytes=$(awk -v type="$MODEL_TYPE" '!/^[[:space:]]*(#|$)/ {
-        n = split($1, t, ","); for (i = 1; i <= n; i++) if (t[i] == type) total += $5 } END { printf "%.0f", total }' \
-        "$ROOT/models.txt")
     model_gib=$(((model_bytes + (1 << 30) - 1) >> 30))
     download_s=$((model_bytes / (DOWNLOAD_MB_PER_S * 1000000)))
     if ((model_gib + RUN_RESERVE_GIB > ${MEMORY%Gi})); then
@@ -312,6 +358,8 @@ step() {
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
+echo "deploy.sh: models: $models_way" >&2
+
 # ---------------------------------------------------------------- 1. APIs
 step "Enabling APIs in $PROJECT"
 run gcloud services enable run.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com \
@@ -358,7 +406,8 @@ ensure_sa "$SERVICE-build" "$SERVICE Cloud Build"
 # ---------------------------------------------------------------- 4. secrets
 step "Secrets"
 if ! exists gcloud secrets describe "$HF_SECRET" --project="$PROJECT"; then
-    if [[ -z ${HF_TOKEN:-} && $GATED_TYPES == *" $MODEL_TYPE "* && -z $RUNTIME_MODELS ]]; then
+    # Gated files are fetched by a build: the image's (baked) or the models bucket's (OWN_MODELS).
+    if [[ -z ${HF_TOKEN:-} && $GATED_TYPES == *" $MODEL_TYPE "* && (-z $RUNTIME_MODELS || $OWN_MODELS == true) ]]; then
         message="model type $MODEL_TYPE is gated on Hugging Face: set HF_TOKEN (a token whose account accepted the licence) or create the secret $HF_SECRET first"
         if [[ $DRY_RUN != true ]]; then
             die "$message"
@@ -387,15 +436,20 @@ cat >"$TMP/build-lifecycle.json" <<'EOF'
 {"rule": [{"action": {"type": "Delete"}, "condition": {"age": 7}}]}
 EOF
 ensure_bucket() {
-    local bucket=$1 lifecycle=$2
+    local bucket=$1 lifecycle=${2:-}
     if ! exists gcloud storage buckets describe "gs://$bucket" --project="$PROJECT"; then
         run gcloud storage buckets create "gs://$bucket" --location="$REGION" --uniform-bucket-level-access \
             --public-access-prevention --project="$PROJECT"
     fi
-    run gcloud storage buckets update "gs://$bucket" --lifecycle-file="$lifecycle" --project="$PROJECT"
+    if [[ -n $lifecycle ]]; then
+        run gcloud storage buckets update "gs://$bucket" --lifecycle-file="$lifecycle" --project="$PROJECT"
+    fi
 }
 ensure_bucket "$BUCKET" "$TMP/outputs-lifecycle.json"
 ensure_bucket "$BUILD_BUCKET" "$TMP/build-lifecycle.json"
+if [[ $OWN_MODELS == true ]]; then
+    ensure_bucket "$MODELS_BUCKET" # no lifecycle: a model set stays until an operator deletes it
+fi
 
 # ---------------------------------------------------------------- 6. Cloud Tasks queues
 step "Cloud Tasks queues $QUEUE_PREFIX-{high,normal,low,webhooks}"
@@ -442,9 +496,14 @@ if [[ -n $MOUNT_BUCKET ]]; then
     retry gcloud storage buckets add-iam-policy-binding "gs://$MOUNT_BUCKET" \
         --member="serviceAccount:$RUN_SA" --role=roles/storage.objectViewer --project="$PROJECT"
 fi
-# The build account: read its staged source, write logs, push images, read the Hugging Face token.
+# The build account: read its staged source, write logs, push images, read the Hugging Face token,
+# and fill the models bucket when this script owns it.
 retry gcloud storage buckets add-iam-policy-binding "gs://$BUILD_BUCKET" \
     --member="serviceAccount:$BUILD_SA" --role=roles/storage.objectViewer --project="$PROJECT"
+if [[ $OWN_MODELS == true ]]; then
+    retry gcloud storage buckets add-iam-policy-binding "gs://$MODELS_BUCKET" \
+        --member="serviceAccount:$BUILD_SA" --role=roles/storage.objectAdmin --project="$PROJECT"
+fi
 retry gcloud projects add-iam-policy-binding "$PROJECT" \
     --member="serviceAccount:$BUILD_SA" --role=roles/logging.logWriter --condition=None
 retry gcloud artifacts repositories add-iam-policy-binding "$REPOSITORY" --location="$REGION" \
@@ -452,7 +511,31 @@ retry gcloud artifacts repositories add-iam-policy-binding "$REPOSITORY" --locat
 retry gcloud secrets add-iam-policy-binding "$HF_SECRET" \
     --member="serviceAccount:$BUILD_SA" --role=roles/secretmanager.secretAccessor --project="$PROJECT"
 
-# ---------------------------------------------------------------- 8. build
+# submit LABEL CMD...: a Cloud Build, retried when the build account's grants are seconds old.
+submit() {
+    if [[ $FRESH_IAM == true ]]; then
+        # The build account and its grants are seconds old: Cloud Build may not see them yet.
+        RETRY_ATTEMPTS=3 retry "$@"
+    else
+        run "$@"
+    fi
+}
+
+# ---------------------------------------------------------------- 8. models bucket
+# The model set is data, not image: it is filled even with --skip-build, once per model set.
+if [[ $OWN_MODELS == true ]]; then
+    step "Models: $MODEL_TYPE in $MODELS_MOUNT"
+    if exists gcloud storage objects describe "$MODELS_MOUNT/$MODELS_MARKER" --project="$PROJECT"; then
+        echo "deploy.sh: models: $MODELS_MOUNT already holds $MODEL_TYPE's files; nothing to copy" >&2
+    else
+        submit gcloud builds submit "$ROOT" --config="$ROOT/deploy/cloudbuild-models.yaml" --region="$REGION" \
+            --substitutions="_MODEL_TYPE=$MODEL_TYPE,_HF_SECRET=$HF_SECRET,_MODELS_URI=$MODELS_MOUNT,_MARKER=$MODELS_MARKER" \
+            --service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA" \
+            --gcs-source-staging-dir="gs://$BUILD_BUCKET/source" --project="$PROJECT"
+    fi
+fi
+
+# ---------------------------------------------------------------- 9. build
 if [[ $SKIP_BUILD == true ]]; then
     step "Skipping the build: deploying $IMAGE"
 else
@@ -467,15 +550,10 @@ else
         --substitutions="$substitutions"
         --service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA"
         --gcs-source-staging-dir="gs://$BUILD_BUCKET/source" --project="$PROJECT")
-    if [[ $FRESH_IAM == true ]]; then
-        # The build account and its grants are seconds old: Cloud Build may not see them yet.
-        RETRY_ATTEMPTS=3 retry "${build[@]}"
-    else
-        run "${build[@]}"
-    fi
+    submit "${build[@]}"
 fi
 
-# ---------------------------------------------------------------- 9. deploy
+# ---------------------------------------------------------------- 10. deploy
 # Two services from one codebase (docs/architecture.md, "Roles"): the api ($API_SERVICE: CPU only,
 # scales to zero: async submits, /status, /cancel, listings, webhook delivery) and the worker
 # ($SERVICE: ComfyUI on the L4: sync /predict, /models, /tasks/run). Polling /status or

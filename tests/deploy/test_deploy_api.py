@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROJECT, REGION, TAG = "demo-project", "us-central1", "v1"
 DEPLOY_SETTINGS = ("SERVICE", "MODEL_TYPE", "MIN_INSTANCES", "MAX_INSTANCES", "CONCURRENCY", "BUCKET", "HF_TOKEN")
 DEPLOY_SETTINGS += ("MODELS_SOURCE", "MODELS_MOUNT", "SKIP_BUILD", "DRY_RUN", "WEBHOOK_SECRET", "CUSTOM_NODES")
+DEPLOY_SETTINGS += ("BAKE_MODELS",)
 
 pytestmark = pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed here")
 
@@ -117,9 +118,26 @@ def test_every_request_deploy_sh_sends_is_one_the_google_apis_accept(googleapis,
         assert q.retry_config.max_retry_duration == datetime.timedelta(hours=24)
         assert q.retry_config.min_backoff == datetime.timedelta(seconds=1) and q.retry_config.max_attempts == -1
 
-    (build,) = bodies(googleapis, "cloudbuild.projects.locations.builds.create")
+    # The default model type's 17 GB exceed the 10 GB Google advises baking into a GPU image: a models
+    # bucket (its body checked against the Storage API's schema), a models build that fills it after
+    # the marker was not found, and an image built as `base`.
+    models_bucket = {b["name"]: b for b in bodies(googleapis, "storage.buckets.insert")}[f"{PROJECT}-comfyui-models"]
+    assert models_bucket["location"].lower() == REGION
+    assert models_bucket["iamConfiguration"]["uniformBucketLevelAccess"] == {"enabled": True}
+    marker = [c.path for c in googleapis.calls if c.api_method == "storage.objects.get"]
+    assert len(marker) == 1 and marker[0].startswith(f"/storage/v1/b/{PROJECT}-comfyui-models/o/flux1-dev-fp8")
+    models_build, build = bodies(googleapis, "cloudbuild.projects.locations.builds.create")
+    assert [step["id"] for step in models_build["steps"]] == ["download", "upload"]
+    assert models_build["substitutions"]["_MODEL_TYPE"] == "flux1-dev-fp8"
+    models_uri = models_build["substitutions"]["_MODELS_URI"]
+    assert models_uri.startswith(f"gs://{PROJECT}-comfyui-models/flux1-dev-fp8/")
+    (secret,) = models_build["availableSecrets"]["secretManager"]  # Cloud Build substitutes it, as in cloudbuild.yaml
+    assert secret["versionName"].endswith("/secrets/${_HF_SECRET}/versions/latest") and secret["env"] == "HF_TOKEN"
+    assert models_build["substitutions"]["_HF_SECRET"] == "hf-token"
+    assert build["substitutions"]["_MODEL_TYPE"] == "base"
     assert build["substitutions"]["_DEPLOY"] == "false" and build["options"]["machineType"] == "E2_HIGHCPU_32"
-    assert build["serviceAccount"].endswith(f"/comfyui-build@{PROJECT}.iam.gserviceaccount.com")
+    for submitted in (models_build, build):
+        assert submitted["serviceAccount"].endswith(f"/comfyui-build@{PROJECT}.iam.gserviceaccount.com")
 
     api, worker = bodies(googleapis, "run.namespaces.services.create")
     assert api["metadata"]["name"] == "comfyui-api" and worker["metadata"]["name"] == "comfyui"
@@ -129,6 +147,13 @@ def test_every_request_deploy_sh_sends_is_one_the_google_apis_accept(googleapis,
     annotations = worker["spec"]["template"]["metadata"]["annotations"]
     assert annotations["run.googleapis.com/cpu-throttling"] == "False"
     assert annotations["run.googleapis.com/gpu-zonal-redundancy-disabled"] == "True"
+    (volume,) = spec["volumes"]
+    assert volume["csi"]["volumeAttributes"] == {"bucketName": f"{PROJECT}-comfyui-models"}
+    assert volume["csi"]["readOnly"] is True and volume["csi"]["driver"] == "gcsfuse.run.googleapis.com"
+    assert spec["containers"][0]["volumeMounts"] == [{"name": volume["name"], "mountPath": "/mnt/models"}]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["MODEL_TYPE"] == "flux1-dev-fp8"
+    assert env["MODELS_SOURCE"] == "/mnt/models" + models_uri.removeprefix(f"gs://{PROJECT}-comfyui-models")
     assert not api["spec"]["template"]["spec"].get("nodeSelector")
 
 

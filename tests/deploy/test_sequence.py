@@ -9,7 +9,7 @@ import re
 import shlex
 from pathlib import Path
 
-from tests.fixtures.deploy import PROJECT, REGION, ROOT, STUB_NUMBER, TAG, argvs, find, flag, index, is_create
+from tests.fixtures.deploy import PROJECT, REGION, ROOT, STUB_NUMBER, TAG, argvs, find, flag, is_create
 
 LEAST_PRIVILEGE_ROLES = {
     "roles/storage.objectAdmin",
@@ -44,6 +44,7 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     assert [a[3] for a in cmds if a[:3] == ["storage", "buckets", "create"]] == [
         f"gs://{PROJECT}-comfyui",
         f"gs://{PROJECT}-comfyui-build",
+        f"gs://{PROJECT}-comfyui-models",  # the default model type's 17 GB are mounted from it
     ]
     queues = find(recs, "tasks", "queues", "create")
     assert [r["argv"][3] for r in queues] == ["comfyui-high", "comfyui-normal", "comfyui-low", "comfyui-webhooks"]
@@ -81,14 +82,16 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     project_level = find(recs, "projects", "add-iam-policy-binding")
     assert [flag(r["argv"], "--role") for r in project_level] == [["roles/logging.logWriter"]]
 
-    # build, then the api service, then the worker, each followed by the task invoker's grant
-    build = index(recs, "builds", "submit")
+    # the models bucket's fill, the image build, then the api service, then the worker, each
+    # followed by the task invoker's grant (tests/deploy/test_models_bucket.py has the models build)
+    models_build, build = [i for i, a in enumerate(cmds) if a[:2] == ["builds", "submit"]]
+    assert flag(cmds[models_build], "--config") == [str(ROOT / "deploy" / "cloudbuild-models.yaml")]
     deploys = [i for i, a in enumerate(cmds) if a[:2] == ["run", "deploy"]]
     invokers = [i for i, a in enumerate(cmds) if a[:3] == ["run", "services", "add-iam-policy-binding"]]
     last_create = max(i for i, a in enumerate(cmds) if is_create(a))
     assert len(deploys) == 2 and [cmds[i][2] for i in deploys] == ["comfyui-api", "comfyui"]
     assert [cmds[i][3] for i in invokers] == ["comfyui-api", "comfyui"]
-    assert last_create < build < deploys[0] < invokers[0] < deploys[1] < invokers[1]
+    assert last_create < models_build < build < deploys[0] < invokers[0] < deploys[1] < invokers[1]
     b = cmds[build]
     assert flag(b, "--config") == [str(ROOT / "cloudbuild.yaml")]
     subs = dict(kv.split("=", 1) for kv in flag(b, "--substitutions")[0].split(","))
@@ -97,7 +100,7 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
         "_REPOSITORY": "comfyui",
         "_SERVICE": "comfyui",
         "_TAG": TAG,
-        "_MODEL_TYPE": "flux1-dev-fp8",
+        "_MODEL_TYPE": "base",  # the models are in the bucket, not the image
         "_HF_SECRET": "hf-token",
         "_DEPLOY": "false",
     }
@@ -155,7 +158,9 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
         assert switch in d
     assert "httpGet.path=/healthz" in flag(d, "--startup-probe")[0]
     env = dict(kv.split("=", 1) for kv in flag(d, "--set-env-vars")[0].split(","))
+    models_source = env.pop("MODELS_SOURCE")
     assert env == {**common, "SERVICE_ROLE": "worker", "SERVICE_URL": worker_url}
+    assert models_source.startswith("/mnt/models/flux1-dev-fp8/")
     for invoker in invokers:
         assert flag(cmds[invoker], "--member") == [f"serviceAccount:comfyui-tasks@{PROJECT}.iam.gserviceaccount.com"]
         assert flag(cmds[invoker], "--role") == ["roles/run.invoker"]
