@@ -1,7 +1,9 @@
 """The operator guide's facts, read from where they are decided: the queues' limits, backoff and
 retry window from deploy.sh, the base image from the Dockerfile, the substitutions from
 cloudbuild.yaml, the ComfyUI version from deploy/comfyui.env and PyTorch's from
-requirements/comfyui.lock. A change to any of those fails here until the guide says the same."""
+requirements/comfyui.lock, where each model type's files go (baked, or mounted from the models
+bucket) from deploy.sh's threshold and models.txt's sizes. A change to any of those fails here
+until the guide (and the README's mention) says the same."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = (ROOT / "docs" / "operators.md").read_text()
+README = (ROOT / "README.md").read_text()
 DEPLOY = (ROOT / "deploy.sh").read_text()
 
 
@@ -84,3 +87,42 @@ def test_comfyui_and_pytorch_versions_are_the_pinned_ones():
     assert f"PyTorch {torch.group(1)} built for CUDA 12.8" in GUIDE
     assert f"The torch {torch.group(1)} cu128 wheel carries machine code (SASS) for" in GUIDE
     assert "sm_89, compiled into" not in GUIDE  # the wheel has no sm_89 code: the L4 runs its sm_86
+
+
+def model_sizes() -> dict[str, int]:
+    """Bytes of each model type's files, from models.txt's SIZE column."""
+    sizes: dict[str, int] = {"base": 0}
+    for line in (ROOT / "models.txt").read_text().splitlines():
+        cols = line.split()
+        if cols and not cols[0].startswith("#"):
+            for model_type in cols[0].split(","):
+                sizes[model_type] = sizes.get(model_type, 0) + int(cols[4])
+    return sizes
+
+
+def test_where_each_model_type_goes_follows_deploy_shs_threshold():
+    match = re.search(r"^BAKE_LIMIT_GB=(\d+)$", DEPLOY, re.M)
+    assert match, "deploy.sh's BAKE_LIMIT_GB moved"
+    limit = int(match.group(1))
+    guide_text, readme_text = " ".join(GUIDE.split()), " ".join(README.split())  # prose, line breaks aside
+    assert f"against the {limit} GB Google advises baking into a Cloud Run GPU image" in guide_text
+    assert f"Model sets over the {limit} GB Google advises baking" in readme_text
+    help_text = " ".join(DEPLOY.split("Usage: ./deploy.sh", 1)[1].split("EOF", 1)[0].split())
+    assert f"exceed {limit} GB is mounted" in help_text and f"even above {limit} GB" in help_text
+    for model_type, size in model_sizes().items():
+        if size == 0:
+            way = "none"
+        elif size <= limit * 10**9:
+            way = "baked into the image"
+        else:
+            way = "mounted from the models bucket"
+        shown = f"{size / 1e9:.1f}" if size else "0"
+        assert f"| `{model_type}` | {shown} GB | {way} |" in GUIDE, model_type
+    default = deploy_default("MODEL_TYPE")
+    size = model_sizes()[default]
+    assert f"the default `{default}` is {size / 1e9:.1f} GB" in readme_text
+    # the cold-start estimate for the default set at the rate deploy.sh assumes for downloads
+    rate = int(re.search(r"^DOWNLOAD_MB_PER_S=(\d+)$", DEPLOY, re.M).group(1))
+    cold = GUIDE.split("## Cold starts", 1)[1].split("\n## ", 1)[0]
+    assert f"| `{default}`, {size / 1e9:.1f} GB |" in cold
+    assert f"at an assumed {rate} MB/s, about {round(size / (rate * 1e6))} s" in cold
