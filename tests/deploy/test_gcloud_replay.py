@@ -48,6 +48,9 @@ def _real_gcloud_env(config_dir: str) -> dict[str, str]:
 
 
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed on this machine")
+# Each gcloud start costs a second or more of Python imports; ~100 commands on a loaded 2-core
+# machine can pass the suite-wide 300 s limit.
+@pytest.mark.timeout(600)
 def test_every_recorded_command_parses_in_the_real_gcloud(stub):
     runs = [
         ((PROJECT, REGION, TAG), {"HF_TOKEN": "x"}),
