@@ -3,36 +3,40 @@
 Layout under the cache root (ComfyUI is shown `<root>/<folder>` only, through the extra model
 paths file the supervisor writes, so nothing else in the root is ever listed):
 
-    index.json                 what is cached: source, size, sha256, fetch time, last use
-    .partial/<key>.<n>.part    downloads under way; deleted on failure, renamed when verified
+    index.json                 what is cached: source, size, sha256, fetch time, last use (index.py)
+    .partial/<key>.part        a download under way, or one left to resume (partials.py)
+    .partial/<key>.json        the validator and total it may be resumed by
     <folder>/<key>/<filename>  a complete, verified file; ComfyUI sees it as `<key>/<filename>`
 
 Contract:
 * `acquire(ref, deadline)` returns the cached file, fetching it first when absent, and pins it:
   no eviction removes a pinned file; `release` unpins (once the prompt that uses it is done).
-* One download per (folder, URL) at a time: the others wait for it and share its result.
+* One download per (folder, URL) at a time: the others wait for it and share its result, and
+  its progress: `acquire(..., progress=)` gets `DownloadProgress` (handler/models/progress.py),
+  throttled, whether this request downloads the file or waits on another's download.
+* A download cut off (its time, a cancel, a connection that kept dropping, a killed process)
+  leaves its part, when the server gave a validator, for the next fetch of the URL to resume
+  (`Range`, `If-Range`); parked parts count against the budget and are the first to make room.
 * The budget (bytes) holds while downloading: the announced size is reserved before the first
   byte and the reservation grows as bytes arrive beyond it; least recently used, unpinned files
   are evicted to make room. A file larger than the whole budget is a 413 before anything is
   written; a budget held by files in use is a 503 to retry.
 * A given sha256 is checked before the file is used (a mismatch is a 400 and nothing is kept);
   without one the digest is recorded and reported.
-* The index survives restarts; at start, partial files and files the index does not know are
-  removed, entries whose file is gone are dropped, and the budget is enforced again.
+* The index survives restarts; at start, files the index does not know are removed, entries
+  whose file is gone are dropped, and the budget is enforced again; parts are kept to resume
+  unless older than a day, without a validator, or beyond what the budget leaves.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +50,18 @@ from handler.errors import (
     ServiceError,
     Timeout,
 )
-from handler.models.download import Downloaded, download
-from handler.models.refs import LOADERS, ModelRef
+from handler.models import index
+from handler.models.download import Downloaded, ModelFetchFailed, download
+from handler.models.index import Entry
+from handler.models.partials import MAX_AGE_S, Partials
+from handler.models.progress import Listener, Meter
+from handler.models.refs import ModelRef
 from handler.net.urlguard import redact_url
 
 log = logging.getLogger("handler.models.cache")
 
-INDEX = "index.json"
-PARTIAL = ".partial"
-_KEY = re.compile(r"^[0-9a-f]{24}$")
-_SAFE_FILE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
-FOLDERS = frozenset(LOADERS.values())
-INDEX_WRITE_EVERY_S = 5.0
-WAIT_STEP_S = 0.25  # how often a request waiting on another's download looks at its own cancel  # a hit marks the index dirty; it is written at most this often
+INDEX_WRITE_EVERY_S = 5.0  # a hit marks the index dirty; it is written at most this often
+WAIT_STEP_S = 0.25  # how often a request waiting on another's download looks at its own cancel
 
 
 class ModelTooLarge(PayloadTooLarge):
@@ -75,29 +78,6 @@ class ModelCacheBusy(ComfyUnavailable):
     code = "model_cache_busy"
 
 
-@dataclass(kw_only=True)
-class Entry:
-    """One cached file, as the index records it."""
-
-    key: str
-    folder: str
-    filename: str
-    source: str  # the URL, redacted (no query string, no credentials)
-    size: int
-    sha256: str
-    verified: bool  # a sha256 was given with the URL and matched
-    fetched_at: float
-    last_used: float
-
-    @property
-    def name(self) -> str:
-        """The file name ComfyUI lists in its folder."""
-        return f"{self.key}/{self.filename}"
-
-    def describe(self) -> dict[str, Any]:
-        return {**asdict(self), "file": self.name}
-
-
 @dataclass(frozen=True, kw_only=True)
 class Acquired:
     """A pinned file and how it came to be there, for the request's answer."""
@@ -106,6 +86,7 @@ class Acquired:
     fetched: bool  # downloaded for this request (False: it was cached, or another request fetched it)
     seconds: float
     resumed: int = 0
+    resumed_from: int = 0  # bytes a download cut off earlier had left, kept
 
     def describe(self) -> dict[str, Any]:
         e = self.entry
@@ -118,13 +99,15 @@ class Acquired:
             "verified": e.verified,
             "fetched": self.fetched,
             "seconds": round(self.seconds, 3),
+            **({"resumed_from": self.resumed_from} if self.resumed_from else {}),
         }
 
 
 class _Flight:
-    """One download under way; waiters share its outcome."""
+    """One download under way; waiters share its outcome and its progress."""
 
-    def __init__(self) -> None:
+    def __init__(self, ref: ModelRef) -> None:
+        self.meter = Meter(file=ref.filename, folder=ref.folder, source=redact_url(ref.url))
         self.done = threading.Event()
         self.entry: Entry | None = None
         self.error: ServiceError | None = None
@@ -153,7 +136,8 @@ class ModelCache:
         self._entries: dict[str, Entry] = {}
         self._pins: dict[str, int] = {}
         self._flights: dict[str, _Flight] = {}
-        self._serial = itertools.count()
+        self._partials = Partials(root)
+        self._parked: dict[str, int] = {}  # parts left to resume: their bytes, by key
         self._dirty_since: float | None = None
         self._load()
 
@@ -167,11 +151,25 @@ class ModelCache:
         with self._lock:
             used = sum(e.size for e in self._entries.values())
             reserved = sum(f.reserved for f in self._flights.values())
-            return {"budget_bytes": self.budget_bytes, "used_bytes": used, "downloading_bytes": reserved}
+            parked = sum(self._parked.values())
+            return {
+                "budget_bytes": self.budget_bytes,
+                "used_bytes": used,
+                "downloading_bytes": reserved,
+                "partial_bytes": parked,
+            }
 
-    def acquire(self, ref: ModelRef, *, deadline: float, cancel: threading.Event | None = None) -> Acquired:
+    def acquire(
+        self,
+        ref: ModelRef,
+        *,
+        deadline: float,
+        cancel: threading.Event | None = None,
+        progress: Listener | None = None,
+    ) -> Acquired:
         """The file `ref` names, fetched when absent, pinned until `release(ref.key)`. A set
-        `cancel` ends the wait or this request's download (errors.Cancelled)."""
+        `cancel` ends the wait or this request's download (errors.Cancelled); `progress` hears
+        how the download goes, this request's or the one it waits on."""
         started = time.monotonic()
         key = ref.key
         while True:
@@ -186,17 +184,17 @@ class ModelCache:
                 flight = self._flights.get(key)
                 leader = flight is None
                 if flight is None:
-                    flight = self._flights[key] = _Flight()
+                    flight = self._flights[key] = _Flight(ref)
                     flight.sha256 = ref.sha256
-            if leader:
-                return self._fetch(ref, flight, deadline, started, cancel)
-            while not flight.done.wait(min(WAIT_STEP_S, max(0.0, deadline - time.monotonic()))):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"model {redact_url(ref.url)}: cancelled while another request fetched it")
-                if time.monotonic() >= deadline:
-                    raise Timeout(
-                        f"model {redact_url(ref.url)}: its download (by another request) did not finish in time"
-                    )
+            if progress is not None:
+                flight.meter.listen(progress)
+            try:
+                if leader:
+                    return self._fetch(ref, flight, deadline, started, cancel)
+                self._wait(ref, flight, deadline, cancel)
+            finally:
+                if progress is not None:
+                    flight.meter.forget(progress)
             theirs = isinstance(flight.error, (Timeout, Cancelled)) or (
                 isinstance(flight.error, ChecksumMismatch) and flight.sha256 != ref.sha256
             )
@@ -204,6 +202,13 @@ class ModelCache:
                 raise flight.error
             # Fetched by the other request (found in the index on the next turn), or it failed for
             # reasons of its own (its time, its cancel, its checksum) while we still have time: take over.
+
+    def _wait(self, ref: ModelRef, flight: _Flight, deadline: float, cancel: threading.Event | None) -> None:
+        while not flight.done.wait(min(WAIT_STEP_S, max(0.0, deadline - time.monotonic()))):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"model {redact_url(ref.url)}: cancelled while another request fetched it")
+            if time.monotonic() >= deadline:
+                raise Timeout(f"model {redact_url(ref.url)}: its download (by another request) did not finish in time")
 
     def release(self, key: str) -> None:
         with self._lock:
@@ -239,11 +244,17 @@ class ModelCache:
     def _fetch(
         self, ref: ModelRef, flight: _Flight, deadline: float, started: float, cancel: threading.Event | None
     ) -> Acquired:
-        partial = self.root / PARTIAL
-        part = partial / f"{ref.key}.{next(self._serial)}.part"
+        partials, key = self._partials, ref.key
+        part = partials.part(key)
         limit = min(deadline, time.monotonic() + self.download_timeout_s)
+        with self._lock:
+            self._parked.pop(key, None)  # the flight's reservation covers it from here
+        keep = False
         try:
-            partial.mkdir(parents=True, exist_ok=True)
+            partials.folder.mkdir(parents=True, exist_ok=True)
+            resume = None if ref.url.startswith("gs://") else partials.resumable(key)
+            if resume is None:
+                partials.write_record(key, None)  # the part, if any, is written over from its start
             done = download(
                 ref,
                 part,
@@ -252,23 +263,40 @@ class ModelCache:
                 deadline=limit,
                 hf_token=self.hf_token,
                 cancel=cancel,
+                progress=flight.meter.update,
+                resume=resume,
+                record=lambda found: partials.write_record(key, found),
             )
             entry = self._install(ref, part, done)
         except ServiceError as exc:
             flight.error = exc
+            # Cut off, not refused: what arrived is kept for the next fetch of this URL to resume.
+            keep = isinstance(exc, (Timeout, Cancelled, ModelFetchFailed)) and partials.resumable(key) is not None
             raise
         except OSError as exc:
             flight.error = ServiceError(f"model {redact_url(ref.url)}: cannot store it ({exc.strerror})")
             raise flight.error from None
         finally:
-            part.unlink(missing_ok=True)
+            flight.meter.finish()
+            if keep:
+                log.info("model %s: %d bytes kept to resume", redact_url(ref.url), partials.size(key))
+            else:
+                partials.discard(key)
             with self._lock:
+                if keep:
+                    self._parked[key] = partials.size(key)
                 self._flights.pop(ref.key, None)
                 flight.reserved = 0
                 flight.entry = self._entries.get(ref.key)
             flight.done.set()
         log.info("model %s fetched: %d bytes, sha256 %s", entry.source, entry.size, entry.sha256)
-        return Acquired(entry=entry, fetched=True, seconds=time.monotonic() - started, resumed=done.resumed)
+        return Acquired(
+            entry=entry,
+            fetched=True,
+            seconds=time.monotonic() - started,
+            resumed=done.resumed,
+            resumed_from=done.resumed_from,
+        )
 
     def _install(self, ref: ModelRef, part: Path, done: Downloaded) -> Entry:
         if ref.sha256 is not None and done.sha256 != ref.sha256:
@@ -299,7 +327,7 @@ class ModelCache:
 
     def _reserve(self, ref: ModelRef, flight: _Flight, wanted: int, needed: int) -> int:
         """Grant this download room for `wanted` bytes in all, at least `needed`, evicting unpinned
-        files least recently used first."""
+        parts left to resume first, then files least recently used."""
         shown = redact_url(ref.url)
         if needed > self.budget_bytes:
             raise ModelTooLarge(
@@ -308,7 +336,13 @@ class ModelCache:
         wanted = min(max(wanted, needed), self.budget_bytes)
         with self._lock:
             others = sum(f.reserved for f in self._flights.values() if f is not flight)
-            used = sum(e.size for e in self._entries.values())
+            used = sum(e.size for e in self._entries.values()) + sum(self._parked.values())
+            for parked in list(self._parked):
+                if used + others + wanted <= self.budget_bytes:
+                    break
+                used -= self._parked.pop(parked)
+                self._partials.discard(parked)
+                log.info("a partial download (%s) removed to make room for %s", parked, shown)
             evicted = False
             for entry in sorted(self._entries.values(), key=lambda e: e.last_used):
                 if used + others + wanted <= self.budget_bytes:
@@ -351,41 +385,16 @@ class ModelCache:
 
     def _save(self) -> None:
         self._dirty_since = None
-        data = {"version": 1, "entries": [asdict(e) for e in self._entries.values()]}
-        tmp = self.root / f".{INDEX}.tmp"
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.root / INDEX)
+        index.save(self.root, list(self._entries.values()))
 
     def _load(self) -> None:
         """Read the index and make the folders agree with it (see the module's contract)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.root / PARTIAL, ignore_errors=True)
-        try:
-            raw = json.loads((self.root / INDEX).read_text())
-            records = raw.get("entries", []) if isinstance(raw, dict) else []
-        except (OSError, ValueError):
-            records = []
-        for record in records:
-            try:
-                entry = Entry(**record)
-            except TypeError:
-                continue
-            if not (_KEY.match(entry.key) and entry.folder in FOLDERS and _SAFE_FILE.match(entry.filename)):
-                continue  # not written by this cache: never a path to follow
-            path = self.root / entry.folder / entry.key / entry.filename
-            if path.is_file() and path.stat().st_size == entry.size:
-                self._entries[entry.key] = entry
-        for folder in self.root.iterdir():
-            if not folder.is_dir() or folder.name.startswith("."):
-                continue
-            for child in folder.iterdir():
-                known = self._entries.get(child.name)
-                if _KEY.match(child.name) and (known is None or known.folder != folder.name):
-                    shutil.rmtree(child, ignore_errors=True)
+        self._entries = index.load(self.root)
         used = sum(e.size for e in self._entries.values())
         for entry in sorted(self._entries.values(), key=lambda e: e.last_used):
             if used <= self.budget_bytes:
                 break
             self._remove(entry)
             used -= entry.size
+        self._parked = self._partials.sweep(max_age_s=MAX_AGE_S, room=self.budget_bytes - used)
         self._save()

@@ -4,7 +4,15 @@
 sha256 and size. Every HTTP hop is vetted by urlguard (SSRF rules, URL_ALLOWLIST) and dialled to
 the vetted address; a redirect is vetted again; HF_TOKEN goes to huggingface.co only, never to
 the storage hosts it redirects to. A dropped connection is resumed with `Range` from what was
-written (a server that ignores it sends everything again). The whole download is bounded by
+written, and `If-Range` with the first response's validator where it gave one (a server that
+ignores the range, or whose file changed, sends everything again and the part starts over).
+
+`resume` (handler/models/partials.py) picks up a part file an earlier download left (a killed
+process, a timeout, a cancel): its bytes are hashed again and the rest is asked for with `Range`
+and `If-Range`; a 200 or 416 answer starts it over from zero. `record` is told the validator
+and total of every response that starts the file from zero (None: nothing to resume it by), before
+its first byte is written. The sha256 covers the whole file either way. `progress(done, total)` is
+called after the headers and after every chunk (it must be cheap: handler/models/progress.py). The whole download is bounded by
 `deadline` (time.monotonic()): a stalled or trickling server is cut there. A set `cancel` stops it
 between chunks (errors.Cancelled).
 
@@ -31,6 +39,7 @@ from urllib.parse import urljoin, urlsplit
 
 from handler.config import Settings
 from handler.errors import BadRequest, Cancelled, ServiceError, StorageUnavailable, Timeout
+from handler.models.partials import Resumable, validator_of
 from handler.models.refs import HF_HOST, ModelRef
 from handler.net import connpool, gcsinput, urlguard, watchdog
 
@@ -58,18 +67,40 @@ class Downloaded:
     sha256: str
     size: int
     resumed: int  # how many times a dropped connection was picked up again
+    resumed_from: int = 0  # bytes an earlier download had left and this one kept
 
 
 class _Dropped(Exception):
     """The connection ended before the announced length: worth resuming."""
 
 
+class _Restart(Exception):
+    """The server will not resume this part (416, or another validator): start over."""
+
+
+Progress = Callable[[int, int | None], None]
+Record = Callable[[Resumable | None], None]
+
+
 class _Sink:
     """The part file and the digest of what it holds."""
 
-    def __init__(self, out: BinaryIO):
+    def __init__(self, out: BinaryIO, validator: str | None = None):
         self.out = out
         self.digest = hashlib.sha256()
+        self.validator = validator  # of the response the bytes so far came from (If-Range)
+        self.total: int | None = None
+        self.kept = 0  # bytes an earlier download left, kept
+        self.progress: Progress | None = None
+        self.record: Record | None = None
+
+    def rehash(self) -> int:
+        """Digest what the file holds already and stand at its end; returns its size."""
+        self.out.seek(0)
+        while block := self.out.read(CHUNK):
+            self.digest.update(block)
+        self.kept = self.out.tell()
+        return self.kept
 
     @property
     def size(self) -> int:
@@ -81,11 +112,15 @@ class _Sink:
         except OSError as exc:  # a full disk is ours, not the caller's (and no network error)
             raise ServiceError(f"a model could not be stored: {exc.strerror}") from None
         self.digest.update(chunk)
+        if self.progress is not None:
+            self.progress(self.out.tell(), self.total)
 
     def restart(self) -> None:
         self.out.seek(0)
         self.out.truncate()
         self.digest = hashlib.sha256()
+        self.validator = None
+        self.kept = 0
 
 
 def download(
@@ -97,18 +132,32 @@ def download(
     deadline: float,
     hf_token: str | None,
     cancel: threading.Event | None = None,
+    progress: Progress | None = None,
+    resume: Resumable | None = None,
+    record: Record | None = None,
 ) -> Downloaded:
     if ref.url.startswith("gs://"):
         return _download_gcs(ref, part, settings, reserve=reserve, deadline=deadline)
     shown = urlguard.redact_url(ref.url)
     resumed = 0
-    with open(part, "wb") as out:
-        sink = _Sink(out)
+    with open(part, "r+b" if resume is not None and part.exists() else "w+b") as out:
+        sink = _Sink(out, resume.validator if resume is not None else None)
+        sink.progress, sink.record = progress, record
+        kept = sink.rehash() if resume is not None else 0
+        if resume is not None and resume.total is not None and kept >= resume.total:
+            sink.restart()  # a part as long as the whole is not worth a range request
         while True:
             try:
                 _stream(ref, sink, settings, reserve, deadline, hf_token, cancel)
                 out.flush()
-                return Downloaded(sha256=sink.digest.hexdigest(), size=sink.size, resumed=resumed)
+                return Downloaded(
+                    sha256=sink.digest.hexdigest(), size=sink.size, resumed=resumed, resumed_from=sink.kept
+                )
+            except _Restart:
+                sink.restart()
+                if resumed >= RESUMES:
+                    raise ModelFetchFailed(f"model {shown}: the server would not resume it") from None
+                resumed += 1
             except _Dropped:
                 if resumed >= RESUMES:
                     raise ModelFetchFailed(f"model {shown}: the connection dropped {resumed + 1} times") from None
@@ -119,10 +168,12 @@ def download(
                 raise ModelFetchFailed(f"model {shown}: {urlguard.describe_error(exc)}") from None
 
 
-def _headers(url: str, offset: int, hf_token: str | None) -> dict[str, str]:
+def _headers(url: str, offset: int, hf_token: str | None, validator: str | None = None) -> dict[str, str]:
     headers = {"User-Agent": "comfyrun-models", "Accept-Encoding": "identity", "Accept": "*/*"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        if validator:
+            headers["If-Range"] = validator
     if hf_token and (urlsplit(url).hostname or "").lower() == HF_HOST:
         headers["Authorization"] = f"Bearer {hf_token}"
     return headers
@@ -160,7 +211,7 @@ def _stream(
         url = ref.url
         for _hop in range(urlguard.MAX_REDIRECTS + 1):
             target = urlguard.vet(url, settings, purpose="model URL")
-            request = ("GET", target.path, None, _headers(url, offset, hf_token))
+            request = ("GET", target.path, None, _headers(url, offset, hf_token, sink.validator))
             conn, resp = connpool.send(
                 target.scheme, target.host, target.port, target.addresses, request, remaining, opened
             )
@@ -196,19 +247,31 @@ def _body(
         raise ModelNotFound(f"model {shown}: no such file (HTTP {resp.status})")
     if resp.status in (401, 403):
         raise ModelFetchFailed(f"model {shown}: access refused (HTTP {resp.status})")
-    if offset and resp.status == 200:  # the server ignored the range: start again
+    validator = validator_of(resp.getheader("ETag"), resp.getheader("Last-Modified"))
+    if offset and resp.status == 416:  # the part is not a prefix of what it serves now
+        raise _Restart
+    if offset and resp.status == 200:  # the range was ignored, or the file changed (If-Range): start again
         sink.restart()
         offset = 0
     elif offset and resp.status == 206:
         match = re.match(r"bytes (\d+)-", resp.getheader("Content-Range") or "")
         if not match or int(match.group(1)) != offset:
             raise ModelFetchFailed(f"model {shown}: the server resumed at the wrong place")
+        if sink.validator and validator and validator != sink.validator:
+            raise _Restart  # a server that ignored If-Range but says the file changed
     elif resp.status != 200:
         raise ModelFetchFailed(f"model {shown}: HTTP {resp.status}")
     length = resp.getheader("Content-Length")
     expected = int(length) if length and length.isdigit() else None
     total = offset + expected if expected is not None else None
+    if not offset:  # a response from the first byte: what a later fetch may resume it by
+        sink.validator = validator
+        if sink.record is not None:
+            sink.record(Resumable(validator=validator, total=total) if validator else None)
     granted = reserve(total or 0, total or 0)
+    sink.total = total
+    if sink.progress is not None:
+        sink.progress(sink.size, total)
     while True:
         try:
             chunk = resp.read1(CHUNK) if not resp.isclosed() else b""

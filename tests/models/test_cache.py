@@ -369,7 +369,7 @@ def test_a_full_disk_is_a_500_not_the_callers_fault(tmp_path: Path, model_server
     cache = make(tmp_path)
     r = ref(model_server.url("plain", "f.safetensors"))
     (tmp_path / ".partial").mkdir(exist_ok=True)
-    (tmp_path / ".partial" / f"{r.key}.0.part").symlink_to("/dev/full")  # the first part file's name
+    (tmp_path / ".partial" / f"{r.key}.part").symlink_to("/dev/full")  # the part file's name
     with pytest.raises(ServiceError) as caught:
         cache.acquire(r, deadline=soon())
     assert caught.value.status_code == 500 and "could not be stored" in caught.value.message
