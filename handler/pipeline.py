@@ -1,7 +1,9 @@
 """One job through ComfyUI: stage inputs, submit, wait, collect every output, clean up.
 
 The same `Pipeline.run` serves sync requests, async jobs and named templates, each in a private
-request folder, after the node policy (`comfyui/policy.py`; docs/security.md).
+request folder, after the node policy (`comfyui/policy.py`; docs/security.md). While a run's
+models named by URL download, its progress sink hears `download` events and `downloading()`
+lists those runs for the dashboard (their ids, the latest progress, since when).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from handler.comfyui.inputs import rewrite_references
 from handler.comfyui.instance import Comfy
 from handler.comfyui.outputs import OutputFile, collect, file_refs, in_request_folder, without_folder_name
 from handler.comfyui.prepare import KNOWN_OUTPUT_NODES, prepare_graph, preview_nodes
-from handler.comfyui.progress import ProgressSink, Reporter
+from handler.comfyui.progress import ProgressSink, Reporter, download_event
 from handler.comfyui.supervisor import private_paths
 from handler.errors import (
     Cancelled,
@@ -40,6 +42,7 @@ from handler.errors import (
 )
 from handler.models import ondemand
 from handler.models.cache import ModelCache
+from handler.models.progress import DownloadProgress
 from handler.predict_request import PredictRequest, check_workflow, is_folder_name, new_folder_name
 from handler.runtime import Runtime, Trigger, link
 from handler.taskqueue.base import PRIORITIES
@@ -152,6 +155,13 @@ class Pipeline:
             register_private_path(path, placeholder)
         self.runtime = runtime
         self._arrivals = itertools.count()
+        self._downloads: dict[str, dict[str, Any]] = {}  # by prompt id: runs whose models download
+        self._downloads_lock = threading.Lock()
+
+    def downloading(self) -> list[dict[str, Any]]:
+        """Runs whose models download now: {labels, progress (DownloadProgress.to_dict()), since}."""
+        with self._downloads_lock:
+            return [dict(row) for row in self._downloads.values() if row["progress"] is not None]
 
     def run(
         self,
@@ -211,7 +221,18 @@ class Pipeline:
         models = ondemand.Staged()
         try:
             info = self.comfy.object_info if self.models is not None else None
-            models = ondemand.stage(self.models, request.workflow, info, started + request.timeout_s, cancel)
+            with self._downloads_lock:
+                self._downloads[prompt_id] = {"labels": logs.labels(), "progress": None, "since": time.monotonic()}
+            models = ondemand.stage(
+                self.models,
+                request.workflow,
+                info,
+                started + request.timeout_s,
+                cancel,
+                functools.partial(self._downloaded, prompt_id, progress),
+            )
+            with self._downloads_lock:
+                self._downloads.pop(prompt_id, None)
             fetched = time.monotonic()
             isolated = self.comfy.isolated  # the prompt sees only input/<rid>, output/<rid>, temp/<rid>
             renames = self.comfy.inputs.stage(rid, request.images, deadline=started + request.timeout_s)
@@ -280,6 +301,8 @@ class Pipeline:
                 deferred = True
             return result
         finally:
+            with self._downloads_lock:
+                self._downloads.pop(prompt_id, None)
             models.release()  # the prompt is over: its models may be evicted again
             if reporter is not None:
                 reporter.close()
@@ -287,6 +310,16 @@ class Pipeline:
                 self.client.forget(prompt_id)
             if not deferred:
                 self._discard(rid, watch)
+
+    def _downloaded(self, prompt_id: str, sink: ProgressSink | None, value: DownloadProgress) -> None:
+        """Heard on the download's thread (or the watchdog's), throttled: for the dashboard and the sink."""
+        with self._downloads_lock:
+            row = self._downloads.get(prompt_id)
+            if row is None:
+                return  # the run is past its downloads
+            row["progress"] = value.to_dict()
+        if sink is not None:
+            sink(download_event(value))
 
     def _discard(self, request_id: str, watch: PromptWatch | None) -> None:
         """Cloud Run's disk is memory: a job's inputs and outputs go as soon as it is answered."""

@@ -16,6 +16,9 @@ Contract:
 * `JobProgress` keeps an async job's latest progress in the store (`progress/<job id>.json`, at
   most one write a second, removed when the run ends), where `/status` on any instance reads it
   (`read_job_progress`): {stage, node, class_type, step, max, percent, updated_at}.
+* Before the prompt goes to ComfyUI, while the run's models named by URL download, `download`
+  events carry handler/models/progress.py's `DownloadProgress` (stage `downloading models`, file,
+  bytes done and total), at most one every half second; `JobProgress` records them like the rest.
 * `started` and `progress` carry a `stage` (`Stage`): between the start and the first step a
   graph with a model loader is `loading models` (ComfyUI sends no steps while it loads weights),
   one without is `running`; a sampler's steps are `sampling`, any other node's steps `running`.
@@ -32,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from handler.models.progress import STAGE as DOWNLOAD_STAGE
+from handler.models.progress import DownloadProgress
 from handler.net import watchdog
 from handler.storage import Store
 
@@ -44,9 +49,11 @@ class EventKind(str, enum.Enum):
     PROGRESS = "progress"
     EXECUTED = "executed"
     PREVIEW = "preview"
+    DOWNLOAD = "download"
 
 
 class Stage(str, enum.Enum):
+    DOWNLOADING = DOWNLOAD_STAGE
     LOADING = "loading models"
     SAMPLING = "sampling"
     RUNNING = "running"
@@ -64,6 +71,11 @@ class ProgressEvent:
 
 
 ProgressSink = Callable[[ProgressEvent], None]
+
+
+def download_event(progress: DownloadProgress) -> ProgressEvent:
+    """A model download's progress as the run's event (SSE `download`, /status `progress`)."""
+    return ProgressEvent(EventKind.DOWNLOAD, progress.to_dict())
 
 
 def percent(step: Any, maximum: Any) -> float | None:
@@ -185,7 +197,7 @@ class Throttled:
         self._thread: threading.Thread | None = None
 
     def __call__(self, event: ProgressEvent) -> None:
-        if event.kind not in (EventKind.STARTED, EventKind.PROGRESS):
+        if event.kind not in (EventKind.STARTED, EventKind.PROGRESS, EventKind.DOWNLOAD):
             return
         self._latest = event
         self._wake.set()
@@ -247,7 +259,10 @@ class JobProgress:
 
     def _write(self, event: ProgressEvent) -> None:
         data = event.data
-        shown = {key: data.get(key) for key in ("stage", "node", "class_type", "step", "max", "percent")}
+        if event.kind is EventKind.DOWNLOAD:
+            shown = dict(data)  # DownloadProgress.to_dict(): its shape is declared there
+        else:
+            shown = {key: data.get(key) for key in ("stage", "node", "class_type", "step", "max", "percent")}
         self.store.put_json(self.key, {**shown, "updated_at": time.time()})  # /status shows it in ISO 8601
         self._written = True
 

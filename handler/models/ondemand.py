@@ -2,7 +2,9 @@
 pointed at the cached files.
 
 `stage(cache, workflow, object_info, deadline)` acquires every model the workflow names by URL
-(handler/models/refs.py), within the request's deadline (a set `cancel` stops it); `Staged.rewrite(graph)` puts the cached
+(handler/models/refs.py), within the request's deadline (a set `cancel` stops it), telling
+`progress` how each download goes (handler/models/progress.py: the `model`-th of `models`);
+`Staged.rewrite(graph)` puts the cached
 file's name where the URL was; `Staged.release()` unpins them once the prompt is over (queued or
 running prompts' files are never evicted). `Staged.report()` is the answer's `models`: which
 files, from where, their digests, whether this request fetched them, and how long it took.
@@ -17,6 +19,7 @@ from typing import Any
 
 from handler.errors import BadRequest
 from handler.models.cache import Acquired, ModelCache
+from handler.models.progress import DownloadProgress, Listener
 from handler.models.refs import Use, find_uses
 
 
@@ -49,6 +52,7 @@ def stage(
     object_info: Mapping[str, Any] | None,
     deadline: float,
     cancel: threading.Event | None = None,
+    progress: Listener | None = None,
 ) -> Staged:
     uses = find_uses(workflow, object_info)
     if not uses:
@@ -57,9 +61,17 @@ def stage(
         raise BadRequest(f"workflow node {uses[0].node_id!r} names a model by URL; this service does not fetch models")
     staged = Staged(cache=cache, uses=uses)
     try:
-        for use in uses:
-            staged.acquired.append(cache.acquire(use.ref, deadline=deadline, cancel=cancel))
+        for n, use in enumerate(uses, 1):
+            heard = _numbered(progress, n, len(uses)) if progress is not None else None
+            staged.acquired.append(cache.acquire(use.ref, deadline=deadline, cancel=cancel, progress=heard))
     except BaseException:
         staged.release()
         raise
     return staged
+
+
+def _numbered(progress: Listener, model: int, models: int) -> Listener:
+    def heard(value: DownloadProgress) -> None:
+        progress(value.of(model, models))
+
+    return heard

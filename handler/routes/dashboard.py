@@ -7,8 +7,9 @@ Contract of `/dashboard/data`:
   versions it reports (Python, PyTorch), RAM and per-device VRAM (from its `/system_stats`);
 * `queue`: jobs waiting per priority (the same numbers as `comfyrun_jobs_queued`);
 * `running`: prompts in ComfyUI now with their job or request id, state (`starting`: claimed,
-  not yet in ComfyUI; `placed`: waiting in ComfyUI's own queue; `running`: executing), progress
-  and age;
+  not yet in ComfyUI; `downloading`: its models named by URL download, `download` says how far
+  (handler/models/progress.py, the shape `/status` and SSE show); `placed`: waiting in ComfyUI's
+  own queue; `running`: executing), progress and age;
 * `counts`: `waiting` here (all priorities), `placed` in ComfyUI's queue (or starting), `running`;
 * `recent`: the last finished runs (sync and jobs) with state, duration and error;
 * `latency`: request latency per 10 s over the last ten minutes (watching routes left out).
@@ -31,6 +32,7 @@ from starlette.routing import BaseRoute, Route
 from handler import __version__
 from handler.errors import scrub_text
 from handler.metrics import Metrics
+from handler.models.progress import SCHEMA as DOWNLOAD_SCHEMA
 from handler.routes.apidoc import PathItems, json_response
 from handler.routes.common import Services, caller_of, services_of
 
@@ -68,11 +70,29 @@ def comfy_view(comfy: Comfy, stats: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def running_view(comfy: Comfy | None, metrics: Metrics) -> list[dict[str, Any]]:
+def running_view(
+    comfy: Comfy | None, metrics: Metrics, downloads: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     priorities = metrics.running_jobs()
     rows: list[dict[str, Any]] = []
     now = time.monotonic()
     seen_jobs = set()
+    for run in downloads or []:  # before their prompt: models named by URL download (Pipeline.downloading)
+        job_id = run["labels"].get("job_id")
+        seen_jobs.add(job_id)
+        rows.append(
+            {
+                "prompt_id": None,
+                "job_id": job_id,
+                "request_id": None if job_id else run["labels"].get("request_id"),
+                "workflow_id": run["labels"].get("workflow_id"),
+                "priority": priorities.get(job_id, "high") if job_id else "high",
+                "state": "downloading",
+                "progress": None,
+                "download": run["progress"],
+                "for_s": round(now - run["since"], 1),
+            }
+        )
     for watch in comfy.client.in_flight() if comfy is not None else []:
         if watch.done:
             continue
@@ -88,6 +108,7 @@ def running_view(comfy: Comfy | None, metrics: Metrics) -> list[dict[str, Any]]:
                 "priority": priorities.get(job_id, "high") if job_id else "high",  # sync runs go first
                 "state": "running" if watch.started_at is not None else "placed",
                 "progress": {"value": value, "max": maximum} if maximum else None,
+                "download": None,
                 "for_s": round(now - (watch.started_at or watch.submitted_at), 1),
             }
         )
@@ -102,6 +123,7 @@ def running_view(comfy: Comfy | None, metrics: Metrics) -> list[dict[str, Any]]:
                     "priority": priority,
                     "state": "starting",
                     "progress": None,
+                    "download": None,
                     "for_s": None,
                 }
             )
@@ -122,7 +144,7 @@ def data(services: Services) -> dict[str, Any]:
     comfy, metrics, collector = services.comfy, services.metrics, services.collector
     now = time.time()
     queued = collector.queued.get()
-    running = running_view(comfy, metrics)
+    running = running_view(comfy, metrics, services.pipeline.downloading() if services.pipeline else None)
     return {
         "now": now,
         "service": {
@@ -183,7 +205,12 @@ OPERATIONS: PathItems = {
                                 "description": "State, readiness, versions, restarts, reconnects, RAM and VRAM.",
                             },
                             "queue": {"type": "object", "description": "Jobs waiting per priority."},
-                            "running": {"type": "array", "description": "Prompts in ComfyUI now, with progress."},
+                            "running": {
+                                "type": "array",
+                                "description": "Prompts in ComfyUI now, with progress, and runs whose models "
+                                "download (`download`: as in /status).",
+                                "items": {"type": "object", "properties": {"download": DOWNLOAD_SCHEMA}},
+                            },
                             "recent": {"type": "array", "description": "The last finished runs."},
                             "latency": {"type": "array", "description": "Request latency per 10 s, last ten minutes."},
                         },

@@ -24,9 +24,11 @@ from starlette.routing import BaseRoute, Route
 
 from handler import errors
 from handler.body import PRIORITIES
+from handler.comfyui.progress import Stage
 from handler.config import Settings
 from handler.jobs import JobState, Outcome, RunOutcome, Sent
 from handler.jobs.repo import check_job_id
+from handler.models.progress import SCHEMA as DOWNLOAD_SCHEMA
 from handler.routes.apidoc import PathItems, error_response, json_response, path_param, ref
 from handler.routes.common import Caller, Services, base_url, caller_of, query_flag, services_of
 from handler.storage.local import LocalStore
@@ -239,12 +241,15 @@ JOB = {
         "cancel_requested": {"type": "boolean"},
         "progress": {
             "type": "object",
-            "description": "While running: the latest of ComfyUI's progress messages (at most one update a second).",
+            "description": "While running: the latest of ComfyUI's progress messages (at most one update a second), "
+            "or, before the prompt goes to ComfyUI, how its models named by URL download (stage `downloading models`).",
             "properties": {
+                **DOWNLOAD_SCHEMA["properties"],
                 "stage": {
                     "type": ["string", "null"],
-                    "enum": ["loading models", "sampling", "running", None],
-                    "description": "loading models: started, no step yet, in a graph with a model loader.",
+                    "enum": [*(stage.value for stage in Stage), None],
+                    "description": "downloading models: the run's models named by URL download (file, bytes_done, "
+                    "bytes_total); loading models: started, no step yet, in a graph with a model loader.",
                 },
                 "node": {"type": ["string", "null"]},
                 "class_type": {"type": ["string", "null"]},

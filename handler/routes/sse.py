@@ -1,8 +1,9 @@
 """Sync /predict as Server-Sent Events (`Accept: text/event-stream`).
 
 Contract: the answer is `200 text/event-stream`, sent chunked (so no size limit applies), made of
-the run's progress events (handler/comfyui/progress.py: `queued`, `started`, `progress`, `executed`,
-`preview` when the body says `"previews": true`), then exactly one of
+the run's progress events (handler/comfyui/progress.py: `download` while its models named by URL
+download, then `queued`, `started`, `progress`, `executed`, `preview` when the body says
+`"previews": true`), then exactly one of
 
 * `result`: data is exactly the JSON a plain call answers (inline base64 or `url` links);
 * `error`: data is `{"status_code": …, "body": …}`, the status and error body a plain call
@@ -41,7 +42,8 @@ _ACCEPTED = object()  # `prepare` passed: the stream starts
 # These events, for the OpenAPI document of /predict.
 EVENTS_DESCRIPTION = (
     "With `Accept: text/event-stream` the answer is a stream of events, sent chunked (no size limit): "
-    "`queued` {prompt_id, position}, `started` {prompt_id}, `progress` {node, class_type, step, max, percent} as "
+    "`download` {stage, file, folder, source, bytes_done, bytes_total, percent, model, models} while models named "
+    "by URL download (at most one every 0.5 s), `queued` {prompt_id, position}, `started` {prompt_id}, `progress` {node, class_type, step, max, percent} as "
     "ComfyUI reports it, `executed` {node, class_type, output} per output node, `preview` {node, class_type, "
     'content_type, image} when the body says `"previews": true`, then `result` (exactly the JSON of a plain '
     "call) or `error` {status_code, body} (the status and error body of a plain call). A comment line is sent "

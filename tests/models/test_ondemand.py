@@ -239,3 +239,115 @@ def test_a_template_string_parameter_may_name_the_checkpoint_by_url(
     (entry,) = od_service.get("/models").json()["cache"]["files"]
     assert entry["source"] == url and entry["file"] in answer.text  # ComfyUI was asked for the cached file
     assert model_server.requests["/plain/t.safetensors"] == 1
+
+
+# --- progress while models download, and downloads resumed after a kill --------------------------------
+
+
+def events(response: requests.Response) -> Iterator[tuple[str, dict]]:
+    kind = ""
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            yield kind, json.loads(line[6:])
+
+
+def held_model(server: ModelServer, name: str, size: int = 600 * 1024) -> tuple[str, bytes]:
+    """A model whose server sends half of it, then waits for `server.release`."""
+    data = bytes(i % 251 for i in range(size))
+    server.files[name] = data
+    return server.url("held", name), data
+
+
+def test_a_predict_stream_shows_its_models_downloading(od_service: ServiceProcess, model_server: ModelServer) -> None:
+    url, data = held_model(model_server, "sse.safetensors")
+    seen: list[tuple[str, dict]] = []
+    with requests.post(
+        f"{od_service.url}/predict",
+        json={"workflow": shown(url)},
+        headers={"Accept": "text/event-stream"},
+        stream=True,
+        timeout=60,
+    ) as answer:
+        assert answer.status_code == 200, answer.text
+        for kind, data_ in events(answer):
+            seen.append((kind, data_))
+            if kind == "download" and data_["bytes_done"] >= len(data) // 2:
+                model_server.release.set()  # seen half-way: let the rest come
+    kinds = [kind for kind, _ in seen]
+    downloads = [d for kind, d in seen if kind == "download"]
+    assert kinds[0] == "download" and kinds[-1] == "error", kinds  # the stand-in lists no such model
+    assert "queued" not in kinds[: len(downloads)], kinds  # all of them before the prompt went to ComfyUI
+    half = next(d for d in downloads if d["bytes_done"] >= len(data) // 2)
+    assert half["stage"] == "downloading models" and half["file"] == "sse.safetensors"
+    assert half["bytes_total"] == len(data) and half["percent"] < 100 and half["source"] == url
+    assert downloads[-1]["bytes_done"] == len(data) and len(downloads) <= 10
+
+
+def test_status_and_dashboard_show_a_jobs_models_downloading(
+    od_service: ServiceProcess, model_server: ModelServer
+) -> None:
+    url, data = held_model(model_server, "job.safetensors")
+    accepted = od_service.post("/predict", json={"workflow": shown(url), "async": True})
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while True:
+        job = od_service.get(f"/status/{job_id}").json()
+        progress = job.get("progress") or {}
+        if progress.get("stage") == "downloading models" and progress["bytes_done"] >= len(data) // 2:
+            break
+        assert time.monotonic() < deadline and job["state"] in ("queued", "running"), job
+        time.sleep(0.05)
+    assert progress["file"] == "job.safetensors" and progress["bytes_total"] == len(data), progress
+    assert progress["folder"] == "checkpoints" and progress["model"] == progress["models"] == 1
+    (row,) = [r for r in od_service.get("/dashboard/data").json()["running"] if r["job_id"] == job_id]
+    assert row["state"] == "downloading" and row["download"]["file"] == "job.safetensors", row
+    assert row["download"]["bytes_total"] == len(data)
+    model_server.release.set()
+    while od_service.get(f"/status/{job_id}").json()["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not [r for r in od_service.get("/dashboard/data").json()["running"] if r["job_id"] == job_id]
+
+
+def test_a_download_killed_with_the_service_resumes_after_the_restart(
+    od_service: ServiceProcess, model_server: ModelServer, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import threading
+
+    url, data = held_model(model_server, "k.safetensors")
+
+    def first_fetch() -> None:
+        try:
+            od_service.post("/models/fetch", json={"url": url, "folder": "loras"}, timeout=60)
+        except requests.RequestException:
+            pass  # the service is killed under it
+
+    threading.Thread(target=first_fetch, daemon=True).start()
+    partial = tmp_path / "cache" / ".partial"
+    deadline = time.monotonic() + 30
+    while not (list(partial.glob("*.json")) and sum(p.stat().st_size for p in partial.glob("*.part")) >= 300_000):
+        assert time.monotonic() < deadline, od_service.log()[-2000:]
+        time.sleep(0.05)
+    comfy = od_service.comfy_pid()
+    assert od_service.process is not None
+    od_service.process.kill()  # SIGKILL: no cleanup of any kind
+    od_service.process.wait()
+    if comfy is not None:
+        os.kill(comfy, signal.SIGKILL)
+    (kept,) = [p.stat().st_size for p in partial.glob("*.part")]
+    model_server.release.set()
+    again = ServiceProcess(od_service.target, tmp_path / "state2", env=od_service.env).start().wait_ready()
+    try:
+        fetched = again.post("/models/fetch", json={"url": url, "folder": "loras"})
+        assert fetched.status_code == 200, fetched.text
+        assert fetched.json()["sha256"] == hashlib.sha256(data).hexdigest() and fetched.json()["size"] == len(data)
+        assert fetched.json()["resumed_from"] == kept
+        assert model_server.headers[-1].get("Range") == f"bytes={kept}-"
+        assert not list(partial.iterdir())
+    finally:
+        again.stop()

@@ -1,7 +1,8 @@
 """The dashboard as an operator sees it, in headless Chromium at the narrowest and widest window
 it is made for (1024 and 1920 px): nothing clipped or wrapped, the top row filled, a latency chart
 with axes, units and a legend, progress with its step and percent, queue counts that tell waiting,
-placed-in-ComfyUI and running apart, links to each job's status, and a cancel button that cancels.
+placed-in-ComfyUI and running apart, links to each job's status, a cancel button that cancels, and
+a job whose model named by URL downloads shown on its row with the file, bytes and percent.
 Screenshots of both widths are kept in the test's folder."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from tests.fixtures.asyncjobs import BASE_ENV, quick, submit, wait_for
 from tests.fixtures.browser import chromium
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess
+from tests.fixtures.modelserver import ModelServer
 from tests.fixtures.waiting import wait_until
 
 WIDTHS = (1024, 1920)
@@ -113,3 +115,31 @@ def test_dashboard_tells_placed_from_running_links_jobs_and_cancels(service: Ser
     finally:
         gate.release()
     assert wait_for(service, running)["state"] == "succeeded"
+
+
+def test_dashboard_shows_a_jobs_model_downloading_on_its_row(
+    service: ServiceProcess, model_server: ModelServer, tmp_path: Path
+):
+    data = bytes(i % 251 for i in range(600 * 1024))
+    model_server.files["dash.safetensors"] = data  # `held`: half of it, then nothing until released
+    url = model_server.url("held", "dash.safetensors")
+    workflow = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": url}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
+    job = submit(service, workflow)
+    try:
+        with chromium(tmp_path / "profile") as browser:
+            browser.get(service.url + "/dashboard")
+            row = f"document.querySelector('#running a[href=\"status/{job}\"]')?.closest('tr')?.textContent || ''"
+            wait_until(
+                lambda: "50%" in browser.execute_script(f"return {row}"),
+                message=lambda: text(browser, "running"),
+            )
+            shown = browser.execute_script(f"return {row}")
+            assert "downloading" in shown and "downloading dash.safetensors" in shown, shown
+            assert "600" in shown, shown  # of the whole file's size
+            browser.save_screenshot(str(tmp_path / "dashboard-downloading.png"))
+    finally:
+        model_server.release.set()
+    assert wait_for(service, job)["state"] in ("succeeded", "failed")
