@@ -50,6 +50,12 @@ class ModelSettings(Section):
         help="workflows may name a model by URL (https://, gs://, hf://) in a model-loading input; the worker "
         "fetches it once into the model cache (docs/models-by-url.md)",
     )
+    model_urls_safetensors_only: bool = setting(
+        env="MODEL_URLS_SAFETENSORS_ONLY",
+        default=True,
+        help="models named by URL must be files no loader unpickles (.safetensors, .sft, .gguf, .yaml); "
+        "pickled formats (.ckpt, .pt, .pth, .bin, .pkl) are a 400 unless this is false",
+    )
     model_cache_dir: Path | None = setting(
         env="MODEL_CACHE_DIR",
         default=None,

@@ -72,6 +72,8 @@ BY_INPUT_NAME: dict[str, str] = {
 }
 # File names ComfyUI lists in a model folder (folder_paths.supported_pt_extensions) and configs.
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl", ".gguf", ".yaml")
+# Loaded with torch.load (pickle): refused by URL unless MODEL_URLS_SAFETENSORS_ONLY is false.
+PICKLED_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl")
 SCHEMES = ("https://", "http://", "gs://", "hf://")
 HF_HOST = "huggingface.co"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -197,14 +199,26 @@ def find_uses(workflow: Mapping[str, Any], object_info: Mapping[str, Any] | None
     return uses
 
 
+class PickledModelRefused(BadRequest):
+    code = "model_format_refused"
+
+
 def check_model_urls(workflow: Mapping[str, Any], settings: Any, object_info: Mapping[str, Any] | None = None) -> None:
     """What can be known before anything is fetched: the forms, the URL rules (SSRF, allowlisted
-    buckets), and whether this service takes model URLs at all (MODEL_URLS). A 400 otherwise."""
+    buckets), whether this service takes model URLs at all (MODEL_URLS) and pickled formats
+    (MODEL_URLS_SAFETENSORS_ONLY). A 400 otherwise."""
     uses = find_uses(workflow, object_info)
     if not uses:
         return
     if not settings.model_urls:
         raise BadRequest(f"workflow node {uses[0].node_id!r} names a model by URL; this service does not fetch models")
+    for use in uses:
+        if settings.model_urls_safetensors_only and use.ref.filename.lower().endswith(PICKLED_EXTENSIONS):
+            raise PickledModelRefused(
+                f"workflow node {use.node_id!r} input {use.input!r}: {use.ref.filename!r} is a pickled model format, "
+                "which can run code when it is loaded; models named by URL must be .safetensors (or .sft, .gguf, "
+                ".yaml) on this service (MODEL_URLS_SAFETENSORS_ONLY)"
+            )
     from handler.net import gcsinput, urlguard
 
     for use in uses:

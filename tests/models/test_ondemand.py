@@ -18,7 +18,7 @@ import requests
 
 from handler.config import Settings
 from handler.errors import BadRequest, UnsafeURL
-from handler.models.refs import ModelRef, check_model_urls, find_uses, hf_to_https, parse_ref
+from handler.models.refs import ModelRef, PickledModelRefused, check_model_urls, find_uses, hf_to_https, parse_ref
 from tests.fixtures.comfy import ComfyTarget, ServiceProcess
 from tests.fixtures.modelserver import ModelServer
 from tests.fixtures.receiver import SECRET, Receiver
@@ -102,6 +102,21 @@ def test_the_checks_before_fetching_apply_the_url_rules() -> None:
     check_model_urls(loader("gs://models/m.safetensors"), Settings(url_allowlist=("gs://models",)))
 
 
+@pytest.mark.parametrize("name", ["m.ckpt", "m.pt", "m.pth", "m.bin", "m.pkl", "m.pt2"])
+def test_pickled_model_files_by_url_are_refused_unless_allowed(name: str) -> None:
+    local = Settings(url_allowlist=("127.0.0.1",))
+    workflow = loader(f"http://127.0.0.1/{name}")
+    with pytest.raises(PickledModelRefused, match="pickled model format") as refused:
+        check_model_urls(workflow, local)
+    assert refused.value.status_code == 400 and refused.value.to_dict()["error"]["code"] == "model_format_refused"
+    check_model_urls(workflow, Settings(url_allowlist=("127.0.0.1",), model_urls_safetensors_only=False))
+    for allowed in ("m.safetensors", "m.sft", "m.gguf"):
+        check_model_urls(loader(f"http://127.0.0.1/{allowed}"), local)
+    # The name the file gets in the cache decides how ComfyUI loads it, not the URL's.
+    with pytest.raises(PickledModelRefused):
+        check_model_urls(loader({"url": "http://127.0.0.1/m.safetensors", "filename": name}), local)
+
+
 # --- through the service on the stand-in ------------------------------------------------------------
 
 
@@ -180,6 +195,12 @@ def test_models_that_cannot_be_used_get_clear_4xx_and_leave_nothing(
 def test_a_refused_url_is_never_fetched(od_service: ServiceProcess) -> None:
     answer = od_service.post("/predict", json={"workflow": loader("http://10.1.2.3/m.safetensors")})
     assert (answer.status_code, answer.json()["error"]["code"]) == (400, "unsafe_url"), answer.text
+    for mode in ("plain", "nolength"):  # a pickled file by URL: a 400 before anything is asked
+        pickled = f"http://127.0.0.1:9/{mode}/m.ckpt"
+        answer = od_service.post("/predict", json={"workflow": loader(pickled)})
+        assert (answer.status_code, answer.json()["error"]["code"]) == (400, "model_format_refused"), answer.text
+        fetch = od_service.post("/models/fetch", json={"url": pickled, "folder": "checkpoints"})
+        assert (fetch.status_code, fetch.json()["error"]["code"]) == (400, "model_format_refused"), fetch.text
 
 
 def test_fetch_ahead_list_and_evict(od_service: ServiceProcess, model_server: ModelServer) -> None:
