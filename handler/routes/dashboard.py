@@ -10,7 +10,8 @@ Contract of `/dashboard/data`:
   not yet in ComfyUI; `downloading`: its models named by URL download, `download` says how far
   (handler/models/progress.py, the shape `/status` and SSE show); `placed`: waiting in ComfyUI's
   own queue; `running`: executing), progress and age;
-* `counts`: `waiting` here (all priorities), `placed` in ComfyUI's queue (or starting), `running`;
+* `counts`: `waiting` here (all priorities), `placed` in ComfyUI's queue (or starting, or downloading
+  its models), `running`;
 * `recent`: the last finished runs (sync and jobs) with state, duration and error;
 * `latency`: request latency per 10 s over the last ten minutes (watching routes left out).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,9 +97,27 @@ def test_txt2img_with_checkpoint_and_lora_by_url_fetches_once(
     checkpoint = {"url": model_server.url("plain", NAME), "sha256": tiny_checkpoint.sha256}
     lora = model_server.url("plain", "tiny-lora.safetensors")
 
-    first = real_service.post("/predict", json={"workflow": txt2img(checkpoint, lora)})
-    assert first.status_code == 200, first.text[:3000]
-    report = {m["input"]: m for m in first.json()["models"]}
+    # The first run streamed: its models' downloads come as events before the prompt is queued.
+    streamed = real_service.post(
+        "/predict", json={"workflow": txt2img(checkpoint, lora)}, headers={"Accept": "text/event-stream"}
+    )
+    assert streamed.status_code == 200, streamed.text[:3000]
+    seen = [
+        (kind[len("event: ") :], json.loads(data[len("data: ") :]))
+        for kind, data in (block.split("\n", 1) for block in streamed.text.split("\n\n") if block.startswith("event: "))
+    ]
+    kinds = [kind for kind, _ in seen]
+    assert (
+        kinds[-1] == "result"
+        and "download" in kinds
+        and kinds.index("queued") > max(n for n, kind in enumerate(kinds) if kind == "download")
+    ), kinds
+    downloads = [data for kind, data in seen if kind == "download"]
+    finished = {(d["file"], d["model"]) for d in downloads if d["bytes_done"] == d["bytes_total"]}
+    assert {file for file, _ in finished} == {NAME, "tiny-lora.safetensors"}, downloads
+    assert {model for _, model in finished} == {1, 2} and {d["models"] for d in downloads} == {2}, downloads
+    first_body = seen[-1][1]
+    report = {m["input"]: m for m in first_body["models"]}
     assert report["ckpt_name"]["fetched"] and report["ckpt_name"]["verified"]
     assert (
         report["ckpt_name"]["sha256"] == tiny_checkpoint.sha256 and report["ckpt_name"]["size"] == tiny_checkpoint.size
@@ -106,15 +125,15 @@ def test_txt2img_with_checkpoint_and_lora_by_url_fetches_once(
     assert (
         report["lora_name"]["sha256"] == hashlib.sha256(lora_bytes).hexdigest() and not report["lora_name"]["verified"]
     )
-    assert report["lora_name"]["folder"] == "loras" and "models_ms" in first.json()["timings"]
+    assert report["lora_name"]["folder"] == "loras" and "models_ms" in first_body["timings"]
 
     second = real_service.post("/predict", json={"workflow": txt2img(checkpoint, lora)})
     assert second.status_code == 200, second.text[:3000]
     assert not any(m["fetched"] for m in second.json()["models"])
-    assert pixels(second.json()) == pixels(first.json())
+    assert pixels(second.json()) == pixels(first_body)
     assert model_server.requests[f"/plain/{NAME}"] == 1 and model_server.requests["/plain/tiny-lora.safetensors"] == 1
 
     plain = real_service.post("/predict", json={"workflow": txt2img(checkpoint, None)})
     assert plain.status_code == 200, plain.text[:3000]
-    assert pixels(plain.json()) != pixels(first.json())  # the LoRA was applied
+    assert pixels(plain.json()) != pixels(first_body)  # the LoRA was applied
     assert "lora key not loaded" not in real_service.log()
