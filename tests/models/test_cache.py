@@ -84,6 +84,7 @@ def test_a_dropped_connection_resumes_with_a_range(tmp_path: Path, model_server:
     assert got.resumed == 1 and got.entry.sha256 == hashlib.sha256(data).hexdigest()
     ranges = [h.get("Range") for h in model_server.headers]
     assert ranges == [None, f"bytes={len(data) // 2}-"]
+    assert model_server.headers[-1].get("If-Range") == model_server.etag(len(data))  # the first answer's
 
 
 def test_a_server_that_ignores_the_range_is_read_again_from_the_start(
