@@ -9,9 +9,9 @@ Contract:
   `SCHEMA` is its OpenAPI description; both are declared here only.
 * `Meter.update(done, total)` may be called for every chunk (it is cheap); listeners get a
   `DownloadProgress` at the start, then at most once per `interval_s` and only when at least
-  `min_step` (1 %) more of a known total arrived, and once at the end (`finish`). The latest value
-  is sent at the end of an interval even when no chunk comes (a stalled server still shows where
-  it stopped). Listeners are called on the download's thread or the watchdog's: they must be
+  `min_step` (1 %) more of a known total arrived, and once at the end (`finish`). A value held
+  back is sent when its interval ends, or, if under 1 % more, once no chunk came for a whole
+  interval: a stalled server still shows where it stopped. Listeners are called on the download's thread or the watchdog's: they must be
   quick and must not block; one that raises is logged and kept out of the download.
 """
 
@@ -101,6 +101,7 @@ class Meter:
         self._latest: DownloadProgress | None = None
         self._sent: DownloadProgress | None = None
         self._sent_at = 0.0
+        self._updated_at = 0.0
         self._alarm: watchdog.Alarm | None = None
         self._finished = False
 
@@ -125,6 +126,7 @@ class Meter:
         with self._lock:
             if self._finished:
                 return
+            self._updated_at = now
             self._latest = replace(self._base, bytes_done=done, bytes_total=total)
             if self._sent is None or self._due(now):
                 self._send_locked(now)
@@ -158,8 +160,10 @@ class Meter:
             if self._finished or self._latest is None or self._latest == self._sent:
                 return
             now = time.monotonic()
-            if self._due(now):  # else under 1 % more: the next chunk arms it again
+            if self._due(now) or now - self._updated_at >= self.interval_s:  # news, or stalled
                 self._send_locked(now)
+            else:  # under 1 % more while chunks still come: look again
+                self._alarm = watchdog.arm(self.interval_s, self._trailing)
 
     def _send_locked(self, now: float) -> None:
         value = self._latest

@@ -1,6 +1,6 @@
 """Download progress: the throttle (the first value at once, then at most one every half second
-and only after 1 % more, the latest sent at the end of an interval even when the server stalls,
-the last at the end) and the cache's downloads heard through it, by the request that downloads
+and only after 1 % more while chunks come, the latest sent once the server stalls, the last at
+the end) and the cache's downloads heard through it, by the request that downloads
 and by one that waits on it, against a slow real HTTP server on loopback."""
 
 from __future__ import annotations
@@ -57,14 +57,18 @@ def test_a_stalled_download_still_shows_where_it_stopped() -> None:
     time.sleep(0.3)
     m.update(40, 100)  # no change: no news
     assert len(heard) == 2
+    m.update(40, 10_000)
+    wait_until(lambda: len(heard) == 3, timeout_s=5)
+    m.update(45, 10_000)  # under 1 % more, and then nothing: sent once the server is seen stalled
+    wait_until(lambda: heard[-1].bytes_done == 45, timeout_s=5)
 
 
-def test_less_than_one_percent_more_is_not_news() -> None:
-    m, heard = meter(interval_s=0.05)
+def test_less_than_one_percent_more_is_not_news_while_chunks_come() -> None:
+    m, heard = meter(interval_s=0.2)
     m.update(0, 10_000)
-    time.sleep(0.1)
-    m.update(50, 10_000)  # 0.5 %
-    time.sleep(0.1)
+    for done in range(1, 31):  # 0.3 % in 0.3 s, a chunk every 10 ms: flowing, but no news
+        time.sleep(0.01)
+        m.update(done, 10_000)
     assert len(heard) == 1
     m.update(150, 10_000)  # 1.5 %
     assert [p.bytes_done for p in heard] == [0, 150]
