@@ -98,11 +98,11 @@ class Meter:
         self.min_step = min_step
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
-        self._latest: DownloadProgress | None = None
+        self._latest: tuple[int, int | None] | None = None  # (done, total), written per chunk
         self._sent: DownloadProgress | None = None
         self._sent_at = 0.0
         self._updated_at = 0.0
-        self._alarm: watchdog.Alarm | None = None
+        self._alarm: watchdog.Alarm | None = None  # a look at the interval's end is due
         self._finished = False
 
     def listen(self, listener: Listener) -> None:
@@ -119,18 +119,17 @@ class Meter:
                 self._listeners.remove(listener)
 
     def update(self, done: int, total: int | None) -> None:
-        latest = self._latest
-        if latest is not None and latest.bytes_done == done and latest.bytes_total == total:
-            return
         now = time.monotonic()
+        self._updated_at = now
+        self._latest = (done, total)  # before the look at the alarm: the alarm reads it after clearing itself
+        if self._alarm is not None:
+            return  # per chunk, mostly this: the look at the interval's end takes the latest
         with self._lock:
-            if self._finished:
+            if self._finished or self._alarm is not None:
                 return
-            self._updated_at = now
-            self._latest = replace(self._base, bytes_done=done, bytes_total=total)
             if self._sent is None or self._due(now):
                 self._send_locked(now)
-            elif self._alarm is None:
+            else:
                 self._alarm = watchdog.arm(max(0.0, self._sent_at + self.interval_s - now), self._trailing)
 
     def finish(self) -> None:
@@ -142,22 +141,26 @@ class Meter:
             if self._alarm is not None:
                 self._alarm.disarm()
                 self._alarm = None
-            if self._latest is not None and self._latest != self._sent:
+            if self._news():
                 self._send_locked(time.monotonic())
+
+    def _news(self) -> bool:
+        latest, sent = self._latest, self._sent
+        return latest is not None and (sent is None or latest != (sent.bytes_done, sent.bytes_total))
 
     def _due(self, now: float) -> bool:
         latest, sent = self._latest, self._sent
-        assert latest is not None and sent is not None
-        if now - self._sent_at < self.interval_s:
+        if latest is None or not self._news() or now - self._sent_at < self.interval_s:
             return False
-        if latest.bytes_total and sent.bytes_total == latest.bytes_total:
-            return latest.bytes_done - sent.bytes_done >= self.min_step * latest.bytes_total
+        done, total = latest
+        if total and sent is not None and sent.bytes_total == total:
+            return done - sent.bytes_done >= self.min_step * total
         return True
 
     def _trailing(self) -> None:
         with self._lock:
             self._alarm = None
-            if self._finished or self._latest is None or self._latest == self._sent:
+            if self._finished or not self._news():
                 return
             now = time.monotonic()
             if self._due(now) or now - self._updated_at >= self.interval_s:  # news, or stalled
@@ -166,8 +169,9 @@ class Meter:
                 self._alarm = watchdog.arm(self.interval_s, self._trailing)
 
     def _send_locked(self, now: float) -> None:
-        value = self._latest
-        assert value is not None
+        assert self._latest is not None
+        done, total = self._latest
+        value = replace(self._base, bytes_done=done, bytes_total=total)
         self._sent, self._sent_at = value, now
         self._call(list(self._listeners), value)
 
