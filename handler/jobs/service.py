@@ -244,7 +244,7 @@ class JobService:
     ) -> dict[str, Any]:
         job = self.owned(job_id, caller)
         view = self.views.status(job, base_url=base_url, inline=job.inline if inline is None else inline)
-        if job.state is JobState.RUNNING:  # the run's latest progress, from whichever instance runs it
+        if job.state.active:  # the run's latest progress (placed: its models may download), from any instance
             progress = read_job_progress(self.store, job_id)
             if progress is not None:
                 stamp = progress.get("updated_at")  # stored as Unix time; shown like every other time

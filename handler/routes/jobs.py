@@ -241,8 +241,9 @@ JOB = {
         "cancel_requested": {"type": "boolean"},
         "progress": {
             "type": "object",
-            "description": "While running: the latest of ComfyUI's progress messages (at most one update a second), "
-            "or, before the prompt goes to ComfyUI, how its models named by URL download (stage `downloading models`).",
+            "description": "While placed or running: the latest of ComfyUI's progress messages (at most one update "
+            "a second) or, placed, before the prompt goes to ComfyUI, how its models named by URL download (stage "
+            "`downloading models`).",
             "properties": {
                 **DOWNLOAD_SCHEMA["properties"],
                 "stage": {
