@@ -66,15 +66,35 @@ def check_workflow(workflow: Any) -> dict[str, Any]:
     assert isinstance(workflow, dict)
     for node_id, node in workflow.items():
         for name, value in (node.get("inputs") or {}).items():
-            if isinstance(value, str) and value.rstrip().lower().endswith(SHARED_FOLDER_ANNOTATIONS):
+            if graphshape.is_link(value):
+                continue
+            shared = _shared_folder_reference(value)
+            if shared is not None:
                 raise BadRequest(
                     f"workflow node {node_id!r} input {name!r} refers to ComfyUI's shared output or temp folder "
-                    f"({value!r}); only files sent with this request can be loaded"
+                    f"({shared!r}); only files sent with this request can be loaded"
                 )
     depth = graphshape.longest_chain(workflow)
     if depth > graphshape.MAX_CHAIN:
         raise BadRequest(f"workflow has a chain of {depth} linked nodes; at most {graphshape.MAX_CHAIN} are allowed")
     return workflow
+
+
+def _shared_folder_reference(value: Any) -> str | None:
+    """The first string in a literal, nested ones included, that names a file in a shared folder:
+    a widget whose value is an object (Load3D's `image`: `{"image", "mask", ...}`) opens the names
+    inside it as annotated paths too. Bounded by check_body's depth limit."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if item.rstrip().lower().endswith(SHARED_FOLDER_ANNOTATIONS):
+                return item
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def check_body(body: Any) -> None:
