@@ -1,5 +1,5 @@
 """Models named by URL, made ready for one run: fetched into the cache, pinned, and the graph
-pointed at the cached files.
+pointed at the cached files. A cached file is named by its URL only: its cached name is refused.
 
 `stage(cache, workflow, object_info, deadline)` acquires every model the workflow names by URL
 (handler/models/refs.py), within the request's deadline (a set `cancel` stops it), telling
@@ -12,6 +12,7 @@ files, from where, their digests, whether this request fetched them, and how lon
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 from handler.errors import BadRequest
 from handler.models.cache import Acquired, ModelCache
 from handler.models.progress import DownloadProgress, Listener
-from handler.models.refs import Use, find_uses
+from handler.models.refs import Use, find_uses, looks_like_url
 
 
 @dataclass(kw_only=True)
@@ -46,6 +47,30 @@ class Staged:
         ]
 
 
+# A folder of the cache as ComfyUI lists it: `<key>/<filename>` (handler/models/cache.py).
+_CACHED_FOLDER = re.compile(r"(?:^|[/\\])([0-9a-f]{24})(?=[/\\])")
+
+
+def refuse_cached_names(cache: ModelCache, workflow: Mapping[str, Any]) -> None:
+    """A cached file is reached by its URL only (400 for its cached name). The cache is shared:
+    its names are in ComfyUI's model lists, and a URL may carry a credential only its caller has
+    (a token in the query, a signed link), so a request that names the file without the URL would
+    load another caller's model."""
+    cached: set[str] | None = None
+    for node_id, node in workflow.items():
+        for name, value in (node.get("inputs") or {}).items():
+            if not isinstance(value, str) or looks_like_url(value):
+                continue
+            for key in _CACHED_FOLDER.findall(value):
+                cached = {entry.key for entry in cache.entries()} if cached is None else cached
+                if key in cached:
+                    raise BadRequest(
+                        f"workflow node {node_id!r} input {name!r} names a file of the model cache: name a cached "
+                        "model by its URL (the cache is shared by every caller, and a URL may hold what only "
+                        "its caller may use)"
+                    )
+
+
 def stage(
     cache: ModelCache | None,
     workflow: Mapping[str, Any],
@@ -54,6 +79,8 @@ def stage(
     cancel: threading.Event | None = None,
     progress: Listener | None = None,
 ) -> Staged:
+    if cache is not None:
+        refuse_cached_names(cache, workflow)
     uses = find_uses(workflow, object_info)
     if not uses:
         return Staged()

@@ -1,8 +1,8 @@
 """The model files the running ComfyUI can load, and the cache of models fetched by URL, where
 ComfyUI runs (roles `all` and `worker`):
 
-* `GET /models`, `GET /models/{folder}`: ComfyUI's lists; `/models` also shows the cache (its
-  budget, and each file's source, size, sha256 and last use);
+* `GET /models`, `GET /models/{folder}`: ComfyUI's lists; `/models` also shows admins the cache
+  (its budget, and each file's source, size, sha256 and last use: what every caller fetched);
 * `POST /models/fetch` `{"url", "folder", "sha256"?, "filename"?}`: fetch into the cache ahead of
   the requests that will use it (the same URL rules and answers as a model URL in a workflow);
 * `DELETE /models/cache/{key}`: evict one file (409 while a queued or running prompt uses it).
@@ -35,7 +35,7 @@ async def models(request: Request) -> JSONResponse:
     refresh = bool(query_flag(request, "refresh"))
     catalogue = await run_in_threadpool(comfy_of(services).models, refresh)
     body: dict[str, Any] = {"model_type": services.settings.model_type, "models": catalogue}
-    if services.models is not None:
+    if services.models is not None and caller_of(request).admin:  # what other callers fetched
         body["cache"] = {**services.models.usage(), "files": [e.describe() for e in services.models.entries()]}
     return JSONResponse(body)
 
