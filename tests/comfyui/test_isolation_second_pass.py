@@ -13,8 +13,10 @@ failed.
 from __future__ import annotations
 
 import base64
+import json
 import io
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -28,6 +30,7 @@ from PIL import Image
 from tests.fixtures.comfy import ComfyTarget, ServiceProcess, free_port
 
 SHARED_COLOUR = (1, 2, 3)
+FOLDER_NAME = re.compile(r"r[0-9a-f]{32}")
 
 
 def png_bytes(color: tuple[int, int, int], size: int = 8) -> bytes:
@@ -110,3 +113,129 @@ def test_load3d_reads_no_shared_output_without_the_extension(without_extension: 
             with Image.open(io.BytesIO(base64.b64decode(image["image"]))) as loaded:
                 assert loaded.convert("RGB").getpixel((0, 0)) != SHARED_COLOUR, "read the shared output folder"
     assert response.status_code == 400, response.text[:400]
+
+
+# --- node expansion: nodes a graph creates while it runs ------------------------------------------
+
+# A custom node that expands into whatever sub-graph its `spec` (JSON) names, as a node pack's
+# "run a graph" node could: the nodes it creates are in no graph the node policy judged.
+EXPANDER = """
+import json
+from comfy_execution.graph_utils import GraphBuilder
+
+
+class ComfyrunTestExpander:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"spec": ("STRING", {"default": "{}"})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "expand"
+    CATEGORY = "testing"
+
+    def expand(self, spec):
+        spec = json.loads(spec)
+        graph, made = GraphBuilder(), {}
+        for node in spec["nodes"]:
+            inputs = {
+                name: made[value[0]].out(value[1]) if isinstance(value, list) else value
+                for name, value in node["inputs"].items()
+            }
+            made[node["id"]] = graph.node(node["class_type"], **inputs)
+        return {"result": (made[spec["result"]].out(0),), "expand": graph.finalize()}
+
+
+NODE_CLASS_MAPPINGS = {"ComfyrunTestExpander": ComfyrunTestExpander}
+"""
+
+
+@pytest.fixture(scope="module")
+def expanding(comfy_target: ComfyTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    if not comfy_target.is_real:
+        pytest.skip("the stand-in does not expand nodes")
+    root = tmp_path_factory.mktemp("expander")
+    (root / "nodes" / "comfyrun_test_expander").mkdir(parents=True)
+    (root / "nodes" / "comfyrun_test_expander" / "__init__.py").write_text(EXPANDER)
+    paths = root / "expander.yaml"
+    paths.write_text(f"expander:\n  custom_nodes: {json.dumps(str(root / 'nodes'))}\n")
+    args = f"{comfy_target.args} --extra-model-paths-config {paths}"
+    service = ServiceProcess(comfy_target, root / "service", env={"COMFYUI_ARGS": args}).start().wait_ready()
+    yield service
+    service.stop()
+
+
+def expand(nodes: list[dict], result: str) -> dict:
+    spec = json.dumps({"nodes": nodes, "result": result})
+    return {
+        "1": {"class_type": "ComfyrunTestExpander", "inputs": {"spec": spec}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "expanded"}},
+    }
+
+
+def colours(response: requests.Response) -> set[tuple[int, int, int]]:
+    found = set()
+    for image in response.json().get("images", []) if response.status_code == 200 else []:
+        with Image.open(io.BytesIO(base64.b64decode(image["image"]))) as loaded:
+            found.add(loaded.convert("RGB").getpixel((0, 0)))
+    return found
+
+
+def test_expanded_nodes_see_only_the_requests_folders(expanding: ServiceProcess) -> None:
+    """The expanded nodes are out of the node policy's sight (a folder node, names the service
+    never checked); the isolation extension still confines them to the request's folders."""
+    service = expanding
+    state = service.state_dir / "comfyui"
+    other = f"r{secrets.token_hex(16)}"
+    for path in (
+        state / "input" / other / "victim.png",
+        state / "input" / "rootvictim.png",
+        state / "output" / "rootvictim.png",
+        state / "output" / other / "victim.png",
+        state / "temp" / "temp" / "rootvictim.png",
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(SHARED_COLOUR))
+    reads = [
+        ("LoadImage", {"image": f"../{other}/victim.png"}),
+        ("LoadImage", {"image": "rootvictim.png"}),
+        ("LoadImage", {"image": "rootvictim.png [output]"}),
+        ("LoadImage", {"image": f"../{other}/victim.png [output]"}),
+        ("LoadImage", {"image": "rootvictim.png [temp]"}),
+        ("LoadImageOutput", {"image": "rootvictim.png [output]"}),
+        ("LoadImageDataSetFromFolder", {"folder": "."}),
+        ("LoadImageDataSetFromFolder", {"folder": ".."}),
+    ]
+    own = [{"name": "own.png", "image": base64.b64encode(png_bytes((9, 9, 9))).decode()}]
+    for class_type, inputs in reads:
+        workflow = expand([{"id": "a", "class_type": class_type, "inputs": inputs}], "a")
+        response = service.post("/predict", json={"workflow": workflow, "images": own}, timeout=120)
+        assert response.status_code != 500 or response.json()["error"]["code"] == "execution_error", response.text
+        assert SHARED_COLOUR not in colours(response), f"{class_type} {inputs} read another's file"
+        assert not FOLDER_NAME.search(response.text.replace(other, "")), response.text[:400]
+    # A folder lister sees the request's own inputs: it works, on the request's files only.
+    folder = expand([{"id": "a", "class_type": "LoadImageDataSetFromFolder", "inputs": {"folder": "."}}], "a")
+    listed = service.post("/predict", json={"workflow": folder, "images": own}, timeout=120)
+    assert listed.status_code == 200 and colours(listed) == {(9, 9, 9)}, listed.text[:400]
+    # Writers: a prefix out of the request's folder is refused by ComfyUI, a folder writer writes
+    # inside the request's folder, which goes with the run.
+    planted = sorted([f"{other}/victim.png", "rootvictim.png"])  # what the output folder holds but runs
+    for writer, inputs in [
+        ("SaveImage", {"filename_prefix": f"../{other}/planted"}),
+        ("SaveImage", {"filename_prefix": str(state / "output" / "planted")}),
+        ("SaveImageDataSetToFolder", {"folder_name": f"../{other}", "filename_prefix": "planted"}),
+        ("SaveImageDataSetToFolder", {"folder_name": "..", "filename_prefix": "planted"}),
+    ]:
+        nodes = [
+            {"id": "a", "class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            {"id": "b", "class_type": writer, "inputs": {"images": ["a", 0], **inputs}},
+        ]
+        response = service.post("/predict", json={"workflow": expand(nodes, "a")}, timeout=120)
+        assert response.status_code in (200, 500), response.text[:400]
+    deadline = time.monotonic() + 10
+    while files_under(state / "output") != planted and time.monotonic() < deadline:
+        time.sleep(0.05)  # each run's own folder goes with it, right after its answer
+    assert files_under(state / "output") == planted  # nothing written at the root or in another's folder
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str((Path(root) / name).relative_to(folder)) for root, _, names in os.walk(folder) for name in names)
