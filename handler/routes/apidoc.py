@@ -7,7 +7,8 @@ Each routes module that serves callers has, beside its handlers:
 * `SCHEMAS` (when it has any): component name → JSON Schema, for what its answers carry.
 
 The helpers below build the recurring pieces: a JSON answer, an error answer in the one error
-shape (handler/errors.py), a path parameter.
+shape (handler/errors.py), a path parameter; `with_access_answers` adds the access layer's answers
+(401, 403, 429, 431) to each operation they apply to.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from typing import Any
 
 from handler.body import ref
 
-__all__ = ["ERROR", "JSON", "PathItems", "error_response", "json_response", "path_param", "ref"]
+__all__ = [
+    "ERROR",
+    "JSON",
+    "PathItems",
+    "error_response",
+    "json_response",
+    "path_param",
+    "ref",
+    "with_access_answers",
+]
 
 JSON = "application/json"
 PathItems = dict[str, dict[str, Any]]
@@ -84,3 +94,60 @@ ERROR = {
         },
     },
 }
+
+
+# --- the access layer's answers (docs/security.md, "Access"), declared on every operation they
+# apply to: the gate's 401, the roles' 403, a key's limits' 429, the server's header cap's 431.
+
+METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options"})
+# Operations no caller needs to be identified for (Cloud Run's probes).
+OPEN = frozenset({("/healthz", "get")})
+# Operations where a role decides: admin-only routes, and /predict (raw workflows need a key
+# allowed to send them).
+ROLE_CHECKED = frozenset(
+    {
+        ("/dashboard", "get"),
+        ("/dashboard/data", "get"),
+        ("/system", "get"),
+        ("/models/fetch", "post"),
+        ("/models/cache/{key}", "delete"),
+        ("/predict", "post"),
+    }
+)
+# Operations a key's limits count (rate per minute, runs at once).
+LIMITED = frozenset({("/predict", "post")})
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
+
+
+def access_answers(path: str, method: str) -> dict[str, Any]:
+    answers: dict[str, Any] = {
+        "431": error_response("The request line and headers are larger than the service takes (MAX_HEADER_BYTES).")
+    }
+    if (path, method) not in OPEN:
+        answers["401"] = error_response("No caller: an API key (X-API-Key or Authorization: Bearer) is needed.")
+    if (path, method) in ROLE_CHECKED:
+        answers["403"] = error_response("The caller's role does not allow this (an admin route, or a raw workflow).")
+    if (path, method) in LIMITED:
+        answers["429"] = {
+            **error_response("The key's rate or its runs at once are used up."),
+            "headers": _RETRY_AFTER,
+        }
+    return answers
+
+
+def with_access_answers(paths: PathItems) -> PathItems:
+    """`paths` with the access layer's answers added to each operation (what an operation declares
+    itself is kept), and `security: []` on the operations open to anyone."""
+    out: PathItems = {}
+    for path, item in paths.items():
+        out[path] = {}
+        for method, operation in item.items():
+            if method not in METHODS or not isinstance(operation, dict):
+                out[path][method] = operation
+                continue
+            added = {**operation, "responses": {**access_answers(path, method), **operation.get("responses", {})}}
+            if (path, method) in OPEN:
+                added["security"] = []
+            out[path][method] = added
+    return out

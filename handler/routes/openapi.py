@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 from handler import __version__
 from handler.body import COMPONENTS, FIELDS, PRIORITIES, WORKFLOW
 from handler.routes import dashboard, jobs, models, observe, predict, workflows
-from handler.routes.apidoc import ERROR, JSON, PathItems, json_response, ref
+from handler.routes.apidoc import ERROR, JSON, PathItems, json_response, ref, with_access_answers
 from handler.routes.common import services_of
 
 if TYPE_CHECKING:
@@ -152,6 +152,7 @@ def document(
     if present is not None:
         mounted = {_CONVERTER.sub(r"{\1}", path) for path in present}  # "{name:path}" → "{name}"
         paths = {path: item for path, item in paths.items() if path in mounted}
+    paths = with_access_answers(paths)
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
