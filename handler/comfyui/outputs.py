@@ -208,12 +208,17 @@ PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"iTXt"})
 
 
 def without_folder_name(file: OutputFile, folder: str) -> bytes:
-    """The file's bytes with `folder/` taken out of its PNG text chunks (ComfyUI's `prompt` and
-    `workflow` metadata carry the prefixes this service rewrote). Other formats are unchanged."""
+    """The file's bytes without the request folder's name (ComfyUI writes the graph it ran, the
+    prefixes this service rewrote included, into each output's metadata). PNG: `folder/` taken out
+    of its text chunks. Any other format (WebP EXIF, a latent's safetensors header, audio and video
+    tags): the name overwritten in place, keeping every length and offset, `folder/` by `./` pairs
+    (the same path) and a bare name by underscores."""
     data = file.data
     secret = folder.encode("ascii")
-    if not data.startswith(PNG_SIGNATURE) or secret not in data:
+    if secret not in data:
         return data
+    if not data.startswith(PNG_SIGNATURE):
+        return data.replace(secret + b"/", (b"./" * len(secret))[: len(secret) + 1]).replace(secret, b"_" * len(secret))
     parts, offset = [PNG_SIGNATURE], len(PNG_SIGNATURE)
     while offset + 12 <= len(data):
         (length,) = struct.unpack(">I", data[offset : offset + 4])

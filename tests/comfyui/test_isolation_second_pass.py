@@ -2,7 +2,8 @@
 pass did not list, replayed over HTTP against the service with the stand-in and, when one is
 given, a real ComfyUI (skipped without one, saying why).
 
-Found here: a file name nested inside a structured literal. `Load3D.image` is a dict
+Found here: a file name nested inside a structured literal, and the request folder's name in the
+metadata of outputs other than PNG. `Load3D.image` is a dict
 (`{"image", "mask", "normal", "recording", ...}`) whose names ComfyUI 0.33.0 opens through
 `folder_paths.get_annotated_filepath`, so `"x.png [output]"` inside it read ComfyUI's shared output
 folder wherever ComfyUI runs without the isolation extension: the service's literal check looked
@@ -63,12 +64,13 @@ def test_a_shared_folder_reference_nested_in_a_literal_is_refused(
     assert "shared output or temp folder" in response.json()["error"]["message"]
 
 
-@pytest.fixture
-def without_extension(comfy_target: ComfyTarget, tmp_path: Path) -> Iterator[tuple[ServiceProcess, Path]]:
-    """A real ComfyUI attached by URL whose operator did not install the isolation extension: the
+@pytest.fixture(scope="module")
+def without_extension(
+    comfy_target: ComfyTarget, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServiceProcess, Path]]:
+    """A ComfyUI attached by URL whose operator did not install the isolation extension: the
     service falls back to rewriting names (docs/security.md, layer 1's fallback)."""
-    if not comfy_target.is_real:
-        pytest.skip("the stand-in does not implement Load3D")
+    tmp_path = tmp_path_factory.mktemp("without-extension")
     base = tmp_path / "comfy"
     for name in ("input", "output", "temp", "user"):
         (base / name).mkdir(parents=True)
@@ -76,7 +78,8 @@ def without_extension(comfy_target: ComfyTarget, tmp_path: Path) -> Iterator[tup
     args = [comfy_target.python, "main.py", "--listen", "127.0.0.1", "--port", str(port)]
     args += ["--input-directory", str(base / "input"), "--output-directory", str(base / "output")]
     args += ["--temp-directory", str(base / "temp"), "--disable-auto-launch", *comfy_target.args.split()]
-    args += ["--user-directory", str(base / "user"), "--database-url", "sqlite:///:memory:"]
+    if comfy_target.is_real:
+        args += ["--user-directory", str(base / "user"), "--database-url", "sqlite:///:memory:"]
     with open(tmp_path / "comfy.log", "wb") as log:
         comfy = subprocess.Popen(
             args,
@@ -104,6 +107,8 @@ def without_extension(comfy_target: ComfyTarget, tmp_path: Path) -> Iterator[tup
 def test_load3d_reads_no_shared_output_without_the_extension(without_extension: tuple[ServiceProcess, Path]) -> None:
     """On ComfyUI 0.33.0 without the extension, this answered the shared output file's pixels."""
     service, base = without_extension
+    if not service.target.is_real:
+        pytest.skip("the stand-in does not implement Load3D")
     assert "isolation extension" in service.log()  # the fallback this test is about
     name = f"victim-{secrets.token_hex(4)}.png"
     (base / "output" / name).write_bytes(png_bytes(SHARED_COLOUR))
@@ -239,3 +244,47 @@ def test_expanded_nodes_see_only_the_requests_folders(expanding: ServiceProcess)
 
 def files_under(folder: Path) -> list[str]:
     return sorted(str((Path(root) / name).relative_to(folder)) for root, _, names in os.walk(folder) for name in names)
+
+
+# --- metadata of outputs other than PNG -----------------------------------------------------------
+
+
+def saver(class_type: str) -> dict:
+    nodes = {
+        "SaveAnimatedWEBP": ({"fps": 6.0, "lossless": False, "quality": 80, "method": "default"}, "images"),
+        "SaveLatent": ({}, "samples"),
+    }
+    extra, source = nodes[class_type]
+    first = empty_image(2) if source == "images" else latent()
+    return {
+        "1": first,
+        "2": {"class_type": class_type, "inputs": {source: ["1", 0], "filename_prefix": "meta/out", **extra}},
+    }
+
+
+def empty_image(batch: int = 1) -> dict:
+    return {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": batch, "color": 0}}
+
+
+def latent() -> dict:
+    return {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+
+
+@pytest.mark.parametrize("class_type", ["SaveAnimatedWEBP", "SaveLatent"])
+def test_metadata_of_other_formats_names_no_request_folder(
+    without_extension: tuple[ServiceProcess, Path], class_type: str
+) -> None:
+    """Without the extension the graph ComfyUI runs carries the rewritten prefix
+    (`<request folder>/meta/out`), and ComfyUI writes that graph into WebP EXIF and a latent's
+    safetensors header as it does into PNG text, which alone was scrubbed."""
+    service, _ = without_extension
+    response = service.post("/predict", json={"workflow": saver(class_type)}, timeout=120)
+    assert response.status_code == 200, response.text[:400]
+    (output,) = response.json()["images"]
+    data = base64.b64decode(output["image"])
+    assert b"meta/out" in data  # ComfyUI's metadata is kept, only the folder's name is not in it
+    assert not FOLDER_NAME.search(data.decode("latin-1")), "the output's metadata names the request folder"
+    if class_type == "SaveAnimatedWEBP":
+        with Image.open(io.BytesIO(data)) as loaded:  # still a picture, its EXIF still readable
+            loaded.load()
+            assert "meta/out" in str(loaded.getexif().get(0x0110))
