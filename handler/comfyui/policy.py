@@ -13,7 +13,9 @@ node's prefix or a folder node unchecked. So, before anything runs:
 * **Folder nodes**: nodes that list or write a folder by name (the dataset loaders and savers,
   LoadImageOutput, which reads ComfyUI's shared output folder) are refused unless the operator
   names them in ALLOW_FOLDER_NODES, which the pipeline honours only where ComfyUI runs the
-  isolation extension: without it, the folders they name are shared by every request.
+  isolation extension: without it, the folders they name are shared by every request. Those whose
+  folder the extension does not scope (Load/SaveTrainingDataset: ComfyUI's `datasets` folder) are
+  refused even then.
 
 The rules come from the catalogue (`object_info`) where it has the node, and from the names in
 this module otherwise, so a graph is judged the same with or without a catalogue for the nodes
@@ -45,6 +47,10 @@ FOLDER_NODES = frozenset(
         "SaveTrainingDataset",
     }
 )
+# Folder nodes whose folder is not ComfyUI's input, output or temp folder, so the isolation
+# extension gives no request its own: ComfyUI's `datasets` folder, one for every request. Refused
+# even where the operator allows them.
+UNSCOPED_FOLDER_NODES = frozenset({"LoadTrainingDataset", "SaveTrainingDataset"})
 # Inputs that name a folder: a node that has one lists or writes that folder.
 FOLDER_INPUT = re.compile(r"^(folder|folder_name|folder_path|directory|dir|output_dir|input_dir)$")
 # Inputs that name a file or a folder, whatever their type.
@@ -160,6 +166,11 @@ def check(
         if not isinstance(class_type, str):
             continue
         rules = rules_for(class_type, object_info)
+        if class_type in UNSCOPED_FOLDER_NODES:
+            raise BadRequest(
+                f"workflow node {node_id!r} uses {class_type}, which reads or writes ComfyUI's datasets folder: "
+                "that folder is shared by every request, so this service does not run it"
+            )
         if rules.folder_node and class_type not in allowed:
             raise BadRequest(
                 f"workflow node {node_id!r} uses {class_type}, which lists or writes a folder shared by every "

@@ -54,7 +54,7 @@ class ComfyUISettings(Section):
         default=(),
         help="node classes that list or write a folder by name (`LoadImageOutput`, the dataset loaders and "
         "savers) a request may use, comma-separated; honoured only where ComfyUI runs the isolation "
-        "extension (docs/security.md)",
+        "extension (docs/security.md); Load/SaveTrainingDataset never (ComfyUI's shared datasets folder)",
     )
     comfyui_restart_backoff_s: float = setting(
         env="COMFYUI_RESTART_BACKOFF_S",

@@ -28,7 +28,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.fixtures.comfy import ComfyTarget, ServiceProcess, free_port
+from tests.fixtures.comfy import ComfyTarget, ServiceProcess, free_port, start_service
 
 SHARED_COLOUR = (1, 2, 3)
 FOLDER_NAME = re.compile(r"r[0-9a-f]{32}")
@@ -288,3 +288,44 @@ def test_metadata_of_other_formats_names_no_request_folder(
         with Image.open(io.BytesIO(data)) as loaded:  # still a picture, its EXIF still readable
             loaded.load()
             assert "meta/out" in str(loaded.getexif().get(0x0110))
+
+
+# --- folder nodes whose folder no request owns ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def datasets_allowed(comfy_target: ComfyTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    allowed = "LoadTrainingDataset,SaveTrainingDataset,LoadImageDataSetFromFolder"
+    service = start_service(comfy_target, tmp_path_factory.mktemp("datasets"), ALLOW_FOLDER_NODES=allowed)
+    yield service
+    service.stop()
+
+
+@pytest.mark.parametrize("node", ["LoadTrainingDataset", "SaveTrainingDataset"])
+def test_training_dataset_nodes_are_refused_even_when_allowed(datasets_allowed: ServiceProcess, node: str) -> None:
+    """Load/SaveTrainingDataset read and write ComfyUI's `datasets` folder (under ComfyUI's own
+    directory), which the isolation extension does not give each request: allowed, one caller's
+    saved dataset was every caller's to load, and the loader's options listed every saved one."""
+    workflow: dict = {"1": {"class_type": "LoadTrainingDataset", "inputs": {"folder_name": "victim_dataset"}}}
+    workflow["2"] = {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0], "filename_prefix": "loot"}}
+    if node == "SaveTrainingDataset":
+        workflow = {
+            "1": latent(),
+            "2": {
+                "class_type": "SaveTrainingDataset",
+                "inputs": {"latents": ["1", 0], "conditioning": ["1", 0], "folder_name": "shared", "shard_size": 1},
+            },
+        }
+    response = datasets_allowed.post("/predict", json={"workflow": workflow}, timeout=120)
+    assert response.status_code == 400, response.text[:400]
+    message = response.json()["error"]["message"]
+    assert node in message and "datasets" in message, message
+    # The other allowed folder node still runs (on the request's own folder).
+    if datasets_allowed.target.is_real:
+        own = [{"name": "sub/a.png", "image": base64.b64encode(png_bytes((9, 9, 9))).decode()}]
+        lister = {
+            "1": {"class_type": "LoadImageDataSetFromFolder", "inputs": {"folder": "sub"}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "own"}},
+        }
+        listed = datasets_allowed.post("/predict", json={"workflow": lister, "images": own}, timeout=120)
+        assert listed.status_code == 200, listed.text[:400]

@@ -60,8 +60,6 @@ def test_links_into_text_and_numbers_are_fine() -> None:
         "SaveImageDataSetToFolder",
         "SaveImageTextDataSetToFolder",
         "LoadImageOutput",
-        "LoadTrainingDataset",
-        "SaveTrainingDataset",
     ],
 )
 def test_folder_nodes_are_off_unless_the_operator_allows_them(class_type: str) -> None:
@@ -71,6 +69,14 @@ def test_folder_nodes_are_off_unless_the_operator_allows_them(class_type: str) -
     with pytest.raises(BadRequest, match="ALLOW_FOLDER_NODES"):
         policy.check(graph, {})  # known by name as well
     policy.check(graph, INFO, allowed_folder_nodes=(class_type,))
+
+
+@pytest.mark.parametrize("class_type", ["LoadTrainingDataset", "SaveTrainingDataset"])
+def test_folder_nodes_on_comfyuis_shared_datasets_folder_are_off_even_when_allowed(class_type: str) -> None:
+    graph = {"1": {"class_type": class_type, "inputs": {}}}
+    for info in (INFO, {}):
+        with pytest.raises(BadRequest, match="datasets folder"):
+            policy.check(graph, info, allowed_folder_nodes=(class_type,))
 
 
 def test_a_node_with_a_folder_input_is_a_folder_node() -> None:
