@@ -26,7 +26,15 @@ from handler.comfyui import graph, policy, refusals
 from handler.comfyui.client import BinaryImage, Interrupted, PromptWatch
 from handler.comfyui.inputs import rewrite_references
 from handler.comfyui.instance import Comfy
-from handler.comfyui.outputs import OutputFile, collect, file_refs, in_request_folder, without_folder_name
+from handler.comfyui.outputs import (
+    OutputFile,
+    collect,
+    drop_foreign_files,
+    file_refs,
+    in_request_folder,
+    is_own_file,
+    without_folder_name,
+)
 from handler.comfyui.prepare import KNOWN_OUTPUT_NODES, prepare_graph, preview_nodes
 from handler.comfyui.progress import ProgressSink, Reporter, download_event
 from handler.comfyui.supervisor import private_paths
@@ -275,6 +283,8 @@ class Pipeline:
             finished = time.monotonic()
             if isolated:
                 in_request_folder(watch.outputs, rid)
+            if drop_foreign_files(watch.outputs, rid, root_temp=not isolated):
+                log.warning("file references that name no file of this run were left out of its outputs")
             files = collect(watch.outputs, self._output_images(watch, graph), self.comfy.outputs, request.output)
             for file in files:
                 # ComfyUI writes the graph, our rewritten prefixes included, into each PNG.
@@ -324,7 +334,11 @@ class Pipeline:
     def _discard(self, request_id: str, watch: PromptWatch | None) -> None:
         """Cloud Run's disk is memory: a job's inputs and outputs go as soon as it is answered."""
         self.comfy.inputs.discard(request_id)
+        # Only the run's own files: a ref a node echoed from the caller, or one not yet made
+        # relative to the request's folder (a run that failed), may name another's file.
+        root_temp = not self.comfy.isolated
         refs = [ref for _, _, ref, _ in file_refs(watch.outputs)] if watch else []
+        refs = [ref for ref in refs if is_own_file(ref, request_id, root_temp=root_temp)]
         self.comfy.outputs.discard(request_id, refs)
 
     def _wait(

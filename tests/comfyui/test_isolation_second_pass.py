@@ -329,3 +329,37 @@ def test_training_dataset_nodes_are_refused_even_when_allowed(datasets_allowed: 
         }
         listed = datasets_allowed.post("/predict", json={"workflow": lister, "images": own}, timeout=120)
         assert listed.status_code == 200, listed.text[:400]
+
+
+# --- file references a node echoes into its ui --------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["output", "input", "temp"])
+@pytest.mark.parametrize("where", ["another request's folder", "the root"])
+def test_a_file_reference_echoed_by_a_node_reads_and_removes_nothing_of_anothers(
+    service: ServiceProcess, kind: str, where: str
+) -> None:
+    """Preview3D puts its `camera_info` into its ui as it came; the service took any dict there
+    with a `filename` for a file of the run: on ComfyUI 0.33.0 it answered the named file (another
+    request's, by its folder, or one at ComfyUI's root) and then deleted it."""
+    other = f"r{secrets.token_hex(16)}"
+    name = f"victim-{secrets.token_hex(4)}.png"
+    victim = comfy_dir(service, kind) / (f"{other}/{name}" if where != "the root" else name)
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    victim.write_bytes(png_bytes(SHARED_COLOUR))
+    refs = [{"filename": name, "subfolder": f"../{other}" if where != "the root" else "..", "type": kind}]
+    if where == "the root":
+        refs.append({"filename": f"../{name}", "subfolder": "", "type": kind})
+    for ref in refs:
+        workflow = {"1": {"class_type": "Preview3D", "inputs": {"model_file": "x.glb", "camera_info": ref}}}
+        response = service.post("/predict", json={"workflow": workflow}, timeout=120)
+        assert response.status_code == 200, response.text[:400]
+        assert SHARED_COLOUR not in colours(response), "read another's file"
+        assert response.json()["images"] == []
+    time.sleep(0.5)  # the run's files are removed right after the answer
+    assert victim.exists(), "removed another's file"
+
+
+def comfy_dir(service: ServiceProcess, kind: str) -> Path:
+    base = service.state_dir / "comfyui"
+    return base / "temp" / "temp" if kind == "temp" else base / kind

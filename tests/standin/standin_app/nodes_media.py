@@ -321,3 +321,12 @@ class LoadVideo:
         if not annotated_exists(ctx, file):
             return f"Invalid video file: {file}"
         return True
+
+
+@node("Preview3D")
+class Preview3D:
+    """ComfyUI 0.33.0's: a path string is shown as given, and `camera_info` goes into the ui as
+    it came (a dict literal included), beside it."""
+
+    def run(self, ctx, model_file, camera_info=None, bg_image=None):
+        return {"ui": {"result": [model_file, camera_info, None]}, "result": ()}
