@@ -133,7 +133,8 @@ def in_request_folder(outputs: dict[str, dict[str, Any]], request_id: str) -> No
     make each reference relative to ComfyUI's own folders again, as without it."""
     for _, _, ref, _ in file_refs(outputs):
         subfolder = ref.get("subfolder") or ""
-        ref["subfolder"] = f"{request_id}/{subfolder}" if subfolder else request_id
+        if isinstance(subfolder, str):  # anything else names no file (`is_own_file`)
+            ref["subfolder"] = f"{request_id}/{subfolder}" if subfolder else request_id
 
 
 FILE_TYPES = frozenset({"output", "temp", "input"})

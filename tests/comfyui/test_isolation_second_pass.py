@@ -363,3 +363,14 @@ def test_a_file_reference_echoed_by_a_node_reads_and_removes_nothing_of_anothers
 def comfy_dir(service: ServiceProcess, kind: str) -> Path:
     base = service.state_dir / "comfyui"
     return base / "temp" / "temp" if kind == "temp" else base / kind
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [{"filename": "x.png", "type": "elsewhere"}, {"filename": "x.png", "subfolder": ["a"]}, {"filename": ""}],
+)
+def test_an_echoed_reference_of_no_known_shape_is_no_file_and_no_500(service: ServiceProcess, ref: dict) -> None:
+    workflow = {"1": {"class_type": "Preview3D", "inputs": {"model_file": "x.glb", "camera_info": ref}}}
+    response = service.post("/predict", json={"workflow": workflow}, timeout=120)
+    assert response.status_code == 200, response.text[:400]  # was a 500: "an output of unknown type"
+    assert response.json()["images"] == []
