@@ -374,3 +374,25 @@ def test_an_echoed_reference_of_no_known_shape_is_no_file_and_no_500(service: Se
     response = service.post("/predict", json={"workflow": workflow}, timeout=120)
     assert response.status_code == 200, response.text[:400]  # was a 500: "an output of unknown type"
     assert response.json()["images"] == []
+
+
+@pytest.mark.parametrize("kind", ["output", "input"])
+def test_an_echoed_reference_reads_nothing_of_anothers_without_the_extension(
+    without_extension: tuple[ServiceProcess, Path], kind: str
+) -> None:
+    """Without the extension the run's files are `<type>/<request folder>/…` too (prefixes and
+    inputs are rewritten there): a reference to the root, or to another request's folder, is
+    no file of the run."""
+    service, base = without_extension
+    other, name = f"r{secrets.token_hex(16)}", f"victim-{secrets.token_hex(4)}.png"
+    victims = [base / kind / name, base / kind / other / name]
+    for victim in victims:
+        victim.parent.mkdir(parents=True, exist_ok=True)
+        victim.write_bytes(png_bytes(SHARED_COLOUR))
+    for ref in ({"filename": name, "type": kind}, {"filename": name, "subfolder": other, "type": kind}):
+        workflow = {"1": {"class_type": "Preview3D", "inputs": {"model_file": "x.glb", "camera_info": ref}}}
+        response = service.post("/predict", json={"workflow": workflow}, timeout=120)
+        assert response.status_code == 200, response.text[:400]
+        assert response.json()["images"] == []
+    time.sleep(0.5)
+    assert all(victim.exists() for victim in victims)
