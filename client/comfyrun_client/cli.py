@@ -54,6 +54,21 @@ def _safe_relative(name: str) -> PurePosixPath:
     return PurePosixPath(relative.name) if relative.is_absolute() or ".." in relative.parts else relative
 
 
+def _mib(n: Any) -> str:
+    return f"{n / 2**20:.1f} MiB" if isinstance(n, int | float) else "?"
+
+
+def _download_line(data: dict[str, Any]) -> str:
+    """A model download, as the service reports it (`download` events, a placed job's progress)."""
+    percent = data.get("percent")
+    share = (percent or 0.0) / 100
+    filled = int(share * ProgressBar.WIDTH)
+    amount = _mib(data.get("bytes_done")) + (f" / {_mib(data['bytes_total'])}" if data.get("bytes_total") else "")
+    which = f" ({data.get('model')}/{data.get('models')})" if (data.get("models") or 1) > 1 else ""
+    bar = f"[{'#' * filled}{'.' * (ProgressBar.WIDTH - filled)}] {share * 100:5.1f}% " if percent is not None else ""
+    return f"{bar}downloading {data.get('file')}{which} {amount}"
+
+
 class ProgressBar:
     """Progress events drawn as one line that rewrites itself."""
 
@@ -75,6 +90,8 @@ class ProgressBar:
                 f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share * 100:5.1f}% "
                 f"node {data.get('node')} {data.get('class_type') or ''} {data.get('step')}/{data.get('max')}"
             )
+        elif kind == "download":
+            line = _download_line(data)
         elif kind == "executed":
             line = f"node {data.get('node')} {data.get('class_type') or ''} done"
         else:
@@ -111,7 +128,9 @@ class JobFollower:
             self.bar.out.write(f"job {self.job_id}: {state}{_STATE_NOTES.get(str(state), '')}\n")
             self.bar.out.flush()
         progress = status.get("progress")
-        if state == "running" and isinstance(progress, dict):
+        if isinstance(progress, dict) and progress.get("stage") == "downloading models":
+            self.bar.update("download", progress)
+        elif state == "running" and isinstance(progress, dict):
             self.bar.update("progress" if progress.get("max") else "started", progress)
 
 

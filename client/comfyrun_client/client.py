@@ -202,7 +202,7 @@ class Client:
         delivery: str | None = None,
         **kwargs: Any,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Run with live progress: yields (event, data) as they come (`queued`, `started`,
+        """Run with live progress: yields (event, data) as they come (`download`, `queued`, `started`,
         `progress`, `executed`, `preview`), then ("result", the answer a plain call returns).
         An `error` event raises ClientError with the status and error of a plain call."""
         body = self._with_delivery(self.body(workflow, **kwargs), delivery)

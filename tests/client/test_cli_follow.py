@@ -71,6 +71,30 @@ def test_the_follower_says_what_placed_means():
     ]
 
 
+def test_the_follower_and_the_bar_show_model_downloads():
+    """A placed job whose models download shows the file and how far it got, not a silent wait;
+    the same line serves the SSE mode's `download` events."""
+    out = io.StringIO()
+    follower = JobFollower("j1", ProgressBar(out))
+    downloading = {
+        "stage": "downloading models",
+        "file": "lora.safetensors",
+        "folder": "loras",
+        "source": "https://models.example/lora.safetensors",
+        "bytes_done": 3 * 2**20,
+        "bytes_total": 12 * 2**20,
+        "percent": 25.0,
+        "model": 2,
+        "models": 2,
+    }
+    follower.update({"state": "placed", "progress": downloading})
+    assert " 25.0% downloading lora.safetensors (2/2) 3.0 MiB / 12.0 MiB" in out.getvalue()
+
+    out = io.StringIO()
+    ProgressBar(out).update("download", {**downloading, "bytes_total": None, "percent": None, "models": 1})
+    assert out.getvalue().endswith("downloading lora.safetensors 3.0 MiB")
+
+
 def test_write_new_never_overwrites(tmp_path):
     first = write_new(tmp_path / "proto" / "empty_00001_.png", b"one")
     second = write_new(tmp_path / "proto" / "empty_00001_.png", b"two")

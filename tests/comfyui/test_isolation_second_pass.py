@@ -14,8 +14,8 @@ failed.
 from __future__ import annotations
 
 import base64
-import json
 import io
+import json
 import os
 import re
 import secrets
