@@ -56,6 +56,23 @@ class ModelSettings(Section):
         help="models named by URL must be files no loader unpickles (.safetensors, .sft, .gguf, .yaml); "
         "pickled formats (.ckpt, .pt, .pth, .bin, .pkl) are a 400 unless this is false",
     )
+    civitai_models: bool = setting(
+        env="CIVITAI_MODELS",
+        default=False,
+        help="workflows may name a Civitai model (`https://civitai.com/api/download/models/<version id>` or "
+        "`civitai://<version id>`); off, such a reference is refused (400)",
+    )
+    civitai_token: str | None = setting(
+        env="CIVITAI_TOKEN",
+        default=None,
+        secret=True,
+        help="a Civitai API token, sent to `CIVITAI_URL`'s host only, never to the storage it redirects to",
+    )
+    civitai_url: str = setting(
+        env="CIVITAI_URL",
+        default="https://civitai.com",
+        help="where Civitai's download API is (scheme, host and port; another only for a stand-in in tests)",
+    )
     model_cache_dir: Path | None = setting(
         env="MODEL_CACHE_DIR",
         default=None,

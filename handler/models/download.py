@@ -3,7 +3,9 @@
 `download(ref, part, settings, ...)` writes the bytes of `ref.url` to `part` and returns their
 sha256 and size. Every HTTP hop is vetted by urlguard (SSRF rules, URL_ALLOWLIST) and dialled to
 the vetted address; a redirect is vetted again; HF_TOKEN goes to huggingface.co only, never to
-the storage hosts it redirects to. A dropped connection is resumed with `Range` from what was
+the storage hosts it redirects to. A Civitai model (`ref.civitai`, refused unless CIVITAI_MODELS)
+is fetched from CIVITAI_URL, with CIVITAI_TOKEN sent to that origin (scheme, host and port) only,
+not to the storage its download redirects to. A dropped connection is resumed with `Range` from what was
 written, and `If-Range` with the first response's validator where it gave one (a server that
 ignores the range, or whose file changed, sends everything again and the part starts over).
 
@@ -40,7 +42,7 @@ from urllib.parse import urljoin, urlsplit
 from handler.config import Settings
 from handler.errors import BadRequest, Cancelled, ServiceError, StorageUnavailable, Timeout
 from handler.models.partials import Resumable, validator_of
-from handler.models.refs import HF_HOST, ModelRef
+from handler.models.refs import HF_HOST, ModelRef, check_civitai
 from handler.net import connpool, gcsinput, urlguard, watchdog
 
 CHUNK = 1 << 20
@@ -139,6 +141,7 @@ def download(
     if ref.url.startswith("gs://"):
         return _download_gcs(ref, part, settings, reserve=reserve, deadline=deadline)
     shown = urlguard.redact_url(ref.url)
+    check_civitai(ref, settings, f"model {shown}")
     resumed = 0
     with open(part, "r+b" if resume is not None and part.exists() else "w+b") as out:
         sink = _Sink(out, resume.validator if resume is not None else None)
@@ -168,7 +171,20 @@ def download(
                 raise ModelFetchFailed(f"model {shown}: {urlguard.describe_error(exc)}") from None
 
 
-def _headers(url: str, offset: int, hf_token: str | None, validator: str | None = None) -> dict[str, str]:
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"https": 443, "http": 80}.get(scheme)
+
+
+def _headers(
+    url: str,
+    offset: int,
+    hf_token: str | None,
+    validator: str | None = None,
+    civitai: tuple[str, str | None] | None = None,
+) -> dict[str, str]:
+    """A request's headers; `civitai` is (CIVITAI_URL, CIVITAI_TOKEN) for a Civitai model."""
     headers = {"User-Agent": "comfyrun-models", "Accept-Encoding": "identity", "Accept": "*/*"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -176,6 +192,8 @@ def _headers(url: str, offset: int, hf_token: str | None, validator: str | None 
             headers["If-Range"] = validator
     if hf_token and (urlsplit(url).hostname or "").lower() == HF_HOST:
         headers["Authorization"] = f"Bearer {hf_token}"
+    if civitai is not None and civitai[1] and _origin(url) == _origin(civitai[0]):
+        headers["Authorization"] = f"Bearer {civitai[1]}"
     return headers
 
 
@@ -207,11 +225,12 @@ def _stream(
                     pass
 
     alarm = watchdog.arm(remaining, cut)
+    civitai = (settings.civitai_url, settings.civitai_token) if ref.civitai is not None else None
     try:
-        url = ref.url
+        url = ref.url if ref.civitai is None else settings.civitai_url.rstrip("/") + ref.civitai
         for _hop in range(urlguard.MAX_REDIRECTS + 1):
             target = urlguard.vet(url, settings, purpose="model URL")
-            request = ("GET", target.path, None, _headers(url, offset, hf_token, sink.validator))
+            request = ("GET", target.path, None, _headers(url, offset, hf_token, sink.validator, civitai))
             conn, resp = connpool.send(
                 target.scheme, target.host, target.port, target.addresses, request, remaining, opened
             )
@@ -246,7 +265,8 @@ def _body(
     if resp.status in (404, 410):
         raise ModelNotFound(f"model {shown}: no such file (HTTP {resp.status})")
     if resp.status in (401, 403):
-        raise ModelFetchFailed(f"model {shown}: access refused (HTTP {resp.status})")
+        hint = " (a Civitai model may need the operator's CIVITAI_TOKEN)" if ref.civitai is not None else ""
+        raise ModelFetchFailed(f"model {shown}: access refused (HTTP {resp.status}){hint}")
     validator = validator_of(resp.getheader("ETag"), resp.getheader("Last-Modified"))
     if offset and resp.status == 416:  # the part is not a prefix of what it serves now
         raise _Restart

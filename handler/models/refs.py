@@ -8,6 +8,9 @@ a file by URL instead of by file name:
 * `gs://bucket/object`, read with the service's credentials from buckets URL_ALLOWLIST names;
 * `hf://owner/repo/path/file.safetensors` (optionally `hf://owner/repo@revision/path`), which is
   `https://huggingface.co/owner/repo/resolve/<revision>/path`; both forms get HF_TOKEN;
+* a Civitai model version, `https://civitai.com/api/download/models/<id>[?query]` or
+  `civitai://<id>`, only where CIVITAI_MODELS allows it (a 400 naming it otherwise): fetched from
+  CIVITAI_URL with CIVITAI_TOKEN, named `civitai-<id>.safetensors` unless `filename` says;
 * or an object `{"url": ..., "sha256": ..., "filename": ...}`: the file's sha256 is checked
   before use, and `filename` names it when the URL's last segment is no model file name.
 
@@ -74,8 +77,11 @@ BY_INPUT_NAME: dict[str, str] = {
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl", ".gguf", ".yaml")
 # Loaded with torch.load (pickle): refused by URL unless MODEL_URLS_SAFETENSORS_ONLY is false.
 PICKLED_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl")
-SCHEMES = ("https://", "http://", "gs://", "hf://")
+SCHEMES = ("https://", "http://", "gs://", "hf://", "civitai://")
 HF_HOST = "huggingface.co"
+CIVITAI = "https://civitai.com"
+CIVITAI_DOWNLOAD = "/api/download/models/"
+_CIVITAI_ID = re.compile(r"^[0-9]{1,12}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -88,6 +94,8 @@ class ModelRef:
     folder: str  # ComfyUI's model folder (checkpoints, loras, ...)
     filename: str  # the file's name in the cache (a model file extension)
     sha256: str | None = None  # lowercase hex; checked before use when given
+    # A Civitai model: the download path and query under CIVITAI_URL (`url` is its civitai.com form).
+    civitai: str | None = None
 
     @property
     def key(self) -> str:
@@ -124,6 +132,21 @@ def hf_to_https(url: str) -> str:
     return f"https://{HF_HOST}/{owner}/{repo}/resolve/{urllib.parse.quote(revision or 'main', safe='')}/{quoted}"
 
 
+def civitai_path(url: str, where: str) -> str | None:
+    """The download path (and query) of a Civitai model reference, or None when `url` is none."""
+    if url.startswith("civitai://"):
+        ident = url[len("civitai://") :]
+        if not _CIVITAI_ID.match(ident):
+            raise BadRequest(f"{where}: {url[:200]!r} is not civitai://<model version id> (digits)")
+        return CIVITAI_DOWNLOAD + ident
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" or (parts.hostname or "").lower() not in ("civitai.com", "www.civitai.com"):
+        return None
+    if not parts.path.startswith(CIVITAI_DOWNLOAD) or not _CIVITAI_ID.match(parts.path[len(CIVITAI_DOWNLOAD) :]):
+        raise BadRequest(f"{where}: a Civitai model is https://civitai.com/api/download/models/<model version id>")
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 def _file_name(url: str, given: Any, where: str) -> str:
     if given is not None:
         if not isinstance(given, str) or not given:
@@ -152,9 +175,26 @@ def parse_ref(value: Any, folder: str, where: str) -> ModelRef:
             raise BadRequest(f"{where}.sha256 must be 64 hexadecimal digits")
         sha256 = sha256.lower() if isinstance(sha256, str) else None
     if not isinstance(value, str) or not value.startswith(SCHEMES) or len(value) > 4096:
-        raise BadRequest(f"{where}: a model URL must start with https://, gs:// or hf:// (at most 4096 characters)")
+        raise BadRequest(
+            f"{where}: a model URL must start with https://, gs://, hf:// or civitai:// (at most 4096 characters)"
+        )
+    civitai = civitai_path(value, where)
+    if civitai is not None:
+        url = CIVITAI + civitai
+        ident = civitai[len(CIVITAI_DOWNLOAD) :].split("?", 1)[0]
+        name = _file_name(url, filename if filename is not None else f"civitai-{ident}.safetensors", where)
+        return ModelRef(url=url, folder=folder, filename=name, sha256=sha256, civitai=civitai)
     url = hf_to_https(value) if value.startswith("hf://") else value
     return ModelRef(url=url, folder=folder, filename=_file_name(url, filename, where), sha256=sha256)
+
+
+def check_civitai(ref: ModelRef, settings: Any, where: str) -> None:
+    """A 400 naming CIVITAI_MODELS when `ref` is a Civitai model and the operator has not allowed them."""
+    if ref.civitai is not None and not settings.civitai_models:
+        raise BadRequest(
+            f"{where} names a Civitai model; this service does not fetch from Civitai "
+            "(the operator's setting CIVITAI_MODELS is off)"
+        )
 
 
 def _lists_files(object_info: Mapping[str, Any], class_type: str, name: str) -> bool | None:
@@ -223,7 +263,10 @@ def check_model_urls(workflow: Mapping[str, Any], settings: Any, object_info: Ma
 
     for use in uses:
         purpose = f"workflow node {use.node_id!r} input {use.input!r}"
+        check_civitai(use.ref, settings, purpose)
         if use.ref.url.startswith("gs://"):
             gcsinput.check_gcs_uri(use.ref.url, settings, purpose=purpose)
+        elif use.ref.civitai is not None:
+            urlguard.check_url(settings.civitai_url.rstrip("/") + use.ref.civitai, settings, purpose=purpose)
         else:
             urlguard.check_url(use.ref.url, settings, purpose=purpose)

@@ -37,7 +37,7 @@ def test_settings_are_the_sections_in_order() -> None:
 
 def test_secrets_are_declared_as_such_and_kept_out_of_repr() -> None:
     secrets = {f.name for f, declared, _ in FIELDS if declared.secret}
-    assert secrets == {"job_id_secret", "webhook_secret", "hf_token", "api_keys", "api_keys_file"}
+    assert secrets == {"job_id_secret", "webhook_secret", "hf_token", "civitai_token", "api_keys", "api_keys_file"}
     assert all(not f.repr for f, declared, _ in FIELDS if declared.secret)
     # A new setting whose name says "secret", "token", "password" or "key" must say whether it is one.
     named_like_one = {
