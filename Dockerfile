@@ -84,14 +84,20 @@ RUN . /opt/deploy/comfyui.env \
     && grep -q "__version__ = \"${COMFYUI_VERSION}\"" /comfyui/comfyui_version.py \
     && chown -R comfy:comfy /comfyui
 # Custom nodes: lines of deploy/custom_nodes.txt plus CUSTOM_NODES (space-separated), each a
-# git URL with an optional @ref, e.g. https://github.com/owner/ComfyUI-Node@v1.2.0
+# git URL with an optional @ref, e.g. https://github.com/owner/ComfyUI-Node@v1.2.0, plus the git
+# nodes of a ComfyUI-Manager snapshot at deploy/snapshot.json when there is one (each at the
+# snapshot's commit). The whole folder is copied so that the snapshot may be absent; .dockerignore
+# lets in only the files named there.
 ARG CUSTOM_NODES=""
-COPY deploy/custom_nodes.txt deploy/install_custom_nodes.sh /opt/deploy/
-# git only for this step's clones; CUSTOM_NODES is split into words on purpose.
-# hadolint ignore=SC2086,DL3008
+COPY deploy/ /opt/deploy/
+# git only for this step's clones; CUSTOM_NODES and snapshot are split into words on purpose.
+# hadolint ignore=SC1091,SC2086,DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/* \
-    && PATH=/opt/comfy/bin:$PATH PIP_CONSTRAINT=/opt/constraints.txt \
-        /opt/deploy/install_custom_nodes.sh /comfyui/custom_nodes /opt/deploy/custom_nodes.txt ${CUSTOM_NODES} \
+    && . /opt/deploy/comfyui.env \
+    && snapshot="" && if [ -f /opt/deploy/snapshot.json ]; then snapshot="--snapshot /opt/deploy/snapshot.json"; fi \
+    && PATH=/opt/comfy/bin:$PATH PIP_CONSTRAINT=/opt/constraints.txt COMFYUI_COMMIT=${COMFYUI_COMMIT} \
+        /opt/deploy/install_custom_nodes.sh ${snapshot} /comfyui/custom_nodes /opt/deploy/custom_nodes.txt \
+        ${CUSTOM_NODES} \
     && chown -R comfy:comfy /comfyui/custom_nodes
 
 # ---------------------------------------------------------------- api: the service alone (SERVICE_ROLE=api)

@@ -49,6 +49,9 @@ Options (each also read from the environment variable in brackets):
                             days, others after 30 [KEEP_IMAGES] (5)
   --gpu-zonal-redundancy    reserve failover capacity (costs more, needs its own quota) [GPU_ZONAL_REDUNDANCY=true]
   --custom-nodes "URL[@REF] ..."   extra custom nodes baked into the image [CUSTOM_NODES]
+  --snapshot FILE           a ComfyUI-Manager snapshot (JSON): its git nodes are baked into the image
+                            at the snapshot's commits, beside deploy/custom_nodes.txt; replaces
+                            deploy/snapshot.json for this build [SNAPSHOT]
   --skip-build              deploy an image already pushed under TAG [SKIP_BUILD=true]
   --allow-region            deploy to a REGION off the list of Cloud Run L4 regions: asia-south1 (L4 by
                             invitation) or one added since [ALLOW_REGION=true]
@@ -86,6 +89,7 @@ MODELS_MOUNT=${MODELS_MOUNT:-}
 BAKE_MODELS=${BAKE_MODELS:-false}
 GPU_ZONAL_REDUNDANCY=${GPU_ZONAL_REDUNDANCY:-false}
 CUSTOM_NODES=${CUSTOM_NODES:-}
+SNAPSHOT=${SNAPSHOT:-}
 KEEP_IMAGES=${KEEP_IMAGES:-5}
 SKIP_BUILD=${SKIP_BUILD:-false}
 DRY_RUN=${DRY_RUN:-false}
@@ -109,7 +113,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --service | --model-type | --min-instances | --max-instances | --concurrency | --timeout | \
             --cpu | --memory | --bucket | --retention-days | --queue-prefix | --webhook-secret | \
-            --hf-secret | --repository | --models-source | --models-mount | --custom-nodes | --keep-images)
+            --hf-secret | --repository | --models-source | --models-mount | --custom-nodes | --snapshot | --keep-images)
             [[ $# -ge 2 ]] || die "$1 needs a value"
             case $1 in
                 --service) SERVICE=$2 ;;
@@ -129,6 +133,7 @@ while [[ $# -gt 0 ]]; do
                 --models-source) MODELS_SOURCE=$2 ;;
                 --models-mount) MODELS_MOUNT=$2 ;;
                 --custom-nodes) CUSTOM_NODES=$2 ;;
+                --snapshot) SNAPSHOT=$2 ;;
                 --keep-images) KEEP_IMAGES=$2 ;;
             esac
             shift 2
@@ -197,6 +202,15 @@ known=" ${KNOWN_TYPES[*]} "
 [[ $known == *" $MODEL_TYPE "* ]] || die "unknown --model-type '$MODEL_TYPE'; models.txt knows: ${KNOWN_TYPES[*]}"
 # Model types whose files sit in gated Hugging Face repositories (see models.txt).
 GATED_TYPES=" flux1-dev sd3 "
+
+# A ComfyUI-Manager snapshot is checked here, by the parser the build runs, not after an upload.
+if [[ -n $SNAPSHOT ]]; then
+    [[ $SKIP_BUILD != true ]] || die "--snapshot goes into the image's build; --skip-build builds nothing"
+    [[ -f $SNAPSHOT ]] || die "--snapshot: no such file '$SNAPSHOT'"
+    if command -v python3 >/dev/null; then
+        python3 "$ROOT/deploy/comfyui_snapshot.py" --check "$SNAPSHOT" >&2 || die "--snapshot: '$SNAPSHOT' is not a usable ComfyUI-Manager snapshot"
+    fi
+fi
 
 if [[ -n $MODELS_SOURCE && -n $MODELS_MOUNT ]]; then
     die "choose one of --models-source and --models-mount"
@@ -546,7 +560,26 @@ else
         [[ $CUSTOM_NODES != *,* ]] || die "--custom-nodes is space-separated; commas are not allowed"
         substitutions+=,_CUSTOM_NODES=$CUSTOM_NODES
     fi
-    build=(gcloud builds submit "$ROOT" --config="$ROOT/cloudbuild.yaml" --region="$REGION"
+    source=$ROOT
+    if [[ -n $SNAPSHOT ]]; then
+        # The build context as .dockerignore lets it in (an allowlist), staged with the snapshot
+        # as deploy/snapshot.json: the operator's checkout is left as it is.
+        source=$TMP/context
+        mkdir -p "$source/deploy"
+        cp "$ROOT/Dockerfile" "$ROOT/.dockerignore" "$source/"
+        while IFS= read -r allowed; do
+            allowed=${allowed%/}
+            if [[ -e $ROOT/$allowed ]]; then
+                mkdir -p "$(dirname "$source/$allowed")"
+                cp -R "$ROOT/$allowed" "$source/$allowed"
+            fi
+        done < <(sed -n 's/^!//p' "$ROOT/.dockerignore")
+        if [[ -f $ROOT/deploy/snapshot.json ]]; then
+            echo "deploy.sh: --snapshot $SNAPSHOT replaces deploy/snapshot.json for this build" >&2
+        fi
+        cp "$SNAPSHOT" "$source/deploy/snapshot.json"
+    fi
+    build=(gcloud builds submit "$source" --config="$ROOT/cloudbuild.yaml" --region="$REGION"
         --substitutions="$substitutions"
         --service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA"
         --gcs-source-staging-dir="gs://$BUILD_BUCKET/source" --project="$PROJECT")

@@ -219,6 +219,9 @@ def test_dockerfile_targets_models_secret_user_and_command():
     assert any(
         "install_custom_nodes.sh" in i and "${CUSTOM_NODES}" in i and "PIP_CONSTRAINT" in i for i in stages["comfyui"]
     )
+    # A ComfyUI-Manager snapshot in the context (optional, hence the folder copy) reaches the installer.
+    assert "COPY deploy/ /opt/deploy/" in stages["comfyui"]
+    assert any("--snapshot /opt/deploy/snapshot.json" in i and "COMFYUI_COMMIT=" in i for i in stages["comfyui"])
 
 
 def test_every_copied_path_exists_and_is_in_the_build_context():
@@ -236,6 +239,9 @@ def test_every_copied_path_exists_and_is_in_the_build_context():
         if src == ".":
             continue
         assert (ROOT / src).exists(), f"COPY {src}: no such file in the repository"
+        folder = src.rstrip("/")
+        if (ROOT / src).is_dir() and any(a.startswith(folder + "/") for a in allowed):
+            continue  # a folder brings in what .dockerignore allows under it (deploy/)
         assert any(src == a or src.startswith(a + "/") for a in allowed), f"COPY {src}: excluded by .dockerignore"
 
 

@@ -242,3 +242,33 @@ def test_downloaded_models_must_fit_the_in_memory_disk(stub, model_type, memory,
     d = find(recs, "run", "deploy")[-1]["argv"]
     probe = flag(d, "--startup-probe")[0]
     assert "periodSeconds=10" in probe and "failureThreshold=24" in probe  # Cloud Run's 240 s window
+
+
+def test_a_manager_snapshot_is_checked_then_staged_into_the_build_context(stub, tmp_path):
+    snapshot = tmp_path / "my-snapshot.json"
+    snapshot.write_text(
+        json.dumps({"comfyui": "a" * 40, "git_custom_nodes": {"https://github.com/o/N": {"hash": "b" * 40}}})
+    )
+    proc, recs = stub.deploy("--snapshot", str(snapshot), PROJECT, REGION, TAG)
+    assert proc.returncode == 0, proc.stderr
+    build = find(recs, "builds", "submit")[0]
+    source = build["argv"][2]
+    assert source != str(ROOT)  # a staged context: the operator's checkout is not written to
+    assert Path(build["files"][f"{source}/deploy/snapshot.json"]).read_text() == snapshot.read_text()
+    # What .dockerignore lets in, and nothing else (no tests, no .venv).
+    assert {"Dockerfile", ".dockerignore", "handler", "deploy", "models.txt"} <= set(build["source_entries"])
+    assert "tests" not in build["source_entries"] and ".venv" not in build["source_entries"]
+    assert flag(build["argv"], "--config") == [f"{ROOT}/cloudbuild.yaml"]
+
+    proc, recs = stub.deploy(PROJECT, REGION, TAG)  # without one the checkout is the source, as before
+    assert find(recs, "builds", "submit")[0]["argv"][2] == str(ROOT)
+
+    snapshot.write_text('{"git_custom_nodes": {"https://github.com/o/N": {"hash": "main"}}}')
+    for args, message in (
+        (("--snapshot", str(snapshot)), f"snapshot {snapshot}: git_custom_nodes['https://github.com/o/N']: 'hash'"),
+        (("--snapshot", str(tmp_path / "none.json")), "--snapshot: no such file"),
+        (("--snapshot", str(snapshot), "--skip-build"), "--snapshot goes into the image's build"),
+    ):
+        proc, recs = stub.deploy(*args, PROJECT, REGION, TAG)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert recs == []  # refused before any command

@@ -119,15 +119,19 @@ def dockerignore_allowlist() -> list[str]:
     return [line[1:].rstrip("/") for line in lines if line.startswith("!")]
 
 
-def build_context(dest: Path, models_file: str | None = None) -> Path:
+def build_context(dest: Path, models_file: str | None = None, snapshot: str | None = None) -> Path:
     """A copy of the repository's build context, with the operator's models.txt replaced by
-    `models_file` when given: what an operator who edits models.txt builds. The Dockerfile and
-    .dockerignore are the repository's own, unchanged."""
+    `models_file` when given, and `snapshot` as deploy/snapshot.json when given: what an operator
+    who edits models.txt or adds a ComfyUI-Manager snapshot builds. The Dockerfile and
+    .dockerignore are the repository's own, unchanged; allowlisted paths the repository lacks
+    (the optional snapshot) are left out, as they are from the operator's context."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     for name in ["Dockerfile", ".dockerignore", *dockerignore_allowlist()]:
         source = ROOT / name
+        if not source.exists():
+            continue
         if source.is_dir():
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
@@ -135,6 +139,8 @@ def build_context(dest: Path, models_file: str | None = None) -> Path:
             shutil.copy2(source, dest / name)
     if models_file is not None:
         (dest / "models.txt").write_text(models_file)
+    if snapshot is not None:
+        (dest / "deploy" / "snapshot.json").write_text(snapshot)
     return dest
 
 
