@@ -203,6 +203,16 @@ def test_a_refused_url_is_never_fetched(od_service: ServiceProcess) -> None:
         assert (fetch.status_code, fetch.json()["error"]["code"]) == (400, "model_format_refused"), fetch.text
 
 
+def test_a_civitai_model_is_a_400_naming_the_setting_unless_the_operator_allows_it(
+    od_service: ServiceProcess,
+) -> None:
+    for value in ("civitai://4242", "https://civitai.com/api/download/models/4242"):
+        answer = od_service.post("/predict", json={"workflow": loader(value)})
+        assert answer.status_code == 400 and "CIVITAI_MODELS" in answer.json()["error"]["message"], answer.text
+        fetch = od_service.post("/models/fetch", json={"url": value, "folder": "loras"})
+        assert fetch.status_code == 400 and "CIVITAI_MODELS" in fetch.json()["error"]["message"], fetch.text
+
+
 def test_fetch_ahead_list_and_evict(od_service: ServiceProcess, model_server: ModelServer) -> None:
     model_server.files["l.safetensors"] = b"lora" * 100
     url = model_server.url("plain", "l.safetensors")
