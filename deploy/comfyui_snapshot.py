@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_COMMIT = re.compile(r"^[0-9a-fA-F]{7,64}$")
+_COMMIT = re.compile(r"^(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$")  # a full id: a commit is fetched by it
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9][A-Za-z0-9.+!_-]*)$")
 _SCP = re.compile(r"^[A-Za-z0-9._-]+@([A-Za-z0-9.-]+):(.+)$")
 
@@ -109,7 +109,7 @@ def parse(data: Any, path: str) -> Snapshot:
             raise SnapshotError(f'{where}: expected {{"hash": ..., "disabled": ...}}')
         commit, disabled = entry.get("hash"), entry.get("disabled", False)
         if not isinstance(commit, str) or not _COMMIT.match(commit):
-            raise SnapshotError(f"{where}: 'hash' must be a commit id (hexadecimal), got {commit!r}")
+            raise SnapshotError(f"{where}: 'hash' must be a full commit id (40 hexadecimal digits), got {commit!r}")
         if not isinstance(disabled, bool):
             raise SnapshotError(f"{where}: 'disabled' must be true or false")
         nodes.append(GitNode(url=_url(raw, where), commit=commit.lower(), disabled=disabled))

@@ -39,7 +39,10 @@ MANAGER_SNAPSHOT = {
             "hash": "64e38fd0f3b2e925573684f4a43727be80dc7d5b",
             "disabled": True,
         },
-        "git@github.com:owner/ComfyUI-Private.git": {"hash": "abcdef0", "disabled": False},
+        "git@github.com:owner/ComfyUI-Private.git": {
+            "hash": "ABCDEF0123456789abcdef0123456789abcdef01",
+            "disabled": False,
+        },
     },
     "cnr_custom_nodes": {"comfyui-kjnodes": "1.0.5"},
     "file_custom_nodes": [
@@ -73,7 +76,7 @@ def test_a_manager_snapshot_pins_each_enabled_git_node_to_its_commit(tmp_path):
     assert result.specs == (
         f"{IMPACT}@4e2e4d2f2b8a9e1c0d3f5a6b7c8d9e0f1a2b3c4d",
         "https://github.com/ltdrdata/ComfyUI-Manager@1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b",
-        "https://github.com/owner/ComfyUI-Private.git@abcdef0",  # no SSH keys in a build: https
+        "https://github.com/owner/ComfyUI-Private.git@abcdef0123456789abcdef0123456789abcdef01",  # https: no SSH keys
     )
     # The lock's pins win (torch, Pillow); URL and editable installs are not restored.
     assert result.pips == ("piexif==1.1.3", "segment-anything==1.0")
@@ -114,10 +117,17 @@ def test_the_constraints_file_is_read_as_pip_reads_names(tmp_path):
         ("[1, 2]", "expected a JSON object, got list"),
         ('{"custom_nodes": {}}', "not a ComfyUI-Manager snapshot"),
         ('{"git_custom_nodes": ["https://github.com/o/n"]}', "'git_custom_nodes' must be an object"),
-        ('{"git_custom_nodes": {"https://github.com/o/n": {"hash": "main"}}}', "'hash' must be a commit id"),
+        ('{"git_custom_nodes": {"https://github.com/o/n": {"hash": "main"}}}', "'hash' must be a full commit id"),
         ('{"git_custom_nodes": {"https://github.com/o/n": "abcdef0"}}', 'expected {"hash"'),
-        ('{"git_custom_nodes": {"https://github.com/o/n": {"hash": "abcdef0", "disabled": "no"}}}', "'disabled'"),
-        ('{"git_custom_nodes": {"not a url": {"hash": "abcdef0"}}}', "is not a git URL"),
+        ('{"git_custom_nodes": {"https://github.com/o/n": {"hash": "abcdef0"}}}', "a full commit id"),
+        (
+            '{"git_custom_nodes": {"https://github.com/o/n": {"hash": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "disabled": "no"}}}',
+            "'disabled'",
+        ),
+        (
+            '{"git_custom_nodes": {"not a url": {"hash": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}}',
+            "is not a git URL",
+        ),
         ('{"git_custom_nodes": {}, "pips": ["torch"]}', "'pips' must be an object"),
     ],
 )
