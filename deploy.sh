@@ -52,6 +52,9 @@ Options (each also read from the environment variable in brackets):
   --snapshot FILE           a ComfyUI-Manager snapshot (JSON): its git nodes are baked into the image
                             at the snapshot's commits, beside deploy/custom_nodes.txt; replaces
                             deploy/snapshot.json for this build [SNAPSHOT]
+  --civitai                 workflows may name Civitai models (civitai://ID; docs/models-by-url.md) [CIVITAI=true]
+  --civitai-secret NAME     as --civitai, and the worker sends the Civitai API token in Secret Manager secret
+                            NAME; created from CIVITAI_TOKEN when missing [CIVITAI_SECRET]
   --skip-build              deploy an image already pushed under TAG [SKIP_BUILD=true]
   --allow-region            deploy to a REGION off the list of Cloud Run L4 regions: asia-south1 (L4 by
                             invitation) or one added since [ALLOW_REGION=true]
@@ -90,6 +93,8 @@ BAKE_MODELS=${BAKE_MODELS:-false}
 GPU_ZONAL_REDUNDANCY=${GPU_ZONAL_REDUNDANCY:-false}
 CUSTOM_NODES=${CUSTOM_NODES:-}
 SNAPSHOT=${SNAPSHOT:-}
+CIVITAI=${CIVITAI:-false}
+CIVITAI_SECRET=${CIVITAI_SECRET:-}
 KEEP_IMAGES=${KEEP_IMAGES:-5}
 SKIP_BUILD=${SKIP_BUILD:-false}
 DRY_RUN=${DRY_RUN:-false}
@@ -107,13 +112,14 @@ while [[ $# -gt 0 ]]; do
         --allow-region) ALLOW_REGION=true; shift; continue ;;
         --public) PUBLIC_API=true; shift; continue ;;
         --bake-models) BAKE_MODELS=true; shift; continue ;;
+        --civitai) CIVITAI=true; shift; continue ;;
         --gpu-zonal-redundancy) GPU_ZONAL_REDUNDANCY=true; shift; continue ;;
         --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
     esac
     case $1 in
         --service | --model-type | --min-instances | --max-instances | --concurrency | --timeout | \
             --cpu | --memory | --bucket | --retention-days | --queue-prefix | --webhook-secret | \
-            --hf-secret | --repository | --models-source | --models-mount | --custom-nodes | --snapshot | --keep-images)
+            --hf-secret | --repository | --models-source | --models-mount | --custom-nodes | --snapshot | --civitai-secret | --keep-images)
             [[ $# -ge 2 ]] || die "$1 needs a value"
             case $1 in
                 --service) SERVICE=$2 ;;
@@ -134,6 +140,7 @@ while [[ $# -gt 0 ]]; do
                 --models-mount) MODELS_MOUNT=$2 ;;
                 --custom-nodes) CUSTOM_NODES=$2 ;;
                 --snapshot) SNAPSHOT=$2 ;;
+                --civitai-secret) CIVITAI_SECRET=$2 ;;
                 --keep-images) KEEP_IMAGES=$2 ;;
             esac
             shift 2
@@ -176,7 +183,7 @@ done
 ((${MEMORY%Gi} >= 16 && ${MEMORY%Gi} <= 32)) || die "--memory must be 16Gi..32Gi with an L4 GPU, got $MEMORY"
 [[ $BUCKET =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || die "bad --bucket '$BUCKET'"
 [[ $QUEUE_PREFIX =~ ^[A-Za-z0-9-]{1,90}$ ]] || die "bad --queue-prefix '$QUEUE_PREFIX'"
-for flag in "$GPU_ZONAL_REDUNDANCY" "$SKIP_BUILD" "$DRY_RUN" "$METRICS_SIDECAR" "$ALLOW_REGION" "$BAKE_MODELS"; do
+for flag in "$GPU_ZONAL_REDUNDANCY" "$SKIP_BUILD" "$DRY_RUN" "$METRICS_SIDECAR" "$ALLOW_REGION" "$BAKE_MODELS" "$CIVITAI"; do
     [[ $flag == true || $flag == false ]] || die "boolean settings take true or false, got '$flag'"
 done
 # Cloud Run's regions with the NVIDIA L4 (its GPU page); asia-south1 has it by invitation only, so
@@ -203,6 +210,10 @@ known=" ${KNOWN_TYPES[*]} "
 # Model types whose files sit in gated Hugging Face repositories (see models.txt).
 GATED_TYPES=" flux1-dev sd3 "
 
+if [[ -n $CIVITAI_SECRET ]]; then
+    [[ $CIVITAI_SECRET =~ ^[A-Za-z0-9_-]{1,255}$ ]] || die "bad --civitai-secret '$CIVITAI_SECRET' (a Secret Manager secret name)"
+    CIVITAI=true
+fi
 # A ComfyUI-Manager snapshot is checked here, by the parser the build runs, not after an upload.
 if [[ -n $SNAPSHOT ]]; then
     [[ $SKIP_BUILD != true ]] || die "--snapshot goes into the image's build; --skip-build builds nothing"
@@ -432,6 +443,17 @@ if ! exists gcloud secrets describe "$HF_SECRET" --project="$PROJECT"; then
     run_with_input "${HF_TOKEN:-$'\n'}" \
         gcloud secrets create "$HF_SECRET" --replication-policy=automatic --data-file=- --project="$PROJECT"
 fi
+if [[ -n $CIVITAI_SECRET ]] && ! exists gcloud secrets describe "$CIVITAI_SECRET" --project="$PROJECT"; then
+    if [[ -z ${CIVITAI_TOKEN:-} ]]; then
+        message="--civitai-secret $CIVITAI_SECRET does not exist: set CIVITAI_TOKEN (a Civitai API key) or create the secret first"
+        if [[ $DRY_RUN != true ]]; then
+            die "$message"
+        fi
+        echo "deploy.sh: (a real run would stop here) $message" >&2
+    fi
+    run_with_input "${CIVITAI_TOKEN:-}" \
+        gcloud secrets create "$CIVITAI_SECRET" --replication-policy=automatic --data-file=- --project="$PROJECT"
+fi
 if ! exists gcloud secrets describe "$WEBHOOK_SECRET_NAME" --project="$PROJECT"; then
     webhook_secret=${WEBHOOK_SECRET:-whsec_$(head -c 32 /dev/urandom | base64)}
     run_with_input "$webhook_secret" \
@@ -506,6 +528,10 @@ retry gcloud iam service-accounts add-iam-policy-binding "$RUN_SA" \
     --member="serviceAccount:$RUN_SA" --role=roles/iam.serviceAccountTokenCreator --project="$PROJECT"
 retry gcloud iam service-accounts add-iam-policy-binding "$TASKS_SA" \
     --member="serviceAccount:$RUN_SA" --role=roles/iam.serviceAccountUser --project="$PROJECT"
+if [[ -n $CIVITAI_SECRET ]]; then
+    retry gcloud secrets add-iam-policy-binding "$CIVITAI_SECRET" \
+        --member="serviceAccount:$RUN_SA" --role=roles/secretmanager.secretAccessor --project="$PROJECT"
+fi
 if [[ -n $MOUNT_BUCKET ]]; then
     retry gcloud storage buckets add-iam-policy-binding "gs://$MOUNT_BUCKET" \
         --member="serviceAccount:$RUN_SA" --role=roles/storage.objectViewer --project="$PROJECT"
@@ -594,6 +620,8 @@ fi
 common_env=MODEL_TYPE=$MODEL_TYPE,GOOGLE_CLOUD_PROJECT=$PROJECT,GCS_BUCKET=$BUCKET
 common_env+=,TASKS_LOCATION=$REGION,TASKS_QUEUE_PREFIX=$QUEUE_PREFIX,TASKS_SERVICE_ACCOUNT=$TASKS_SA
 common_env+=,API_URL=$API_URL,WORKER_URL=$SERVICE_URL,OUTPUT_RETENTION_DAYS=$RETENTION_DAYS
+# Civitai models: both roles check model references, only the worker fetches (and holds the token).
+common_env+=,CIVITAI_MODELS=$CIVITAI
 
 # The deploys are retried when the grants before them may be seconds old: with --skip-build no
 # build stands between the IAM step and them, and an account made in this run may not have
@@ -623,6 +651,11 @@ step "Deploying $SERVICE (worker role) to Cloud Run in $REGION"
 env_vars=$common_env,SERVICE_ROLE=worker,SERVICE_URL=$SERVICE_URL
 if [[ -n $RUNTIME_MODELS ]]; then
     env_vars+=,MODELS_SOURCE=$RUNTIME_MODELS
+fi
+# Secrets are replaced as a whole too: a run without --civitai-secret takes the token away.
+worker_secrets=(--clear-secrets)
+if [[ -n $CIVITAI_SECRET ]]; then
+    worker_secrets=("--set-secrets=CIVITAI_TOKEN=$CIVITAI_SECRET:latest")
 fi
 if [[ $GPU_ZONAL_REDUNDANCY == true ]]; then
     redundancy=--gpu-zonal-redundancy
@@ -657,7 +690,7 @@ deploy_service gcloud run deploy "$SERVICE" --region="$REGION" --project="$PROJE
     "${volumes[@]}" --no-allow-unauthenticated --quiet \
     "${app_container[@]}" --image="$IMAGE" --gpu=1 --cpu="$CPU" --memory="$MEMORY" \
     --startup-probe="httpGet.path=/healthz,initialDelaySeconds=0,periodSeconds=10,failureThreshold=$((STARTUP_WINDOW_S / 10)),timeoutSeconds=5" \
-    --set-env-vars="$env_vars" \
+    --set-env-vars="$env_vars" "${worker_secrets[@]}" \
     "${mounts[@]}" "${collector[@]}"
 retry gcloud run services add-iam-policy-binding "$SERVICE" --region="$REGION" \
     --member="serviceAccount:$TASKS_SA" --role=roles/run.invoker --project="$PROJECT"

@@ -72,7 +72,7 @@ def test_every_recorded_command_parses_in_the_real_gcloud(stub):
             {},
         ),
         (("--models-source", "gs://model-store", "--skip-build", PROJECT, REGION, TAG), {}),
-        (("--metrics", "--skip-build", PROJECT, REGION, TAG), {}),
+        (("--metrics", "--civitai-secret", "civ", "--skip-build", PROJECT, REGION, TAG), {"CIVITAI_TOKEN": "t"}),
         (("--public", "--skip-build", PROJECT, REGION, TAG), {}),
     ]
     records = []

@@ -272,3 +272,37 @@ def test_a_manager_snapshot_is_checked_then_staged_into_the_build_context(stub, 
         proc, recs = stub.deploy(*args, PROJECT, REGION, TAG)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert recs == []  # refused before any command
+
+
+def test_civitai_is_off_unless_asked_and_its_token_is_a_secret_of_the_worker(stub):
+    proc, recs = stub.deploy("--skip-build", PROJECT, REGION, TAG)
+    assert proc.returncode == 0, proc.stderr
+    api, worker = find(recs, "run", "deploy")
+    for d in (api, worker):
+        env = dict(kv.split("=", 1) for kv in flag(d["argv"], "--set-env-vars")[0].split(","))
+        assert env["CIVITAI_MODELS"] == "false"
+    assert "--clear-secrets" in worker["argv"]  # a re-run without the option takes the token away
+
+    token = "civitai-key-0123456789"
+    proc, recs = stub.deploy(
+        "--civitai-secret", "civ", "--skip-build", PROJECT, REGION, TAG, env={"CIVITAI_TOKEN": token}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert token not in proc.stdout + proc.stderr
+    created = find(recs, "secrets", "create", "civ")[0]
+    assert created["stdin_len"] == len(token) and token not in json.dumps(recs)
+    grants = find(recs, "secrets", "add-iam-policy-binding", "civ")
+    assert grants and flag(grants[0]["argv"], "--role") == ["roles/secretmanager.secretAccessor"]
+    api, worker = find(recs, "run", "deploy")
+    assert flag(worker["argv"], "--set-secrets") == ["CIVITAI_TOKEN=civ:latest"]
+    assert "CIVITAI" not in " ".join(flag(api["argv"], "--set-secrets"))  # the api never fetches
+    for d in (api, worker):
+        assert "CIVITAI_MODELS=true" in flag(d["argv"], "--set-env-vars")[0].split(",")
+
+    proc, recs = stub.deploy("--civitai", "--skip-build", PROJECT, REGION, TAG)  # on, without a token
+    assert proc.returncode == 0 and "--clear-secrets" in find(recs, "run", "deploy")[1]["argv"]
+    assert "CIVITAI_MODELS=true" in flag(find(recs, "run", "deploy")[1]["argv"], "--set-env-vars")[0]
+
+    proc, recs = stub.deploy("--civitai-secret", "other", "--skip-build", PROJECT, REGION, TAG)
+    assert proc.returncode == 2 and "--civitai-secret other does not exist: set CIVITAI_TOKEN" in proc.stderr
+    assert find(recs, "run", "deploy") == []

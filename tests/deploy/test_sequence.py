@@ -120,6 +120,7 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
         "API_URL": api_url,
         "WORKER_URL": worker_url,
         "OUTPUT_RETENTION_DAYS": "7",
+        "CIVITAI_MODELS": "false",  # off unless --civitai
     }
     # the api: CPU only, scales to zero, signs webhooks
     a = cmds[deploys[0]]
@@ -153,7 +154,7 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     }
     for name, value in expect.items():
         assert flag(d, name) == [value], name
-    assert flag(d, "--set-secrets") == []
+    assert flag(d, "--set-secrets") == [] and "--clear-secrets" in d  # no Civitai token either
     for switch in ("--no-cpu-throttling", "--no-allow-unauthenticated", "--no-gpu-zonal-redundancy"):
         assert switch in d
     assert "httpGet.path=/healthz" in flag(d, "--startup-probe")[0]
