@@ -31,7 +31,7 @@ PROJECT, REGION, TAG = "demo-project", "us-central1", "v1"
 DEPLOY_SETTINGS = ("SERVICE", "MODEL_TYPE", "MIN_INSTANCES", "MAX_INSTANCES", "CONCURRENCY", "BUCKET", "HF_TOKEN")
 DEPLOY_SETTINGS += ("MODELS_SOURCE", "MODELS_MOUNT", "SKIP_BUILD", "DRY_RUN", "WEBHOOK_SECRET", "CUSTOM_NODES")
 DEPLOY_SETTINGS += ("BAKE_MODELS",)
-DEPLOY_SETTINGS += ("SNAPSHOT",)
+DEPLOY_SETTINGS += ("SNAPSHOT", "CIVITAI", "CIVITAI_SECRET", "CIVITAI_TOKEN")
 
 pytestmark = pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed here")
 

@@ -244,6 +244,12 @@ def test_downloaded_models_must_fit_the_in_memory_disk(stub, model_type, memory,
     assert "periodSeconds=10" in probe and "failureThreshold=24" in probe  # Cloud Run's 240 s window
 
 
+def image_build(recs: list[dict]) -> dict:
+    """The image's build (cloudbuild.yaml), not the models bucket's."""
+    (build,) = [r for r in find(recs, "builds", "submit") if flag(r["argv"], "--config") == [f"{ROOT}/cloudbuild.yaml"]]
+    return build
+
+
 def test_a_manager_snapshot_is_checked_then_staged_into_the_build_context(stub, tmp_path):
     snapshot = tmp_path / "my-snapshot.json"
     snapshot.write_text(
@@ -251,17 +257,16 @@ def test_a_manager_snapshot_is_checked_then_staged_into_the_build_context(stub, 
     )
     proc, recs = stub.deploy("--snapshot", str(snapshot), PROJECT, REGION, TAG)
     assert proc.returncode == 0, proc.stderr
-    build = find(recs, "builds", "submit")[0]
+    build = image_build(recs)
     source = build["argv"][2]
     assert source != str(ROOT)  # a staged context: the operator's checkout is not written to
     assert Path(build["files"][f"{source}/deploy/snapshot.json"]).read_text() == snapshot.read_text()
     # What .dockerignore lets in, and nothing else (no tests, no .venv).
     assert {"Dockerfile", ".dockerignore", "handler", "deploy", "models.txt"} <= set(build["source_entries"])
     assert "tests" not in build["source_entries"] and ".venv" not in build["source_entries"]
-    assert flag(build["argv"], "--config") == [f"{ROOT}/cloudbuild.yaml"]
 
     proc, recs = stub.deploy(PROJECT, REGION, TAG)  # without one the checkout is the source, as before
-    assert find(recs, "builds", "submit")[0]["argv"][2] == str(ROOT)
+    assert image_build(recs)["argv"][2] == str(ROOT)
 
     snapshot.write_text('{"git_custom_nodes": {"https://github.com/o/N": {"hash": "main"}}}')
     for args, message in (
