@@ -122,7 +122,10 @@ OPERATIONS: PathItems = {
                             "type": "object",
                             "required": ["url", "folder"],
                             "properties": {
-                                "url": {"type": "string", "description": "https://, gs://bucket/object or hf://"},
+                                "url": {
+                                    "type": "string",
+                                    "description": "https://, gs://bucket/object, hf:// or civitai:// (where CIVITAI_MODELS allows it)",
+                                },
                                 "folder": {"type": "string", "description": "the model folder, e.g. loras"},
                                 "sha256": {"type": "string"},
                                 "filename": {"type": "string"},
