@@ -550,6 +550,8 @@ retry gcloud artifacts repositories add-iam-policy-binding "$REPOSITORY" --locat
     --member="serviceAccount:$BUILD_SA" --role=roles/artifactregistry.writer --project="$PROJECT"
 retry gcloud secrets add-iam-policy-binding "$HF_SECRET" \
     --member="serviceAccount:$BUILD_SA" --role=roles/secretmanager.secretAccessor --project="$PROJECT"
+retry gcloud secrets add-iam-policy-binding "$HF_SECRET" \
+    --member="serviceAccount:$RUN_SA" --role=roles/secretmanager.secretAccessor --project="$PROJECT"
 
 # submit LABEL CMD...: a Cloud Build, retried when the build account's grants are seconds old.
 submit() {
@@ -652,10 +654,12 @@ env_vars=$common_env,SERVICE_ROLE=worker,SERVICE_URL=$SERVICE_URL
 if [[ -n $RUNTIME_MODELS ]]; then
     env_vars+=,MODELS_SOURCE=$RUNTIME_MODELS
 fi
-# Secrets are replaced as a whole too: a run without --civitai-secret takes the token away.
-worker_secrets=(--clear-secrets)
+# Secrets are replaced as a whole too (--set-secrets): a run without --civitai-secret takes that
+# token away. The Hugging Face token serves hf:// models named at run time as it served the build
+# (a blank secret means none).
+worker_secrets="HF_TOKEN=$HF_SECRET:latest"
 if [[ -n $CIVITAI_SECRET ]]; then
-    worker_secrets=("--set-secrets=CIVITAI_TOKEN=$CIVITAI_SECRET:latest")
+    worker_secrets+=",CIVITAI_TOKEN=$CIVITAI_SECRET:latest"
 fi
 if [[ $GPU_ZONAL_REDUNDANCY == true ]]; then
     redundancy=--gpu-zonal-redundancy
@@ -690,7 +694,7 @@ deploy_service gcloud run deploy "$SERVICE" --region="$REGION" --project="$PROJE
     "${volumes[@]}" --no-allow-unauthenticated --quiet \
     "${app_container[@]}" --image="$IMAGE" --gpu=1 --cpu="$CPU" --memory="$MEMORY" \
     --startup-probe="httpGet.path=/healthz,initialDelaySeconds=0,periodSeconds=10,failureThreshold=$((STARTUP_WINDOW_S / 10)),timeoutSeconds=5" \
-    --set-env-vars="$env_vars" "${worker_secrets[@]}" \
+    --set-env-vars="$env_vars" --set-secrets="$worker_secrets" \
     "${mounts[@]}" "${collector[@]}"
 retry gcloud run services add-iam-policy-binding "$SERVICE" --region="$REGION" \
     --member="serviceAccount:$TASKS_SA" --role=roles/run.invoker --project="$PROJECT"

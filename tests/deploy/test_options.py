@@ -286,7 +286,8 @@ def test_civitai_is_off_unless_asked_and_its_token_is_a_secret_of_the_worker(stu
     for d in (api, worker):
         env = dict(kv.split("=", 1) for kv in flag(d["argv"], "--set-env-vars")[0].split(","))
         assert env["CIVITAI_MODELS"] == "false"
-    assert "--clear-secrets" in worker["argv"]  # a re-run without the option takes the token away
+    # --set-secrets replaces them all: a re-run without the option takes the token away
+    assert flag(worker["argv"], "--set-secrets") == ["HF_TOKEN=hf-token:latest"]
 
     token = "civitai-key-0123456789"
     proc, recs = stub.deploy(
@@ -299,13 +300,14 @@ def test_civitai_is_off_unless_asked_and_its_token_is_a_secret_of_the_worker(stu
     grants = find(recs, "secrets", "add-iam-policy-binding", "civ")
     assert grants and flag(grants[0]["argv"], "--role") == ["roles/secretmanager.secretAccessor"]
     api, worker = find(recs, "run", "deploy")
-    assert flag(worker["argv"], "--set-secrets") == ["CIVITAI_TOKEN=civ:latest"]
+    assert flag(worker["argv"], "--set-secrets") == ["HF_TOKEN=hf-token:latest,CIVITAI_TOKEN=civ:latest"]
     assert "CIVITAI" not in " ".join(flag(api["argv"], "--set-secrets"))  # the api never fetches
     for d in (api, worker):
         assert "CIVITAI_MODELS=true" in flag(d["argv"], "--set-env-vars")[0].split(",")
 
     proc, recs = stub.deploy("--civitai", "--skip-build", PROJECT, REGION, TAG)  # on, without a token
-    assert proc.returncode == 0 and "--clear-secrets" in find(recs, "run", "deploy")[1]["argv"]
+    assert proc.returncode == 0
+    assert flag(find(recs, "run", "deploy")[1]["argv"], "--set-secrets") == ["HF_TOKEN=hf-token:latest"]
     assert "CIVITAI_MODELS=true" in flag(find(recs, "run", "deploy")[1]["argv"], "--set-env-vars")[0]
 
     proc, recs = stub.deploy("--civitai-secret", "other", "--skip-build", PROJECT, REGION, TAG)

@@ -81,6 +81,12 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     assert roles <= LEAST_PRIVILEGE_ROLES, roles - LEAST_PRIVILEGE_ROLES
     project_level = find(recs, "projects", "add-iam-policy-binding")
     assert [flag(r["argv"], "--role") for r in project_level] == [["roles/logging.logWriter"]]
+    # the Hugging Face token: read by the build (models) and by the worker (hf:// models at run time)
+    hf_readers = {m for r in find(recs, "secrets", "add-iam-policy-binding", "hf-token") for m in flag(r["argv"], "--member")}
+    assert hf_readers == {
+        f"serviceAccount:comfyui-build@{PROJECT}.iam.gserviceaccount.com",
+        f"serviceAccount:comfyui-run@{PROJECT}.iam.gserviceaccount.com",
+    }
 
     # the models bucket's fill, the image build, then the api service, then the worker, each
     # followed by the task invoker's grant (tests/deploy/test_models_bucket.py has the models build)
@@ -154,7 +160,8 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     }
     for name, value in expect.items():
         assert flag(d, name) == [value], name
-    assert flag(d, "--set-secrets") == [] and "--clear-secrets" in d  # no Civitai token either
+    # the Hugging Face token serves hf:// models at run time as it served the build; no Civitai token
+    assert flag(d, "--set-secrets") == ["HF_TOKEN=hf-token:latest"]
     for switch in ("--no-cpu-throttling", "--no-allow-unauthenticated", "--no-gpu-zonal-redundancy"):
         assert switch in d
     assert "httpGet.path=/healthz" in flag(d, "--startup-probe")[0]
