@@ -82,7 +82,9 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
     project_level = find(recs, "projects", "add-iam-policy-binding")
     assert [flag(r["argv"], "--role") for r in project_level] == [["roles/logging.logWriter"]]
     # the Hugging Face token: read by the build (models) and by the worker (hf:// models at run time)
-    hf_readers = {m for r in find(recs, "secrets", "add-iam-policy-binding", "hf-token") for m in flag(r["argv"], "--member")}
+    hf_readers = {
+        m for r in find(recs, "secrets", "add-iam-policy-binding", "hf-token") for m in flag(r["argv"], "--member")
+    }
     assert hf_readers == {
         f"serviceAccount:comfyui-build@{PROJECT}.iam.gserviceaccount.com",
         f"serviceAccount:comfyui-run@{PROJECT}.iam.gserviceaccount.com",
