@@ -96,7 +96,7 @@ def build(
         templates=templates,
         jobs=jobs,
         task_tokens=TaskTokenVerifier.from_settings(settings),
-        access=Access.from_settings(settings),
+        access=Access.from_settings(access=settings.access, cloud=settings.cloud),
         metrics=metrics,
         collector=collector,
     )

@@ -18,7 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from handler.access.identity import Caller, identify
 from handler.access.keys import KeyRing
 from handler.access.limits import Limits
-from handler.config import Settings
+from handler.config.access import AccessSettings
+from handler.config.cloud import CloudSettings
 from handler.errors import ServiceError
 
 OPEN_PATHS = frozenset({"/healthz", "/tasks/run", "/tasks/webhook"})
@@ -26,21 +27,22 @@ OPEN_PATHS = frozenset({"/healthz", "/tasks/run", "/tasks/webhook"})
 
 @dataclass(frozen=True, kw_only=True)
 class Access:
-    settings: Settings
+    access: AccessSettings
+    cloud: CloudSettings
     keys: KeyRing
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Access:
-        return cls(settings=settings, keys=KeyRing.from_settings(settings))
+    def from_settings(cls, *, access: AccessSettings, cloud: CloudSettings) -> Access:
+        return cls(access=access, cloud=cloud, keys=KeyRing.from_settings(access=access))
 
     def caller(self, headers: Headers) -> Caller:
-        return identify(headers, self.settings, self.keys)
+        return identify(headers, access=self.access, cloud=self.cloud, keys=self.keys)
 
     def is_open(self, path: str, headers: Headers) -> bool:
         if path in OPEN_PATHS:
             return True
-        return path == "/predict" and self.settings.verify_task_tokens and "x-cloudtasks-taskname" in headers
+        return path == "/predict" and self.cloud.verify_task_tokens and "x-cloudtasks-taskname" in headers
 
 
 class AccessGate:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from handler.access.keys import PREFIX, ApiKey, KeyRing, Role
-from handler.config import Settings
+from handler.config.access import AccessSettings
+from handler.config.cloud import CloudSettings
 from handler.errors import Forbidden, Unauthorized
 
 STRIPPED_SIGNATURE = "SIGNATURE_REMOVED_BY_GOOGLE"
@@ -60,7 +61,7 @@ class Caller:
 ANONYMOUS = Caller(owner=None, role=Role.ADMIN, workflows=True)
 
 
-def identify(headers: Mapping[str, str], settings: Settings, keys: KeyRing) -> Caller:
+def identify(headers: Mapping[str, str], *, access: AccessSettings, cloud: CloudSettings, keys: KeyRing) -> Caller:
     presented = headers.get("x-api-key") or _bearer_key(headers.get("authorization"))
     if presented is not None:
         if not keys.configured:
@@ -69,11 +70,11 @@ def identify(headers: Mapping[str, str], settings: Settings, keys: KeyRing) -> C
         if key is None:
             raise Unauthorized("the API key is not valid")
         return Caller(owner=f"key:{key.key_id}", role=key.role, workflows=key.workflows, key=key)
-    email = iam_email(headers, settings)
+    email = iam_email(headers, cloud=cloud)
     if email is not None:
-        admin = email in settings.admin_emails
+        admin = email in access.admin_emails
         return Caller(owner=f"iam:{email}", role=Role.ADMIN if admin else Role.CALLER, workflows=True)
-    if keys.configured or settings.public_service:
+    if keys.configured or cloud.public_service:
         raise Unauthorized("an API key is required: send X-API-Key or Authorization: Bearer")
     return ANONYMOUS
 
@@ -86,9 +87,9 @@ def _bearer_key(authorization: str | None) -> str | None:
     return None
 
 
-def iam_email(headers: Mapping[str, str], settings: Settings) -> str | None:
+def iam_email(headers: Mapping[str, str], *, cloud: CloudSettings) -> str | None:
     """The verified email of the token Cloud Run's IAM checked, or None."""
-    if not settings.ingress_verifies_tokens or settings.public_service:
+    if not cloud.ingress_verifies_tokens or cloud.public_service:
         return None
     authorization = headers.get("x-serverless-authorization") or headers.get("authorization")
     if not authorization or not authorization.lower().startswith("bearer "):

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handler.config import ConfigError, Settings
+from handler.config import ConfigError
+from handler.config.access import AccessSettings
 
 log = logging.getLogger("handler.access")
 
@@ -137,8 +138,8 @@ class KeyRing:
             self._reload()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KeyRing:
-        return cls(text=settings.api_keys, path=settings.api_keys_file)
+    def from_settings(cls, *, access: AccessSettings) -> KeyRing:
+        return cls(text=access.api_keys, path=access.api_keys_file)
 
     @property
     def configured(self) -> bool:

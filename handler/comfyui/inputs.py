@@ -123,12 +123,12 @@ def parse_images(raw: Any, settings: Settings) -> list[InputImage]:
         if value.startswith(("http://", "https://")):
             from handler.net.urlguard import check_url
 
-            check_url(value, settings, purpose="input image")
+            check_url(value, urls=settings.urls, cloud=settings.cloud, purpose="input image")
             images.append(InputImage(name, url=value))
         elif value.startswith("gs://"):
             from handler.net.gcsinput import check_gcs_uri
 
-            check_gcs_uri(value, settings, purpose=f"{where}.image")  # allowlisted buckets only
+            check_gcs_uri(value, urls=settings.urls, purpose=f"{where}.image")  # allowlisted buckets only
             images.append(InputImage(name, url=value))
         else:
             data = decode_base64(value, f"{where}.image", settings.max_input_bytes)
@@ -175,9 +175,22 @@ def _materialise(image: InputImage, settings: Settings, deadline: float | None) 
         if image.url.startswith("gs://"):
             from handler.net.gcsinput import read_gcs
 
-            data = read_gcs(image.url, settings, max_bytes=settings.max_input_bytes, timeout_s=timeout_s)
+            data = read_gcs(
+                image.url,
+                urls=settings.urls,
+                jobs=settings.jobs,
+                cloud=settings.cloud,
+                max_bytes=settings.max_input_bytes,
+                timeout_s=timeout_s,
+            )
         else:
-            data = fetch_bytes(image.url, settings, max_bytes=settings.max_input_bytes, timeout_s=timeout_s)
+            data = fetch_bytes(
+                image.url,
+                urls=settings.urls,
+                cloud=settings.cloud,
+                max_bytes=settings.max_input_bytes,
+                timeout_s=timeout_s,
+            )
         check_pixels(data, f"the input image {image.name!r}", settings.max_input_pixels)
         return data
     except FetchFailed:

@@ -2,18 +2,23 @@
 
 `Settings` is the union of the sections (handler/config/http.py, comfyui.py, cloud.py, jobs.py,
 webhooks.py, urls.py, models.py, observability.py), each a frozen dataclass whose fields are
-declared once with `setting()`; a collaborator that needs one section may be typed with it, and
-any `Settings` is one. `from_env` reads every declared field (handler/config/declare.py), then
+declared once with `setting()`. A collaborator takes the section(s) it needs, never `Settings`:
+the composition roots (handler/services.py, app.py, server.py, __main__.py) hand it
+`settings.<section>`, a copy of that section's fields alone (tests/test_architecture.py holds the
+rule); any `Settings` is also each of its sections, so a test may pass one where a section is
+expected. `from_env` reads every declared field (handler/config/declare.py), then
 fills in the defaults that depend on other settings and makes the checks that span several.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from handler.config.access import AccessSettings
 from handler.config.cloud import CloudSettings, ServiceRole
@@ -25,6 +30,8 @@ from handler.config.models import ModelSettings
 from handler.config.observability import ObservabilitySettings
 from handler.config.urls import UrlSettings
 from handler.config.webhooks import WebhookSettings
+
+S = TypeVar("S", bound=Section)
 
 # The sections in the order docs/configuration.md shows them.
 SECTIONS: tuple[type[Section], ...] = (
@@ -57,6 +64,46 @@ class Settings(
     """Every setting (docs/configuration.md)."""
 
     TITLE: ClassVar[str] = "Settings"
+
+    def section(self, kind: type[S]) -> S:
+        """The fields of section `kind` alone, as that section."""
+        return kind(**{f.name: getattr(self, f.name) for f in dataclasses.fields(kind)})
+
+    @cached_property
+    def http(self) -> HttpSettings:
+        return self.section(HttpSettings)
+
+    @cached_property
+    def comfyui(self) -> ComfyUISettings:
+        return self.section(ComfyUISettings)
+
+    @cached_property
+    def cloud(self) -> CloudSettings:
+        return self.section(CloudSettings)
+
+    @cached_property
+    def access(self) -> AccessSettings:
+        return self.section(AccessSettings)
+
+    @cached_property
+    def jobs(self) -> JobSettings:
+        return self.section(JobSettings)
+
+    @cached_property
+    def webhooks(self) -> WebhookSettings:
+        return self.section(WebhookSettings)
+
+    @cached_property
+    def urls(self) -> UrlSettings:
+        return self.section(UrlSettings)
+
+    @cached_property
+    def models(self) -> ModelSettings:
+        return self.section(ModelSettings)
+
+    @cached_property
+    def observability(self) -> ObservabilitySettings:
+        return self.section(ObservabilitySettings)
 
     @property
     def comfyui_base_dir(self) -> Path:

@@ -82,7 +82,14 @@ class Outbox:
         if not self.pending(job):
             return Sent.DONE
         assert job.webhook_url and job.webhook_id
-        result = webhooks.attempt(job.webhook_url, self.views.event(job), self.settings, webhook_id=job.webhook_id)
+        result = webhooks.attempt(
+            job.webhook_url,
+            self.views.event(job),
+            webhooks=self.settings.webhooks,
+            urls=self.settings.urls,
+            cloud=self.settings.cloud,
+            webhook_id=job.webhook_id,
+        )
         attempts = int((job.webhook or {}).get("attempts", 0)) + 1
         if result.delivered:
             self.failpoints.reach("delivered")

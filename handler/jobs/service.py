@@ -69,7 +69,7 @@ class AsyncOptions:
             url = webhook.get("url") if isinstance(webhook, dict) else webhook
             if not isinstance(url, str) or not url:
                 raise errors.BadRequest('webhook must be an object like {"url": "https://…"}')
-            urlguard.check_url(url, settings, purpose="webhook URL")
+            urlguard.check_url(url, urls=settings.urls, cloud=settings.cloud, purpose="webhook URL")
         inline = body.get("inline", False)
         if not isinstance(inline, bool):
             raise errors.BadRequest("inline must be true or false")
@@ -214,7 +214,7 @@ class JobService:
         url = webhook.get("url") if isinstance(webhook, dict) else webhook
         if isinstance(url, str):
             try:
-                urlguard.check_url(url, self.settings, purpose="webhook URL")
+                urlguard.check_url(url, urls=self.settings.urls, cloud=self.settings.cloud, purpose="webhook URL")
                 job.webhook_url, job.webhook_id = url, webhooks.new_webhook_id()
             except ServiceError:
                 pass

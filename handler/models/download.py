@@ -229,7 +229,7 @@ def _stream(
     try:
         url = ref.url if ref.civitai is None else settings.civitai_url.rstrip("/") + ref.civitai
         for _hop in range(urlguard.MAX_REDIRECTS + 1):
-            target = urlguard.vet(url, settings, purpose="model URL")
+            target = urlguard.vet(url, urls=settings.urls, cloud=settings.cloud, purpose="model URL")
             request = ("GET", target.path, None, _headers(url, offset, hf_token, sink.validator, civitai))
             conn, resp = connpool.send(
                 target.scheme, target.host, target.port, target.addresses, request, remaining, opened
@@ -317,14 +317,18 @@ def _body(
 
 
 def _download_gcs(ref: ModelRef, part: Path, settings: Settings, *, reserve: Reserve, deadline: float) -> Downloaded:
-    obj = gcsinput.check_gcs_uri(ref.url, settings, purpose="model URL")
+    obj = gcsinput.check_gcs_uri(ref.url, urls=settings.urls, purpose="model URL")
     from google.api_core import exceptions as gexc
 
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise Timeout(f"model {obj.uri[:200]}: the download did not finish in time")
     try:
-        blob = gcsinput.client(settings).bucket(obj.bucket).get_blob(obj.name, timeout=remaining)
+        blob = (
+            gcsinput.client(jobs=settings.jobs, cloud=settings.cloud)
+            .bucket(obj.bucket)
+            .get_blob(obj.name, timeout=remaining)
+        )
         if blob is None:
             raise ModelNotFound(f"model {obj.uri[:200]}: no such object")
         size = int(blob.size or 0)

@@ -265,8 +265,9 @@ def check_model_urls(workflow: Mapping[str, Any], settings: Any, object_info: Ma
         purpose = f"workflow node {use.node_id!r} input {use.input!r}"
         check_civitai(use.ref, settings, purpose)
         if use.ref.url.startswith("gs://"):
-            gcsinput.check_gcs_uri(use.ref.url, settings, purpose=purpose)
+            gcsinput.check_gcs_uri(use.ref.url, urls=settings.urls, purpose=purpose)
         elif use.ref.civitai is not None:
-            urlguard.check_url(settings.civitai_url.rstrip("/") + use.ref.civitai, settings, purpose=purpose)
+            civitai_url = settings.civitai_url.rstrip("/") + use.ref.civitai
+            urlguard.check_url(civitai_url, urls=settings.urls, cloud=settings.cloud, purpose=purpose)
         else:
-            urlguard.check_url(use.ref.url, settings, purpose=purpose)
+            urlguard.check_url(use.ref.url, urls=settings.urls, cloud=settings.cloud, purpose=purpose)

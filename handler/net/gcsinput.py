@@ -17,7 +17,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.jobs import JobSettings
+from handler.config.urls import UrlSettings
 from handler.errors import PayloadTooLarge, StorageUnavailable, UnsafeURL
 from handler.net.urlguard import FetchFailed
 
@@ -53,13 +55,13 @@ def _allowed(obj: GcsObject, allowlist: tuple[str, ...]) -> bool:
     return False
 
 
-def check_gcs_uri(uri: str, settings: Settings, *, purpose: str) -> GcsObject:
+def check_gcs_uri(uri: str, *, urls: UrlSettings, purpose: str) -> GcsObject:
     """The object a gs:// URI names, or UnsafeURL when it is malformed or not allowlisted."""
     bucket, _, name = uri[5:].partition("/")
     if not _BUCKET.match(bucket) or not name or len(name.encode()) > 1024 or "\0" in name or "\n" in name:
         raise UnsafeURL(f"{purpose}: {uri[:200]!r} is not a gs://bucket/object URI")
     obj = GcsObject(bucket, name)
-    if not _allowed(obj, settings.url_allowlist):
+    if not _allowed(obj, urls.url_allowlist):
         raise UnsafeURL(
             f"{purpose}: gs://{bucket}/… is not allowlisted; add gs://{bucket} (or gs://{bucket}/prefix) "
             "to URL_ALLOWLIST to let callers read it with the service's credentials"
@@ -67,39 +69,41 @@ def check_gcs_uri(uri: str, settings: Settings, *, purpose: str) -> GcsObject:
     return obj
 
 
-def _client(settings: Settings) -> Any:
-    key = (settings.storage_emulator_host, settings.gcp_project)
+def _client(jobs: JobSettings, cloud: CloudSettings) -> Any:
+    key = (jobs.storage_emulator_host, cloud.gcp_project)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
             from google.cloud import storage  # lazily: the local mode needs no Google libraries
 
-            if settings.storage_emulator_host:
+            if jobs.storage_emulator_host:
                 from google.auth.credentials import AnonymousCredentials
 
-                host = settings.storage_emulator_host
+                host = jobs.storage_emulator_host
                 client = storage.Client(
-                    project=settings.gcp_project or "local",
+                    project=cloud.gcp_project or "local",
                     credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
                     client_options={"api_endpoint": host if "://" in host else "http://" + host},
                 )
             else:
-                client = storage.Client(project=settings.gcp_project)
+                client = storage.Client(project=cloud.gcp_project)
             _clients[key] = client
         return client
 
 
-def client(settings: Settings) -> Any:
+def client(*, jobs: JobSettings, cloud: CloudSettings) -> Any:
     """The service's Cloud Storage client (the emulator's when STORAGE_EMULATOR_HOST is set)."""
-    return _client(settings)
+    return _client(jobs, cloud)
 
 
-def read_gcs(uri: str, settings: Settings, *, max_bytes: int, timeout_s: float) -> bytes:
-    obj = check_gcs_uri(uri, settings, purpose="input image")
+def read_gcs(
+    uri: str, *, urls: UrlSettings, jobs: JobSettings, cloud: CloudSettings, max_bytes: int, timeout_s: float
+) -> bytes:
+    obj = check_gcs_uri(uri, urls=urls, purpose="input image")
     from google.api_core import exceptions as gexc
 
     try:
-        blob = _client(settings).bucket(obj.bucket).blob(obj.name)
+        blob = _client(jobs, cloud).bucket(obj.bucket).blob(obj.name)
         # One byte more than allowed tells a too-large object apart without a metadata call.
         data: bytes = blob.download_as_bytes(start=0, end=max_bytes, timeout=timeout_s)
     except (gexc.NotFound, gexc.Forbidden, gexc.Unauthorized):

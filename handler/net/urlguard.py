@@ -2,7 +2,7 @@
 
 A URL is vetted before anything connects: the scheme (https in cloud mode), the host name,
 and every address its name resolves to. Non-global addresses (loopback, private, link-local,
-reserved, multicast, the metadata server) are refused unless `settings.url_allowlist` names
+reserved, multicast, the metadata server) are refused unless `urls.url_allowlist` names
 the host or a network that holds the address. Connections then go to the vetted address
 itself, so a DNS answer that changes between check and connect (rebinding) cannot redirect
 them, and every redirect hop is vetted again.
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from handler import errors
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.urls import UrlSettings
 from handler.net import connpool, watchdog
 from handler.net.connpool import IPAddress
 
@@ -64,13 +65,13 @@ class Response:
 # --- the policy -------------------------------------------------------------------------------
 
 
-def check_url(url: str, settings: Settings, *, purpose: str) -> None:
+def check_url(url: str, *, urls: UrlSettings, cloud: CloudSettings, purpose: str) -> None:
     """Raise errors.UnsafeURL unless `url` may be fetched or called. Resolves DNS."""
-    vet(url, settings, purpose=purpose)
+    vet(url, urls=urls, cloud=cloud, purpose=purpose)
 
 
-def vet(url: str, settings: Settings, *, purpose: str) -> Target:
-    """check_url, returning the addresses a connection may use."""
+def vet(url: str, *, urls: UrlSettings, cloud: CloudSettings, purpose: str) -> Target:
+    """check_url, returning the addresses a connection may use (CLOUD_MODE: https only)."""
     if not isinstance(url, str) or not url:
         raise errors.UnsafeURL(f"{purpose}: a URL is required")
     try:
@@ -79,9 +80,9 @@ def vet(url: str, settings: Settings, *, purpose: str) -> Target:
     except ValueError as exc:
         raise errors.UnsafeURL(f"{purpose}: not a valid URL ({exc})") from None
     scheme = parts.scheme.lower()
-    allowed = ("https",) if settings.cloud_mode else ("https", "http")
+    allowed = ("https",) if cloud.cloud_mode else ("https", "http")
     if scheme not in allowed:
-        need = "https" if settings.cloud_mode else "http or https"
+        need = "https" if cloud.cloud_mode else "http or https"
         raise errors.UnsafeURL(f"{purpose}: scheme must be {need}, got {scheme or 'none'!r}")
     if parts.username is not None or parts.password is not None:
         raise errors.UnsafeURL(f"{purpose}: credentials in the URL are not accepted")
@@ -93,12 +94,12 @@ def vet(url: str, settings: Settings, *, purpose: str) -> Target:
     if parts.query:
         path += "?" + parts.query
 
-    host_allowed = _host_allowlisted(host, settings.url_allowlist)
+    host_allowed = _host_allowlisted(host, urls.url_allowlist)
     if host in _METADATA_HOSTS and not host_allowed:
         raise errors.UnsafeURL(f"{purpose}: {host} is the metadata server")
 
     addresses = _resolve(host, port, purpose)
-    networks = _allowlisted_networks(settings.url_allowlist)
+    networks = _allowlisted_networks(urls.url_allowlist)
     for ip in addresses:
         if host_allowed or any(ip in net for net in networks if net.version == ip.version):
             continue
@@ -201,8 +202,9 @@ def _read_capped(resp: http.client.HTTPResponse, max_bytes: int, deadline: float
 def _request(
     method: str,
     url: str,
-    settings: Settings,
     *,
+    urls: UrlSettings,
+    cloud: CloudSettings,
     purpose: str,
     body: bytes | None,
     headers: Mapping[str, str],
@@ -228,7 +230,7 @@ def _request(
 
     alarm = watchdog.arm(timeout, cut)
     try:
-        result = _request_hops(method, url, settings, purpose, body, headers, deadline, max_bytes, follow, opened)
+        result = _request_hops(method, url, urls, cloud, purpose, body, headers, deadline, max_bytes, follow, opened)
     except (OSError, http.client.HTTPException):
         if expired.is_set():
             raise TimeoutError(f"no complete answer within {timeout:g} s") from None
@@ -243,7 +245,8 @@ def _request(
 def _request_hops(
     method: str,
     url: str,
-    settings: Settings,
+    urls: UrlSettings,
+    cloud: CloudSettings,
     purpose: str,
     body: bytes | None,
     headers: Mapping[str, str],
@@ -254,7 +257,7 @@ def _request_hops(
 ) -> tuple[Response, bool]:
     redirects: list[str] = []
     while True:
-        target = vet(url, settings, purpose=purpose)
+        target = vet(url, urls=urls, cloud=cloud, purpose=purpose)
         conn, resp = connpool.send(
             target.scheme,
             target.host,
@@ -290,7 +293,13 @@ def _request_hops(
 
 
 def fetch_bytes(
-    url: str, settings: Settings, *, max_bytes: int, purpose: str = "input URL", timeout_s: float | None = None
+    url: str,
+    *,
+    urls: UrlSettings,
+    cloud: CloudSettings,
+    max_bytes: int,
+    purpose: str = "input URL",
+    timeout_s: float | None = None,
 ) -> bytes:
     """GET a URL's body, at most `max_bytes`, following up to 5 vetted redirects, all within
     `timeout_s` (default URL_FETCH_TIMEOUT_S)."""
@@ -298,11 +307,12 @@ def fetch_bytes(
         resp, truncated = _request(
             "GET",
             url,
-            settings,
+            urls=urls,
+            cloud=cloud,
             purpose=purpose,
             body=None,
             headers={"User-Agent": "comfyrun", "Accept": "*/*"},
-            timeout=settings.url_fetch_timeout_s if timeout_s is None else timeout_s,
+            timeout=urls.url_fetch_timeout_s if timeout_s is None else timeout_s,
             max_bytes=max_bytes,
             follow=frozenset({301, 302, 303, 307, 308}),
         )
@@ -319,9 +329,10 @@ def post_json(
     url: str,
     body: bytes,
     headers: Mapping[str, str],
-    settings: Settings,
-    timeout: float,
     *,
+    urls: UrlSettings,
+    cloud: CloudSettings,
+    timeout: float,
     purpose: str = "webhook URL",
 ) -> Response:
     """POST a JSON body to a vetted URL. Follows 307/308 (which keep the body) up to 5 times.
@@ -334,7 +345,8 @@ def post_json(
     resp, _ = _request(
         "POST",
         url,
-        settings,
+        urls=urls,
+        cloud=cloud,
         purpose=purpose,
         body=body,
         headers=all_headers,

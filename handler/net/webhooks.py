@@ -20,7 +20,9 @@ from datetime import UTC, datetime
 from standardwebhooks import Webhook
 
 from handler import errors
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.urls import UrlSettings
+from handler.config.webhooks import WebhookSettings
 from handler.net import urlguard
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,9 @@ class Attempt:
         return self.error is None
 
 
-def attempt(url: str, body: bytes, settings: Settings, *, webhook_id: str) -> Attempt:
+def attempt(
+    url: str, body: bytes, *, webhooks: WebhookSettings, urls: UrlSettings, cloud: CloudSettings, webhook_id: str
+) -> Attempt:
     """POST `body` (JSON bytes) to `url` once, signed. Never raises.
 
     Network errors, 5xx and 408/409/425/429 are retryable (Retry-After is passed on, up to a
@@ -62,10 +66,12 @@ def attempt(url: str, body: bytes, settings: Settings, *, webhook_id: str) -> At
     when = int(time.time())
     # The id and timestamp go out signed or not: receivers deduplicate on the id either way.
     headers = {"webhook-id": webhook_id, "webhook-timestamp": str(when)}
-    if settings.webhook_secret:
-        headers = sign(settings.webhook_secret, webhook_id, when, body)
+    if webhooks.webhook_secret:
+        headers = sign(webhooks.webhook_secret, webhook_id, when, body)
     try:
-        resp = urlguard.post_json(url, body, headers, settings, settings.webhook_timeout_s, purpose="webhook URL")
+        resp = urlguard.post_json(
+            url, body, headers, urls=urls, cloud=cloud, timeout=webhooks.webhook_timeout_s, purpose="webhook URL"
+        )
     except errors.UnsafeURL as exc:
         log.warning("webhook %s refused: %s", webhook_id, exc.message)
         return Attempt(None, exc.message, retryable=False)

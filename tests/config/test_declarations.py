@@ -90,3 +90,29 @@ def test_a_lower_case_debug_level_turns_on_the_access_log() -> None:
 def test_arguments_a_shell_cannot_split_are_named() -> None:
     with pytest.raises(ConfigError, match=r"^COMFYUI_ARGS cannot be read \(No closing quotation\)"):
         Settings.from_env({"COMFYUI_ARGS": "--cpu 'unbalanced"})
+
+
+def test_each_section_is_reached_by_its_own_name_and_holds_its_fields_alone() -> None:
+    settings = Settings(port=9001, url_allowlist=("example.com",), webhook_secret="s")
+    by_name = {
+        "http": "HttpSettings",
+        "comfyui": "ComfyUISettings",
+        "cloud": "CloudSettings",
+        "access": "AccessSettings",
+        "jobs": "JobSettings",
+        "webhooks": "WebhookSettings",
+        "urls": "UrlSettings",
+        "models": "ModelSettings",
+        "observability": "ObservabilitySettings",
+    }
+    assert sorted(by_name.values()) == sorted(section.__name__ for section in SECTIONS)
+    for name, section_name in by_name.items():
+        section = getattr(settings, name)
+        assert type(section).__name__ == section_name and not isinstance(section, Settings), name
+        for f in dataclasses.fields(section):
+            assert getattr(section, f.name) == getattr(settings, f.name), f"{name}.{f.name}"
+    assert (settings.http.port, settings.urls.url_allowlist, settings.webhooks.webhook_secret) == (
+        9001,
+        ("example.com",),
+        "s",
+    )

@@ -10,6 +10,7 @@ import pytest
 
 from handler.config import Settings
 from handler.net import urlguard
+from tests.fixtures.sections import sections
 
 
 class Counting:
@@ -55,7 +56,9 @@ def settings() -> Settings:
 
 
 def post(url: str, settings: Settings, n: int) -> int:
-    return urlguard.post_json(url, f'{{"n": {n}}}'.encode(), {}, settings, timeout=10).status
+    return urlguard.post_json(
+        url, f'{{"n": {n}}}'.encode(), {}, **sections(settings, "urls", "cloud"), timeout=10
+    ).status
 
 
 def test_calls_to_one_receiver_share_a_kept_alive_connection(settings):

@@ -13,6 +13,7 @@ import pytest
 from handler import errors
 from handler.config import Settings
 from handler.net import urlguard
+from tests.fixtures.sections import sections
 
 LOCAL = Settings(url_allowlist=("127.0.0.1",), url_fetch_timeout_s=5.0)
 STRICT = Settings()
@@ -130,7 +131,7 @@ def _clear_seen():
 )
 def test_non_global_addresses_are_refused(url):
     with pytest.raises(errors.UnsafeURL) as info:
-        urlguard.check_url(url, STRICT, purpose="input image URL")
+        urlguard.check_url(url, **sections(STRICT, "urls", "cloud"), purpose="input image URL")
     assert info.value.message.startswith("input image URL: ")
     assert info.value.status_code == 400
 
@@ -150,41 +151,57 @@ def test_non_global_addresses_are_refused(url):
 )
 def test_malformed_urls_are_refused(url, why):
     with pytest.raises(errors.UnsafeURL, match=why):
-        urlguard.check_url(url, STRICT, purpose="webhook URL")
+        urlguard.check_url(url, **sections(STRICT, "urls", "cloud"), purpose="webhook URL")
 
 
 def test_public_addresses_pass_and_cloud_mode_demands_https():
-    urlguard.check_url("http://8.8.8.8/x.png", STRICT, purpose="t")
-    urlguard.check_url("https://[2001:4860:4860::8888]/x.png", CLOUD, purpose="t")
+    urlguard.check_url("http://8.8.8.8/x.png", **sections(STRICT, "urls", "cloud"), purpose="t")
+    urlguard.check_url("https://[2001:4860:4860::8888]/x.png", **sections(CLOUD, "urls", "cloud"), purpose="t")
     with pytest.raises(errors.UnsafeURL, match="scheme must be https"):
-        urlguard.check_url("http://8.8.8.8/x.png", CLOUD, purpose="t")
+        urlguard.check_url("http://8.8.8.8/x.png", **sections(CLOUD, "urls", "cloud"), purpose="t")
 
 
 def test_allowlist_by_host_by_cidr_and_by_wildcard(monkeypatch):
-    urlguard.check_url("http://127.0.0.1:9/", Settings(url_allowlist=("127.0.0.1",)), purpose="t")
-    urlguard.check_url("http://127.0.0.5/", Settings(url_allowlist=("127.0.0.0/8",)), purpose="t")
-    urlguard.check_url("http://[fd00::7]/", Settings(url_allowlist=("fd00::/8",)), purpose="t")
+    urlguard.check_url(
+        "http://127.0.0.1:9/", **sections(Settings(url_allowlist=("127.0.0.1",)), "urls", "cloud"), purpose="t"
+    )
+    urlguard.check_url(
+        "http://127.0.0.5/", **sections(Settings(url_allowlist=("127.0.0.0/8",)), "urls", "cloud"), purpose="t"
+    )
+    urlguard.check_url(
+        "http://[fd00::7]/", **sections(Settings(url_allowlist=("fd00::/8",)), "urls", "cloud"), purpose="t"
+    )
     with pytest.raises(errors.UnsafeURL):
-        urlguard.check_url("http://10.0.0.1/", Settings(url_allowlist=("127.0.0.0/8",)), purpose="t")
+        urlguard.check_url(
+            "http://10.0.0.1/", **sections(Settings(url_allowlist=("127.0.0.0/8",)), "urls", "cloud"), purpose="t"
+        )
     _fake_dns(monkeypatch, {"cache.internal.test": "10.9.8.7"})
-    urlguard.check_url("http://cache.internal.test/", Settings(url_allowlist=("*.internal.test",)), purpose="t")
+    urlguard.check_url(
+        "http://cache.internal.test/",
+        **sections(Settings(url_allowlist=("*.internal.test",)), "urls", "cloud"),
+        purpose="t",
+    )
     with pytest.raises(errors.UnsafeURL, match=r"cache.internal.test \(10.9.8.7\) is a private address"):
-        urlguard.check_url("http://cache.internal.test/", STRICT, purpose="t")
+        urlguard.check_url("http://cache.internal.test/", **sections(STRICT, "urls", "cloud"), purpose="t")
     # The metadata server is refused by name even before DNS, unless allowlisted by name.
     with pytest.raises(errors.UnsafeURL, match="metadata server"):
-        urlguard.check_url("http://metadata.google.internal/", Settings(url_allowlist=("10.0.0.0/8",)), purpose="t")
+        urlguard.check_url(
+            "http://metadata.google.internal/",
+            **sections(Settings(url_allowlist=("10.0.0.0/8",)), "urls", "cloud"),
+            purpose="t",
+        )
 
 
 def test_a_name_with_any_private_answer_is_refused(monkeypatch):
     _fake_dns(monkeypatch, {"mixed.test": ["8.8.8.8", "192.168.0.10"]})
     with pytest.raises(errors.UnsafeURL, match="192.168.0.10"):
-        urlguard.check_url("http://mixed.test/", STRICT, purpose="t")
+        urlguard.check_url("http://mixed.test/", **sections(STRICT, "urls", "cloud"), purpose="t")
 
 
 def test_unresolvable_names_are_refused(monkeypatch):
     _fake_dns(monkeypatch, {})
     with pytest.raises(errors.UnsafeURL, match="cannot resolve"):
-        urlguard.check_url("http://no-such-host.test/", STRICT, purpose="t")
+        urlguard.check_url("http://no-such-host.test/", **sections(STRICT, "urls", "cloud"), purpose="t")
 
 
 # --- fetching over a real socket -------------------------------------------------------------
@@ -192,19 +209,24 @@ def test_unresolvable_names_are_refused(monkeypatch):
 
 def test_loopback_server_needs_the_allowlist(server):
     with pytest.raises(errors.UnsafeURL, match="loopback"):
-        urlguard.fetch_bytes(f"{server}/image.png", STRICT, max_bytes=1000)
+        urlguard.fetch_bytes(f"{server}/image.png", **sections(STRICT, "urls", "cloud"), max_bytes=1000)
     assert _Handler.seen == []  # refused before connecting
-    assert urlguard.fetch_bytes(f"{server}/image.png", LOCAL, max_bytes=1000) == b"\x89PNG fake image"
+    assert (
+        urlguard.fetch_bytes(f"{server}/image.png", **sections(LOCAL, "urls", "cloud"), max_bytes=1000)
+        == b"\x89PNG fake image"
+    )
 
 
 def test_redirects_are_followed_and_each_hop_is_checked(server):
-    assert urlguard.fetch_bytes(f"{server}/hop/4", LOCAL, max_bytes=1000).startswith(b"\x89PNG")
+    assert urlguard.fetch_bytes(f"{server}/hop/4", **sections(LOCAL, "urls", "cloud"), max_bytes=1000).startswith(
+        b"\x89PNG"
+    )
     with pytest.raises(urlguard.FetchFailed, match="more than 5 redirects"):
-        urlguard.fetch_bytes(f"{server}/hop/5", LOCAL, max_bytes=1000)
+        urlguard.fetch_bytes(f"{server}/hop/5", **sections(LOCAL, "urls", "cloud"), max_bytes=1000)
     with pytest.raises(errors.UnsafeURL, match="10.1.2.3"):
-        urlguard.fetch_bytes(f"{server}/to-private", LOCAL, max_bytes=1000)
+        urlguard.fetch_bytes(f"{server}/to-private", **sections(LOCAL, "urls", "cloud"), max_bytes=1000)
     with pytest.raises(errors.UnsafeURL, match="metadata server"):
-        urlguard.fetch_bytes(f"{server}/to-metadata", LOCAL, max_bytes=1000)
+        urlguard.fetch_bytes(f"{server}/to-metadata", **sections(LOCAL, "urls", "cloud"), max_bytes=1000)
 
 
 def test_an_allowlisted_name_does_not_allow_other_names(server, monkeypatch):
@@ -213,25 +235,29 @@ def test_an_allowlisted_name_does_not_allow_other_names(server, monkeypatch):
     settings = Settings(url_allowlist=("images.test",))
     # The first hop is allowed by name; its redirect to "localhost" (same address) is not.
     with pytest.raises(errors.UnsafeURL, match=r"localhost \(\S+\) is a loopback"):
-        urlguard.fetch_bytes(f"http://images.test:{port}/to-localhost", settings, max_bytes=1000)
+        urlguard.fetch_bytes(
+            f"http://images.test:{port}/to-localhost", **sections(settings, "urls", "cloud"), max_bytes=1000
+        )
     assert [s["path"] for s in _Handler.seen] == ["/to-localhost"]
 
 
 def test_size_cap_with_and_without_content_length(server):
-    assert len(urlguard.fetch_bytes(f"{server}/big", LOCAL, max_bytes=5000)) == 5000
+    assert len(urlguard.fetch_bytes(f"{server}/big", **sections(LOCAL, "urls", "cloud"), max_bytes=5000)) == 5000
     with pytest.raises(errors.PayloadTooLarge):
-        urlguard.fetch_bytes(f"{server}/big", LOCAL, max_bytes=4999)
-    assert len(urlguard.fetch_bytes(f"{server}/big-chunked", LOCAL, max_bytes=10240)) == 10240
+        urlguard.fetch_bytes(f"{server}/big", **sections(LOCAL, "urls", "cloud"), max_bytes=4999)
+    assert (
+        len(urlguard.fetch_bytes(f"{server}/big-chunked", **sections(LOCAL, "urls", "cloud"), max_bytes=10240)) == 10240
+    )
     with pytest.raises(errors.PayloadTooLarge):
-        urlguard.fetch_bytes(f"{server}/big-chunked", LOCAL, max_bytes=10000)
+        urlguard.fetch_bytes(f"{server}/big-chunked", **sections(LOCAL, "urls", "cloud"), max_bytes=10000)
 
 
 def test_http_errors_and_timeouts_are_fetch_failures(server):
     with pytest.raises(urlguard.FetchFailed, match="HTTP 404"):
-        urlguard.fetch_bytes(f"{server}/missing?token=secret", LOCAL, max_bytes=1000)
+        urlguard.fetch_bytes(f"{server}/missing?token=secret", **sections(LOCAL, "urls", "cloud"), max_bytes=1000)
     quick = Settings(url_allowlist=("127.0.0.1",), url_fetch_timeout_s=0.5)
     with pytest.raises(urlguard.FetchFailed, match="timed out") as info:
-        urlguard.fetch_bytes(f"{server}/slow?token=secret", quick, max_bytes=1000)
+        urlguard.fetch_bytes(f"{server}/slow?token=secret", **sections(quick, "urls", "cloud"), max_bytes=1000)
     assert "secret" not in info.value.message
 
 
@@ -239,7 +265,9 @@ def test_connection_goes_to_the_vetted_address_not_a_second_lookup(server, monke
     port = server.rsplit(":", 1)[1]
     calls = _fake_dns(monkeypatch, {"images.test": "127.0.0.1"})
     settings = Settings(url_allowlist=("images.test",))
-    data = urlguard.fetch_bytes(f"http://images.test:{port}/image.png", settings, max_bytes=1000)
+    data = urlguard.fetch_bytes(
+        f"http://images.test:{port}/image.png", **sections(settings, "urls", "cloud"), max_bytes=1000
+    )
     assert data.startswith(b"\x89PNG")
     assert _Handler.seen[-1]["headers"]["Host"] == f"images.test:{port}"
     assert calls == ["images.test"]  # resolved once; the socket dialled the vetted address
@@ -247,21 +275,21 @@ def test_connection_goes_to_the_vetted_address_not_a_second_lookup(server, monke
 
 def test_post_json_sends_body_and_follows_only_body_keeping_redirects(server):
     body = json.dumps({"hello": "world"}).encode()
-    resp = urlguard.post_json(f"{server}/hook", body, {"X-Test": "1"}, LOCAL, timeout=5)
+    resp = urlguard.post_json(f"{server}/hook", body, {"X-Test": "1"}, **sections(LOCAL, "urls", "cloud"), timeout=5)
     assert resp.status == 200 and resp.body == b'{"ok": true}'
     assert _Handler.seen[-1]["body"] == body
     assert _Handler.seen[-1]["headers"]["Content-Type"] == "application/json"
     assert _Handler.seen[-1]["headers"]["X-Test"] == "1"
 
-    resp = urlguard.post_json(f"{server}/moved", body, {}, LOCAL, timeout=5)
+    resp = urlguard.post_json(f"{server}/moved", body, {}, **sections(LOCAL, "urls", "cloud"), timeout=5)
     assert resp.status == 200 and resp.url.endswith("/hook") and len(resp.redirects) == 1
     assert [s["method"] for s in _Handler.seen[-2:]] == ["POST", "POST"]
 
-    resp = urlguard.post_json(f"{server}/found", body, {}, LOCAL, timeout=5)
+    resp = urlguard.post_json(f"{server}/found", body, {}, **sections(LOCAL, "urls", "cloud"), timeout=5)
     assert resp.status == 302  # a 302 would turn the POST into a GET: reported, not followed
 
     with pytest.raises(errors.UnsafeURL):
-        urlguard.post_json(f"{server}/hook", body, {}, STRICT, timeout=5)
+        urlguard.post_json(f"{server}/hook", body, {}, **sections(STRICT, "urls", "cloud"), timeout=5)
 
 
 def test_post_json_to_a_closed_port_raises_oserror():
@@ -269,7 +297,7 @@ def test_post_json_to_a_closed_port_raises_oserror():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(OSError):
-        urlguard.post_json(f"http://127.0.0.1:{port}/hook", b"{}", {}, LOCAL, timeout=2)
+        urlguard.post_json(f"http://127.0.0.1:{port}/hook", b"{}", {}, **sections(LOCAL, "urls", "cloud"), timeout=2)
 
 
 # --- helpers ---------------------------------------------------------------------------------

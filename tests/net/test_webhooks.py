@@ -13,6 +13,7 @@ import pytest
 from handler.config import Settings
 from handler.net import webhooks
 from tests.fixtures.receiver import SECRET, Receiver
+from tests.fixtures.sections import sections
 
 
 def settings(**kw) -> Settings:
@@ -38,7 +39,9 @@ def receiver():
 
 
 def test_signed_delivery_verifies_with_the_standard_library(receiver):
-    result = webhooks.attempt(receiver.url, BODY, settings(), webhook_id="msg_1")
+    result = webhooks.attempt(
+        receiver.url, BODY, **sections(settings(), "webhooks", "urls", "cloud"), webhook_id="msg_1"
+    )
     assert result.delivered and result.status == 204 and result.error is None
     (got,) = receiver.received
     assert got["verified"] and got["payload"]["data"]["job_id"] == "j1"
@@ -50,7 +53,9 @@ def test_signed_delivery_verifies_with_the_standard_library(receiver):
 
 def test_a_wrong_secret_fails_verification(receiver):
     other = "whsec_" + base64.b64encode(b"another secret entirely, 32 byte").decode()
-    result = webhooks.attempt(receiver.url, BODY, settings(webhook_secret=other), webhook_id="msg_2")
+    result = webhooks.attempt(
+        receiver.url, BODY, **sections(settings(webhook_secret=other), "webhooks", "urls", "cloud"), webhook_id="msg_2"
+    )
     assert not result.delivered and result.status == 401 and not result.retryable
     assert receiver.received[0]["verified"] is False
 
@@ -60,7 +65,9 @@ def test_a_wrong_secret_fails_verification(receiver):
 )
 def test_what_is_worth_another_try(receiver, status, retryable):
     receiver.statuses = [status]
-    result = webhooks.attempt(receiver.url, BODY, settings(), webhook_id="msg_3")
+    result = webhooks.attempt(
+        receiver.url, BODY, **sections(settings(), "webhooks", "urls", "cloud"), webhook_id="msg_3"
+    )
     assert not result.delivered and result.status == status and result.retryable is retryable
     assert f"HTTP {status}" in (result.error or "")
 
@@ -69,21 +76,27 @@ def test_a_receiver_that_is_down_is_worth_another_try():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = webhooks.attempt(f"http://127.0.0.1:{port}/hook", BODY, settings(), webhook_id="msg_4")
+    result = webhooks.attempt(
+        f"http://127.0.0.1:{port}/hook", BODY, **sections(settings(), "webhooks", "urls", "cloud"), webhook_id="msg_4"
+    )
     assert not result.delivered and result.status is None and result.retryable
     assert "could not reach" in (result.error or "")
 
 
 def test_unsafe_urls_are_never_called():
     for url in ["http://169.254.169.254/hook", "http://127.0.0.1:9/hook", "ftp://example.com/hook"]:
-        result = webhooks.attempt(url, BODY, settings(url_allowlist=()), webhook_id="msg_5")
+        result = webhooks.attempt(
+            url, BODY, **sections(settings(url_allowlist=()), "webhooks", "urls", "cloud"), webhook_id="msg_5"
+        )
         assert result.status is None and not result.delivered and not result.retryable
         assert "webhook URL" in (result.error or "")
 
 
 def test_unsigned_when_no_secret_is_configured(receiver):
     receiver.statuses = [200]
-    result = webhooks.attempt(receiver.url, BODY, settings(webhook_secret=None), webhook_id="msg_6")
+    result = webhooks.attempt(
+        receiver.url, BODY, **sections(settings(webhook_secret=None), "webhooks", "urls", "cloud"), webhook_id="msg_6"
+    )
     assert result.delivered
     headers = {k.lower(): v for k, v in receiver.received[0]["headers"].items()}
     assert "webhook-signature" not in headers
@@ -93,8 +106,8 @@ def test_unsigned_when_no_secret_is_configured(receiver):
 def test_secret_and_payload_never_reach_the_logs(receiver, caplog):
     receiver.statuses = [500, 204]
     with caplog.at_level(logging.DEBUG):
-        webhooks.attempt(receiver.url, BODY, settings(), webhook_id="msg_7")
-        webhooks.attempt(receiver.url, BODY, settings(), webhook_id="msg_7")
+        webhooks.attempt(receiver.url, BODY, **sections(settings(), "webhooks", "urls", "cloud"), webhook_id="msg_7")
+        webhooks.attempt(receiver.url, BODY, **sections(settings(), "webhooks", "urls", "cloud"), webhook_id="msg_7")
     text = caplog.text
     assert SECRET not in text and SECRET[6:] not in text
     assert "job.succeeded" not in text and "t0p" not in text
