@@ -62,7 +62,7 @@ def build(
     """Everything the role needs. `comfy_client`: the connection to an attached ComfyUI (the
     in-process tests' double); by default Comfy's own. `comfy_process`: ComfyUI already spawned
     by `python -m handler` (`supervisor.boot_early`)."""
-    store = storage.from_settings(settings)
+    store = storage.from_settings(jobs=settings.jobs, cloud=settings.cloud, state_dir=settings.state_dir)
     templates = Templates.from_settings(settings)
     comfy = pipeline = None
     models: ModelCache | None = None
@@ -77,8 +77,10 @@ def build(
     jobs = Jobs.build(
         settings=settings,
         store=store,
-        queue=taskqueue.from_settings(settings),
-        outbox_queue=taskqueue.outbox_from_settings(settings),
+        queue=taskqueue.from_settings(jobs=settings.jobs, cloud=settings.cloud, state_dir=settings.state_dir),
+        outbox_queue=taskqueue.outbox_from_settings(
+            jobs=settings.jobs, cloud=settings.cloud, state_dir=settings.state_dir
+        ),
         checks=checks,
         runs=runs,
         templates=templates,

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-from handler.config import Settings
+from pathlib import Path
+
+from handler.config.cloud import CloudSettings
+from handler.config.jobs import JobSettings
 from handler.storage.base import BadKey, PreconditionFailed, Store, Versioned
 
 __all__ = ["BadKey", "PreconditionFailed", "Store", "Versioned", "from_settings", "link"]
 
 
-def from_settings(settings: Settings) -> Store:
-    if settings.storage_backend == "gcs":
+def from_settings(*, jobs: JobSettings, cloud: CloudSettings, state_dir: Path) -> Store:
+    """The store STORAGE_BACKEND names: a GCS bucket, or a folder under `state_dir`."""
+    if jobs.storage_backend == "gcs":
         from handler.storage.gcs import GCSStore  # imported lazily: the local mode needs no Google libraries
 
-        assert settings.gcs_bucket is not None  # Settings.from_env refuses STORAGE_BACKEND=gcs without GCS_BUCKET
+        assert jobs.gcs_bucket is not None  # Settings.from_env refuses STORAGE_BACKEND=gcs without GCS_BUCKET
         return GCSStore(
-            settings.gcs_bucket,
-            project=settings.gcp_project,
-            emulator_host=settings.storage_emulator_host,
+            jobs.gcs_bucket,
+            project=cloud.gcp_project,
+            emulator_host=jobs.storage_emulator_host,
         )
     from handler.storage.local import LocalStore
 
-    return LocalStore(settings.state_dir / "store")
+    return LocalStore(state_dir / "store")
 
 
 def link(store: Store, key: str, ttl_s: int, base_url: str) -> str | None:

@@ -20,7 +20,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
 from google.protobuf import duration_pb2
 
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.jobs import JobSettings
 from handler.taskqueue.base import PRIORITIES, check_priority
 
 log = logging.getLogger(__name__)
@@ -48,32 +49,39 @@ class CloudTasksQueue:
     """`lane=None`: the job queues, one per priority, to /tasks/run. `lane="webhooks"`: the
     outbox, one queue whatever the priority, to /tasks/webhook."""
 
-    def __init__(self, settings: Settings, client: tasks_v2.CloudTasksClient | None = None, *, lane: str | None = None):
+    def __init__(
+        self,
+        *,
+        jobs: JobSettings,
+        cloud: CloudSettings,
+        client: tasks_v2.CloudTasksClient | None = None,
+        lane: str | None = None,
+    ):
         missing = [
             name
             for name, value in (
-                ("GOOGLE_CLOUD_PROJECT", settings.gcp_project),
-                ("TASKS_LOCATION", settings.tasks_location),
-                ("SERVICE_URL", settings.service_url),
+                ("GOOGLE_CLOUD_PROJECT", cloud.gcp_project),
+                ("TASKS_LOCATION", jobs.tasks_location),
+                ("SERVICE_URL", cloud.service_url),
             )
             if not value
         ]
         if missing:
             raise ValueError(f"QUEUE_BACKEND=cloudtasks needs {', '.join(missing)}")
-        assert settings.gcp_project and settings.tasks_location  # checked just above: narrows the types
-        self.project: str = settings.gcp_project
-        self.location: str = settings.tasks_location
-        self.prefix = settings.tasks_queue_prefix
+        assert cloud.gcp_project and jobs.tasks_location  # checked just above: narrows the types
+        self.project: str = cloud.gcp_project
+        self.location: str = jobs.tasks_location
+        self.prefix = jobs.tasks_queue_prefix
         self.lane = lane
         # Job tasks go to the workers, webhook tasks to the api role (one URL in role "all"); each
         # token's audience is the service it is sent to.
-        target = (settings.api_url if lane == WEBHOOKS_LANE else settings.worker_url) or settings.service_url
+        target = (cloud.api_url if lane == WEBHOOKS_LANE else cloud.worker_url) or cloud.service_url
         self.target_url = f"{target}/tasks/{'webhook' if lane == WEBHOOKS_LANE else 'run'}"
         self.audience = target
-        self.service_account = settings.tasks_service_account
-        self.deadline_s = max(MIN_DISPATCH_DEADLINE_S, min(settings.tasks_dispatch_deadline_s, MAX_DISPATCH_DEADLINE_S))
+        self.service_account = jobs.tasks_service_account
+        self.deadline_s = max(MIN_DISPATCH_DEADLINE_S, min(jobs.tasks_dispatch_deadline_s, MAX_DISPATCH_DEADLINE_S))
         if client is None:
-            client = _client(settings.tasks_emulator_host)
+            client = _client(jobs.tasks_emulator_host)
         self.client = client
 
     def queue_path(self, priority: str) -> str:

@@ -34,6 +34,7 @@ from tests.fixtures.asyncjobs import (
 from tests.fixtures.comfy import ServiceProcess, free_port
 from tests.fixtures.ingress import Ingress, stripped_token
 from tests.fixtures.receiver import Receiver
+from tests.fixtures.sections import sections
 from tests.fixtures.waiting import stays
 
 
@@ -278,7 +279,7 @@ def test_duplicate_deliveries_run_a_job_once(cloud, tasks_emulator):
     job_id = submit(cloud, gate.workflow(), priority="low")
     # The emulator does not deduplicate task names (Cloud Tasks does): a second task for the
     # same job is a duplicate delivery. And one more, straight to /tasks/run while it runs.
-    queue = CloudTasksQueue(cloud.queue_settings)
+    queue = CloudTasksQueue(**sections(cloud.queue_settings, "jobs", "cloud"))
     try:
         queue.enqueue(job_id, "normal")
     finally:

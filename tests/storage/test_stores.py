@@ -11,6 +11,7 @@ from handler.config import Settings
 from handler.storage import PreconditionFailed, Store
 from handler.storage.gcs import GCSStore
 from handler.storage.local import LocalStore
+from tests.fixtures.sections import sections
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -155,12 +156,11 @@ def test_gcs_signed_urls_with_signing_credentials(fake_gcs):
 
 
 def test_from_settings_picks_the_backend(tmp_path, fake_gcs):
-    local = storage.from_settings(Settings(state_dir=tmp_path))
+    local = storage.from_settings(**sections(Settings(), "jobs", "cloud"), state_dir=tmp_path)
     assert isinstance(local, LocalStore) and local.root == (tmp_path / "store").resolve()
     bucket = fake_gcs.new_bucket()
-    remote = storage.from_settings(
-        Settings(storage_backend="gcs", gcs_bucket=bucket, storage_emulator_host=fake_gcs.url)
-    )
+    gcs = Settings(storage_backend="gcs", gcs_bucket=bucket, storage_emulator_host=fake_gcs.url)
+    remote = storage.from_settings(**sections(gcs, "jobs", "cloud"), state_dir=tmp_path)
     remote.put_json("jobs/x.json", {"ok": True})
     assert remote.get_json("jobs/x.json").data == {"ok": True}
 

@@ -27,6 +27,7 @@ from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess, free_port
 from tests.fixtures.dispatcher import Attempt, Dispatcher, SigningKey
 from tests.fixtures.ingress import STRIPPED, Ingress, stripped_token
 from tests.fixtures.receiver import Receiver
+from tests.fixtures.sections import sections
 from tests.fixtures.waiting import stays, wait_until
 
 STANDIN_TARGET = ComfyTarget("standin", STANDIN, sys.executable, "")
@@ -313,7 +314,9 @@ def test_a_task_name_used_twice_runs_one_job_and_sends_one_webhook(cloud, receiv
     # The service's own task for a job, created again (a retried enqueue): dispatched once.
     job_id = submit(svc, quick(8401), webhook={"url": receiver.url})
     final = wait_for(svc, job_id, lambda s: s["state"] in FINAL and s.get("webhook", {}).get("delivered_at"))
-    queue = CloudTasksQueue(settings)  # straight to the emulator: the dispatcher dedupes at dispatch
+    queue = CloudTasksQueue(
+        **sections(settings, "jobs", "cloud")
+    )  # straight to the emulator: the dispatcher dedupes at dispatch
     try:
         queue.enqueue(job_id, "normal")
     finally:

@@ -13,6 +13,7 @@ from handler import taskqueue
 from handler.config import Settings
 from handler.taskqueue.cloudtasks import CloudTasksQueue
 from handler.taskqueue.local import LocalQueue
+from tests.fixtures.sections import sections
 from tests.fixtures.waiting import stays
 
 
@@ -109,7 +110,7 @@ def test_next_blocks_until_enqueue_and_close_wakes_it(queue):
 
 
 def test_from_settings_defaults_to_local(tmp_path):
-    q = taskqueue.from_settings(Settings(state_dir=tmp_path))
+    q = taskqueue.from_settings(**sections(Settings(), "jobs", "cloud"), state_dir=tmp_path)
     assert isinstance(q, LocalQueue) and isinstance(q, taskqueue.PullQueue)
     q.close()
     assert (tmp_path / "queue.sqlite").exists()
@@ -128,7 +129,7 @@ def test_task_shape_oidc_token_and_deadline_cap():
         tasks_service_account="tasks@p.iam.gserviceaccount.com",
         tasks_dispatch_deadline_s=7200,
     )
-    q = CloudTasksQueue(settings, client=_OfflineClient())
+    q = CloudTasksQueue(**sections(settings, "jobs", "cloud"), client=_OfflineClient())
     task = q.build_task("0f4c2a", "low")
     assert task.name == "projects/p/locations/europe-west1/queues/comfy-low/tasks/0f4c2a"
     assert task.http_request.url == "https://svc-abc.a.run.app/tasks/run"
@@ -141,7 +142,9 @@ def test_task_shape_oidc_token_and_deadline_cap():
     with pytest.raises(ValueError):
         q.build_task("ok", "urgent")
     with pytest.raises(ValueError, match="SERVICE_URL"):
-        CloudTasksQueue(Settings(queue_backend="cloudtasks", gcp_project="p", tasks_location="l"))
+        CloudTasksQueue(
+            **sections(Settings(queue_backend="cloudtasks", gcp_project="p", tasks_location="l"), "jobs", "cloud")
+        )
 
 
 class _OfflineClient:
@@ -194,7 +197,7 @@ def receiver():
 def test_cloud_tasks_delivers_to_tasks_run_with_its_headers(tasks_emulator, receiver):
     settings = tasks_emulator.settings(receiver)
     tasks_emulator.create_queues(settings)
-    q = taskqueue.from_settings(settings)
+    q = taskqueue.from_settings(**sections(settings, "jobs", "cloud"), state_dir=settings.state_dir)
     try:
         q.enqueue("job-high-1", "high")
         (delivery,) = _Receiver.wait_for(1)
@@ -213,7 +216,7 @@ def test_cloud_tasks_retries_a_5xx(tasks_emulator, receiver):
     _Receiver.fail_first = 1
     settings = tasks_emulator.settings(receiver)
     tasks_emulator.create_queues(settings)
-    q = CloudTasksQueue(settings)
+    q = CloudTasksQueue(**sections(settings, "jobs", "cloud"))
     try:
         q.enqueue("job-retry", "low")
         first, second = _Receiver.wait_for(2)
