@@ -145,7 +145,9 @@ def parse_predict_body(body: Any, settings: Settings, templates: Templates | Non
         workflow = check_workflow(body["workflow"])
     else:
         raise BadRequest("the body needs a workflow (API format) or a workflow_id with params")
-    check_model_urls(workflow, settings)  # the api role checks them; the worker fetches them
+    check_model_urls(
+        workflow, models=settings.models, urls=settings.urls, cloud=settings.cloud
+    )  # the api role checks them; the worker fetches them
     return PredictRequest(
         workflow=workflow,
         images=images,

@@ -110,7 +110,10 @@ def model_cache(settings: Settings) -> ModelCache:
     return ModelCache(
         root=settings.model_cache_root,
         budget_bytes=budget,
-        settings=settings,
+        urls=settings.urls,
+        jobs=settings.jobs,
+        cloud=settings.cloud,
+        models=settings.models,
         hf_token=settings.hf_token,
         download_timeout_s=settings.model_fetch_timeout_s,
     )

@@ -250,7 +250,7 @@ class Comfy:
             return  # stopped before it began
         try:
             fetch_started = time.monotonic()
-            ensure_models(self.settings)
+            ensure_models(models=self.settings.models, comfyui=self.settings.comfyui)
             self.models_fetch_s = time.monotonic() - fetch_started
         except Exception as exc:
             self._update(ComfyState.MODEL_FETCH_FAILED)

@@ -115,13 +115,6 @@ class Settings(
         """Where models fetched by URL are kept (MODEL_CACHE_DIR)."""
         return self.model_cache_dir or self.comfyui_base_dir / "model-cache"
 
-    @property
-    def comfyui_models_dir(self) -> Path | None:
-        """Where the models of a booted ComfyUI live (MODELS_DIR, else COMFYUI_PATH/models)."""
-        if self.models_dir is not None:
-            return self.models_dir
-        return self.comfyui_path / "models" if self.comfyui_path else None
-
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """The settings `env` (by default the process's environment) holds; `ConfigError` names

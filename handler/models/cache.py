@@ -40,7 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.jobs import JobSettings
+from handler.config.models import ModelSettings
+from handler.config.urls import UrlSettings
 from handler.errors import (
     BadRequest,
     Cancelled,
@@ -121,14 +124,17 @@ class ModelCache:
         *,
         root: Path,
         budget_bytes: int,
-        settings: Settings,
+        urls: UrlSettings,
+        jobs: JobSettings,
+        cloud: CloudSettings,
+        models: ModelSettings,
         hf_token: str | None = None,
         download_timeout_s: float = 600.0,
         clock: Callable[[], float] = time.time,
     ):
         self.root = root
         self.budget_bytes = budget_bytes
-        self.settings = settings
+        self.urls, self.jobs, self.cloud, self.models = urls, jobs, cloud, models
         self.hf_token = hf_token
         self.download_timeout_s = download_timeout_s
         self._clock = clock
@@ -258,7 +264,10 @@ class ModelCache:
             done = download(
                 ref,
                 part,
-                self.settings,
+                urls=self.urls,
+                jobs=self.jobs,
+                cloud=self.cloud,
+                models=self.models,
                 reserve=lambda wanted, needed: self._reserve(ref, flight, wanted, needed),
                 deadline=limit,
                 hf_token=self.hf_token,

@@ -1,6 +1,7 @@
 """Streaming one model file from its URL into a part file, under the input URL rules.
 
-`download(ref, part, settings, ...)` writes the bytes of `ref.url` to `part` and returns their
+`download(ref, part, urls=..., jobs=..., cloud=..., models=..., ...)` writes the bytes of `ref.url` to `part` and
+returns their
 sha256 and size. Every HTTP hop is vetted by urlguard (SSRF rules, URL_ALLOWLIST) and dialled to
 the vetted address; a redirect is vetted again; HF_TOKEN goes to huggingface.co only, never to
 the storage hosts it redirects to. A Civitai model (`ref.civitai`, refused unless CIVITAI_MODELS)
@@ -39,7 +40,10 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.jobs import JobSettings
+from handler.config.models import ModelSettings
+from handler.config.urls import UrlSettings
 from handler.errors import BadRequest, Cancelled, ServiceError, StorageUnavailable, Timeout
 from handler.models.partials import Resumable, validator_of
 from handler.models.refs import HF_HOST, ModelRef, check_civitai
@@ -128,8 +132,11 @@ class _Sink:
 def download(
     ref: ModelRef,
     part: Path,
-    settings: Settings,
     *,
+    urls: UrlSettings,
+    jobs: JobSettings,
+    cloud: CloudSettings,
+    models: ModelSettings,
     reserve: Reserve,
     deadline: float,
     hf_token: str | None,
@@ -139,9 +146,9 @@ def download(
     record: Record | None = None,
 ) -> Downloaded:
     if ref.url.startswith("gs://"):
-        return _download_gcs(ref, part, settings, reserve=reserve, deadline=deadline)
+        return _download_gcs(ref, part, urls=urls, jobs=jobs, cloud=cloud, reserve=reserve, deadline=deadline)
     shown = urlguard.redact_url(ref.url)
-    check_civitai(ref, settings, f"model {shown}")
+    check_civitai(ref, models, f"model {shown}")
     resumed = 0
     with open(part, "r+b" if resume is not None and part.exists() else "w+b") as out:
         sink = _Sink(out, resume.validator if resume is not None else None)
@@ -151,7 +158,7 @@ def download(
             sink.restart()  # a part as long as the whole is not worth a range request
         while True:
             try:
-                _stream(ref, sink, settings, reserve, deadline, hf_token, cancel)
+                _stream(ref, sink, urls, cloud, models, reserve, deadline, hf_token, cancel)
                 out.flush()
                 return Downloaded(
                     sha256=sink.digest.hexdigest(), size=sink.size, resumed=resumed, resumed_from=sink.kept
@@ -200,7 +207,9 @@ def _headers(
 def _stream(
     ref: ModelRef,
     sink: _Sink,
-    settings: Settings,
+    urls: UrlSettings,
+    cloud: CloudSettings,
+    models: ModelSettings,
     reserve: Reserve,
     deadline: float,
     hf_token: str | None,
@@ -225,11 +234,11 @@ def _stream(
                     pass
 
     alarm = watchdog.arm(remaining, cut)
-    civitai = (settings.civitai_url, settings.civitai_token) if ref.civitai is not None else None
+    civitai = (models.civitai_url, models.civitai_token) if ref.civitai is not None else None
     try:
-        url = ref.url if ref.civitai is None else settings.civitai_url.rstrip("/") + ref.civitai
+        url = ref.url if ref.civitai is None else models.civitai_url.rstrip("/") + ref.civitai
         for _hop in range(urlguard.MAX_REDIRECTS + 1):
-            target = urlguard.vet(url, urls=settings.urls, cloud=settings.cloud, purpose="model URL")
+            target = urlguard.vet(url, urls=urls, cloud=cloud, purpose="model URL")
             request = ("GET", target.path, None, _headers(url, offset, hf_token, sink.validator, civitai))
             conn, resp = connpool.send(
                 target.scheme, target.host, target.port, target.addresses, request, remaining, opened
@@ -316,19 +325,24 @@ def _body(
         raise _Dropped
 
 
-def _download_gcs(ref: ModelRef, part: Path, settings: Settings, *, reserve: Reserve, deadline: float) -> Downloaded:
-    obj = gcsinput.check_gcs_uri(ref.url, urls=settings.urls, purpose="model URL")
+def _download_gcs(
+    ref: ModelRef,
+    part: Path,
+    *,
+    urls: UrlSettings,
+    jobs: JobSettings,
+    cloud: CloudSettings,
+    reserve: Reserve,
+    deadline: float,
+) -> Downloaded:
+    obj = gcsinput.check_gcs_uri(ref.url, urls=urls, purpose="model URL")
     from google.api_core import exceptions as gexc
 
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise Timeout(f"model {obj.uri[:200]}: the download did not finish in time")
     try:
-        blob = (
-            gcsinput.client(jobs=settings.jobs, cloud=settings.cloud)
-            .bucket(obj.bucket)
-            .get_blob(obj.name, timeout=remaining)
-        )
+        blob = gcsinput.client(jobs=jobs, cloud=cloud).bucket(obj.bucket).get_blob(obj.name, timeout=remaining)
         if blob is None:
             raise ModelNotFound(f"model {obj.uri[:200]}: no such object")
         size = int(blob.size or 0)

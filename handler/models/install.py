@@ -35,7 +35,8 @@ from handler.models.manifest import (
 from handler.models.sources import HF_TOKEN_HOSTS, GcsClient, GcsSource, HttpSource, MountedFolder, Source
 
 if TYPE_CHECKING:  # pragma: no cover
-    from handler.config import Settings
+    from handler.config.comfyui import ComfyUISettings
+    from handler.config.models import ModelSettings
 
 log = logging.getLogger("handler.models.install")
 
@@ -221,23 +222,30 @@ def _finish(entry: ModelFile, part: Path, target: Path, record: VerifiedFiles) -
 # --------------------------------------------------------------------------- the service's entry point
 
 
-def ensure_models(settings: Settings) -> None:
+def models_folder(*, models: ModelSettings, comfyui: ComfyUISettings) -> Path | None:
+    """Where the models of a booted ComfyUI live (MODELS_DIR, else COMFYUI_PATH/models)."""
+    if models.models_dir is not None:
+        return models.models_dir
+    return comfyui.comfyui_path / "models" if comfyui.comfyui_path else None
+
+
+def ensure_models(*, models: ModelSettings, comfyui: ComfyUISettings) -> None:
     """At container start: when MODELS_SOURCE is set, put MODEL_TYPE's files under ComfyUI's models
     folder (MODELS_DIR, else COMFYUI_PATH/models)."""
-    if not settings.models_source:
+    if not models.models_source:
         return
-    models_dir = settings.comfyui_models_dir
+    models_dir = models_folder(models=models, comfyui=comfyui)
     if models_dir is None:
         raise ModelFilesError("MODELS_SOURCE is set but COMFYUI_PATH is not: nowhere to put the models")
-    files = select(parse_models_file(settings.models_file), settings.model_type)
+    files = select(parse_models_file(models.models_file), models.model_type)
     if not files:
-        log.info("model type %s has no model files", settings.model_type)
+        log.info("model type %s has no model files", models.model_type)
         return
     started = time.monotonic()
-    result = fetch_models(files, models_dir, FetchOptions(source=settings.models_source, hf_token=settings.hf_token))
+    result = fetch_models(files, models_dir, FetchOptions(source=models.models_source, hf_token=models.hf_token))
     log.info(
         "models for %s ready in %.1fs: %d downloaded, %d linked, %d already present",
-        settings.model_type,
+        models.model_type,
         time.monotonic() - started,
         len(result.downloaded),
         len(result.linked),

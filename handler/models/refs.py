@@ -29,6 +29,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from handler.config.cloud import CloudSettings
+from handler.config.models import ModelSettings
+from handler.config.urls import UrlSettings
 from handler.errors import BadRequest
 
 # (class_type, input) -> model folder, from ComfyUI 0.33's loader nodes.
@@ -188,9 +191,9 @@ def parse_ref(value: Any, folder: str, where: str) -> ModelRef:
     return ModelRef(url=url, folder=folder, filename=_file_name(url, filename, where), sha256=sha256)
 
 
-def check_civitai(ref: ModelRef, settings: Any, where: str) -> None:
+def check_civitai(ref: ModelRef, models: ModelSettings, where: str) -> None:
     """A 400 naming CIVITAI_MODELS when `ref` is a Civitai model and the operator has not allowed them."""
-    if ref.civitai is not None and not settings.civitai_models:
+    if ref.civitai is not None and not models.civitai_models:
         raise BadRequest(
             f"{where} names a Civitai model; this service does not fetch from Civitai "
             "(the operator's setting CIVITAI_MODELS is off)"
@@ -243,17 +246,24 @@ class PickledModelRefused(BadRequest):
     code = "model_format_refused"
 
 
-def check_model_urls(workflow: Mapping[str, Any], settings: Any, object_info: Mapping[str, Any] | None = None) -> None:
+def check_model_urls(
+    workflow: Mapping[str, Any],
+    *,
+    models: ModelSettings,
+    urls: UrlSettings,
+    cloud: CloudSettings,
+    object_info: Mapping[str, Any] | None = None,
+) -> None:
     """What can be known before anything is fetched: the forms, the URL rules (SSRF, allowlisted
     buckets), whether this service takes model URLs at all (MODEL_URLS) and pickled formats
     (MODEL_URLS_SAFETENSORS_ONLY). A 400 otherwise."""
     uses = find_uses(workflow, object_info)
     if not uses:
         return
-    if not settings.model_urls:
+    if not models.model_urls:
         raise BadRequest(f"workflow node {uses[0].node_id!r} names a model by URL; this service does not fetch models")
     for use in uses:
-        if settings.model_urls_safetensors_only and use.ref.filename.lower().endswith(PICKLED_EXTENSIONS):
+        if models.model_urls_safetensors_only and use.ref.filename.lower().endswith(PICKLED_EXTENSIONS):
             raise PickledModelRefused(
                 f"workflow node {use.node_id!r} input {use.input!r}: {use.ref.filename!r} is a pickled model format, "
                 "which can run code when it is loaded; models named by URL must be .safetensors (or .sft, .gguf, "
@@ -263,11 +273,11 @@ def check_model_urls(workflow: Mapping[str, Any], settings: Any, object_info: Ma
 
     for use in uses:
         purpose = f"workflow node {use.node_id!r} input {use.input!r}"
-        check_civitai(use.ref, settings, purpose)
+        check_civitai(use.ref, models, purpose)
         if use.ref.url.startswith("gs://"):
-            gcsinput.check_gcs_uri(use.ref.url, urls=settings.urls, purpose=purpose)
+            gcsinput.check_gcs_uri(use.ref.url, urls=urls, purpose=purpose)
         elif use.ref.civitai is not None:
-            civitai_url = settings.civitai_url.rstrip("/") + use.ref.civitai
-            urlguard.check_url(civitai_url, urls=settings.urls, cloud=settings.cloud, purpose=purpose)
+            civitai_url = models.civitai_url.rstrip("/") + use.ref.civitai
+            urlguard.check_url(civitai_url, urls=urls, cloud=cloud, purpose=purpose)
         else:
-            urlguard.check_url(use.ref.url, urls=settings.urls, cloud=settings.cloud, purpose=purpose)
+            urlguard.check_url(use.ref.url, urls=urls, cloud=cloud, purpose=purpose)

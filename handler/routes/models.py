@@ -60,7 +60,8 @@ async def fetch_model(request: Request) -> JSONResponse:
     ref = parse_ref(body, folder, "the body")
     # The same checks as a model URL in a workflow (CheckpointLoaderSimple stands for any loader).
     probe = {"fetch": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": body}}}
-    await run_in_threadpool(check_model_urls, probe, services.settings)
+    settings = services.settings
+    await run_in_threadpool(check_model_urls, probe, models=settings.models, urls=settings.urls, cloud=settings.cloud)
     deadline = time.monotonic() + services.settings.model_fetch_timeout_s
     got = await run_in_threadpool(lambda: cache.acquire(ref, deadline=deadline))
     cache.release(got.entry.key)  # kept, not pinned: no prompt uses it yet

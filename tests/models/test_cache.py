@@ -22,6 +22,7 @@ from handler.models.cache import ChecksumMismatch, ModelCache, ModelCacheBusy, M
 from handler.models.download import ModelFetchFailed, ModelNotFound, _headers
 from handler.models.refs import ModelRef
 from tests.fixtures.modelserver import ModelServer
+from tests.fixtures.sections import sections
 
 LOCAL = Settings(url_allowlist=("127.0.0.1",))
 KIB = 1024
@@ -49,7 +50,7 @@ def visible(root: Path) -> list[str]:
 
 
 def make(root: Path, budget: int = 10 * 1024 * KIB, settings: Settings = LOCAL, **kw: object) -> ModelCache:
-    return ModelCache(root=root, budget_bytes=budget, settings=settings, **kw)  # type: ignore[arg-type]
+    return ModelCache(root=root, budget_bytes=budget, **sections(settings, "urls", "jobs", "cloud", "models"), **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("mode", ["plain", "nolength", "redirect"])

@@ -17,6 +17,7 @@ from handler.models.cache import ModelCache
 from handler.models.download import ModelFetchFailed, _headers
 from handler.models.refs import check_model_urls, parse_ref
 from tests.fixtures.modelserver import serve
+from tests.fixtures.sections import sections
 
 TOKEN = "civ_s3cret"
 DATA = bytes(range(256)) * 1024  # 256 KiB
@@ -33,7 +34,7 @@ def settings(civitai_port: int, **kw: object) -> Settings:
 
 
 def cache(root: Path, s: Settings) -> ModelCache:
-    return ModelCache(root=root, budget_bytes=10 << 20, settings=s)
+    return ModelCache(root=root, budget_bytes=10 << 20, **sections(s, "urls", "jobs", "cloud", "models"))
 
 
 def soon() -> float:
@@ -69,13 +70,15 @@ def test_civitai_models_are_refused_unless_the_operator_allows_them(tmp_path: Pa
         off = settings(civitai.port, civitai_models=False)
         for value in ("civitai://4242", "https://civitai.com/api/download/models/4242"):
             with pytest.raises(BadRequest) as caught:
-                check_model_urls(lora_graph(value), off)
+                check_model_urls(lora_graph(value), **sections(off, "models", "urls", "cloud"))
             assert caught.value.status_code == 400 and "CIVITAI_MODELS" in str(caught.value)
         with pytest.raises(BadRequest) as caught:  # the worker refuses too, before any request
             cache(tmp_path, off).acquire(parse_ref("civitai://4242", "loras", "w"), deadline=soon())
         assert "CIVITAI_MODELS" in str(caught.value)
         assert not civitai.requests and not storage.requests
-        check_model_urls(lora_graph("civitai://4242"), settings(civitai.port))  # on: accepted
+        check_model_urls(
+            lora_graph("civitai://4242"), **sections(settings(civitai.port), "models", "urls", "cloud")
+        )  # on: accepted
 
 
 def test_the_token_goes_to_civitai_and_not_to_the_storage_it_redirects_to(tmp_path: Path) -> None:

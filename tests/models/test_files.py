@@ -17,6 +17,7 @@ import pytest
 
 import handler.models as mf
 from handler.config import Settings
+from tests.fixtures.sections import sections
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_test_token_0123456789"
@@ -436,21 +437,16 @@ def test_ensure_models_uses_settings(tmp_path):
     settings = Settings.from_env(
         {"MODEL_TYPE": "mine", "MODELS_FILE": str(models_txt), "MODELS_SOURCE": str(mount), "COMFYUI_PATH": str(comfy)}
     )
-    mf.ensure_models(settings)
+    mf.ensure_models(**sections(settings, "models", "comfyui"))
     assert (comfy / "models" / "vae" / "v.safetensors").read_bytes() == b"vae bytes"
     # no MODELS_SOURCE: baked models, nothing to do
-    mf.ensure_models(Settings.from_env({"MODEL_TYPE": "mine", "MODELS_FILE": str(models_txt)}))
+    baked = Settings.from_env({"MODEL_TYPE": "mine", "MODELS_FILE": str(models_txt)})
+    mf.ensure_models(**sections(baked, "models", "comfyui"))
     # base: no files
-    mf.ensure_models(
-        Settings.from_env(
-            {
-                "MODEL_TYPE": "base",
-                "MODELS_FILE": str(models_txt),
-                "MODELS_SOURCE": str(mount),
-                "COMFYUI_PATH": str(comfy),
-            }
-        )
+    base = Settings.from_env(
+        {"MODEL_TYPE": "base", "MODELS_FILE": str(models_txt), "MODELS_SOURCE": str(mount), "COMFYUI_PATH": str(comfy)}
     )
+    mf.ensure_models(**sections(base, "models", "comfyui"))
 
 
 # --------------------------------------------------------------------------- the command line

@@ -22,6 +22,7 @@ from handler.models.refs import ModelRef, PickledModelRefused, check_model_urls,
 from tests.fixtures.comfy import ComfyTarget, ServiceProcess
 from tests.fixtures.modelserver import ModelServer
 from tests.fixtures.receiver import SECRET, Receiver
+from tests.fixtures.sections import sections
 
 SHA = "ab" * 32
 
@@ -94,12 +95,19 @@ def test_an_object_where_no_model_loads_is_refused_and_a_filename_names_the_file
 
 def test_the_checks_before_fetching_apply_the_url_rules() -> None:
     with pytest.raises(UnsafeURL):
-        check_model_urls(loader("http://169.254.169.254/m.safetensors"), Settings())
+        check_model_urls(
+            loader("http://169.254.169.254/m.safetensors"), **sections(Settings(), "models", "urls", "cloud")
+        )
     with pytest.raises(UnsafeURL, match="not allowlisted"):
-        check_model_urls(loader("gs://private-bucket/m.safetensors"), Settings())
+        check_model_urls(loader("gs://private-bucket/m.safetensors"), **sections(Settings(), "models", "urls", "cloud"))
     with pytest.raises(BadRequest, match="does not fetch models"):
-        check_model_urls(loader("https://h.example/m.safetensors"), Settings(model_urls=False))
-    check_model_urls(loader("gs://models/m.safetensors"), Settings(url_allowlist=("gs://models",)))
+        check_model_urls(
+            loader("https://h.example/m.safetensors"), **sections(Settings(model_urls=False), "models", "urls", "cloud")
+        )
+    check_model_urls(
+        loader("gs://models/m.safetensors"),
+        **sections(Settings(url_allowlist=("gs://models",)), "models", "urls", "cloud"),
+    )
 
 
 @pytest.mark.parametrize("name", ["m.ckpt", "m.pt", "m.pth", "m.bin", "m.pkl", "m.pt2"])
@@ -107,14 +115,18 @@ def test_pickled_model_files_by_url_are_refused_unless_allowed(name: str) -> Non
     local = Settings(url_allowlist=("127.0.0.1",))
     workflow = loader(f"http://127.0.0.1/{name}")
     with pytest.raises(PickledModelRefused, match="pickled model format") as refused:
-        check_model_urls(workflow, local)
+        check_model_urls(workflow, **sections(local, "models", "urls", "cloud"))
     assert refused.value.status_code == 400 and refused.value.to_dict()["error"]["code"] == "model_format_refused"
-    check_model_urls(workflow, Settings(url_allowlist=("127.0.0.1",), model_urls_safetensors_only=False))
+    allowing = Settings(url_allowlist=("127.0.0.1",), model_urls_safetensors_only=False)
+    check_model_urls(workflow, **sections(allowing, "models", "urls", "cloud"))
     for allowed in ("m.safetensors", "m.sft", "m.gguf"):
-        check_model_urls(loader(f"http://127.0.0.1/{allowed}"), local)
+        check_model_urls(loader(f"http://127.0.0.1/{allowed}"), **sections(local, "models", "urls", "cloud"))
     # The name the file gets in the cache decides how ComfyUI loads it, not the URL's.
     with pytest.raises(PickledModelRefused):
-        check_model_urls(loader({"url": "http://127.0.0.1/m.safetensors", "filename": name}), local)
+        check_model_urls(
+            loader({"url": "http://127.0.0.1/m.safetensors", "filename": name}),
+            **sections(local, "models", "urls", "cloud"),
+        )
 
 
 # --- through the service on the stand-in ------------------------------------------------------------

@@ -20,6 +20,7 @@ from handler.models.cache import ModelCache
 from handler.models.partials import Partials, Resumable
 from handler.models.refs import ModelRef
 from tests.fixtures.modelserver import ModelServer
+from tests.fixtures.sections import sections
 
 LOCAL = Settings(url_allowlist=("127.0.0.1",))
 KIB = 1024
@@ -30,7 +31,7 @@ def blob(n: int, seed: int = 0) -> bytes:
 
 
 def make(root: Path, budget: int = 10 * 1024 * KIB, **kw: float) -> ModelCache:
-    return ModelCache(root=root, budget_bytes=budget, settings=LOCAL, **kw)  # type: ignore[arg-type]
+    return ModelCache(root=root, budget_bytes=budget, **sections(LOCAL, "urls", "jobs", "cloud", "models"), **kw)  # type: ignore[arg-type]
 
 
 def model(url: str) -> ModelRef:

@@ -14,6 +14,7 @@ from handler.models.cache import ModelCache
 from handler.models.progress import STAGE, DownloadProgress, Meter
 from handler.models.refs import ModelRef
 from tests.fixtures.modelserver import ModelServer
+from tests.fixtures.sections import sections
 from tests.fixtures.waiting import wait_until
 
 LOCAL = Settings(url_allowlist=("127.0.0.1",))
@@ -82,7 +83,7 @@ def test_less_than_one_percent_more_is_not_news_while_chunks_come() -> None:
 def test_the_downloader_and_a_waiter_hear_the_download(tmp_path: Path, model_server: ModelServer) -> None:
     data = bytes(64 * 30)  # `slow`: 64 bytes every 50 ms, 1.5 s in all
     model_server.files["s.safetensors"] = data
-    cache = ModelCache(root=tmp_path, budget_bytes=1 << 20, settings=LOCAL)
+    cache = ModelCache(root=tmp_path, budget_bytes=1 << 20, **sections(LOCAL, "urls", "jobs", "cloud", "models"))
     r = ModelRef(url=model_server.url("slow", "s.safetensors"), folder="loras", filename="s.safetensors", sha256=None)
     leader: list[DownloadProgress] = []
     waiter: list[DownloadProgress] = []
