@@ -128,7 +128,7 @@ def parse_predict_body(body: Any, settings: Settings, templates: Templates | Non
     if "workflow" not in body and "workflow_id" not in body and isinstance(body.get("input"), dict):
         body = body["input"]
     check_fields(body)  # the declared shape of each field (handler/body.py), then their meaning
-    images = parse_images(body.get("images"), settings)
+    images = parse_images(body.get("images"), urls=settings.urls, cloud=settings.cloud)
     workflow_id = body.get("workflow_id")
     if workflow_id is not None:
         if "workflow" in body:

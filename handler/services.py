@@ -63,7 +63,7 @@ def build(
     in-process tests' double); by default Comfy's own. `comfy_process`: ComfyUI already spawned
     by `python -m handler` (`supervisor.boot_early`)."""
     store = storage.from_settings(jobs=settings.jobs, cloud=settings.cloud, state_dir=settings.state_dir)
-    templates = Templates.from_settings(settings)
+    templates = Templates.from_settings(models=settings.models, urls=settings.urls, cloud=settings.cloud)
     comfy = pipeline = None
     models: ModelCache | None = None
     checks: Preflight = StoreCatalog(store, allow_folder_nodes=settings.allow_folder_nodes)

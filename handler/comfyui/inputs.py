@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.urls import UrlSettings
 
 if TYPE_CHECKING:
     from handler.comfyui.client import ComfyClient
@@ -100,7 +102,7 @@ def check_pixels(data: bytes, where: str, max_pixels: int) -> None:
         )
 
 
-def parse_images(raw: Any, settings: Settings) -> list[InputImage]:
+def parse_images(raw: Any, *, urls: UrlSettings, cloud: CloudSettings) -> list[InputImage]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -123,16 +125,16 @@ def parse_images(raw: Any, settings: Settings) -> list[InputImage]:
         if value.startswith(("http://", "https://")):
             from handler.net.urlguard import check_url
 
-            check_url(value, urls=settings.urls, cloud=settings.cloud, purpose="input image")
+            check_url(value, urls=urls, cloud=cloud, purpose="input image")
             images.append(InputImage(name, url=value))
         elif value.startswith("gs://"):
             from handler.net.gcsinput import check_gcs_uri
 
-            check_gcs_uri(value, urls=settings.urls, purpose=f"{where}.image")  # allowlisted buckets only
+            check_gcs_uri(value, urls=urls, purpose=f"{where}.image")  # allowlisted buckets only
             images.append(InputImage(name, url=value))
         else:
-            data = decode_base64(value, f"{where}.image", settings.max_input_bytes)
-            check_pixels(data, f"{where}.image", settings.max_input_pixels)
+            data = decode_base64(value, f"{where}.image", urls.max_input_bytes)
+            check_pixels(data, f"{where}.image", urls.max_input_pixels)
             images.append(InputImage(name, data=data))
     clash = sorted(seen & folders)
     if clash:

@@ -31,16 +31,16 @@ import builtins
 import copy
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
+from handler.config.cloud import CloudSettings
+from handler.config.models import ModelSettings
+from handler.config.urls import UrlSettings
 from handler.errors import BadRequest, InvalidParameter, NotFound
 from handler.templates.loading import Stamp, load_folder, stamp
 from handler.templates.params import IMAGE_NAME, Template, resolve
-
-if TYPE_CHECKING:
-    from handler.config import Settings
 
 log = logging.getLogger("handler.templates.registry")
 
@@ -55,16 +55,19 @@ class Templates:
     """The registry of named workflows in one folder, reloaded when its files change."""
 
     directory: Path
+    _: KW_ONLY
     model_type: str | None = None  # the image's MODEL_TYPE; what runs is decided by ComfyUI's catalogue
-    settings: Settings | None = None  # for image parameters (URL checks, size limits), as for /predict images
+    # For image parameters (URL checks, size limits), as for /predict images.
+    urls: UrlSettings = field(default_factory=UrlSettings)
+    cloud: CloudSettings = field(default_factory=CloudSettings)
     _stamp: Stamp = field(default=(), init=False, repr=False)
     _templates: dict[str, Template] = field(default_factory=dict, init=False, repr=False)
     _errors: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Templates:
-        return cls(Path(settings.workflows_dir), model_type=settings.model_type, settings=settings)
+    def from_settings(cls, *, models: ModelSettings, urls: UrlSettings, cloud: CloudSettings) -> Templates:
+        return cls(Path(models.workflows_dir), model_type=models.model_type, urls=urls, cloud=cloud)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -120,13 +123,11 @@ class Templates:
         if not raw:
             return []
         from handler.comfyui.inputs import parse_images
-        from handler.config import Settings
 
-        settings = self.settings or Settings()
         images: builtins.list[Any] = []
         for name, entry in raw:
             try:
-                images += parse_images([entry], settings)
+                images += parse_images([entry], urls=self.urls, cloud=self.cloud)
             except BadRequest as exc:  # name the parameter, not an images[] index
                 message = exc.message.replace("images[0].image", "the value")
                 raise InvalidParameter(f"parameter {name!r}: {message}", param=name) from None

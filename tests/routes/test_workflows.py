@@ -22,6 +22,7 @@ from handler.config import Settings
 from handler.errors import ServiceError
 from handler.routes import openapi, workflows
 from handler.templates.registry import Templates
+from tests.fixtures.sections import sections
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +49,7 @@ def base_url(folder: Path):
     settings = Settings(workflows_dir=folder, model_type="base")
     services = SimpleNamespace(
         settings=settings,
-        templates=Templates.from_settings(settings),
+        templates=Templates.from_settings(**sections(settings, "models", "urls", "cloud")),
         comfy=None,  # no ComfyUI and no published catalogue: availability is not known
         jobs=SimpleNamespace(service=SimpleNamespace(checks=None)),
     )

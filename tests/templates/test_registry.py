@@ -17,6 +17,7 @@ from handler.config import Settings
 from handler.errors import InvalidParameter, NotFound
 from handler.templates.loading import load_template
 from handler.templates.registry import Templates
+from tests.fixtures.sections import sections
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_TEMPLATES = ROOT / "test_resources" / "templates"
@@ -34,7 +35,7 @@ def folder(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def templates(folder: Path) -> Templates:
-    return Templates(folder, settings=Settings())
+    return Templates(folder, **sections(Settings(), "urls", "cloud"))
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +213,9 @@ def test_image_by_name_refers_to_the_request_images(templates):
 
 def test_image_by_url_goes_through_the_url_guard(folder):
     url = "http://127.0.0.1:9/in.png"
-    error = invalid(Templates(folder, settings=Settings()), "invert", {"image": url})
+    error = invalid(Templates(folder, **sections(Settings(), "urls", "cloud")), "invert", {"image": url})
     assert error.details["param"] == "image"
-    allowed = Templates(folder, settings=Settings(url_allowlist=("127.0.0.1",)))
+    allowed = Templates(folder, **sections(Settings(url_allowlist=("127.0.0.1",)), "urls", "cloud"))
     _, images = allowed.render("invert", {"image": url})
     assert [(i.name, i.url) for i in images] == [("param-image.png", url)]
 
