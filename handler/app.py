@@ -109,7 +109,7 @@ def create_app(
     """The service. `comfy_client` replaces the connection to ComfyUI; `comfy_process` is a
     ComfyUI already spawned (see `services.build`)."""
     settings = settings or Settings.from_env()
-    runtime = Runtime(settings)
+    runtime = Runtime(http=settings.http)
     benchtrace.configure(settings.trace_out)
     if settings.service_role.runs_comfy or "local" in (settings.queue_backend, settings.storage_backend):
         runtime.claim_state_dir(settings.state_dir)

@@ -3,7 +3,7 @@ dashboard draws.
 
 Contract:
 
-* `Metrics(settings)` owns one `CollectorRegistry`; `render()` is the `/metrics` answer in the
+* `Metrics(observability=...)` owns one `CollectorRegistry`; `render()` is the `/metrics` answer in the
   Prometheus text format. With `PROMETHEUS_MULTIPROC_DIR` set (several uvicorn processes), the
   counters, histograms and the running gauge are kept in files there and `render()` sums every
   process's (prometheus-client's multiprocess mode); values read at scrape time (ComfyUI, the
@@ -35,7 +35,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from handler.config import Settings
+from handler.config.observability import ObservabilitySettings
 from handler.jobs.model import Job, JobState
 from handler.taskqueue import PRIORITIES
 
@@ -121,13 +121,12 @@ class LatencyWindow:
 
 
 class Metrics:
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.enabled = settings.metrics
-        self.multiprocess = settings.metrics_multiproc_dir is not None
+    def __init__(self, *, observability: ObservabilitySettings):
+        self.enabled = observability.metrics
+        self.multiprocess = observability.metrics_multiproc_dir is not None
         self.registry = CollectorRegistry(auto_describe=True)
         if self.multiprocess:
-            MultiProcessCollector(self.registry, path=str(settings.metrics_multiproc_dir))  # type: ignore[no-untyped-call]
+            MultiProcessCollector(self.registry, path=str(observability.metrics_multiproc_dir))  # type: ignore[no-untyped-call]
         # In multiprocess mode the values live in files and MultiProcessCollector reads them all.
         own = None if self.multiprocess else self.registry
         self.requests = Counter(

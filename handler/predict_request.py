@@ -23,7 +23,10 @@ from handler.body import check_fields
 from handler.comfyui import graphshape
 from handler.comfyui.inputs import InputImage, parse_images
 from handler.comfyui.outputs import OutputOptions
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.http import HttpSettings
+from handler.config.models import ModelSettings
+from handler.config.urls import UrlSettings
 from handler.errors import REQUEST_FOLDER, BadRequest
 from handler.models.refs import check_model_urls
 from handler.templates.registry import Templates
@@ -110,17 +113,25 @@ def check_body(body: Any) -> None:
             stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
 
 
-def parse_timeout(raw: Any, settings: Settings) -> float:
+def parse_timeout(raw: Any, *, http: HttpSettings) -> float:
     if raw is None:
-        return settings.request_timeout_s
+        return http.request_timeout_s
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0 or raw != raw or raw == math.inf:
         raise BadRequest("timeout must be a positive, finite number of seconds")
-    if raw > settings.max_request_timeout_s:
-        raise BadRequest(f"timeout may be at most {settings.max_request_timeout_s:g} seconds")
+    if raw > http.max_request_timeout_s:
+        raise BadRequest(f"timeout may be at most {http.max_request_timeout_s:g} seconds")
     return float(raw)
 
 
-def parse_predict_body(body: Any, settings: Settings, templates: Templates | None = None) -> PredictRequest:
+def parse_predict_body(
+    body: Any,
+    *,
+    http: HttpSettings,
+    urls: UrlSettings,
+    cloud: CloudSettings,
+    models: ModelSettings,
+    templates: Templates | None = None,
+) -> PredictRequest:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     check_body(body)
@@ -128,7 +139,7 @@ def parse_predict_body(body: Any, settings: Settings, templates: Templates | Non
     if "workflow" not in body and "workflow_id" not in body and isinstance(body.get("input"), dict):
         body = body["input"]
     check_fields(body)  # the declared shape of each field (handler/body.py), then their meaning
-    images = parse_images(body.get("images"), urls=settings.urls, cloud=settings.cloud)
+    images = parse_images(body.get("images"), urls=urls, cloud=cloud)
     workflow_id = body.get("workflow_id")
     if workflow_id is not None:
         if "workflow" in body:
@@ -146,12 +157,12 @@ def parse_predict_body(body: Any, settings: Settings, templates: Templates | Non
     else:
         raise BadRequest("the body needs a workflow (API format) or a workflow_id with params")
     check_model_urls(
-        workflow, models=settings.models, urls=settings.urls, cloud=settings.cloud
+        workflow, models=models, urls=urls, cloud=cloud
     )  # the api role checks them; the worker fetches them
     return PredictRequest(
         workflow=workflow,
         images=images,
-        timeout_s=parse_timeout(body.get("timeout"), settings),
+        timeout_s=parse_timeout(body.get("timeout"), http=http),
         output=OutputOptions.parse(body.get("output")),
         workflow_id=workflow_id,
         previews=parse_previews(body.get("previews")),

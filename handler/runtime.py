@@ -24,7 +24,8 @@ from typing import IO, Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from handler.config import ConfigError, Settings
+from handler.config import ConfigError
+from handler.config.http import HttpSettings
 
 log = logging.getLogger("handler.runtime")
 
@@ -81,12 +82,11 @@ def link(source: threading.Event | None, target: threading.Event) -> contextlib.
 class Runtime:
     """Owns the process's threads and its shutdown signal."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, *, http: HttpSettings) -> None:
         self.stopping: Trigger = Trigger()
         # Long runs mostly wait on ComfyUI: many threads are cheap, and a full limiter makes
         # callers wait on the event loop, holding no thread.
-        self.long_limiter = anyio.CapacityLimiter(settings.long_run_threads)
+        self.long_limiter = anyio.CapacityLimiter(http.long_run_threads)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._on_stop: list[Callable[[], None]] = []

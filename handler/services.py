@@ -73,7 +73,7 @@ def build(
         models = model_cache(settings) if comfy.supervisor is not None and settings.model_urls else None
         pipeline = Pipeline(comfy, runtime, models=models)
         checks, runs = pipeline, Runs(pipeline, comfy)
-    metrics = Metrics(settings)
+    metrics = Metrics(observability=settings.observability)
     jobs = Jobs.build(
         settings=settings,
         store=store,

@@ -20,7 +20,7 @@ from pathlib import Path
 from handler.config import Settings
 from handler.metrics import Metrics
 
-metrics = Metrics(Settings(metrics_multiproc_dir=Path(sys.argv[1])))
+metrics = Metrics(observability=Settings(metrics_multiproc_dir=Path(sys.argv[1])).observability)
 for _ in range(int(sys.argv[2])):
     metrics.request("/predict", "POST", 200, 0.25, charted=False)
 if sys.argv[3:] == ["render"]:

@@ -36,7 +36,7 @@ def attach(service: ServiceProcess) -> Iterator[Attach]:
 
     def make(**settings: Any) -> Pipeline:
         chosen = replace(Settings(), comfyui_url=service.comfy_url, **settings)
-        runtime = Runtime(chosen)
+        runtime = Runtime(http=chosen.http)
         comfy = Comfy(chosen, runtime.thread)
         comfies.append(comfy)
         comfy.start()

@@ -5,6 +5,7 @@ import pytest
 from handler.config import Settings
 from handler.errors import BadRequest, PayloadTooLarge
 from handler.predict_request import parse_predict_body
+from tests.fixtures.sections import sections
 
 SETTINGS = Settings.from_env({"MAX_INPUT_BYTES": "1000", "MAX_REQUEST_TIMEOUT_S": "60"})
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}}
@@ -12,7 +13,7 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 
 
 def parse(body):
-    return parse_predict_body(body, SETTINGS)
+    return parse_predict_body(body, **sections(SETTINGS, "http", "urls", "cloud", "models"))
 
 
 def test_a_plain_workflow_with_images_options_and_timeout():

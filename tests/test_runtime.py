@@ -14,7 +14,7 @@ ANYIO_DEFAULT_THREADS = 40
 
 
 def test_long_runs_leave_anyios_default_pool_free():
-    runtime = Runtime(Settings(long_run_threads=ANYIO_DEFAULT_THREADS + 5))
+    runtime = Runtime(http=Settings(long_run_threads=ANYIO_DEFAULT_THREADS + 5).http)
     release = threading.Event()
     entered = threading.Semaphore(0)
 
@@ -44,12 +44,12 @@ def test_long_runs_leave_anyios_default_pool_free():
 
 
 def test_run_long_passes_arguments():
-    runtime = Runtime(Settings())
+    runtime = Runtime(http=Settings().http)
     assert anyio.run(lambda: runtime.run_long(lambda a, b=0: a + b, 1, b=2)) == 3
 
 
 def test_stop_sets_stopping_and_joins_tracked_threads():
-    runtime = Runtime(Settings())
+    runtime = Runtime(http=Settings().http)
     seen: list[str] = []
     worker = runtime.thread("worker", lambda: seen.append("stopped" if runtime.stopping.wait(30) else "timeout"))
     runtime.stop(10)
@@ -72,7 +72,7 @@ def test_a_trigger_wakes_linked_events_only_while_linked():
 
 
 def test_signal_stop_tells_listeners_once():
-    runtime = Runtime(Settings())
+    runtime = Runtime(http=Settings().http)
     calls: list[int] = []
     runtime.on_stop(lambda: calls.append(1))
     runtime.signal_stop()

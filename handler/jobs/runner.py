@@ -257,7 +257,14 @@ class Runner:
                 stored = self.repo.request(job.job_id)
                 if stored is None:
                     raise errors.NotFound("the job's stored request is missing")
-                request = parse_predict_body(stored, self.settings, self.templates)
+                request = parse_predict_body(
+                    stored,
+                    http=self.settings.http,
+                    urls=self.settings.urls,
+                    cloud=self.settings.cloud,
+                    models=self.settings.models,
+                    templates=self.templates,
+                )
             request.priority = job.priority
             # Progress for /status on any instance: in the store, at most once a second; and
             # `running` once ComfyUI starts the prompt (placed until then).

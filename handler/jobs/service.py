@@ -120,7 +120,14 @@ class JobService:
         if not isinstance(body, dict):
             raise errors.BadRequest("the request body must be a JSON object")
         options, rest = AsyncOptions.split(body, self.settings)
-        request = parse_predict_body(rest, self.settings, self.templates)
+        request = parse_predict_body(
+            rest,
+            http=self.settings.http,
+            urls=self.settings.urls,
+            cloud=self.settings.cloud,
+            models=self.settings.models,
+            templates=self.templates,
+        )
         limit = self.settings.tasks_dispatch_deadline_s - DISPATCH_MARGIN_S
         if self.settings.queue_backend == "cloudtasks" and request.timeout_s > limit:
             raise errors.BadRequest(

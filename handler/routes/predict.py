@@ -69,7 +69,15 @@ def comfy_of(services: Services) -> Comfy:
 
 
 def parse_sync(services: Services, body: Any, accepted: AcceptedAnswer) -> PredictRequest:
-    predict_request = parse_predict_body(body, services.settings, services.templates)
+    settings = services.settings
+    predict_request = parse_predict_body(
+        body,
+        http=settings.http,
+        urls=settings.urls,
+        cloud=settings.cloud,
+        models=settings.models,
+        templates=services.templates,
+    )
     # A caller holds a connection: its prompt goes ahead of queued normal and low jobs.
     predict_request.priority = SYNC_PRIORITY
     accepted.check(predict_request.output)

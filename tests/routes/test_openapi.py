@@ -11,6 +11,7 @@ from openapi_spec_validator import validate
 
 from handler.routes import openapi
 from handler.templates.registry import Templates
+from tests.fixtures.sections import sections
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,4 +128,6 @@ def test_the_published_body_schema_is_the_one_the_parser_checks(templates):
     workflow = {"1": {"class_type": "EmptyImage", "inputs": {}}}
     for field, value in [("timeout", "soon"), ("previews", "yes"), ("output", {"quality": 500}), ("images", [{}])]:
         with pytest.raises(BadRequest, match=field):
-            parse_predict_body({"workflow": workflow, field: value}, Settings())
+            parse_predict_body(
+                {"workflow": workflow, field: value}, **sections(Settings(), "http", "urls", "cloud", "models")
+            )
