@@ -31,7 +31,6 @@ from handler.jobs.repo import check_job_id
 from handler.models.progress import SCHEMA as DOWNLOAD_SCHEMA
 from handler.routes.apidoc import PathItems, error_response, json_response, path_param, ref
 from handler.routes.common import Caller, Services, base_url, caller_of, query_flag, services_of
-from handler.storage.local import LocalStore
 
 log = logging.getLogger("handler.routes.jobs")
 
@@ -170,18 +169,18 @@ async def local_output(request: Request) -> Response:
     its caller (and admins), a sync answer's (`sync-<random>`) to whoever holds its link."""
     service = services_of(request).jobs.service
     store = service.store
-    if not isinstance(store, LocalStore):
+    if not store.on_local_disk:
         raise errors.NotFound("outputs are in Cloud Storage: use the job's signed URLs")
     job_id = check_job_id(request.path_params["job_id"])  # 404 for anything no job could be named
     caller = caller_of(request)
     if not job_id.startswith(SYNC_OUTPUTS):  # a sync answer's files: 128 random bits, like a signed URL
         await run_in_threadpool(service.owned, job_id, caller)  # another caller's job: 404
     try:
-        path = store.path(f"outputs/{job_id}/{request.path_params['name']}")
-        found = path.is_file()
+        path = store.local_file(f"outputs/{job_id}/{request.path_params['name']}")
+        found = path is not None and path.is_file()
     except (ValueError, OSError):  # not a key, or a name the filesystem refuses (too long)
-        found = False
-    if not found:
+        path, found = None, False
+    if path is None or not found:
         raise errors.NotFound("no such output")
     return FileResponse(path)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -63,6 +64,11 @@ class Store(Protocol):
 
     def signed_url(self, key: str, ttl_s: int) -> str | None:
         """A time-limited HTTPS URL anyone can GET, or None when this store cannot sign."""
+
+    def local_file(self, key: str) -> Path | None:
+        """The file behind `key` on this machine's disk, for the service to serve itself (its
+        `/outputs/…` route); None for a store whose objects are elsewhere (reached by signed URL).
+        A malformed key raises BadKey."""
 
 
 def check_key(key: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import google.auth
@@ -131,6 +132,10 @@ class GCSStore:
 
     def uri(self, key: str) -> str:
         return f"gs://{self.bucket_name}/{check_key(key)}"
+
+    def local_file(self, key: str) -> Path | None:
+        check_key(key)
+        return None  # objects live in the bucket: callers get signed URLs
 
     def signed_url(self, key: str, ttl_s: int) -> str | None:
         creds = self._credentials

@@ -158,8 +158,7 @@ class LocalStore:
     def signed_url(self, key: str, ttl_s: int) -> str | None:
         return None  # the service serves local outputs itself
 
-    def path(self, key: str) -> Path:
-        """The file behind a key (local stores only): lets the service stream it."""
+    def local_file(self, key: str) -> Path | None:
         return self._path(key)
 
 

@@ -126,6 +126,17 @@ def test_uris_and_signing(store):
         assert store.signed_url("outputs/j/img.png", 3600) is None
 
 
+def test_a_store_says_whether_it_serves_its_files_from_this_disk(store):
+    store.put_bytes("outputs/j/img.png", b"png")
+    path = store.local_file("outputs/j/img.png")
+    if store.on_local_disk:
+        assert path is not None and path.read_bytes() == b"png"
+    else:
+        assert path is None  # in a bucket: callers are given signed URLs instead
+    with pytest.raises(ValueError):
+        store.local_file("../escape")
+
+
 def test_gcs_signed_urls_with_signing_credentials(fake_gcs):
     # A service-account key signs locally (no network): the URL is a V4 one for the bucket.
     pytest.importorskip("cryptography")
