@@ -37,6 +37,7 @@ class Services:
     settings: Settings
     runtime: Runtime
     comfy: Comfy | None  # None in the api role, which has no ComfyUI
+    published: StoreCatalog | None  # the api role's: the node catalogue a worker published in the store
     pipeline: Pipeline | None
     models: ModelCache | None  # models fetched by URL, where this process boots ComfyUI
     templates: Templates
@@ -66,13 +67,16 @@ def build(
     templates = Templates.from_settings(models=settings.models, urls=settings.urls, cloud=settings.cloud)
     comfy = pipeline = None
     models: ModelCache | None = None
-    checks: Preflight = StoreCatalog(store, allow_folder_nodes=settings.allow_folder_nodes)
+    catalog = StoreCatalog(store, allow_folder_nodes=settings.allow_folder_nodes)
+    published: StoreCatalog | None = catalog  # where no ComfyUI runs here: a worker's, from the store
+    checks: Preflight = catalog
     runs = None
     if settings.service_role.runs_comfy:
         comfy = Comfy(settings, runtime.thread, comfy_client, comfy_process)
         models = model_cache(settings) if comfy.supervisor is not None and settings.model_urls else None
         pipeline = Pipeline(comfy, runtime, models=models)
         checks, runs = pipeline, Runs(pipeline, comfy)
+        published = None
     metrics = Metrics(observability=settings.observability)
     jobs = Jobs.build(
         settings=settings,
@@ -93,6 +97,7 @@ def build(
         settings=settings,
         runtime=runtime,
         comfy=comfy,
+        published=published,
         pipeline=pipeline,
         models=models,
         templates=templates,

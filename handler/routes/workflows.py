@@ -17,7 +17,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from handler.comfyui import graph
-from handler.comfyui.catalog import StoreCatalog
 from handler.routes.apidoc import PathItems, error_response, json_response, path_param, ref
 from handler.routes.common import Services, query_flag, services_of
 from handler.templates.params import Template
@@ -29,8 +28,7 @@ def catalogue_of(services: Services) -> dict[str, Any]:
     the api role."""
     if services.comfy is not None:
         return services.comfy.catalogue.latest().object_info
-    checks = services.jobs.service.checks
-    return checks.object_info() if isinstance(checks, StoreCatalog) else {}
+    return services.published.object_info() if services.published is not None else {}
 
 
 def availability(template: Template, object_info: dict[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def base_url(folder: Path):
         settings=settings,
         templates=Templates.from_settings(**sections(settings, "models", "urls", "cloud")),
         comfy=None,  # no ComfyUI and no published catalogue: availability is not known
-        jobs=SimpleNamespace(service=SimpleNamespace(checks=None)),
+        published=None,
     )
     stub = Route("/predict", lambda request: JSONResponse({}), methods=["POST"])
     app = Starlette(
