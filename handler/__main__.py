@@ -17,7 +17,9 @@ from handler.config import ConfigError, Settings
 def main() -> int:
     try:
         settings = Settings.from_env()
-        logs.configure(settings)  # JSON lines for Cloud Logging on Cloud Run, readable text locally
+        logs.configure(
+            observability=settings.observability, cloud=settings.cloud
+        )  # JSON lines for Cloud Logging on Cloud Run, readable text locally
         comfy_process = boot_early(settings)
     except (ConfigError, ValueError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

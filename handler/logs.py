@@ -2,7 +2,7 @@
 
 Contract:
 
-* `configure(settings)` installs the process's one root handler on stdout. `LOG_FORMAT=json`
+* `configure(observability=..., cloud=...)` installs the process's one root handler on stdout. `LOG_FORMAT=json`
   (the default when K_SERVICE is set, i.e. on Cloud Run) writes one JSON object per line:
   `severity`, `message`, `time`, `logger`, `logging.googleapis.com/trace` (and `spanId`) from the
   request's `traceparent` or `X-Cloud-Trace-Context`, `logging.googleapis.com/labels` with the
@@ -31,7 +31,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.observability import ObservabilitySettings
 
 T = TypeVar("T")
 
@@ -207,18 +208,18 @@ class TextFormatter(logging.Formatter):
         return line + " [" + " ".join(f"{name}={value}" for name, value in ids.items()) + "]"
 
 
-def configure(settings: Settings) -> None:
-    """The root handler on stdout, in the format `settings.log_format` names."""
+def configure(*, observability: ObservabilitySettings, cloud: CloudSettings) -> None:
+    """The root handler on stdout, in the format LOG_FORMAT names (JSON lines name GCP_PROJECT's traces)."""
     handler = logging.StreamHandler(sys.stdout)
-    if settings.log_format == "json":
-        handler.setFormatter(CloudFormatter(settings.gcp_project))
+    if observability.log_format == "json":
+        handler.setFormatter(CloudFormatter(cloud.gcp_project))
     else:
         handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
     root.addHandler(handler)
-    root.setLevel(settings.log_level)
+    root.setLevel(observability.log_level)
 
 
 access_log = logging.getLogger("handler.access")

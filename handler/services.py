@@ -102,7 +102,7 @@ def build(
         models=models,
         templates=templates,
         jobs=jobs,
-        task_tokens=TaskTokenVerifier.from_settings(settings),
+        task_tokens=TaskTokenVerifier.from_settings(cloud=settings.cloud, jobs=settings.jobs),
         access=Access.from_settings(access=settings.access, cloud=settings.cloud),
         metrics=metrics,
         collector=collector,

@@ -28,7 +28,8 @@ import requests
 from google.auth import jwt
 
 from handler import errors
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.jobs import JobSettings
 from handler.errors import Forbidden, Unauthorized
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
@@ -56,10 +57,8 @@ class TaskTokenVerifier:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TaskTokenVerifier:
-        return cls(
-            settings.service_url, settings.tasks_service_account, ingress_verified=settings.ingress_verifies_tokens
-        )
+    def from_settings(cls, *, cloud: CloudSettings, jobs: JobSettings) -> TaskTokenVerifier:
+        return cls(cloud.service_url, jobs.tasks_service_account, ingress_verified=cloud.ingress_verifies_tokens)
 
     def verify(self, authorization: str | None, serverless_authorization: str | None = None) -> dict[str, Any]:
         """The claims of the task token, checked. `serverless_authorization`: the request's

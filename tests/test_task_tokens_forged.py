@@ -112,17 +112,16 @@ def test_a_public_deployment_never_trusts_a_stripped_signature():
         Settings.from_env(
             {"K_SERVICE": "svc", "PUBLIC_SERVICE": "1", "API_KEYS": "unused", "INGRESS_VERIFIES_TOKENS": "1"}
         )
-    verifier = TaskTokenVerifier.from_settings(
-        Settings.from_env(
-            {
-                "K_SERVICE": "svc",
-                "PUBLIC_SERVICE": "1",
-                "API_KEYS": "unused",
-                "SERVICE_URL": "https://svc",
-                "TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
-            }
-        )
+    settings = Settings.from_env(
+        {
+            "K_SERVICE": "svc",
+            "PUBLIC_SERVICE": "1",
+            "API_KEYS": "unused",
+            "SERVICE_URL": "https://svc",
+            "TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
+        }
     )
+    verifier = TaskTokenVerifier.from_settings(cloud=settings.cloud, jobs=settings.jobs)
     with pytest.raises(Unauthorized):
         verifier.verify("Bearer " + stripped_token("https://svc", TASKS_ACCOUNT))
     with pytest.raises(Unauthorized):
