@@ -23,7 +23,8 @@ import websocket
 from handler import logs
 from handler.comfyui.api import ComfyAPI
 from handler.comfyui.wsframes import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_TEXT, FrameReader
-from handler.config import Settings
+from handler.config.comfyui import ComfyUISettings
+from handler.config.observability import ObservabilitySettings
 from handler.errors import ComfyUnavailable, ExecutionFailed, ServiceError
 from handler.runtime import Spawn, daemon_thread
 
@@ -143,11 +144,19 @@ def execution_failed(data: dict[str, Any]) -> ExecutionFailed:
 
 
 class ComfyClient(ComfyAPI):
-    def __init__(self, base_url: str, settings: Settings, *, supervised: bool, spawn: Spawn = daemon_thread):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        comfyui: ComfyUISettings,
+        observability: ObservabilitySettings,
+        supervised: bool,
+        spawn: Spawn = daemon_thread,
+    ):
         super().__init__(base_url, client_id=uuid.uuid4().hex)
         self.ws_url = "ws" + self.base_url[len("http") :] + "/ws"
         self._spawn = spawn
-        self.settings = settings
+        self.comfyui = comfyui
         self.supervised = supervised
         self._watches: dict[str, PromptWatch] = {}
         self._lock = threading.Lock()
@@ -162,7 +171,7 @@ class ComfyClient(ComfyAPI):
         self.connects = 0
         self.on_connect: Callable[[], None] | None = None  # called after every (re)connect
         self.on_disconnect: Callable[[], None] | None = None  # called after every drop
-        if settings.ws_trace:
+        if observability.ws_trace:
             websocket.enableTrace(True)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -228,10 +237,10 @@ class ComfyClient(ComfyAPI):
                 if not self._comfy_down:
                     failures += 1
                     log.debug("websocket connect failed (%d): %s", failures, exc)
-                    if failures == self.settings.ws_reconnect_attempts:
+                    if failures == self.comfyui.ws_reconnect_attempts:
                         log.error("cannot reach ComfyUI's websocket after %d attempts", failures)
                         self.fail_all(ComfyUnavailable("lost the connection to ComfyUI"))
-                delay = 0.5 if self._comfy_down else self.settings.ws_reconnect_delay_s
+                delay = 0.5 if self._comfy_down else self.comfyui.ws_reconnect_delay_s
                 self._wake.wait(delay)
                 self._wake.clear()
                 continue

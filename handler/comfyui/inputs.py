@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from handler.config import Settings
 from handler.config.cloud import CloudSettings
+from handler.config.jobs import JobSettings
 from handler.config.urls import UrlSettings
 
 if TYPE_CHECKING:
@@ -159,15 +159,25 @@ class InputSink(Protocol):
     def discard(self, request_id: str) -> None: ...
 
 
-def _materialise(image: InputImage, settings: Settings, deadline: float | None) -> bytes:
+@dataclass(frozen=True, kw_only=True)
+class Sources:
+    """The sections an input image is fetched with: URL rules and limits, the GCS client's."""
+
+    urls: UrlSettings
+    jobs: JobSettings
+    cloud: CloudSettings
+
+
+def _materialise(image: InputImage, sources: Sources, deadline: float | None) -> bytes:
     """The image's bytes; a URL is fetched within the request's deadline (time.monotonic())."""
+    urls, jobs, cloud = sources.urls, sources.jobs, sources.cloud
     if image.data is not None:
         return image.data
     from handler.net.urlguard import FetchFailed, fetch_bytes
 
     assert image.url is not None
 
-    timeout_s = settings.url_fetch_timeout_s
+    timeout_s = urls.url_fetch_timeout_s
     if deadline is not None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -179,21 +189,21 @@ def _materialise(image: InputImage, settings: Settings, deadline: float | None) 
 
             data = read_gcs(
                 image.url,
-                urls=settings.urls,
-                jobs=settings.jobs,
-                cloud=settings.cloud,
-                max_bytes=settings.max_input_bytes,
+                urls=urls,
+                jobs=jobs,
+                cloud=cloud,
+                max_bytes=urls.max_input_bytes,
                 timeout_s=timeout_s,
             )
         else:
             data = fetch_bytes(
                 image.url,
-                urls=settings.urls,
-                cloud=settings.cloud,
-                max_bytes=settings.max_input_bytes,
+                urls=urls,
+                cloud=cloud,
+                max_bytes=urls.max_input_bytes,
                 timeout_s=timeout_s,
             )
-        check_pixels(data, f"the input image {image.name!r}", settings.max_input_pixels)
+        check_pixels(data, f"the input image {image.name!r}", urls.max_input_pixels)
         return data
     except FetchFailed:
         if deadline is not None and time.monotonic() >= deadline:
@@ -204,9 +214,9 @@ def _materialise(image: InputImage, settings: Settings, deadline: float | None) 
 class FolderInputs:
     """ComfyUI's input folder is on this machine: write files straight into it."""
 
-    def __init__(self, folder: Path, settings: Settings):
+    def __init__(self, folder: Path, *, sources: Sources):
         self.folder = folder
-        self.settings = settings
+        self.sources = sources
 
     def stage(self, request_id: str, images: list[InputImage], deadline: float | None = None) -> dict[str, str]:
         if not images:
@@ -215,7 +225,7 @@ class FolderInputs:
         target.mkdir(parents=True, exist_ok=True)
         renames = {}
         for image in images:
-            data = _materialise(image, self.settings, deadline)
+            data = _materialise(image, self.sources, deadline)
             path = target / image.name
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,9 +245,9 @@ class UploadedInputs:
     """ComfyUI runs elsewhere: upload through its API. ComfyUI offers no way to delete files:
     the isolation extension does (`discard`), and a ComfyUI without it keeps them."""
 
-    def __init__(self, client: ComfyClient, settings: Settings):
+    def __init__(self, client: ComfyClient, *, sources: Sources):
         self.client = client
-        self.settings = settings
+        self.sources = sources
 
     def stage(self, request_id: str, images: list[InputImage], deadline: float | None = None) -> dict[str, str]:
         renames = {}
@@ -246,7 +256,7 @@ class UploadedInputs:
             subfolder = f"{request_id}/{folder}" if folder else request_id
             response = self.client.http.post(
                 f"{self.client.base_url}/upload/image",
-                files={"image": (filename, _materialise(image, self.settings, deadline))},
+                files={"image": (filename, _materialise(image, self.sources, deadline))},
                 data={"subfolder": subfolder, "type": "input", "overwrite": "true"},
                 timeout=60,
             )

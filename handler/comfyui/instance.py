@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from handler.comfyui import gpu
 from handler.comfyui.catalog import CatalogueSlot, NodeCatalogue
 from handler.comfyui.client import ComfyClient, PromptWatch
-from handler.comfyui.inputs import FolderInputs, InputSink, UploadedInputs
+from handler.comfyui.inputs import FolderInputs, InputSink, Sources, UploadedInputs
 from handler.comfyui.outputs import FolderOutputs, OutputSource, ViewOutputs
 from handler.comfyui.supervisor import ComfyFolders, ComfySupervisor
 from handler.config import Settings
@@ -127,6 +127,7 @@ class Comfy:
         else:
             raise ValueError("set COMFYUI_PATH (boot ComfyUI) or COMFYUI_URL (attach to one)")
         self.folders = folders
+        sources = Sources(urls=settings.urls, jobs=settings.jobs, cloud=settings.cloud)
         self.inputs: InputSink
         self.outputs: OutputSource
         if client is not None and (self.supervisor is not None or folders is None):
@@ -134,14 +135,20 @@ class Comfy:
                 "a given ComfyUI client attaches: set COMFYUI_URL, COMFYUI_INPUT_DIR and COMFYUI_OUTPUT_DIR"
             )
         if client is None:
-            own = ComfyClient(base_url, settings, supervised=self.supervisor is not None, spawn=spawn)
+            own = ComfyClient(
+                base_url,
+                comfyui=settings.comfyui,
+                observability=settings.observability,
+                supervised=self.supervisor is not None,
+                spawn=spawn,
+            )
             client = own
             if folders is None:
-                self.inputs = UploadedInputs(own, settings)
+                self.inputs = UploadedInputs(own, sources=sources)
                 self.outputs = ViewOutputs(own)
         self.client: ComfyConnection = client
         if folders:
-            self.inputs = FolderInputs(folders.input, settings)
+            self.inputs = FolderInputs(folders.input, sources=sources)
             self.outputs = FolderOutputs({"input": folders.input, "output": folders.output, "temp": folders.temp})
         self._boot_lock = threading.Lock()
         # Written only by `_update`, under `_state_lock`.
