@@ -94,7 +94,7 @@ def role_routes(built: Services) -> list[BaseRoute]:
         mounted
         + workflows.routes()
         + openapi.routes()
-        + jobs.routes(settings, runs_jobs=built.jobs.runner is not None)
+        + jobs.routes(cloud=settings.cloud, runs_jobs=built.jobs.runner is not None)
         + observe.routes()
         + dashboard.routes()
     )
@@ -139,7 +139,7 @@ def create_app(
     app = Starlette(
         routes=role_routes(built),
         middleware=[
-            Middleware(observe.RequestObserver, metrics=built.metrics, settings=settings),
+            Middleware(observe.RequestObserver, metrics=built.metrics, observability=settings.observability),
             Middleware(AccessGate, access=built.access),  # inside: its 401s are observed too
         ],
         lifespan=lifespan,

@@ -11,7 +11,7 @@ import anyio
 from starlette.requests import Request
 
 from handler.access import Caller
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
 from handler.errors import BadRequest, PayloadTooLarge, RequestTimeout, Unauthorized
 from handler.services import Services, services_of
 
@@ -35,9 +35,9 @@ def query_flag(request: Request, name: str) -> bool | None:
     return None if value is None else value.lower() in TRUE_WORDS
 
 
-def base_url(request: Request, settings: Settings) -> str:
+def base_url(request: Request, *, cloud: CloudSettings) -> str:
     """Our public URL: SERVICE_URL when set (Cloud Run terminates TLS in front of us)."""
-    return (settings.service_url or str(request.base_url)).rstrip("/")
+    return (cloud.service_url or str(request.base_url)).rstrip("/")
 
 
 async def read_json(request: Request, limit: int, timeout_s: float | None = None) -> Any:

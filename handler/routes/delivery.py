@@ -13,7 +13,7 @@ Contract:
   Accept allows (a still image is re-encoded when the Accept names another still format); with
   none or several, the answer is 406, or the JSON answer when the Accept also allows JSON.
   Whatever the outcome, the run's files are removed once the answer is on its way.
-* Size: an answer over `Settings.chunked_above_bytes` goes out without a Content-Length, i.e.
+* Size: an answer over `HttpSettings.chunked_above_bytes` goes out without a Content-Length, i.e.
   chunked. Cloud Run refuses an HTTP/1 answer over 32 MiB that declares its length, and lets a
   chunked one through whatever its size.
 * `url` delivery stores every file under `outputs/sync-<random>/` in the job store (Cloud Storage,
@@ -38,7 +38,8 @@ from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from handler.comfyui.outputs import FORMATS, STILL_IMAGES, OutputFile, OutputOptions, reencode, store_keys
-from handler.config import Settings
+from handler.config.http import HttpSettings
+from handler.config.jobs import JobSettings
 from handler.errors import BadRequest, NotAcceptable, StorageUnavailable
 from handler.pipeline import PredictResult
 from handler.storage import Store, link
@@ -92,12 +93,14 @@ class AcceptedAnswer:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DeliveryContext:
-    """What sending an answer needs besides the run: the size limits (settings), where `url`
-    delivery stores files, and the service's base URL for links to a local store."""
+    """What sending an answer needs besides the run: the size limits (http), where `url`
+    delivery stores files and for how long its links hold (jobs), and the service's base URL
+    for links to a local store."""
 
-    settings: Settings
+    http: HttpSettings
+    jobs: JobSettings
     store: Store
     base_url: str
 
@@ -179,7 +182,7 @@ def respond(
     try:
         file = pick_file(result.files, accepted) if accepted.form is AnswerForm.RAW else None
         if file is not None:
-            return raw_response(result, file, context.settings, cleanup)
+            return raw_response(result, file, context.http, cleanup)
         if output.delivery == "url":
             return JSONResponse(stored_document(result, context), background=cleanup)
     except BaseException:
@@ -187,7 +190,7 @@ def respond(
             result.cleanup()
         raise
     length, parts = result.json_parts()
-    return _sized(length, parts, JSON, {}, context.settings, cleanup)
+    return _sized(length, parts, JSON, {}, context.http, cleanup)
 
 
 def document_bytes(result: PredictResult, output: OutputOptions, context: DeliveryContext) -> bytes:
@@ -202,12 +205,12 @@ def _sized(
     parts: Iterator[bytes],
     media_type: str,
     headers: dict[str, str],
-    settings: Settings,
+    http: HttpSettings,
     background: BackgroundTask | None,
 ) -> Response:
     if length <= STREAM_ABOVE_BYTES:
         return Response(b"".join(parts), media_type=media_type, headers=headers, background=background)
-    if length <= settings.chunked_above_bytes:
+    if length <= http.chunked_above_bytes:
         return StreamingResponse(
             parts, media_type=media_type, background=background, headers={**headers, "Content-Length": str(length)}
         )
@@ -245,11 +248,9 @@ def raw_headers(result: PredictResult, file: OutputFile) -> dict[str, str]:
 
 
 def raw_response(
-    result: PredictResult, file: OutputFile, settings: Settings, background: BackgroundTask | None
+    result: PredictResult, file: OutputFile, http: HttpSettings, background: BackgroundTask | None
 ) -> Response:
-    return _sized(
-        len(file.data), _slices(file.data), file.content_type, raw_headers(result, file), settings, background
-    )
+    return _sized(len(file.data), _slices(file.data), file.content_type, raw_headers(result, file), http, background)
 
 
 def stored_document(result: PredictResult, context: DeliveryContext) -> dict[str, Any]:
@@ -271,7 +272,7 @@ def stored_document(result: PredictResult, context: DeliveryContext) -> dict[str
             f"storing the outputs failed ({type(exc).__name__}); the run's files are gone, retry the request"
         ) from None
     images, unsigned = [], False
-    ttl = context.settings.signed_url_ttl_s
+    ttl = context.jobs.signed_url_ttl_s
     for file, key in zip(result.files, keys):
         url = link(context.store, key, ttl, context.base_url)
         unsigned = unsigned or url is None

@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from handler import errors
 from handler.body import PRIORITIES
 from handler.comfyui.progress import Stage
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
 from handler.jobs import JobState, Outcome, RunOutcome, Sent
 from handler.jobs.repo import check_job_id
 from handler.models.progress import SCHEMA as DOWNLOAD_SCHEMA
@@ -42,8 +42,8 @@ SYNC_OUTPUTS = "sync-"  # outputs/sync-<random>/: a sync answer's files (handler
 # --- the async branch of /predict (handler/routes/predict.py)
 
 
-def wants_async(settings: Settings, body: Any, request: Request) -> bool:
-    if settings.verify_task_tokens and request.headers.get(CLOUD_TASKS_HEADER):
+def wants_async(body: Any, request: Request, *, cloud: CloudSettings) -> bool:
+    if cloud.verify_task_tokens and request.headers.get(CLOUD_TASKS_HEADER):
         return True
     return isinstance(body, dict) and (body.get("async") is True or body.get("webhook") is not None)
 
@@ -51,7 +51,7 @@ def wants_async(settings: Settings, body: Any, request: Request) -> bool:
 async def accept(services: Services, body: Any, request: Request, caller: Caller | None) -> Response:
     """`caller`: who submits (None only for a client-made task, which its token vouches for)."""
     settings, jobs = services.settings, services.jobs
-    base = base_url(request, settings)
+    base = base_url(request, cloud=settings.cloud)
     task_name = request.headers.get(CLOUD_TASKS_HEADER)
     if task_name and settings.verify_task_tokens:
         # A task a client created against /predict: run it now, once per task.
@@ -99,7 +99,7 @@ async def tasks_run(request: Request) -> Response:
         outcome = await jobs.runtime.run_long(runner.run_next, job_id)
     else:
         outcome = await jobs.runtime.run_long(runner.run, job_id)
-    return _outcome(services, outcome, base_url(request, services.settings))
+    return _outcome(services, outcome, base_url(request, cloud=services.settings.cloud))
 
 
 async def tasks_webhook(request: Request) -> Response:
@@ -150,7 +150,7 @@ async def status(request: Request) -> Response:
     view = await run_in_threadpool(
         services.jobs.service.status,
         request.path_params["job_id"],
-        base_url=base_url(request, services.settings),
+        base_url=base_url(request, cloud=services.settings.cloud),
         inline=query_flag(request, "inline"),
         caller=caller_of(request),
     )
@@ -185,11 +185,11 @@ async def local_output(request: Request) -> Response:
     return FileResponse(path)
 
 
-def routes(settings: Settings, runs_jobs: bool) -> list[BaseRoute]:
+def routes(*, cloud: CloudSettings, runs_jobs: bool) -> list[BaseRoute]:
     """The api role keeps the callers' routes and delivers webhooks; the worker role runs job
     tasks (`runs_jobs`); role "all" serves both."""
     mounted: list[BaseRoute] = []
-    if settings.service_role.accepts_jobs:
+    if cloud.service_role.accepts_jobs:
         mounted += [
             Route("/status/{job_id}", status, methods=["GET"]),
             Route("/cancel/{job_id}", cancel, methods=["POST"]),

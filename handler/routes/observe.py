@@ -34,7 +34,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from handler import __version__, logs
-from handler.config import Settings
+from handler.config.declare import Section
+from handler.config.observability import ObservabilitySettings
 from handler.errors import NotFound, scrub
 from handler.metrics import Metrics
 from handler.routes.apidoc import PathItems, error_response, json_response
@@ -69,10 +70,10 @@ def redact(value: Any) -> Any:
 
 
 class RequestObserver:
-    def __init__(self, app: ASGIApp, metrics: Metrics, settings: Settings):
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, observability: ObservabilitySettings):
         self.app = app
         self.metrics = metrics
-        self.access_log = settings.access_log
+        self.access_log = observability.access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,7 +158,7 @@ def _error_of(body: bytes) -> str | None:
 # --- routes ----------------------------------------------------------------------------------
 
 
-def masked_settings(settings: Settings) -> dict[str, Any]:
+def masked_settings(settings: Section) -> dict[str, Any]:
     """Every setting; secrets as "***" when set, and so are URL userinfo and secret-named query
     values and options (`redact`); paths and private names as errors.scrub shows them."""
     out: dict[str, Any] = {}

@@ -86,7 +86,8 @@ def parse_sync(services: Services, body: Any, accepted: AcceptedAnswer) -> Predi
 
 def delivery_context(services: Services, base: str) -> DeliveryContext:
     """Where `output.delivery: "url"` stores a sync answer's files: the jobs' store."""
-    return DeliveryContext(services.settings, services.jobs.service.store, base)
+    settings = services.settings
+    return DeliveryContext(http=settings.http, jobs=settings.jobs, store=services.jobs.service.store, base_url=base)
 
 
 def run_sync(
@@ -114,7 +115,7 @@ async def predict(request: Request) -> Response:
     body = await read_json(request, services.settings.max_body_bytes, services.settings.body_read_timeout_s)
     if caller is not None:
         caller.check_body(body)
-    if job_routes.wants_async(services.settings, body, request):
+    if job_routes.wants_async(body, request, cloud=services.settings.cloud):
         return await job_routes.accept(services, body, request, caller)
     if services.pipeline is None:
         raise BadRequest(
@@ -122,7 +123,7 @@ async def predict(request: Request) -> Response:
             worker_url=services.settings.worker_url,
         )
     accepted = delivery.negotiate(request.headers.get("accept"))  # 406 before any work
-    base = base_url(request, services.settings)
+    base = base_url(request, cloud=services.settings.cloud)
     if accepted.form is AnswerForm.EVENTS:
         comfy = comfy_of(services)
 

@@ -19,7 +19,7 @@ def served() -> dict[str, set[str]]:
         *models.routes(),
         *workflows.routes(),
         *openapi.routes(),
-        *jobs.routes(Settings(), runs_jobs=True),
+        *jobs.routes(cloud=Settings().cloud, runs_jobs=True),
         *observe.routes(),
         *dashboard.routes(),
     ]
