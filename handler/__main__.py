@@ -17,10 +17,11 @@ from handler.config import ConfigError, Settings
 def main() -> int:
     try:
         settings = Settings.from_env()
-        logs.configure(
-            observability=settings.observability, cloud=settings.cloud
-        )  # JSON lines for Cloud Logging on Cloud Run, readable text locally
-        comfy_process = boot_early(settings)
+        # JSON lines for Cloud Logging on Cloud Run, readable text locally.
+        logs.configure(observability=settings.observability, cloud=settings.cloud)
+        comfy_process = boot_early(
+            cloud=settings.cloud, comfyui=settings.comfyui, models=settings.models, http=settings.http
+        )
     except (ConfigError, ValueError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute
 from handler import benchtrace, logs, services
 from handler.access.gate import AccessGate
 from handler.comfyui import catalog
-from handler.comfyui.instance import ComfyConnection
+from handler.comfyui.connection import ComfyConnection
 from handler.config import ServiceRole, Settings
 from handler.errors import HTTPStatusError, ServiceError
 from handler.routes import dashboard, jobs, models, observe, openapi, predict, workflows

@@ -159,7 +159,9 @@ class Pipeline:
         self.models = models  # the cache of models named by URL; None: such workflows are refused
         self.client = comfy.client
         # Error bodies name these folders by placeholder, never by path (errors.scrub).
-        for path, placeholder in private_paths(comfy.settings, comfy.folders).items():
+        for path, placeholder in private_paths(
+            comfy.folders, comfyui=comfy.comfyui, models=comfy.model_settings, http=comfy.http
+        ).items():
             register_private_path(path, placeholder)
         self.runtime = runtime
         self._arrivals = itertools.count()
@@ -205,7 +207,7 @@ class Pipeline:
             graph.check(workflow, object_info).raise_for_errors()
 
     def _folder_nodes(self) -> frozenset[str]:  # ALLOW_FOLDER_NODES, only where prompts see their own folders
-        return frozenset(self.comfy.settings.allow_folder_nodes) if self.comfy.isolated else frozenset()
+        return frozenset(self.comfy.comfyui.allow_folder_nodes) if self.comfy.isolated else frozenset()
 
     def warmup(self, workflow: dict[str, Any]) -> None:
         self._run(PredictRequest(workflow=check_workflow(workflow)), None, False)
@@ -347,7 +349,7 @@ class Pipeline:
         """Wait on one event (`watch.changed`) set on start, end, cancel and shutdown."""
         stopping = self.runtime.stopping
         changed = watch.changed
-        queue_wait_s = self.comfy.settings.queue_wait_timeout_s
+        queue_wait_s = self.comfy.http.queue_wait_timeout_s
         step = 0.25 if cancel is not None and not isinstance(cancel, Trigger) else None
         with link(stopping, changed), link(cancel, changed):
             while True:

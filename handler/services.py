@@ -18,7 +18,9 @@ from handler import storage, taskqueue
 from handler.access.gate import Access
 from handler.collector import ServiceCollector
 from handler.comfyui.catalog import StoreCatalog
-from handler.comfyui.instance import Comfy, ComfyConnection
+from handler.comfyui.connection import ComfyConnection
+from handler.comfyui.inputs import Sources
+from handler.comfyui.instance import Comfy
 from handler.config import Settings
 from handler.jobs import Jobs, Preflight, Runs
 from handler.metrics import Metrics
@@ -72,7 +74,16 @@ def build(
     checks: Preflight = catalog
     runs = None
     if settings.service_role.runs_comfy:
-        comfy = Comfy(settings, runtime.thread, comfy_client, comfy_process)
+        comfy = Comfy(
+            comfyui=settings.comfyui,
+            models=settings.models,
+            http=settings.http,
+            observability=settings.observability,
+            sources=Sources(urls=settings.urls, jobs=settings.jobs, cloud=settings.cloud),
+            spawn=runtime.thread,
+            client=comfy_client,
+            started=comfy_process,
+        )
         models = model_cache(settings) if comfy.supervisor is not None and settings.model_urls else None
         pipeline = Pipeline(comfy, runtime, models=models)
         checks, runs = pipeline, Runs(pipeline, comfy)

@@ -22,6 +22,7 @@ from handler.pipeline import Pipeline, queue_number
 from handler.predict_request import PredictRequest
 from handler.runtime import Runtime, Trigger
 from tests.fixtures.comfy import ServiceProcess
+from tests.fixtures.sections import sections, sources
 from tests.fixtures.waiting import wait_until
 
 Attach = Callable[..., Pipeline]
@@ -37,7 +38,11 @@ def attach(service: ServiceProcess) -> Iterator[Attach]:
     def make(**settings: Any) -> Pipeline:
         chosen = replace(Settings(), comfyui_url=service.comfy_url, **settings)
         runtime = Runtime(http=chosen.http)
-        comfy = Comfy(chosen, runtime.thread)
+        comfy = Comfy(
+            **sections(chosen, "comfyui", "models", "http", "observability"),
+            sources=sources(chosen),
+            spawn=runtime.thread,
+        )
         comfies.append(comfy)
         comfy.start()
         wait_until(lambda: comfy.ready, 30, message="the attached ComfyUI never became ready")

@@ -27,15 +27,16 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from handler.comfyui import gpu
 from handler.comfyui.catalog import CatalogueSlot, NodeCatalogue
-from handler.comfyui.client import ComfyClient, PromptWatch
+from handler.comfyui.client import ComfyClient
+from handler.comfyui.connection import ComfyConnection
 from handler.comfyui.inputs import FolderInputs, InputSink, Sources, UploadedInputs
 from handler.comfyui.outputs import FolderOutputs, OutputSource, ViewOutputs
 from handler.comfyui.supervisor import ComfyFolders, ComfySupervisor
-from handler.config import Settings
+from handler.config import ComfyUISettings, HttpSettings, ModelSettings, ObservabilitySettings
 from handler.errors import ComfyUnavailable, NotFound, ServiceError
 from handler.runtime import Spawn, Trigger
 
@@ -58,51 +59,15 @@ class ComfyState(str, enum.Enum):
 FINAL_STATES = frozenset({ComfyState.MODEL_FETCH_FAILED, ComfyState.STOPPING, ComfyState.GPU_UNUSABLE})
 
 
-class ComfyConnection(Protocol):
-    """What the service uses of its connection to ComfyUI (`ComfyClient`; a test double in the
-    in-process tests). `on_connect` and `on_disconnect` are called on the connection's own
-    thread after every websocket (re)connect and drop."""
-
-    on_connect: Callable[[], None] | None
-    on_disconnect: Callable[[], None] | None
-    connects: int
-
-    @property
-    def connected(self) -> bool: ...
-
-    def start(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def comfy_listening(self) -> None: ...
-
-    def comfy_exited(self) -> None: ...
-
-    def get_json(self, path: str, timeout_s: float = 30.0) -> Any: ...
-
-    def watch(self, prompt_id: str) -> PromptWatch: ...
-
-    def forget(self, prompt_id: str) -> None: ...
-
-    def in_flight(self) -> list[PromptWatch]: ...
-
-    def ahead_of(self, prompt_id: str) -> int: ...
-
-    def submit(
-        self, graph: dict[str, Any], prompt_id: str, number: float | None = None, *, folder: str | None = None
-    ) -> None: ...
-
-    def interrupt(self, prompt_id: str, timeout_s: float = 30.0) -> None: ...
-
-    def queued(self, prompt_id: str, timeout_s: float = 30.0) -> bool: ...
-
-    def history(self, prompt_id: str) -> dict[str, Any] | None: ...
-
-
 class Comfy:
     def __init__(
         self,
-        settings: Settings,
+        *,
+        comfyui: ComfyUISettings,
+        models: ModelSettings,
+        http: HttpSettings,
+        observability: ObservabilitySettings,
+        sources: Sources,
         spawn: Spawn,
         client: ComfyConnection | None = None,
         started: subprocess.Popen[bytes] | None = None,
@@ -111,23 +76,30 @@ class Comfy:
         connection to an attached ComfyUI whose folders are given (COMFYUI_URL with
         COMFYUI_INPUT_DIR and COMFYUI_OUTPUT_DIR); by default a `ComfyClient` to ComfyUI.
         `started`: a ComfyUI spawned early (`supervisor.boot_early`), adopted by the supervisor."""
-        self.settings = settings
+        self.comfyui, self.http, self.model_settings = comfyui, http, models  # models(): ComfyUI's list
         self._spawn = spawn
         self.supervisor: ComfySupervisor | None = None
         folders: ComfyFolders | None = None
-        if settings.comfyui_url:
-            base_url = settings.comfyui_url
-            if settings.comfyui_input_dir and settings.comfyui_output_dir:
-                temp = settings.comfyui_temp_dir or settings.comfyui_output_dir.parent / "temp"
-                folders = ComfyFolders(settings.comfyui_input_dir, settings.comfyui_output_dir, temp)
-        elif settings.comfyui_path:
-            self.supervisor = ComfySupervisor(settings, self._on_listening, self._on_exit, spawn, started)
+        if comfyui.comfyui_url:
+            base_url = comfyui.comfyui_url
+            if comfyui.comfyui_input_dir and comfyui.comfyui_output_dir:
+                temp = comfyui.comfyui_temp_dir or comfyui.comfyui_output_dir.parent / "temp"
+                folders = ComfyFolders(comfyui.comfyui_input_dir, comfyui.comfyui_output_dir, temp)
+        elif comfyui.comfyui_path:
+            self.supervisor = ComfySupervisor(
+                comfyui=comfyui,
+                models=models,
+                http=http,
+                on_listening=self._on_listening,
+                on_exit=self._on_exit,
+                spawn=spawn,
+                started=started,
+            )
             base_url = self.supervisor.url
             folders = self.supervisor.folders
         else:
             raise ValueError("set COMFYUI_PATH (boot ComfyUI) or COMFYUI_URL (attach to one)")
         self.folders = folders
-        sources = Sources(urls=settings.urls, jobs=settings.jobs, cloud=settings.cloud)
         self.inputs: InputSink
         self.outputs: OutputSource
         if client is not None and (self.supervisor is not None or folders is None):
@@ -135,12 +107,9 @@ class Comfy:
                 "a given ComfyUI client attaches: set COMFYUI_URL, COMFYUI_INPUT_DIR and COMFYUI_OUTPUT_DIR"
             )
         if client is None:
+            supervised = self.supervisor is not None
             own = ComfyClient(
-                base_url,
-                comfyui=settings.comfyui,
-                observability=settings.observability,
-                supervised=self.supervisor is not None,
-                spawn=spawn,
+                base_url, comfyui=comfyui, observability=observability, supervised=supervised, spawn=spawn
             )
             client = own
             if folders is None:
@@ -236,7 +205,7 @@ class Comfy:
         self.client.start()
         if self.supervisor is None:
             return
-        if self.settings.models_source:
+        if self.model_settings.models_source:
             # Runtime models: fetch them first, while /healthz answers 503.
             self._spawn("models", self._fetch_models_then_boot)
         else:
@@ -247,7 +216,7 @@ class Comfy:
         raise GpuUnavailable when there is none, so the process exits saying why."""
         info = gpu.probe()
         log.info("GPU: %s", info.summary() if info else "none (ComfyUI runs on CPU)")
-        if self.settings.require_gpu:
+        if self.comfyui.require_gpu:
             gpu.require(info)
 
     def _fetch_models_then_boot(self) -> None:
@@ -257,7 +226,7 @@ class Comfy:
             return  # stopped before it began
         try:
             fetch_started = time.monotonic()
-            ensure_models(models=self.settings.models, comfyui=self.settings.comfyui)
+            ensure_models(models=self.model_settings, comfyui=self.comfyui)
             self.models_fetch_s = time.monotonic() - fetch_started
         except Exception as exc:
             self._update(ComfyState.MODEL_FETCH_FAILED)
@@ -351,7 +320,7 @@ class Comfy:
         self.isolated = self._has_isolation()
         torch_version, devices = gpu.torch_summary(stats)
         log.info("ComfyUI %s: torch %s, devices %s", self.version or "?", torch_version, ", ".join(devices) or "?")
-        if self.settings.require_gpu and self.supervisor and not any(d.startswith("cuda") for d in devices):
+        if self.comfyui.require_gpu and self.supervisor and not any(d.startswith("cuda") for d in devices):
             # PyTorch cannot use the GPU the driver shows (a CUDA build the driver does not run):
             # stop now rather than serve prompts on the CPU or not at all.
             log.critical(
@@ -387,7 +356,7 @@ class Comfy:
 
     def models(self, refresh: bool = False) -> dict[str, list[str]]:
         cached = self._models
-        if cached and not refresh and time.monotonic() - cached[0] < self.settings.models_cache_ttl_s:
+        if cached and not refresh and time.monotonic() - cached[0] < self.model_settings.models_cache_ttl_s:
             return cached[1]
         self.require_ready()
         folders = self.client.get_json("/models")

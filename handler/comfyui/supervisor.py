@@ -25,7 +25,10 @@ from pathlib import Path
 
 from handler import logs
 from handler.comfyui import gpu
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.comfyui import ComfyUISettings
+from handler.config.http import HttpSettings
+from handler.config.models import ModelSettings
 from handler.errors import REQUEST_FOLDER
 from handler.models.refs import LOADERS
 from handler.runtime import Spawn, daemon_thread
@@ -181,13 +184,15 @@ class ComfyFolders:
         return {self.input: "<input>", self.output: "<output>", self.temp: "<temp>"}
 
 
-def private_paths(settings: Settings, folders: ComfyFolders | None) -> dict[Path, str]:
+def private_paths(
+    folders: ComfyFolders | None, *, comfyui: ComfyUISettings, models: ModelSettings, http: HttpSettings
+) -> dict[Path, str]:
     """Folders of this machine that no answer may name, with what answers say instead."""
-    paths = {settings.state_dir: "<server>", Path(__file__).resolve().parents[1]: "<server>"}
-    if settings.comfyui_path:
-        paths[settings.comfyui_path] = "<comfyui>"
-    if settings.model_urls:
-        paths[settings.model_cache_root.resolve()] = "<models>"
+    paths = {http.state_dir: "<server>", Path(__file__).resolve().parents[1]: "<server>"}
+    if comfyui.comfyui_path:
+        paths[comfyui.comfyui_path] = "<comfyui>"
+    if models.model_urls:
+        paths[models.cache_root(http.comfyui_base_dir).resolve()] = "<models>"
     if folders:
         paths[folders.input.parent] = "<server>"
         paths.update(folders.placeholders())
@@ -223,7 +228,10 @@ def refuse_own_args(args: tuple[str, ...] | list[str]) -> None:
 class ComfySupervisor:
     def __init__(
         self,
-        settings: Settings,
+        *,
+        comfyui: ComfyUISettings,
+        models: ModelSettings,
+        http: HttpSettings,
         on_listening: Callable[[], None],
         on_exit: Callable[[int], None],
         spawn: Spawn = daemon_thread,
@@ -231,12 +239,13 @@ class ComfySupervisor:
     ):
         """`started`: the first ComfyUI, already spawned by `boot_early` (`python -m handler`
         starts it before it loads the web stack); the supervisor adopts it as its first run."""
-        if settings.comfyui_path is None:
+        if comfyui.comfyui_path is None:
             raise ValueError("COMFYUI_PATH is not set")
-        refuse_own_args(settings.comfyui_args)
-        self.settings = settings
-        self.folders = ComfyFolders.under(settings.comfyui_base_dir)
-        self.url = f"http://127.0.0.1:{settings.comfyui_port}"
+        refuse_own_args(comfyui.comfyui_args)
+        self.comfyui, self.models = comfyui, models
+        self.base_dir = http.comfyui_base_dir
+        self.folders = ComfyFolders.under(self.base_dir)
+        self.url = f"http://127.0.0.1:{comfyui.comfyui_port}"
         self._on_listening = on_listening
         self._on_exit = on_exit
         self._spawn = spawn
@@ -247,14 +256,14 @@ class ComfySupervisor:
         self.restarts = 0
 
     def command(self) -> list[str]:
-        base = self.settings.comfyui_base_dir
+        base = self.base_dir
         return [
-            self.settings.comfyui_python,
+            self.comfyui.comfyui_python,
             "main.py",
             "--listen",
             "127.0.0.1",
             "--port",
-            str(self.settings.comfyui_port),
+            str(self.comfyui.comfyui_port),
             "--input-directory",
             str(self.folders.input),
             "--output-directory",
@@ -268,38 +277,40 @@ class ComfySupervisor:
             "sqlite:///:memory:",
             "--disable-auto-launch",
             "--verbose",
-            self.settings.comfy_log_level,
-            *(["--models-directory", str(self.settings.models_dir)] if self.settings.models_dir else []),
-            *(["--extra-model-paths-config", str(self.model_paths_file)] if self.settings.model_urls else []),
+            self.comfyui.comfy_log_level,
+            *(["--models-directory", str(self.models.models_dir)] if self.models.models_dir else []),
+            *(["--extra-model-paths-config", str(self.model_paths_file)] if self.models.model_urls else []),
             # The isolation extension (docs/security.md): each prompt sees only its request's folders.
             "--extra-model-paths-config",
             str(base / "comfyrun_extensions.yaml"),
-            *with_isolation_whitelisted(self.settings.comfyui_args),
+            *with_isolation_whitelisted(self.comfyui.comfyui_args),
         ]
 
     @property
     def model_paths_file(self) -> Path:
-        return self.settings.comfyui_base_dir / "extra_model_paths.yaml"
+        return self.base_dir / "extra_model_paths.yaml"
 
     def write_model_paths(self) -> None:
         """Show ComfyUI the model cache's folders (and nothing else of it: not its part files).
         JSON is YAML, and needs no quoting rules of its own for the path."""
         folders = {folder: folder for folder in sorted(set(LOADERS.values()))}
-        config = {"comfyrun_model_cache": {"base_path": str(self.settings.model_cache_root.resolve()), **folders}}
+        config = {
+            "comfyrun_model_cache": {"base_path": str(self.models.cache_root(self.base_dir).resolve()), **folders}
+        }
         self.model_paths_file.parent.mkdir(parents=True, exist_ok=True)
         self.model_paths_file.write_text(json.dumps(config, indent=1) + "\n")
 
     def prepare(self) -> None:
         """The folders and files ComfyUI's command line names."""
         self.folders.create()
-        if self.settings.model_urls:
+        if self.models.model_urls:
             self.write_model_paths()
-        extension_config(self.settings.comfyui_base_dir)
+        extension_config(self.base_dir)
         removed = self.folders.remove_request_folders()  # before ComfyUI runs: no run of ours is in flight
         if removed:
             log.info("removed %d request folders left by an earlier run", removed)
-        if self.settings.models_dir:
-            self.settings.models_dir.mkdir(parents=True, exist_ok=True)  # ComfyUI wants it to exist
+        if self.models.models_dir:
+            self.models.models_dir.mkdir(parents=True, exist_ok=True)  # ComfyUI wants it to exist
 
     def start(self) -> None:
         self.prepare()
@@ -308,10 +319,10 @@ class ComfySupervisor:
     def spawn_process(self) -> subprocess.Popen[bytes]:
         command = self.command()
         log.info("starting ComfyUI: %s", " ".join(command))
-        env = comfy_env(dict(os.environ), self.settings.comfyui_env_passthrough)
+        env = comfy_env(dict(os.environ), self.comfyui.comfyui_env_passthrough)
         return subprocess.Popen(
             command,
-            cwd=self.settings.comfyui_path,
+            cwd=self.comfyui.comfyui_path,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -326,7 +337,7 @@ class ComfySupervisor:
         return process.pid if process and process.poll() is None else None
 
     def _supervise(self) -> None:
-        backoff = self.settings.comfyui_restart_backoff_s
+        backoff = self.comfyui.comfyui_restart_backoff_s
         while not self._stopping.is_set():
             started = time.monotonic()
             code = self._run_once()
@@ -334,11 +345,11 @@ class ComfySupervisor:
             if self._stopping.is_set():
                 break
             if time.monotonic() - started > STABLE_RUN_S:
-                backoff = self.settings.comfyui_restart_backoff_s
+                backoff = self.comfyui.comfyui_restart_backoff_s
             log.warning("ComfyUI exited with code %s; restarting in %.1f s", code, backoff)
             if self._stopping.wait(backoff):
                 break
-            backoff = min(backoff * 2, self.settings.comfyui_restart_backoff_max_s)
+            backoff = min(backoff * 2, self.comfyui.comfyui_restart_backoff_max_s)
             self.restarts += 1
 
     def _run_once(self) -> int:
@@ -382,16 +393,20 @@ class ComfySupervisor:
             self._thread.join(timeout_s)
 
 
-def boot_early(settings: Settings) -> subprocess.Popen[bytes] | None:
+def boot_early(
+    *, cloud: CloudSettings, comfyui: ComfyUISettings, models: ModelSettings, http: HttpSettings
+) -> subprocess.Popen[bytes] | None:
     """Spawn ComfyUI at once, before the service imports its web stack and builds its app, so
     that ComfyUI's boot overlaps the service's own (`python -m handler`). None where the service
     does not boot ComfyUI itself, or must do something first: fetch runtime models, or stop
     because REQUIRE_GPU finds no GPU (the regular start says why)."""
-    if not settings.service_role.runs_comfy or settings.comfyui_url or settings.comfyui_path is None:
+    if not cloud.service_role.runs_comfy or comfyui.comfyui_url or comfyui.comfyui_path is None:
         return None
-    if settings.models_source or (settings.require_gpu and gpu.probe() is None):
+    if models.models_source or (comfyui.require_gpu and gpu.probe() is None):
         return None
-    supervisor = ComfySupervisor(settings, on_listening=lambda: None, on_exit=lambda code: None)
+    supervisor = ComfySupervisor(
+        comfyui=comfyui, models=models, http=http, on_listening=lambda: None, on_exit=lambda code: None
+    )
     supervisor.prepare()
     try:
         return supervisor.spawn_process()

@@ -76,3 +76,8 @@ class HttpSettings(Section):
         at_least=1,
         help="threads for sync runs and jobs, apart from the pool that serves `/healthz`, `/status` and listings",
     )
+
+    @property
+    def comfyui_base_dir(self) -> Path:
+        """Folders the service owns for a ComfyUI it boots: input/, output/, temp/."""
+        return (self.state_dir / "comfyui").resolve()

@@ -103,3 +103,8 @@ class ModelSettings(Section):
     workflows_dir: Path = setting(
         env="WORKFLOWS_DIR", default=Path("workflows"), help="the named workflow templates (docs/templates.md)"
     )
+
+    def cache_root(self, comfyui_base_dir: Path) -> Path:
+        """Where models fetched by URL are kept: MODEL_CACHE_DIR, else model-cache/ beside the
+        folders of the ComfyUI the service boots (HttpSettings.comfyui_base_dir)."""
+        return self.model_cache_dir or comfyui_base_dir / "model-cache"

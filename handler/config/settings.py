@@ -106,14 +106,9 @@ class Settings(
         return self.section(ObservabilitySettings)
 
     @property
-    def comfyui_base_dir(self) -> Path:
-        """Folders the service owns for a ComfyUI it boots: input/, output/, temp/."""
-        return (self.state_dir / "comfyui").resolve()
-
-    @property
     def model_cache_root(self) -> Path:
         """Where models fetched by URL are kept (MODEL_CACHE_DIR)."""
-        return self.model_cache_dir or self.comfyui_base_dir / "model-cache"
+        return self.cache_root(self.comfyui_base_dir)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -10,11 +10,14 @@ from pathlib import Path
 from handler.comfyui.supervisor import ComfySupervisor
 from handler.config import Settings
 from handler.models.refs import LOADERS
+from tests.fixtures.sections import sections
 
 
 def supervisor(tmp_path: Path, **kw: object) -> ComfySupervisor:
     settings = Settings(comfyui_path=tmp_path, state_dir=tmp_path / "state", **kw)  # type: ignore[arg-type]
-    return ComfySupervisor(settings, lambda: None, lambda code: None)
+    return ComfySupervisor(
+        **sections(settings, "comfyui", "models", "http"), on_listening=lambda: None, on_exit=lambda code: None
+    )
 
 
 def test_the_cache_folders_are_passed_as_extra_model_paths(tmp_path: Path) -> None:
