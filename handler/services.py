@@ -90,7 +90,13 @@ def build(
         published = None
     metrics = Metrics(observability=settings.observability)
     jobs = Jobs.build(
-        settings=settings,
+        jobs=settings.jobs,
+        http=settings.http,
+        urls=settings.urls,
+        cloud=settings.cloud,
+        models=settings.models,
+        webhooks=settings.webhooks,
+        observability=settings.observability,
         store=store,
         queue=taskqueue.from_settings(jobs=settings.jobs, cloud=settings.cloud, state_dir=settings.state_dir),
         outbox_queue=taskqueue.outbox_from_settings(

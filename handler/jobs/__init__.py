@@ -21,7 +21,13 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.http import HttpSettings
+from handler.config.jobs import JobSettings
+from handler.config.models import ModelSettings
+from handler.config.observability import ObservabilitySettings
+from handler.config.urls import UrlSettings
+from handler.config.webhooks import WebhookSettings
 from handler.jobs import retention
 from handler.jobs.leases import Leases
 from handler.jobs.model import FINAL_STATES, Job, JobState
@@ -78,7 +84,13 @@ class Jobs:
     def build(
         cls,
         *,
-        settings: Settings,
+        jobs: JobSettings,
+        http: HttpSettings,
+        urls: UrlSettings,
+        cloud: CloudSettings,
+        models: ModelSettings,
+        webhooks: WebhookSettings,
+        observability: ObservabilitySettings,
         store: Store,
         queue: TaskQueue,
         outbox_queue: TaskQueue,
@@ -98,22 +110,36 @@ class Jobs:
             store=store,
             keeps_line=jobs_here is None,
             observer=observer,
-            min_write_interval_s=0.0 if store.on_local_disk else settings.gcs_object_write_interval_s,
+            min_write_interval_s=0.0 if store.on_local_disk else jobs.gcs_object_write_interval_s,
         )
-        views = JobViews(settings=settings, store=store)
+        views = JobViews(jobs=jobs, cloud=cloud, store=store)
         local_worker = runs is not None and jobs_here is not None
         # The local worker's threads beyond its places in ComfyUI may make a webhook's first try.
         inline = WORKER_THREADS - LOCAL_SLOTS if local_worker and webhooks_here is not None else 0
-        outbox = Outbox(settings=settings, repo=repo, views=views, queue=outbox_queue, inline_tries=inline)
+        outbox = Outbox(
+            webhooks=webhooks,
+            urls=urls,
+            cloud=cloud,
+            observability=observability,
+            repo=repo,
+            views=views,
+            queue=outbox_queue,
+            inline_tries=inline,
+        )
         runner = worker = None
         if runs is not None:
             runner = Runner(
-                settings=settings,
+                jobs=jobs,
+                http=http,
+                urls=urls,
+                cloud=cloud,
+                models=models,
+                observability=observability,
                 repo=repo,
                 pipeline=runs.pipeline,
                 comfy=runs.comfy,
                 outbox=outbox,
-                leases=Leases(repo=repo, runtime=runtime, ttl_s=settings.job_lease_ttl_s),
+                leases=Leases(repo=repo, runtime=runtime, ttl_s=jobs.job_lease_ttl_s),
                 runtime=runtime,
                 templates=templates,
                 instance_id=instance_id,
@@ -121,7 +147,11 @@ class Jobs:
             if jobs_here is not None:
                 worker = LocalWorker(runner=runner, queue=jobs_here, comfy=runs.comfy, runtime=runtime)
         service = JobService(
-            settings=settings,
+            jobs=jobs,
+            http=http,
+            urls=urls,
+            cloud=cloud,
+            models=models,
             repo=repo,
             queue=queue,
             views=views,
@@ -133,7 +163,7 @@ class Jobs:
         )
         sender = None
         if webhooks_here is not None:
-            sender = LocalSender(outbox=outbox, queue=webhooks_here, settings=settings, stopping=runtime.stopping)
+            sender = LocalSender(outbox=outbox, queue=webhooks_here, webhooks=webhooks, stopping=runtime.stopping)
         for drained in (jobs_here, webhooks_here):
             if drained is not None:
                 runtime.on_stop(drained.stop_waiting)  # the dispatcher and the sender wait in `next`
@@ -173,7 +203,7 @@ class Jobs:
     def _sweep(self) -> None:
         while True:
             try:
-                retention.sweep(self.service.repo, self.service.settings)
+                retention.sweep(self.service.repo, jobs=self.service.job_settings)
             except Exception as exc:
                 log.warning("retention sweep failed: %s", exc)
             if self.runtime.stopping.wait(retention.SWEEP_EVERY_S):

@@ -22,7 +22,10 @@ import enum
 import logging
 import threading
 
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.observability import ObservabilitySettings
+from handler.config.urls import UrlSettings
+from handler.config.webhooks import WebhookSettings
 from handler.failpoints import Failpoints
 from handler.jobs.model import Job, WebhookState, iso, now
 from handler.jobs.repo import JobRepo, LeaveUnchanged
@@ -39,12 +42,23 @@ class Sent(str, enum.Enum):
 
 
 class Outbox:
-    def __init__(self, *, settings: Settings, repo: JobRepo, views: JobViews, queue: TaskQueue, inline_tries: int = 0):
-        self.settings = settings
+    def __init__(
+        self,
+        *,
+        webhooks: WebhookSettings,
+        urls: UrlSettings,
+        cloud: CloudSettings,
+        observability: ObservabilitySettings,
+        repo: JobRepo,
+        views: JobViews,
+        queue: TaskQueue,
+        inline_tries: int = 0,
+    ):
+        self.webhook_settings, self.urls, self.cloud = webhooks, urls, cloud
         self.repo = repo
         self.views = views
         self.queue = queue
-        self.failpoints = Failpoints(settings.failpoint_kill)
+        self.failpoints = Failpoints(observability.failpoint_kill)
         self._inline = threading.BoundedSemaphore(inline_tries) if inline_tries > 0 else None
 
     def announce(self, job: Job, *, try_now: bool = False) -> None:
@@ -65,7 +79,9 @@ class Outbox:
                 return
             drained = self.queue.pull_queue()
             if drained is not None:  # inline tries exist only then; the next waits its turn
-                drained.enqueue(job.job_id, "normal", delay_s=webhooks.backoff(self.settings.webhook_backoff_s, 1))
+                drained.enqueue(
+                    job.job_id, "normal", delay_s=webhooks.backoff(self.webhook_settings.webhook_backoff_s, 1)
+                )
                 return
         self.queue.enqueue(job.job_id, "normal")
 
@@ -85,16 +101,16 @@ class Outbox:
         result = webhooks.attempt(
             job.webhook_url,
             self.views.event(job),
-            webhooks=self.settings.webhooks,
-            urls=self.settings.urls,
-            cloud=self.settings.cloud,
+            webhooks=self.webhook_settings,
+            urls=self.urls,
+            cloud=self.cloud,
             webhook_id=job.webhook_id,
         )
         attempts = int((job.webhook or {}).get("attempts", 0)) + 1
         if result.delivered:
             self.failpoints.reach("delivered")
             state = WebhookState.DELIVERED
-        elif not result.retryable or attempts >= self.settings.webhook_max_attempts:
+        elif not result.retryable or attempts >= self.webhook_settings.webhook_max_attempts:
             state = WebhookState.FAILED
             log.warning(
                 "webhook %s of job %s failed for good after %d attempt(s): %s",
@@ -134,10 +150,10 @@ class Outbox:
 class LocalSender:
     """Drains the local outbox queue in one thread, with exponential backoff between tries."""
 
-    def __init__(self, *, outbox: Outbox, queue: PullQueue, settings: Settings, stopping: threading.Event):
+    def __init__(self, *, outbox: Outbox, queue: PullQueue, webhooks: WebhookSettings, stopping: threading.Event):
         self.outbox = outbox
         self.queue = queue
-        self.settings = settings
+        self.webhook_settings = webhooks
         self.stopping = stopping
 
     def loop(self) -> None:
@@ -153,7 +169,8 @@ class LocalSender:
             try:
                 if sent is Sent.RETRY:
                     self.queue.release(
-                        claim.job_id, delay_s=webhooks.backoff(self.settings.webhook_backoff_s, claim.deliveries)
+                        claim.job_id,
+                        delay_s=webhooks.backoff(self.webhook_settings.webhook_backoff_s, claim.deliveries),
                     )
                 else:
                     self.queue.done(claim.job_id)

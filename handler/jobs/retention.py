@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from handler.comfyui.progress import progress_key
-from handler.config import Settings
+from handler.config.jobs import JobSettings
 from handler.jobs.model import now
 from handler.jobs.repo import JobRepo, job_key, request_key
 
@@ -22,8 +22,8 @@ RECORD_MIN_DAYS = 30
 SWEEP_EVERY_S = 3600.0
 
 
-def record_days(settings: Settings) -> float:
-    return max(settings.output_retention_days, RECORD_MIN_DAYS)
+def record_days(jobs: JobSettings) -> float:
+    return max(jobs.output_retention_days, RECORD_MIN_DAYS)
 
 
 def discard_request(repo: JobRepo, job_id: str) -> None:
@@ -34,7 +34,7 @@ def discard_request(repo: JobRepo, job_id: str) -> None:
         log.info("job %s: could not delete its request yet: %s", job_id, exc)
 
 
-def sweep(repo: JobRepo, settings: Settings) -> int:
+def sweep(repo: JobRepo, *, jobs: JobSettings) -> int:
     """Delete what outlived its retention; returns how many jobs were touched."""
     touched = 0
     at = now()
@@ -42,10 +42,10 @@ def sweep(repo: JobRepo, settings: Settings) -> int:
         if not job.final or job.finished_at is None:
             continue
         age_days = (at - job.finished_at) / DAY_S
-        if age_days >= settings.output_retention_days:
+        if age_days >= jobs.output_retention_days:
             if repo.store.delete_prefix(f"outputs/{job.job_id}/") or repo.store.delete_prefix(f"inputs/{job.job_id}/"):
                 touched += 1
-        if age_days >= record_days(settings):
+        if age_days >= record_days(jobs):
             repo.store.delete(job_key(job.job_id))
             repo.store.delete(progress_key(job.job_id))  # left only by a run that died
             touched += 1

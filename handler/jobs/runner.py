@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from handler import errors, logs
 from handler.comfyui.outputs import store_keys
 from handler.comfyui.progress import JobProgress, OnStart, ProgressSink
-from handler.config import Settings
+from handler.config import CloudSettings, HttpSettings, JobSettings, ModelSettings, ObservabilitySettings, UrlSettings
 from handler.errors import ServiceError
 from handler.failpoints import Failpoints
 from handler.jobs import retention
@@ -93,7 +93,12 @@ class Runner:
     def __init__(
         self,
         *,
-        settings: Settings,
+        jobs: JobSettings,
+        http: HttpSettings,
+        urls: UrlSettings,
+        cloud: CloudSettings,
+        models: ModelSettings,
+        observability: ObservabilitySettings,
         repo: JobRepo,
         pipeline: Pipeline,
         comfy: Readiness,
@@ -103,7 +108,8 @@ class Runner:
         templates: Templates | None,
         instance_id: str,
     ):
-        self.settings = settings
+        self.job_settings = jobs
+        self.http, self.urls, self.cloud, self.models = http, urls, cloud, models
         self.repo = repo
         self.pipeline = pipeline
         self.comfy = comfy
@@ -113,7 +119,7 @@ class Runner:
         self.templates = templates
         self.instance_id = instance_id
         self.lease_ttl_s = leases.ttl_s
-        self.failpoints = Failpoints(settings.failpoint_kill)
+        self.failpoints = Failpoints(observability.failpoint_kill)
 
     def start(self) -> None:
         self.leases.start()
@@ -182,7 +188,7 @@ class Runner:
             if job.cancel_requested:
                 job.finish(JobState.CANCELLED, error=error("cancelled", "cancelled before it could finish"))
                 decision = "cancelled"
-            elif job.attempts >= self.settings.job_max_attempts:
+            elif job.attempts >= self.job_settings.job_max_attempts:
                 last = (job.last_error or {}).get("message", "transient failures")
                 job.finish(
                     JobState.FAILED, error=error("gave_up", f"gave up after {job.attempts} attempts; the last: {last}")
@@ -259,10 +265,10 @@ class Runner:
                     raise errors.NotFound("the job's stored request is missing")
                 request = parse_predict_body(
                     stored,
-                    http=self.settings.http,
-                    urls=self.settings.urls,
-                    cloud=self.settings.cloud,
-                    models=self.settings.models,
+                    http=self.http,
+                    urls=self.urls,
+                    cloud=self.cloud,
+                    models=self.models,
                     templates=self.templates,
                 )
             request.priority = job.priority
@@ -359,7 +365,7 @@ class Runner:
                 raise LeaseLost(current.job_id)
             if current.cancel_requested:
                 current.finish(JobState.CANCELLED, error=error("cancelled", "cancelled"))
-            elif counts and current.attempts >= self.settings.job_max_attempts:
+            elif counts and current.attempts >= self.job_settings.job_max_attempts:
                 current.finish(
                     JobState.FAILED,
                     error=error(

@@ -22,7 +22,11 @@ from handler import errors
 from handler.access import Caller
 from handler.body import check_fields
 from handler.comfyui.progress import read_job_progress
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.http import HttpSettings
+from handler.config.jobs import JobSettings
+from handler.config.models import ModelSettings
+from handler.config.urls import UrlSettings
 from handler.errors import ServiceError
 from handler.jobs import retention
 from handler.jobs.model import Job, JobState, error, iso, now
@@ -56,7 +60,9 @@ class AsyncOptions:
     inline: bool = False
 
     @classmethod
-    def split(cls, body: Mapping[str, Any], settings: Settings) -> tuple[AsyncOptions, dict[str, Any]]:
+    def split(
+        cls, body: Mapping[str, Any], *, urls: UrlSettings, cloud: CloudSettings
+    ) -> tuple[AsyncOptions, dict[str, Any]]:
         """Take our keys out of a /predict body; what is left is the PredictRequest's."""
         check_fields(dict(body))
         rest = {k: v for k, v in body.items() if k not in ASYNC_KEYS}
@@ -69,7 +75,7 @@ class AsyncOptions:
             url = webhook.get("url") if isinstance(webhook, dict) else webhook
             if not isinstance(url, str) or not url:
                 raise errors.BadRequest('webhook must be an object like {"url": "https://…"}')
-            urlguard.check_url(url, urls=settings.urls, cloud=settings.cloud, purpose="webhook URL")
+            urlguard.check_url(url, urls=urls, cloud=cloud, purpose="webhook URL")
         inline = body.get("inline", False)
         if not isinstance(inline, bool):
             raise errors.BadRequest("inline must be true or false")
@@ -80,7 +86,11 @@ class JobService:
     def __init__(
         self,
         *,
-        settings: Settings,
+        jobs: JobSettings,
+        http: HttpSettings,
+        urls: UrlSettings,
+        cloud: CloudSettings,
+        models: ModelSettings,
         repo: JobRepo,
         queue: TaskQueue,
         views: JobViews,
@@ -90,7 +100,8 @@ class JobService:
         templates: Templates | None,
         worker: LocalWorker | None = None,
     ):
-        self.settings = settings
+        self.job_settings = jobs
+        self.http, self.urls, self.cloud, self.models = http, urls, cloud, models
         self.repo = repo
         self.queue = queue
         self.views = views
@@ -119,20 +130,20 @@ class JobService:
         """Validate, store and queue a job. Raises ServiceError (4xx) when it could not run."""
         if not isinstance(body, dict):
             raise errors.BadRequest("the request body must be a JSON object")
-        options, rest = AsyncOptions.split(body, self.settings)
+        options, rest = AsyncOptions.split(body, urls=self.urls, cloud=self.cloud)
         request = parse_predict_body(
             rest,
-            http=self.settings.http,
-            urls=self.settings.urls,
-            cloud=self.settings.cloud,
-            models=self.settings.models,
+            http=self.http,
+            urls=self.urls,
+            cloud=self.cloud,
+            models=self.models,
             templates=self.templates,
         )
-        limit = self.settings.tasks_dispatch_deadline_s - DISPATCH_MARGIN_S
-        if self.settings.queue_backend == "cloudtasks" and request.timeout_s > limit:
+        limit = self.job_settings.tasks_dispatch_deadline_s - DISPATCH_MARGIN_S
+        if self.job_settings.queue_backend == "cloudtasks" and request.timeout_s > limit:
             raise errors.BadRequest(
                 f"timeout may be at most {limit:g} seconds for async jobs: Cloud Tasks ends a dispatch "
-                f"after {self.settings.tasks_dispatch_deadline_s} s"
+                f"after {self.job_settings.tasks_dispatch_deadline_s} s"
             )
         self.checks.preflight(request.workflow)
         job = Job(
@@ -180,8 +191,8 @@ class JobService:
         return "ct-" + hmac.new(self._secret(), message, hashlib.sha256).hexdigest()[:32]
 
     def _secret(self) -> bytes:
-        if self.settings.job_id_secret:
-            return self.settings.job_id_secret.encode()
+        if self.job_settings.job_id_secret:
+            return self.job_settings.job_id_secret.encode()
         found = self.store.get_json(SECRET_KEY)
         if found is None:
             try:
@@ -221,7 +232,7 @@ class JobService:
         url = webhook.get("url") if isinstance(webhook, dict) else webhook
         if isinstance(url, str):
             try:
-                urlguard.check_url(url, urls=self.settings.urls, cloud=self.settings.cloud, purpose="webhook URL")
+                urlguard.check_url(url, urls=self.urls, cloud=self.cloud, purpose="webhook URL")
                 job.webhook_url, job.webhook_id = url, webhooks.new_webhook_id()
             except ServiceError:
                 pass
@@ -310,7 +321,7 @@ class JobService:
             "cancel": "requested",
             "detail": (
                 f"the job is {job.state.value} on another instance; it stops at its next lease renewal "
-                f"(within {self.settings.job_lease_ttl_s / 4:.0f} s)"
+                f"(within {self.job_settings.job_lease_ttl_s / 4:.0f} s)"
             ),
         }
 

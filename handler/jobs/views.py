@@ -10,19 +10,21 @@ import base64
 import json
 from typing import Any
 
-from handler.config import Settings
+from handler.config.cloud import CloudSettings
+from handler.config.jobs import JobSettings
 from handler.jobs.model import Job, iso, now
 from handler.net import urlguard
 from handler.storage import Store, link
 
 
 class JobViews:
-    def __init__(self, *, settings: Settings, store: Store):
-        self.settings = settings
+    def __init__(self, *, jobs: JobSettings, cloud: CloudSettings, store: Store):
+        self.job_settings = jobs
+        self.cloud = cloud
         self.store = store
 
     def status(self, job: Job, *, base_url: str | None = None, inline: bool = False) -> dict[str, Any]:
-        base = (base_url or job.base_url or self.settings.service_url or "").rstrip("/")
+        base = (base_url or job.base_url or self.cloud.service_url or "").rstrip("/")
         out: dict[str, Any] = {
             "job_id": job.job_id,
             "state": job.state.value,
@@ -66,13 +68,13 @@ class JobViews:
         result = dict(job.result or {})
         files = []
         total = sum(f.get("size", 0) for f in result.get("files", []))
-        embed = inline and total <= self.settings.inline_max_bytes
+        embed = inline and total <= self.job_settings.inline_max_bytes
         unsigned = False
         for stored in result.get("files", []):
             entry = dict(stored)
             key = entry.pop("key")
             entry["uri"] = self.store.uri(key)
-            url = link(self.store, key, self.settings.signed_url_ttl_s, base)
+            url = link(self.store, key, self.job_settings.signed_url_ttl_s, base)
             unsigned = unsigned or url is None
             entry["url"] = url
             if embed:

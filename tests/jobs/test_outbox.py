@@ -8,6 +8,7 @@ import threading
 
 from handler.jobs import Outcome
 from tests.fixtures.jobharness import WORKFLOW, RecordingQueue, ScriptedPipeline, service
+from tests.fixtures.sections import sections
 
 
 def test_a_redelivery_of_a_finished_job_queues_its_pending_webhook_again(store):
@@ -90,7 +91,13 @@ def test_the_first_webhook_try_is_inline_within_its_bound_and_what_it_cannot_set
         posts.clear()
         queue = RecordingQueue()
         shared = svc.jobs.outbox
-        outbox = Outbox(settings=shared.settings, repo=shared.repo, views=shared.views, queue=queue, inline_tries=1)
+        outbox = Outbox(
+            **sections(svc.settings, "webhooks", "urls", "cloud", "observability"),
+            repo=shared.repo,
+            views=shared.views,
+            queue=queue,
+            inline_tries=1,
+        )
         final = {name: svc.get(job.job_id) for name, job in jobs.items()}
 
         outbox.announce(final["fast"], try_now=True)
@@ -141,7 +148,13 @@ def test_a_failed_inline_webhook_try_is_queued_for_after_the_first_backoff(store
         job = svc.submit({"workflow": WORKFLOW, "webhook": {"url": f"http://127.0.0.1:{server.server_address[1]}/h"}})
         svc.run(job.job_id)
         shared = svc.jobs.outbox
-        outbox = Outbox(settings=shared.settings, repo=shared.repo, views=shared.views, queue=queue, inline_tries=1)
+        outbox = Outbox(
+            **sections(svc.settings, "webhooks", "urls", "cloud", "observability"),
+            repo=shared.repo,
+            views=shared.views,
+            queue=queue,
+            inline_tries=1,
+        )
         outbox.announce(svc.get(job.job_id), try_now=True)
         assert svc.get(job.job_id).webhook["attempts"] == 1
         assert queue.pending()["normal"] == 1 and queue.next(timeout=0.1) is None  # not before ~0.3 s

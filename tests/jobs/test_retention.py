@@ -18,10 +18,10 @@ def test_a_final_jobs_request_goes_at_once_and_its_outputs_after_the_retention(s
     assert store.list(f"inputs/{job.job_id}/") == []  # the request and its images: gone when final
     assert store.list(f"outputs/{job.job_id}/")
     repo = svc.service.repo
-    assert retention.sweep(repo, svc.service.settings) == 0  # young outputs stay
+    assert retention.sweep(repo, jobs=svc.settings.jobs) == 0  # young outputs stay
     repo.update(job.job_id, lambda j: setattr(j, "finished_at", time.time() - 8 * 24 * 3600))
-    retention.sweep(repo, svc.service.settings)
+    retention.sweep(repo, jobs=svc.settings.jobs)
     assert store.list(f"outputs/{job.job_id}/") == [] and repo.find(job.job_id) is not None
     repo.update(job.job_id, lambda j: setattr(j, "finished_at", time.time() - 31 * 24 * 3600))
-    retention.sweep(repo, svc.service.settings)
+    retention.sweep(repo, jobs=svc.settings.jobs)
     assert repo.find(job.job_id) is None
