@@ -1,6 +1,7 @@
 """The package layout is the architecture (docs/architecture.md): imports point down the layers
-only, no module imports itself back through another, and no module grows past the size a reader
-takes in at once. Read from the source with `ast`, type-only imports included."""
+only, no module imports itself back through another, no module grows past the size a reader
+takes in at once, and only the composition roots hold the whole `Settings` (every other module
+takes the sections it reads). Read from the source with `ast`, type-only imports included."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ LAYERS: list[set[str]] = [
     {"__main__"},
 ]
 LAYER_OF = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
+
+# Where the process is put together from the whole `Settings` (read from the environment) and each
+# collaborator is handed `settings.<section>`: the wiring, the app, the server, the entry points.
+COMPOSITION_ROOTS = {"handler.services", "handler.app", "handler.server", "handler.__main__", "handler.models.__main__"}
 
 
 def module_name(path: Path) -> str:
@@ -105,6 +110,45 @@ def test_no_module_outgrows_a_reading() -> None:
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"modules over {MAX_LINES} lines (split them along their seams): {long}"
+
+
+def takes_settings(path: Path) -> bool:
+    """Whether the module names `Settings` from handler.config: imported, or as an attribute."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("handler.config"):
+            if any(alias.name == "Settings" for alias in node.names):
+                return True
+        if isinstance(node, ast.Attribute) and node.attr == "Settings" and "config" in ast.unparse(node.value):
+            return True
+    return False
+
+
+def test_only_the_composition_roots_take_the_whole_settings() -> None:
+    holders = sorted(
+        module_name(path)
+        for path in HANDLER.rglob("*.py")
+        if not module_name(path).startswith("handler.config")
+        and module_name(path) not in COMPOSITION_ROOTS
+        and takes_settings(path)
+    )
+    assert not holders, (
+        "these modules take the whole Settings; give them the sections they read "
+        f"(settings.http, settings.urls, ...), passed by handler/services.py or app.py: {holders}"
+    )
+
+
+def test_the_checker_sees_the_whole_settings_taken(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    for source in (
+        "from handler.config import ConfigError, Settings\n",
+        "from handler.config.settings import Settings\n",
+        "if TYPE_CHECKING:\n    from handler.config import Settings\n",
+        "import handler.config\nx: handler.config.Settings\n",
+    ):
+        probe.write_text(source)
+        assert takes_settings(probe), source
+    probe.write_text("from handler.config.urls import UrlSettings\n")
+    assert not takes_settings(probe)
 
 
 def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
