@@ -26,6 +26,7 @@ from handler.jobs import Jobs, Preflight, Runs
 from handler.metrics import Metrics
 from handler.models.budget import default_budget, memory_limit_bytes
 from handler.models.cache import ModelCache
+from handler.models.store import Store
 from handler.pipeline import Pipeline
 from handler.runtime import Runtime
 from handler.tasktoken import TaskTokenVerifier
@@ -138,4 +139,5 @@ def model_cache(settings: Settings) -> ModelCache:
         models=settings.models,
         hf_token=settings.hf_token,
         download_timeout_s=settings.model_fetch_timeout_s,
+        store=Store(root=settings.model_cache_store) if settings.model_cache_store is not None else None,
     )

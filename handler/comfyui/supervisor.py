@@ -193,6 +193,8 @@ def private_paths(
         paths[comfyui.comfyui_path] = "<comfyui>"
     if models.model_urls:
         paths[models.cache_root(http.comfyui_base_dir).resolve()] = "<models>"
+        if models.model_cache_store is not None:
+            paths[models.model_cache_store.resolve()] = "<models>"
     if folders:
         paths[folders.input.parent] = "<server>"
         paths.update(folders.placeholders())

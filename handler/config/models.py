@@ -79,6 +79,13 @@ class ModelSettings(Section):
         shown="`STATE_DIR`/comfyui/model-cache",
         help="where models fetched by URL are kept (on Cloud Run, in memory)",
     )
+    model_cache_store: Path | None = setting(
+        env="MODEL_CACHE_STORE",
+        default=None,
+        help="a folder that outlives the instance (on Cloud Run a read-write Cloud Storage volume) backing the "
+        "model cache: a miss is served from it when it holds the URL's file, linked, not copied, and outside the "
+        "budget; each verified download is copied into it in the background",
+    )
     model_cache_bytes: int | None = setting(
         env="MODEL_CACHE_BYTES",
         default=None,

@@ -23,6 +23,11 @@ Contract:
   written; a budget held by files in use is a 503 to retry.
 * A given sha256 is checked before the file is used (a mismatch is a 400 and nothing is kept);
   without one the digest is recorded and reported.
+* With a backing store (MODEL_CACHE_STORE, handler/models/store.py), a miss looks there first
+  under the same key: a stored entry (whose digest is the request's, when it gives one) is linked
+  where ComfyUI looks, not copied, and counts nothing against the budget (`Entry.stored`). A
+  verified download is copied into the store in the background; the store's failures are logged,
+  never a request's. Eviction keeps the store's copy; `evict` (DELETE) removes both.
 * The index survives restarts; at start, files the index does not know are removed, entries
   whose file is gone are dropped, and the budget is enforced again; parts are kept to resume
   unless older than a day, without a validator, or beyond what the budget leaves.
@@ -36,86 +41,34 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from handler.config.cloud import CloudSettings
 from handler.config.jobs import JobSettings
 from handler.config.models import ModelSettings
 from handler.config.urls import UrlSettings
 from handler.errors import (
-    BadRequest,
     Cancelled,
-    ComfyUnavailable,
     Conflict,
-    PayloadTooLarge,
     ServiceError,
     Timeout,
 )
 from handler.models import index
+from handler.models.acquired import Acquired, ChecksumMismatch, Flight, ModelCacheBusy, ModelTooLarge
+
+__all__ = ["Acquired", "ChecksumMismatch", "ModelCache", "ModelCacheBusy", "ModelTooLarge"]
 from handler.models.download import Downloaded, ModelFetchFailed, download
 from handler.models.index import Entry
 from handler.models.partials import MAX_AGE_S, Partials
-from handler.models.progress import Listener, Meter
+from handler.models.progress import Listener
 from handler.models.refs import ModelRef
+from handler.models.store import Store
 from handler.net.urlguard import redact_url
 
 log = logging.getLogger("handler.models.cache")
 
 INDEX_WRITE_EVERY_S = 5.0  # a hit marks the index dirty; it is written at most this often
 WAIT_STEP_S = 0.25  # how often a request waiting on another's download looks at its own cancel
-
-
-class ModelTooLarge(PayloadTooLarge):
-    code = "model_too_large"
-
-
-class ChecksumMismatch(BadRequest):
-    code = "checksum_mismatch"
-
-
-class ModelCacheBusy(ComfyUnavailable):
-    """The budget is held by files that running or queued prompts use."""
-
-    code = "model_cache_busy"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Acquired:
-    """A pinned file and how it came to be there, for the request's answer."""
-
-    entry: Entry
-    fetched: bool  # downloaded for this request (False: it was cached, or another request fetched it)
-    seconds: float
-    resumed: int = 0
-    resumed_from: int = 0  # bytes a download cut off earlier had left, kept
-
-    def describe(self) -> dict[str, Any]:
-        e = self.entry
-        return {
-            "folder": e.folder,
-            "file": e.name,
-            "source": e.source,
-            "size": e.size,
-            "sha256": e.sha256,
-            "verified": e.verified,
-            "fetched": self.fetched,
-            "seconds": round(self.seconds, 3),
-            **({"resumed_from": self.resumed_from} if self.resumed_from else {}),
-        }
-
-
-class _Flight:
-    """One download under way; waiters share its outcome and its progress."""
-
-    def __init__(self, ref: ModelRef) -> None:
-        self.meter = Meter(file=ref.filename, folder=ref.folder, source=redact_url(ref.url))
-        self.done = threading.Event()
-        self.entry: Entry | None = None
-        self.error: ServiceError | None = None
-        self.reserved = 0
-        self.sha256: str | None = None  # what the fetching request expects
 
 
 class ModelCache:
@@ -131,6 +84,7 @@ class ModelCache:
         hf_token: str | None = None,
         download_timeout_s: float = 600.0,
         clock: Callable[[], float] = time.time,
+        store: Store | None = None,
     ):
         self.root = root
         self.budget_bytes = budget_bytes
@@ -141,10 +95,11 @@ class ModelCache:
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
         self._pins: dict[str, int] = {}
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[str, Flight] = {}
         self._partials = Partials(root)
         self._parked: dict[str, int] = {}  # parts left to resume: their bytes, by key
         self._dirty_since: float | None = None
+        self.store = store
         self._load()
 
     # --- what the routes and the pipeline use ----------------------------------------------
@@ -155,7 +110,8 @@ class ModelCache:
 
     def usage(self) -> dict[str, int]:
         with self._lock:
-            used = sum(e.size for e in self._entries.values())
+            used = sum(e.size for e in self._entries.values() if not e.stored)
+            stored = sum(e.size for e in self._entries.values() if e.stored)
             reserved = sum(f.reserved for f in self._flights.values())
             parked = sum(self._parked.values())
             return {
@@ -163,6 +119,7 @@ class ModelCache:
                 "used_bytes": used,
                 "downloading_bytes": reserved,
                 "partial_bytes": parked,
+                "stored_bytes": stored,  # linked from the backing store: not in the budget
             }
 
     def acquire(
@@ -181,6 +138,9 @@ class ModelCache:
         while True:
             with self._lock:
                 entry = self._entries.get(key)
+                if entry is not None and entry.stored and not self._file(entry).exists():
+                    self._remove(entry)  # its stored copy was deleted (DELETE on another instance)
+                    entry = None
                 if entry is not None:
                     self._check_digest(ref, entry)
                     self._pin(key)
@@ -190,13 +150,13 @@ class ModelCache:
                 flight = self._flights.get(key)
                 leader = flight is None
                 if flight is None:
-                    flight = self._flights[key] = _Flight(ref)
+                    flight = self._flights[key] = Flight(ref)
                     flight.sha256 = ref.sha256
             if progress is not None:
                 flight.meter.listen(progress)
             try:
                 if leader:
-                    return self._fetch(ref, flight, deadline, started, cancel)
+                    return self._from_store(ref, flight, started) or self._fetch(ref, flight, deadline, started, cancel)
                 self._wait(ref, flight, deadline, cancel)
             finally:
                 if progress is not None:
@@ -209,7 +169,7 @@ class ModelCache:
             # Fetched by the other request (found in the index on the next turn), or it failed for
             # reasons of its own (its time, its cancel, its checksum) while we still have time: take over.
 
-    def _wait(self, ref: ModelRef, flight: _Flight, deadline: float, cancel: threading.Event | None) -> None:
+    def _wait(self, ref: ModelRef, flight: Flight, deadline: float, cancel: threading.Event | None) -> None:
         while not flight.done.wait(min(WAIT_STEP_S, max(0.0, deadline - time.monotonic()))):
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"model {redact_url(ref.url)}: cancelled while another request fetched it")
@@ -227,28 +187,68 @@ class ModelCache:
                 self._save()
 
     def evict(self, key: str) -> Entry:
-        """Remove one file now: 404 when unknown, 409 while a prompt uses it."""
+        """Remove one file now, here and in the backing store: 404 when neither has it, 409 while a
+        prompt uses it."""
         from handler.errors import NotFound
 
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
+            record = self.store.read(key) if self.store is not None else None
+            if entry is None and record is None:
                 raise NotFound(f"no cached model {key!r}")
-            if self._pins.get(key):
+            if entry is not None and self._pins.get(key):
                 raise Conflict(f"the cached model {entry.name!r} is in use by a queued or running prompt")
-            self._remove(entry)
-            self._save()
+            if entry is not None:
+                self._remove(entry)
+                self._save()
+            if self.store is not None:
+                self.store.remove(key)
+            if entry is None:
+                assert record is not None and self.store is not None
+                entry = self.store.entry(record, verified=False, now=self._clock())
             return entry
+
+    def wait_stored(self, timeout_s: float = 60.0) -> None:
+        """Wait for the copies into the backing store under way (tests; a shutdown that may wait)."""
+        if self.store is not None:
+            self.store.wait(timeout_s)
 
     def flush(self) -> None:
         with self._lock:
             if self._dirty_since is not None:
                 self._save()
 
+    # --- the backing store ------------------------------------------------------------------
+
+    def _from_store(self, ref: ModelRef, flight: Flight, started: float) -> Acquired | None:
+        """The stored copy of `ref` linked where ComfyUI looks, or None: then it is downloaded."""
+        if self.store is None:
+            return None
+        try:
+            record = self.store.find(ref)
+            if record is not None:
+                self.store.link(record, self.root / ref.folder / ref.key)
+        except OSError as exc:
+            log.warning("model %s: the model cache's store failed (%s); downloading it", redact_url(ref.url), exc)
+            record = None
+        if record is None:
+            return None
+        entry = self.store.entry(record, verified=ref.sha256 is not None, now=self._clock())
+        with self._lock:
+            self._entries[ref.key] = entry
+            self._pin(ref.key)
+            self._save()
+            self._flights.pop(ref.key, None)
+        flight.entry = entry
+        flight.meter.finish()
+        flight.done.set()
+        log.info("model %s: linked from the model cache's store (%d bytes)", entry.source, entry.size)
+        return Acquired(entry=entry, fetched=False, seconds=time.monotonic() - started)
+
     # --- fetching ---------------------------------------------------------------------------
 
     def _fetch(
-        self, ref: ModelRef, flight: _Flight, deadline: float, started: float, cancel: threading.Event | None
+        self, ref: ModelRef, flight: Flight, deadline: float, started: float, cancel: threading.Event | None
     ) -> Acquired:
         partials, key = self._partials, ref.key
         part = partials.part(key)
@@ -299,6 +299,8 @@ class ModelCache:
                 flight.entry = self._entries.get(ref.key)
             flight.done.set()
         log.info("model %s fetched: %d bytes, sha256 %s", entry.source, entry.size, entry.sha256)
+        if self.store is not None:
+            self.store.put_later(entry, self._file(entry))
         return Acquired(
             entry=entry,
             fetched=True,
@@ -334,7 +336,7 @@ class ModelCache:
             self._save()
         return entry
 
-    def _reserve(self, ref: ModelRef, flight: _Flight, wanted: int, needed: int) -> int:
+    def _reserve(self, ref: ModelRef, flight: Flight, wanted: int, needed: int) -> int:
         """Grant this download room for `wanted` bytes in all, at least `needed`, evicting unpinned
         parts left to resume first, then files least recently used."""
         shown = redact_url(ref.url)
@@ -345,7 +347,7 @@ class ModelCache:
         wanted = min(max(wanted, needed), self.budget_bytes)
         with self._lock:
             others = sum(f.reserved for f in self._flights.values() if f is not flight)
-            used = sum(e.size for e in self._entries.values()) + sum(self._parked.values())
+            used = sum(e.size for e in self._entries.values() if not e.stored) + sum(self._parked.values())
             for parked in list(self._parked):
                 if used + others + wanted <= self.budget_bytes:
                     break
@@ -356,7 +358,7 @@ class ModelCache:
             for entry in sorted(self._entries.values(), key=lambda e: e.last_used):
                 if used + others + wanted <= self.budget_bytes:
                     break
-                if not self._pins.get(entry.key):
+                if not self._pins.get(entry.key) and not entry.stored:
                     self._remove(entry)
                     used, evicted = used - entry.size, True
                     log.info("model %s evicted to make room for %s", entry.source, shown)
@@ -388,6 +390,9 @@ class ModelCache:
     def _pin(self, key: str) -> None:
         self._pins[key] = self._pins.get(key, 0) + 1
 
+    def _file(self, entry: Entry) -> Path:
+        return self.root / entry.folder / entry.key / entry.filename
+
     def _remove(self, entry: Entry) -> None:
         del self._entries[entry.key]
         shutil.rmtree(self.root / entry.folder / entry.key, ignore_errors=True)
@@ -399,10 +404,12 @@ class ModelCache:
     def _load(self) -> None:
         """Read the index and make the folders agree with it (see the module's contract)."""
         self._entries = index.load(self.root)
-        used = sum(e.size for e in self._entries.values())
+        used = sum(e.size for e in self._entries.values() if not e.stored)
         for entry in sorted(self._entries.values(), key=lambda e: e.last_used):
             if used <= self.budget_bytes:
                 break
+            if entry.stored:
+                continue
             self._remove(entry)
             used -= entry.size
         self._parked = self._partials.sweep(max_age_s=MAX_AGE_S, room=self.budget_bytes - used)

@@ -20,7 +20,7 @@ from handler.models.refs import LOADERS
 
 INDEX = "index.json"
 KEY = re.compile(r"^[0-9a-f]{24}$")
-_SAFE_FILE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+SAFE_FILE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 FOLDERS = frozenset(LOADERS.values())
 
 
@@ -37,6 +37,7 @@ class Entry:
     verified: bool  # a sha256 was given with the URL and matched
     fetched_at: float
     last_used: float
+    stored: bool = False  # served from the backing store (a link into MODEL_CACHE_STORE): no local bytes
 
     @property
     def name(self) -> str:
@@ -67,7 +68,7 @@ def load(root: Path) -> dict[str, Entry]:
             entry = Entry(**record)
         except TypeError:
             continue
-        if not (KEY.match(entry.key) and entry.folder in FOLDERS and _SAFE_FILE.match(entry.filename)):
+        if not (KEY.match(entry.key) and entry.folder in FOLDERS and SAFE_FILE.match(entry.filename)):
             continue  # not written by this cache: never a path to follow
         path = root / entry.folder / entry.key / entry.filename
         if path.is_file() and path.stat().st_size == entry.size:

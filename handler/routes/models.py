@@ -5,7 +5,8 @@ ComfyUI runs (roles `all` and `worker`):
   (its budget, and each file's source, size, sha256 and last use: what every caller fetched);
 * `POST /models/fetch` `{"url", "folder", "sha256"?, "filename"?}`: fetch into the cache ahead of
   the requests that will use it (the same URL rules and answers as a model URL in a workflow);
-* `DELETE /models/cache/{key}`: evict one file (409 while a queued or running prompt uses it).
+* `DELETE /models/cache/{key}`: evict one file, and its copy in the model cache's store
+  (MODEL_CACHE_STORE) when there is one (409 while a queued or running prompt uses it).
 
 Fetching into the cache and evicting from it are for admins (handler/access/): they change what
 every caller's runs find.
@@ -146,12 +147,14 @@ OPERATIONS: PathItems = {
     "/models/cache/{key}": {
         "delete": {
             "summary": "Evict one cached model",
+            "description": "Removes the instance's copy and, where MODEL_CACHE_STORE is set, the store's copy "
+            "shared by every instance (eviction to make room keeps the store's copy).",
             "operationId": "evictModel",
             "tags": ["service"],
             "parameters": [path_param("key")],
             "responses": {
                 "200": json_response({"type": "object"}, "The evicted file."),
-                "404": error_response("No such cached model."),
+                "404": error_response("No such cached model, here or in the store."),
                 "409": error_response("A queued or running prompt uses it."),
             },
         }
