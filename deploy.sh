@@ -43,6 +43,10 @@ Options (each also read from the environment variable in brackets):
   --models-source gs://B/P  runtime models: download MODEL_TYPE's files from gs://B/P at each start
                             into the in-memory disk; refused when they do not fit --memory with room
                             to run or cannot arrive within the startup probe's window [MODELS_SOURCE]
+  --model-cache-bucket NAME a read-write Cloud Storage volume backs the cache of models named by URL:
+                            each verified download is copied into bucket NAME (created in REGION when
+                            missing), and a new instance links it from there instead of downloading it
+                            again [MODEL_CACHE_BUCKET] (off; docs/models-by-url.md)
   --bake-models             bake the models into the image even above 10 GB (Google advises under
                             10 GB in a Cloud Run GPU image) [BAKE_MODELS=true]
   --keep-images N           Artifact Registry keeps the N newest images; untagged ones go after 7
@@ -89,6 +93,7 @@ HF_SECRET=${HF_SECRET:-hf-token}
 REPOSITORY=${REPOSITORY:-comfyui}
 MODELS_SOURCE=${MODELS_SOURCE:-}
 MODELS_MOUNT=${MODELS_MOUNT:-}
+MODEL_CACHE_BUCKET=${MODEL_CACHE_BUCKET:-}
 BAKE_MODELS=${BAKE_MODELS:-false}
 GPU_ZONAL_REDUNDANCY=${GPU_ZONAL_REDUNDANCY:-false}
 CUSTOM_NODES=${CUSTOM_NODES:-}
@@ -119,7 +124,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --service | --model-type | --min-instances | --max-instances | --concurrency | --timeout | \
             --cpu | --memory | --bucket | --retention-days | --queue-prefix | --webhook-secret | \
-            --hf-secret | --repository | --models-source | --models-mount | --custom-nodes | --snapshot | --civitai-secret | --keep-images)
+            --hf-secret | --repository | --models-source | --models-mount | --model-cache-bucket | --custom-nodes | --snapshot | --civitai-secret | --keep-images)
             [[ $# -ge 2 ]] || die "$1 needs a value"
             case $1 in
                 --service) SERVICE=$2 ;;
@@ -138,6 +143,7 @@ while [[ $# -gt 0 ]]; do
                 --repository) REPOSITORY=$2 ;;
                 --models-source) MODELS_SOURCE=$2 ;;
                 --models-mount) MODELS_MOUNT=$2 ;;
+                --model-cache-bucket) MODEL_CACHE_BUCKET=$2 ;;
                 --custom-nodes) CUSTOM_NODES=$2 ;;
                 --snapshot) SNAPSHOT=$2 ;;
                 --civitai-secret) CIVITAI_SECRET=$2 ;;
@@ -280,6 +286,14 @@ elif [[ -n $MODELS_MOUNT ]]; then
     prefix=${BASH_REMATCH[2]:-}
     prefix=${prefix%/}
     RUNTIME_MODELS=/mnt/models$prefix
+fi
+# The model cache's store is a bucket of its own: the run account may write there, and nowhere
+# near the models set or the job files.
+if [[ -n $MODEL_CACHE_BUCKET ]]; then
+    [[ $MODEL_CACHE_BUCKET =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || die "bad --model-cache-bucket '$MODEL_CACHE_BUCKET' (a bucket name, without gs://)"
+    for other in "$MOUNT_BUCKET" "$MODELS_BUCKET" "$BUCKET" "$BUILD_BUCKET"; do
+        [[ $MODEL_CACHE_BUCKET != "$other" ]] || die "--model-cache-bucket must be a bucket of its own, not $other (the run account gets write access to it)"
+    done
 fi
 # Downloaded runtime models land on Cloud Run's in-memory disk: they must fit --memory with room
 # left for ComfyUI, PyTorch and the images it makes, and arrive within the startup probe's window
@@ -486,6 +500,9 @@ ensure_bucket "$BUILD_BUCKET" "$TMP/build-lifecycle.json"
 if [[ $OWN_MODELS == true ]]; then
     ensure_bucket "$MODELS_BUCKET" # no lifecycle: a model set stays until an operator deletes it
 fi
+if [[ -n $MODEL_CACHE_BUCKET ]]; then
+    ensure_bucket "$MODEL_CACHE_BUCKET" # no lifecycle: DELETE /models/cache/{key} removes an entry
+fi
 
 # ---------------------------------------------------------------- 6. Cloud Tasks queues
 step "Cloud Tasks queues $QUEUE_PREFIX-{high,normal,low,webhooks}"
@@ -535,6 +552,10 @@ fi
 if [[ -n $MOUNT_BUCKET ]]; then
     retry gcloud storage buckets add-iam-policy-binding "gs://$MOUNT_BUCKET" \
         --member="serviceAccount:$RUN_SA" --role=roles/storage.objectViewer --project="$PROJECT"
+fi
+if [[ -n $MODEL_CACHE_BUCKET ]]; then # read, write and delete objects there: the cache's entries
+    retry gcloud storage buckets add-iam-policy-binding "gs://$MODEL_CACHE_BUCKET" \
+        --member="serviceAccount:$RUN_SA" --role=roles/storage.objectUser --project="$PROJECT"
 fi
 # The build account: read its staged source, write logs, push images, read the Hugging Face token,
 # and fill the models bucket when this script owns it.
@@ -672,6 +693,11 @@ mounts=(--clear-volume-mounts)
 if [[ -n $MODELS_MOUNT ]]; then
     volumes+=(--add-volume="name=models,type=cloud-storage,bucket=$MOUNT_BUCKET,readonly=true")
     mounts+=(--add-volume-mount="volume=models,mount-path=/mnt/models")
+fi
+if [[ -n $MODEL_CACHE_BUCKET ]]; then
+    volumes+=(--add-volume="name=model-cache,type=cloud-storage,bucket=$MODEL_CACHE_BUCKET")
+    mounts+=(--add-volume-mount="volume=model-cache,mount-path=/mnt/model-cache")
+    env_vars+=,MODEL_CACHE_STORE=/mnt/model-cache
 fi
 # --metrics: the service gets two containers, the app (ingress, port 8080) and Managed Service
 # for Prometheus' collector, started after it, whose default configuration scrapes the app's

@@ -168,6 +168,7 @@ def test_updates_and_the_workers_other_shapes_are_accepted_too(googleapis, tmp_p
     for name in ("comfyui-run", "comfyui-tasks", "comfyui-build"):
         stub.put("service-account", name)
     shapes = ("--metrics", "--gpu-zonal-redundancy", "--models-mount", "gs://model-store/comfy")
+    shapes += ("--model-cache-bucket", "model-cache-store")
     proc, records = stub.deploy("--skip-build", *shapes, PROJECT, REGION, TAG)
     assert proc.returncode == 0, proc.stderr
     commands = [
@@ -204,7 +205,14 @@ def test_updates_and_the_workers_other_shapes_are_accepted_too(googleapis, tmp_p
     assert sorted(replaced) == ["comfyui", "comfyui-api"]
     worker = replaced["comfyui"]["spec"]["template"]
     assert {"app", "collector"} <= {c.get("name") for c in worker["spec"]["containers"]}
-    assert worker["spec"]["volumes"][0]["csi"]["volumeAttributes"] == {"bucketName": "model-store"}
+    models, cache = worker["spec"]["volumes"]
+    assert models["csi"]["volumeAttributes"] == {"bucketName": "model-store"} and models["csi"]["readOnly"]
+    # The model cache's store: read-write (no readOnly), mounted where MODEL_CACHE_STORE points.
+    assert cache["csi"]["volumeAttributes"] == {"bucketName": "model-cache-store"}
+    assert not cache["csi"].get("readOnly") and cache["csi"]["driver"] == "gcsfuse.run.googleapis.com"
+    (app,) = [c for c in worker["spec"]["containers"] if c.get("name") == "app"]
+    assert {"name": cache["name"], "mountPath": "/mnt/model-cache"} in app["volumeMounts"]
+    assert {"name": "MODEL_CACHE_STORE", "value": "/mnt/model-cache"} in app["env"]
     assert worker["metadata"]["annotations"].get("run.googleapis.com/gpu-zonal-redundancy-disabled") != "True"
 
 

@@ -107,6 +107,34 @@ def test_runtime_models_from_a_mounted_bucket(stub):
     assert "MODELS_SOURCE=gs://model-store/comfy" in flag(d, "--set-env-vars")[0]
 
 
+def test_a_model_cache_bucket_is_a_read_write_volume_of_the_worker(stub):
+    proc, recs = stub.deploy("--skip-build", PROJECT, REGION, TAG)  # off unless asked
+    assert proc.returncode == 0, proc.stderr
+    d = find(recs, "run", "deploy")[-1]["argv"]
+    assert "model-cache" not in " ".join(d) and "MODEL_CACHE_STORE" not in " ".join(d)
+
+    shapes = ("--models-mount", "gs://model-store/comfy", "--model-cache-bucket", "my-model-cache")
+    proc, recs = stub.deploy("--skip-build", *shapes, PROJECT, REGION, TAG)
+    assert proc.returncode == 0, proc.stderr
+    d = find(recs, "run", "deploy")[-1]["argv"]
+    assert flag(d, "--add-volume") == [
+        "name=models,type=cloud-storage,bucket=model-store,readonly=true",
+        "name=model-cache,type=cloud-storage,bucket=my-model-cache",
+    ]
+    assert flag(d, "--add-volume-mount") == [
+        "volume=models,mount-path=/mnt/models",
+        "volume=model-cache,mount-path=/mnt/model-cache",
+    ]
+    env = dict(kv.split("=", 1) for kv in flag(d, "--set-env-vars")[0].split(","))
+    assert env["MODEL_CACHE_STORE"] == "/mnt/model-cache"
+    api = find(recs, "run", "deploy")[0]["argv"]
+    assert "MODEL_CACHE_STORE" not in " ".join(api)  # the api role fetches no models
+    grants = [r["argv"] for r in find(recs, "storage", "buckets", "add-iam-policy-binding", "gs://my-model-cache")]
+    assert [flag(g, "--role") for g in grants] == [["roles/storage.objectUser"]]
+    assert flag(grants[0], "--member") == [f"serviceAccount:comfyui-run@{PROJECT}.iam.gserviceaccount.com"]
+    assert find(recs, "storage", "buckets", "create", "gs://my-model-cache")  # made when missing
+
+
 def test_metrics_add_the_managed_prometheus_collector_as_a_sidecar(stub):
     proc, recs = stub.deploy("--metrics", "--skip-build", PROJECT, REGION, TAG)
     assert proc.returncode == 0, proc.stderr
@@ -166,6 +194,12 @@ def test_gated_model_without_a_token_stops_before_building(stub):
         (["--frobnicate", PROJECT, REGION, TAG], "unknown option --frobnicate"),
         (["--service", "Bad_Name", PROJECT, REGION, TAG], "bad --service"),
         (["--models-source", "s3://x/y", PROJECT, REGION, TAG], "--models-source must be gs://"),
+        (["--model-cache-bucket", "gs://c", PROJECT, REGION, TAG], "bad --model-cache-bucket"),
+        (
+            ["--models-mount", "gs://models-b/x", "--model-cache-bucket", "models-b", PROJECT, REGION, TAG],
+            "--model-cache-bucket must be a bucket of its own, not models-b",
+        ),
+        (["--model-cache-bucket", f"{PROJECT}-comfyui", PROJECT, REGION, TAG], "a bucket of its own"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_command(stub, args, message):
