@@ -76,6 +76,7 @@ INTEGRATION_MODULES = {
     "routes/test_observability.py",
     "client/test_modes.py",
     "taskqueue/test_dispatch.py",
+    "models/test_store_service.py",
 }
 # Slow (measured: seconds each on 2 cores): modules whose every test runs deploy.sh, external linters or
 # a service and ComfyUI of its own; fixtures that start those; and single tests by name.
@@ -85,6 +86,7 @@ SLOW_MODULES = {
     "comfyui/test_supervisor.py",
     "comfyui/test_instance.py",
     "comfyui/test_client.py",
+    "models/test_store_service.py",
 }
 SLOW_FIXTURES = {"fresh_service", "attached", "cloud", "od_service", "real_service"}
 SLOW_TESTS = {

@@ -3,25 +3,22 @@ instance downloaded is served to the next instance from the store, linked, witho
 outside its budget; a half-written or stale store entry is never taken; a store that cannot be
 written never fails a request; eviction keeps the store's copy and DELETE removes both; a stored
 file is reached by its own URL only. Two caches over two folders and one store stand for two
-instances; the last test runs two service processes (on the stand-in) sharing one store."""
+instances. Through the service: tests/models/test_store_service.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from handler.config import Settings
 from handler.errors import NotFound
 from handler.models.cache import ChecksumMismatch, ModelCache, ModelTooLarge
 from handler.models.refs import ModelRef
 from handler.models.store import RECORD, Store
-from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess
 from tests.fixtures.modelserver import ModelServer
 from tests.fixtures.sections import sections
 
@@ -185,54 +182,3 @@ def test_too_large_for_the_budget_is_still_a_413_when_the_store_lacks_it(
             ref(model_server.url("plain", "big.safetensors")), deadline=soon()
         )
     assert not any((tmp_path / "store").glob("*/*"))
-
-
-# --- two service processes sharing one store --------------------------------------------------------
-
-
-def service(tmp_path: Path, name: str, budget: int) -> ServiceProcess:
-    target = ComfyTarget("standin", STANDIN, sys.executable, "")
-    env = {
-        "URL_ALLOWLIST": "127.0.0.1",
-        "MODEL_CACHE_BYTES": str(budget),
-        "MODEL_CACHE_DIR": str(tmp_path / name / "cache"),
-        "MODEL_CACHE_STORE": str(tmp_path / "store"),
-    }
-    return ServiceProcess(target, tmp_path / name / "state", env=env).start()
-
-
-def test_two_services_share_a_store_through_predict(tmp_path: Path, model_server: ModelServer) -> None:
-    data = b"weights" * 20000  # 140 000 bytes: over the second service's 64 KiB budget
-    digest = hashlib.sha256(data).hexdigest()
-    model_server.files["big.safetensors"] = data
-    url = model_server.url("plain", "big.safetensors")
-    workflow = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": {"url": url, "sha256": digest}}},
-        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
-    }
-    first, second = service(tmp_path, "a", 1024 * KIB), service(tmp_path, "b", 64 * KIB)
-    try:
-        first.wait_ready()
-        second.wait_ready()
-        # The stand-in's model lists are empty: ComfyUI's validation names the file it was given.
-        answer = first.post("/predict", json={"workflow": workflow})
-        assert answer.status_code == 400 and answer.json()["error"]["code"] == "workflow_invalid", answer.text
-        (entry,) = first.get("/models").json()["cache"]["files"]
-        assert not entry["stored"] and fetched_by(model_server) == 1
-        record = tmp_path / "store" / entry["key"] / RECORD
-        deadline = time.monotonic() + 20
-        while not record.exists():  # copied in the background, after the answer
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-
-        answer = second.post("/predict", json={"workflow": workflow})
-        assert answer.status_code == 400 and answer.json()["error"]["code"] == "workflow_invalid", answer.text
-        assert fetched_by(model_server) == 1  # served from the store, over a budget that could not hold it
-        (linked,) = second.get("/models").json()["cache"]["files"]
-        assert linked["stored"] and linked["sha256"] == digest and linked["key"] == entry["key"]
-        assert linked["file"] in answer.text and str(tmp_path) not in answer.text
-        assert requests.delete(f"{second.url}/models/cache/{entry['key']}", timeout=30).status_code == 200
-        assert not (tmp_path / "store" / entry["key"]).exists()
-    finally:
-        first.stop()
-        second.stop()
