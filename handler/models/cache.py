@@ -61,7 +61,7 @@ from handler.models.download import Downloaded, ModelFetchFailed, download
 from handler.models.index import Entry
 from handler.models.partials import MAX_AGE_S, Partials
 from handler.models.progress import Listener
-from handler.models.refs import ModelRef
+from handler.models.refs import ModelRef, check_ref
 from handler.models.store import Store
 from handler.net.urlguard import redact_url
 
@@ -224,6 +224,10 @@ class ModelCache:
         """The stored copy of `ref` linked where ComfyUI looks, or None: then it is downloaded."""
         if self.store is None:
             return None
+        try:  # the rules the download it replaces would apply (the allowlist may have changed since)
+            check_ref(ref, f"model {redact_url(ref.url)}", models=self.models, urls=self.urls, cloud=self.cloud)
+        except ServiceError:
+            return None  # refused by the download, with its answer and its cleanup
         try:
             record = self.store.find(ref)
             if record is not None:

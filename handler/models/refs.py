@@ -269,15 +269,18 @@ def check_model_urls(
                 "which can run code when it is loaded; models named by URL must be .safetensors (or .sft, .gguf, "
                 ".yaml) on this service (MODEL_URLS_SAFETENSORS_ONLY)"
             )
+    for use in uses:
+        check_ref(use.ref, f"workflow node {use.node_id!r} input {use.input!r}", models=models, urls=urls, cloud=cloud)
+
+
+def check_ref(ref: ModelRef, purpose: str, *, models: ModelSettings, urls: UrlSettings, cloud: CloudSettings) -> None:
+    """The URL rules for one model (Civitai allowed, allowlisted buckets, SSRF): a 4xx otherwise."""
     from handler.net import gcsinput, urlguard
 
-    for use in uses:
-        purpose = f"workflow node {use.node_id!r} input {use.input!r}"
-        check_civitai(use.ref, models, purpose)
-        if use.ref.url.startswith("gs://"):
-            gcsinput.check_gcs_uri(use.ref.url, urls=urls, purpose=purpose)
-        elif use.ref.civitai is not None:
-            civitai_url = models.civitai_url.rstrip("/") + use.ref.civitai
-            urlguard.check_url(civitai_url, urls=urls, cloud=cloud, purpose=purpose)
-        else:
-            urlguard.check_url(use.ref.url, urls=urls, cloud=cloud, purpose=purpose)
+    check_civitai(ref, models, purpose)
+    if ref.url.startswith("gs://"):
+        gcsinput.check_gcs_uri(ref.url, urls=urls, purpose=purpose)
+    elif ref.civitai is not None:
+        urlguard.check_url(models.civitai_url.rstrip("/") + ref.civitai, urls=urls, cloud=cloud, purpose=purpose)
+    else:
+        urlguard.check_url(ref.url, urls=urls, cloud=cloud, purpose=purpose)

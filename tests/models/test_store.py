@@ -11,11 +11,12 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from handler.config import Settings
-from handler.errors import NotFound
+from handler.errors import NotFound, UnsafeURL
 from handler.models.cache import ChecksumMismatch, ModelCache, ModelTooLarge
 from handler.models.refs import ModelRef
 from handler.models.store import RECORD, Store
@@ -24,6 +25,7 @@ from tests.fixtures.sections import sections
 
 LOCAL = Settings(url_allowlist=("127.0.0.1",))
 KIB = 1024
+SECTIONS = ("urls", "jobs", "cloud", "models")
 
 
 def blob(n: int, seed: int = 0) -> bytes:
@@ -39,9 +41,7 @@ def soon() -> float:
 
 
 def instance(root: Path, store: Path, budget: int = 10 * 1024 * KIB) -> ModelCache:
-    return ModelCache(
-        root=root, budget_bytes=budget, **sections(LOCAL, "urls", "jobs", "cloud", "models"), store=Store(root=store)
-    )
+    return ModelCache(root=root, budget_bytes=budget, **sections(LOCAL, *SECTIONS), store=Store(root=store))
 
 
 def fetched_by(server: ModelServer) -> int:
@@ -171,6 +171,37 @@ def test_a_stored_file_is_reached_by_its_own_url_only(tmp_path: Path, model_serv
         assert got.fetched and not got.entry.stored and got.entry.key != key
     assert b.acquire(ref(private, folder="loras"), deadline=soon()).fetched  # another folder, another key
     assert b.acquire(ref(private), deadline=soon()).entry.stored  # its own URL finds it
+
+
+def test_a_stored_gs_object_obeys_the_bucket_allowlist_and_its_own_url(
+    tmp_path: Path, fake_gcs: Any, gcs_bucket: str
+) -> None:
+    data = blob(50 * KIB, 10)
+    fake_gcs.client().bucket(gcs_bucket).blob("private/g.safetensors").upload_from_string(data)
+    url = f"gs://{gcs_bucket}/private/g.safetensors"
+    allowed = Settings(url_allowlist=(f"gs://{gcs_bucket}/private",), storage_emulator_host=fake_gcs.url)
+    a = ModelCache(
+        root=tmp_path / "a", budget_bytes=1 << 20, **sections(allowed, *SECTIONS), store=Store(root=tmp_path / "store")
+    )
+    key = a.acquire(ref(url, folder="loras"), deadline=soon()).entry.key
+    a.wait_stored()
+    assert (tmp_path / "store" / key / RECORD).exists()
+    # An instance whose allowlist no longer names the bucket does not serve it from the store either.
+    other = Settings(url_allowlist=("127.0.0.1",), storage_emulator_host=fake_gcs.url)
+    b = ModelCache(
+        root=tmp_path / "b", budget_bytes=1 << 20, **sections(other, *SECTIONS), store=Store(root=tmp_path / "store")
+    )
+    with pytest.raises(UnsafeURL):
+        b.acquire(ref(url, folder="loras"), deadline=soon())
+    assert b.entries() == []
+    # Another name for the same object is another key: fetched from the bucket, never the stored file.
+    c = ModelCache(
+        root=tmp_path / "c", budget_bytes=1 << 20, **sections(allowed, *SECTIONS), store=Store(root=tmp_path / "store")
+    )
+    fake_gcs.client().bucket(gcs_bucket).blob("private/h.safetensors").upload_from_string(data)
+    got = c.acquire(ref(f"gs://{gcs_bucket}/private/h.safetensors", folder="loras"), deadline=soon())
+    assert got.fetched and not got.entry.stored and got.entry.key != key
+    assert c.acquire(ref(url, folder="loras"), deadline=soon()).entry.stored
 
 
 def test_too_large_for_the_budget_is_still_a_413_when_the_store_lacks_it(
