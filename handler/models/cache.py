@@ -23,11 +23,9 @@ Contract:
   written; a budget held by files in use is a 503 to retry.
 * A given sha256 is checked before the file is used (a mismatch is a 400 and nothing is kept);
   without one the digest is recorded and reported.
-* With a backing store (MODEL_CACHE_STORE, handler/models/store.py), a miss looks there first
-  under the same key: a stored entry (whose digest is the request's, when it gives one) is linked
-  where ComfyUI looks, not copied, and counts nothing against the budget (`Entry.stored`). A
-  verified download is copied into the store in the background; the store's failures are logged,
-  never a request's. Eviction keeps the store's copy; `evict` (DELETE) removes both.
+* A backing store (handler/models/store.py) is looked in on a miss: an entry there is linked, not
+  copied, outside the budget (`Entry.stored`); verified downloads go in, in the background (its
+  failures are logged only). Eviction keeps the store's copy; `evict` (DELETE) removes both.
 * The index survives restarts; at start, files the index does not know are removed, entries
   whose file is gone are dropped, and the budget is enforced again; parts are kept to resume
   unless older than a day, without a validator, or beyond what the budget leaves.
@@ -243,6 +241,8 @@ class ModelCache:
             self._pin(ref.key)
             self._save()
             self._flights.pop(ref.key, None)
+            if self._parked.pop(ref.key, None) is not None:
+                self._partials.discard(ref.key)  # a part left to resume, needed no more
         flight.entry = entry
         flight.meter.finish()
         flight.done.set()

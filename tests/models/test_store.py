@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from handler.config import Settings
-from handler.errors import NotFound, UnsafeURL
+from handler.errors import NotFound, Timeout, UnsafeURL
 from handler.models.cache import ChecksumMismatch, ModelCache, ModelTooLarge
+from handler.models.partials import Partials
 from handler.models.refs import ModelRef
 from handler.models.store import RECORD, Store
 from tests.fixtures.modelserver import ModelServer
@@ -202,6 +203,25 @@ def test_a_stored_gs_object_obeys_the_bucket_allowlist_and_its_own_url(
     got = c.acquire(ref(f"gs://{gcs_bucket}/private/h.safetensors", folder="loras"), deadline=soon())
     assert got.fetched and not got.entry.stored and got.entry.key != key
     assert c.acquire(ref(url, folder="loras"), deadline=soon()).entry.stored
+
+
+def test_a_part_left_to_resume_goes_when_the_store_serves_the_file(tmp_path: Path, model_server: ModelServer) -> None:
+    data = blob(400 * KIB, 11)
+    model_server.files["r.safetensors"] = data
+    r = ref(model_server.url("held", "r.safetensors"))
+    with pytest.raises(Timeout):  # cut off half-way on instance A: its part is kept to resume
+        ModelCache(
+            root=tmp_path / "a", budget_bytes=1 << 20, **sections(LOCAL, *SECTIONS), download_timeout_s=1.0
+        ).acquire(r, deadline=soon())
+    assert Partials(tmp_path / "a").size(r.key) > 0
+    model_server.release.set()
+    b = instance(tmp_path / "b", tmp_path / "store")  # instance B downloads it whole and stores it
+    assert b.acquire(r, deadline=soon()).fetched
+    b.wait_stored()
+    a = instance(tmp_path / "a", tmp_path / "store")
+    assert a.usage()["partial_bytes"] > 0
+    assert a.acquire(r, deadline=soon()).entry.stored
+    assert a.usage()["partial_bytes"] == 0 and not Partials(tmp_path / "a").part(r.key).exists()
 
 
 def test_too_large_for_the_budget_is_still_a_413_when_the_store_lacks_it(
