@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -22,17 +22,21 @@ if TYPE_CHECKING:
 STATS_TTL_S = 2.0  # ComfyUI's /system_stats, and the queued counts, are read at most this often
 
 
-class Cached:
-    """A value read at most every `ttl_s` (scrapes and the dashboard's polls share one read)."""
+T = TypeVar("T")
 
-    def __init__(self, read: Any, ttl_s: float = STATS_TTL_S):
+
+class Cached(Generic[T]):
+    """A value read at most every `ttl_s` (scrapes and the dashboard's polls share one read);
+    None while the last read failed."""
+
+    def __init__(self, read: Callable[[], T], ttl_s: float = STATS_TTL_S):
         self._read = read
         self._ttl_s = ttl_s
-        self._value: Any = None
+        self._value: T | None = None
         self._at = float("-inf")
         self._lock = threading.Lock()
 
-    def get(self) -> Any:
+    def get(self) -> T | None:
         with self._lock:
             if time.monotonic() - self._at >= self._ttl_s:
                 try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -115,7 +115,7 @@ async def stream(
 
     finished = asyncio.Event()
 
-    async def events() -> Any:
+    async def events() -> AsyncIterator[bytes]:
         while True:
             try:
                 async with asyncio.timeout(HEARTBEAT_S):
@@ -142,7 +142,7 @@ class _EventStream(StreamingResponse):
     """Calls `closed` however the answer ends: sent, or cut off by a disconnect at any point (even
     before the first event, where the events' own generator would never have started)."""
 
-    def __init__(self, events: Any, closed: Callable[[], None]):
+    def __init__(self, events: AsyncIterator[bytes], closed: Callable[[], None]):
         super().__init__(
             events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
