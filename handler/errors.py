@@ -207,6 +207,14 @@ class ExecutionFailed(ServiceError):
     code = "execution_error"
 
 
+class OutputMissing(ServiceError):
+    """ComfyUI named a file of the run that is not there: its report was wrong (a node echoed a
+    name it was given, or the file went), not the service."""
+
+    status_code = 502
+    code = "output_missing"
+
+
 class Cancelled(ServiceError):
     status_code = 409
     code = "cancelled"

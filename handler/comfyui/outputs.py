@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from handler.comfyui.client import BinaryImage, ComfyClient
-from handler.errors import BadRequest, ServiceError
+from handler.errors import BadRequest, OutputMissing, ServiceError
 
 EXTRA_TYPES = {
     ".latent": "application/octet-stream",
@@ -204,7 +204,7 @@ class FolderOutputs:
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            raise ServiceError(f"ComfyUI reported {ref['filename']!r} but the file is missing") from None
+            raise OutputMissing(f"ComfyUI reported {ref['filename']!r} but the file is missing") from None
 
     def discard(self, request_id: str, refs: list[dict[str, Any]]) -> None:
         for ref in refs:
@@ -236,6 +236,8 @@ class ViewOutputs:
             "type": ref.get("type") or "output",
         }
         response = self.client.http.get(f"{self.client.base_url}/view", params=params, timeout=120)
+        if response.status_code == 404:
+            raise OutputMissing(f"ComfyUI reported {ref['filename']!r} but /view has no such file")
         if response.status_code != 200:
             raise ServiceError(f"ComfyUI reported {ref['filename']!r} but /view answered {response.status_code}")
         content: bytes = response.content

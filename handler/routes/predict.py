@@ -286,6 +286,7 @@ OPERATIONS: PathItems = {
                 "413": error_response("The body or an input image is too large."),
                 "422": error_response("A template parameter is wrong: `param` names it, `message` says why."),
                 "500": error_response("ComfyUI failed while running the workflow."),
+                "502": error_response("ComfyUI named an output file that is not there."),
                 "503": error_response("ComfyUI is not ready; retry after Retry-After seconds."),
                 "504": error_response("The workflow did not finish in time."),
             },

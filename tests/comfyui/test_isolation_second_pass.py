@@ -396,3 +396,15 @@ def test_an_echoed_reference_reads_nothing_of_anothers_without_the_extension(
         assert response.json()["images"] == []
     time.sleep(0.5)
     assert all(victim.exists() for victim in victims)
+
+
+@pytest.mark.parametrize("kind", ["output", "temp"])
+def test_an_echoed_reference_to_no_file_is_comfyuis_fault_not_a_500(service: ServiceProcess, kind: str) -> None:
+    """A node's ui naming a file of the run that is not there (a caller can make Preview3D echo
+    any name): ComfyUI's report was wrong, a 502 that says so, not the service's own 500."""
+    ref = {"filename": f"nothing-{secrets.token_hex(4)}.png", "subfolder": "", "type": kind}
+    workflow = {"1": {"class_type": "Preview3D", "inputs": {"model_file": "x.glb", "camera_info": ref}}}
+    response = service.post("/predict", json={"workflow": workflow}, timeout=120)
+    assert response.status_code != 500, response.text[:400]
+    if response.status_code != 200:
+        assert response.status_code == 502 and response.json()["error"]["code"] == "output_missing", response.text
