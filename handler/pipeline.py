@@ -285,7 +285,7 @@ class Pipeline:
             finished = time.monotonic()
             if isolated:
                 in_request_folder(watch.outputs, rid)
-            if drop_foreign_files(watch.outputs, rid, root_temp=not isolated):
+            if drop_foreign_files(watch.outputs, rid):
                 log.warning("file references that name no file of this run were left out of its outputs")
             files = collect(watch.outputs, self._output_images(watch, graph), self.comfy.outputs, request.output)
             for file in files:
@@ -338,9 +338,8 @@ class Pipeline:
         self.comfy.inputs.discard(request_id)
         # Only the run's own files: a ref a node echoed from the caller, or one not yet made
         # relative to the request's folder (a run that failed), may name another's file.
-        root_temp = not self.comfy.isolated
         refs = [ref for _, _, ref, _ in file_refs(watch.outputs)] if watch else []
-        refs = [ref for ref in refs if is_own_file(ref, request_id, root_temp=root_temp)]
+        refs = [ref for ref in refs if is_own_file(ref, request_id)]
         self.comfy.outputs.discard(request_id, refs)
 
     def _wait(

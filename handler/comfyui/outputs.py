@@ -140,13 +140,14 @@ def in_request_folder(outputs: dict[str, dict[str, Any]], request_id: str) -> No
 FILE_TYPES = frozenset({"output", "temp", "input"})
 
 
-def is_own_file(ref: dict[str, Any], request_id: str, *, root_temp: bool = False) -> bool:
+def is_own_file(ref: dict[str, Any], request_id: str) -> bool:
     """Whether a file reference in ComfyUI's outputs names a file of this run: inside the
     request's folder (`<type>/<request folder>/...`, as `in_request_folder` made it relative),
     nothing that leaves it. A node may echo a caller's value into its ui (Preview3D's
     `camera_info`): a dict there with a `filename` is no file of the run unless it lies there.
-    `root_temp`: without the isolation extension, some previews (MaskPreview) land at the temp
-    folder's root."""
+    Without the isolation extension some previews (MaskPreview) land at the temp folder's root
+    under a guessable name that cannot be told from another request's: they are no file of the
+    run either."""
     filename, subfolder = ref.get("filename"), ref.get("subfolder") or ""
     if not isinstance(filename, str) or not isinstance(subfolder, str) or ref.get("type", "output") not in FILE_TYPES:
         return False
@@ -155,12 +156,10 @@ def is_own_file(ref: dict[str, Any], request_id: str, *, root_temp: bool = False
     parts = [part for part in f"{subfolder}/{filename}".split("/") if part not in ("", ".")]
     if ".." in parts or not parts:
         return False
-    if parts[0] == request_id and len(parts) > 1:
-        return True
-    return root_temp and ref.get("type") == "temp" and len(parts) == 1
+    return parts[0] == request_id and len(parts) > 1
 
 
-def drop_foreign_files(outputs: dict[str, dict[str, Any]], request_id: str, *, root_temp: bool = False) -> int:
+def drop_foreign_files(outputs: dict[str, dict[str, Any]], request_id: str) -> int:
     """Take out of `outputs`, in place, the file references that name no file of this run (see
     `is_own_file`): they are neither read nor removed. Returns how many."""
     dropped = 0
@@ -171,7 +170,7 @@ def drop_foreign_files(outputs: dict[str, dict[str, Any]], request_id: str, *, r
                     item
                     for item in items
                     if not (isinstance(item, dict) and isinstance(item.get("filename"), str))
-                    or is_own_file(item, request_id, root_temp=root_temp)
+                    or is_own_file(item, request_id)
                 ]
                 dropped += len(items) - len(kept)
                 output[key] = kept

@@ -376,15 +376,16 @@ def test_an_echoed_reference_of_no_known_shape_is_no_file_and_no_500(service: Se
     assert response.json()["images"] == []
 
 
-@pytest.mark.parametrize("kind", ["output", "input"])
+@pytest.mark.parametrize("kind", ["output", "input", "temp"])
 def test_an_echoed_reference_reads_nothing_of_anothers_without_the_extension(
     without_extension: tuple[ServiceProcess, Path], kind: str
 ) -> None:
     """Without the extension the run's files are `<type>/<request folder>/…` too (prefixes and
     inputs are rewritten there): a reference to the root, or to another request's folder, is
-    no file of the run."""
+    no file of the run. At the temp root too, where MaskPreview leaves another request's previews
+    under a guessable name (`ComfyUI_temp_` and five letters)."""
     service, base = without_extension
-    other, name = f"r{secrets.token_hex(16)}", f"victim-{secrets.token_hex(4)}.png"
+    other, name = f"r{secrets.token_hex(16)}", f"ComfyUI_temp_{secrets.token_hex(3)[:5]}_00001_.png"
     victims = [base / kind / name, base / kind / other / name]
     for victim in victims:
         victim.parent.mkdir(parents=True, exist_ok=True)
