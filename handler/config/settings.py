@@ -172,6 +172,16 @@ def _check(values: dict[str, object]) -> None:
                 )
     if values["storage_backend"] == "gcs" and not values["gcs_bucket"]:
         raise ConfigError("STORAGE_BACKEND=gcs needs GCS_BUCKET")
+    # The job bucket holds every caller's stored requests and outputs: as an input source, any
+    # caller could read them (job ids and run tokens are the only thing in the way).
+    job_bucket = values["gcs_bucket"]
+    allowlist = values["url_allowlist"]
+    assert isinstance(allowlist, tuple)
+    if job_bucket and any(entry.split("/")[2:3] == [job_bucket] for entry in allowlist if entry.startswith("gs://")):
+        raise ConfigError(
+            f"URL_ALLOWLIST names GCS_BUCKET ({job_bucket}), which holds every caller's jobs and outputs; "
+            "keep inputs in a bucket of their own"
+        )
     if values["public_service"]:  # anyone can reach it: keys decide, and no token is taken as checked
         if values["ingress_verifies_tokens"]:
             raise ConfigError(

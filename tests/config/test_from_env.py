@@ -79,6 +79,11 @@ def test_a_cpu_run_needs_no_gpu() -> None:
     assert not Settings.from_env({"REQUIRE_GPU": "true", "COMFYUI_ARGS": "--cpu --lowvram"}).require_gpu
 
 
+def test_another_bucket_of_the_same_prefix_may_be_allowed() -> None:
+    settings = Settings.from_env({"GCS_BUCKET": "jobs-b", "URL_ALLOWLIST": "gs://jobs-b-inputs"})
+    assert settings.url_allowlist == ("gs://jobs-b-inputs",)
+
+
 def test_paths_lists_and_levels_are_parsed() -> None:
     settings = Settings.from_env(
         {
@@ -105,6 +110,9 @@ def test_paths_lists_and_levels_are_parsed() -> None:
         ({"SERVICE_ROLE": "boss"}, r"^SERVICE_ROLE must be all, api or worker, got 'boss'$"),
         ({"LOG_FORMAT": "XML"}, r"^LOG_FORMAT must be json or text, got 'xml'$"),
         ({"SERVICE_ROLE": "api"}, r"^SERVICE_ROLE=api needs Cloud Tasks \(QUEUE_BACKEND=cloudtasks\)"),
+        # every caller's stored requests and outputs would be readable as `gs://` inputs
+        ({"GCS_BUCKET": "jobs-b", "URL_ALLOWLIST": "a.example,gs://jobs-b"}, r"^URL_ALLOWLIST names GCS_BUCKET"),
+        ({"GCS_BUCKET": "jobs-b", "URL_ALLOWLIST": "gs://jobs-b/outputs"}, r"^URL_ALLOWLIST names GCS_BUCKET"),
     ],
 )
 def test_each_refusal_names_its_variable(env: dict[str, str], message: str) -> None:
