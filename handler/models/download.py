@@ -112,6 +112,9 @@ class _Sink:
     def size(self) -> int:
         return self.out.tell()
 
+    def tell(self) -> int:  # what a client library's download may ask of the file it writes
+        return self.out.tell()
+
     def write(self, chunk: bytes) -> None:
         try:
             self.out.write(chunk)
@@ -146,7 +149,9 @@ def download(
     record: Record | None = None,
 ) -> Downloaded:
     if ref.url.startswith("gs://"):
-        return _download_gcs(ref, part, urls=urls, jobs=jobs, cloud=cloud, reserve=reserve, deadline=deadline)
+        return _download_gcs(
+            ref, part, urls=urls, jobs=jobs, cloud=cloud, reserve=reserve, deadline=deadline, progress=progress
+        )
     shown = urlguard.redact_url(ref.url)
     check_civitai(ref, models, f"model {shown}")
     resumed = 0
@@ -334,6 +339,7 @@ def _download_gcs(
     cloud: CloudSettings,
     reserve: Reserve,
     deadline: float,
+    progress: Progress | None = None,
 ) -> Downloaded:
     obj = gcsinput.check_gcs_uri(ref.url, urls=urls, purpose="model URL")
     from google.api_core import exceptions as gexc
@@ -347,9 +353,12 @@ def _download_gcs(
             raise ModelNotFound(f"model {obj.uri[:200]}: no such object")
         size = int(blob.size or 0)
         reserve(size, size)
-        with open(part, "wb") as out:
+        with open(part, "w+b") as out:
+            sink = _Sink(out)  # hashed and metered as it streams, like an https download
+            sink.total, sink.progress = size, progress
             if size:
-                blob.download_to_file(out, start=0, end=size - 1, raw_download=True, timeout=remaining)
+                blob.download_to_file(sink, start=0, end=size - 1, raw_download=True, timeout=remaining)
+            read = sink.size
     except (gexc.NotFound, gexc.Forbidden, gexc.Unauthorized):
         raise ModelNotFound(f"model {obj.uri[:200]}: no such object, or the service may not read it") from None
     except ServiceError:
@@ -360,10 +369,6 @@ def _download_gcs(
         raise StorageUnavailable(
             f"model {obj.uri[:200]}: Cloud Storage did not answer ({type(exc).__name__})"
         ) from None
-    digest = hashlib.sha256()
-    with open(part, "rb") as done:
-        while block := done.read(CHUNK):
-            digest.update(block)
-    if part.stat().st_size != size:
-        raise ModelFetchFailed(f"model {obj.uri[:200]}: read {part.stat().st_size} of {size} bytes")
-    return Downloaded(sha256=digest.hexdigest(), size=size, resumed=0)
+    if read != size:
+        raise ModelFetchFailed(f"model {obj.uri[:200]}: read {read} of {size} bytes")
+    return Downloaded(sha256=sink.digest.hexdigest(), size=size, resumed=0)

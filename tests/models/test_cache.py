@@ -251,6 +251,21 @@ def test_a_gs_object_is_fetched_from_an_allowlisted_bucket(tmp_path: Path, fake_
     assert visible(tmp_path / "small") == []
 
 
+def test_a_gs_download_reports_its_progress_like_an_https_one(tmp_path: Path, fake_gcs: Any, gcs_bucket: str) -> None:
+    """`/status`, SSE and the dashboard show bytes done of the object's size for gs:// models too."""
+    data = blob(3 * 1024 * KIB, 7)
+    fake_gcs.client().bucket(gcs_bucket).blob("models/p.safetensors").upload_from_string(data)
+    settings = Settings(url_allowlist=(f"gs://{gcs_bucket}/models",), storage_emulator_host=fake_gcs.url)
+    heard: list[Any] = []
+    got = make(tmp_path, settings=settings).acquire(
+        ref(f"gs://{gcs_bucket}/models/p.safetensors", folder="loras"), deadline=soon(30), progress=heard.append
+    )
+    assert got.fetched and got.entry.sha256 == hashlib.sha256(data).hexdigest()
+    assert heard and all(p.bytes_total == len(data) for p in heard)
+    assert heard[-1].bytes_done == len(data) and heard[-1].percent == 100.0
+    assert heard[-1].source.startswith("gs://")
+
+
 def test_the_hugging_face_token_goes_to_huggingface_co_only() -> None:
     assert (
         _headers("https://huggingface.co/o/r/resolve/main/m.safetensors", 0, "hf_t")["Authorization"] == "Bearer hf_t"
