@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
@@ -79,7 +79,14 @@ class ComfyAPI:
         raise ServiceError(f"ComfyUI answered {response.status_code} to the job submission")
 
     def interrupt(self, prompt_id: str, timeout_s: float = 30.0) -> None:
-        """Stop a prompt wherever it is: drop it from the queue, or interrupt it if running."""
+        """Stop a prompt wherever it is: drop it from the queue, or interrupt it if running.
+        ComfyUI's per-job cancel checks and interrupts under its queue's lock; `/interrupt`
+        checks, then raises a global flag, which a prompt ending in between leaves for the next
+        one (another caller's). The two old calls serve a ComfyUI without the route (or any other
+        answer than 200)."""
+        cancel = self._request("POST", f"/api/jobs/{quote(prompt_id, safe='')}/cancel", timeout=timeout_s)
+        if cancel.status_code == 200:
+            return
         self._request("POST", "/queue", timeout=timeout_s, body={"delete": [prompt_id]})
         self._request("POST", "/interrupt", timeout=timeout_s, body={"prompt_id": prompt_id})
 
