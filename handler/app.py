@@ -32,6 +32,7 @@ from handler.runtime import Runtime
 from handler.services import Services
 
 log = logging.getLogger("handler.app")
+STORE_COPY_GRACE_S = 2.0  # at shutdown, for copies into the model cache's backing store
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -134,6 +135,9 @@ def create_app(
             await run_in_threadpool(runtime.stop, 3.0)
             built.jobs.close()
             if built.models is not None:
+                # A model copy into the backing store still under way gets what is left of Cloud
+                # Run's 10 s; one cut off leaves no record, so no instance ever takes it.
+                built.models.wait_stored(STORE_COPY_GRACE_S)
                 built.models.flush()  # the last uses since the index was last written
 
     app = Starlette(
