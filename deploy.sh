@@ -604,7 +604,7 @@ if [[ $SKIP_BUILD == true ]]; then
 else
     step "Building $IMAGE with Cloud Build (model type $BUILD_MODEL_TYPE)"
     substitutions=_REGION=$REGION,_REPOSITORY=$REPOSITORY,_SERVICE=$SERVICE,_TAG=$TAG
-    substitutions+=,_MODEL_TYPE=$BUILD_MODEL_TYPE,_HF_SECRET=$HF_SECRET,_DEPLOY=false
+    substitutions+=,_MODEL_TYPE=$BUILD_MODEL_TYPE,_HF_SECRET=$HF_SECRET,_DEPLOY=false,_BAKE_MODELS=$BAKE_MODELS
     if [[ -n $CUSTOM_NODES ]]; then
         [[ $CUSTOM_NODES != *,* ]] || die "--custom-nodes is space-separated; commas are not allowed"
         substitutions+=,_CUSTOM_NODES=$CUSTOM_NODES

@@ -127,7 +127,8 @@ def test_bake_models_bakes_a_large_set_with_a_warning(stub, how):
     assert "warning: --bake-models: flux1-dev-fp8's files are 17.2 GB, over the 10 GB" in proc.stderr
     assert "models: baked into the image (--bake-models)" in proc.stderr
     assert sorted(builds(recs)) == ["cloudbuild.yaml"]
-    assert subs_of(builds(recs)["cloudbuild.yaml"])["_MODEL_TYPE"] == "flux1-dev-fp8"
+    subs = subs_of(builds(recs)["cloudbuild.yaml"])
+    assert (subs["_MODEL_TYPE"], subs["_BAKE_MODELS"]) == ("flux1-dev-fp8", "true")  # cloudbuild's models-fit step
     assert find(recs, "storage", "buckets", "create", f"gs://{MODELS_BUCKET}") == []
     assert flag(find(recs, "run", "deploy", "comfyui")[0]["argv"], "--add-volume") == []
 

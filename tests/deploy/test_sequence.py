@@ -111,6 +111,7 @@ def test_first_run_creates_everything_then_builds_and_deploys(stub):
         "_MODEL_TYPE": "base",  # the models are in the bucket, not the image
         "_HF_SECRET": "hf-token",
         "_DEPLOY": "false",
+        "_BAKE_MODELS": "false",
     }
     assert flag(b, "--service-account") == [
         f"projects/{PROJECT}/serviceAccounts/comfyui-build@{PROJECT}.iam.gserviceaccount.com"
