@@ -36,7 +36,18 @@ def availability(template: Template, object_info: dict[str, Any]) -> dict[str, A
     if not object_info:
         return {"available": None}
     report = graph.check(template.graph, object_info)
-    return {"available": True} if report.clean else {"available": False, "missing": report.messages()}
+    # An input a required parameter fills holds only a placeholder (a LoRA the caller names,
+    # maybe by URL): what ComfyUI has there says nothing about whether the template runs.
+    supplied = {(t.node, t.input) for p in template.params.values() if p.required for t in p.targets}
+    missing = [
+        f"node {node_id} ({entry['class_type']}): {err['message']}: {err['details']}"
+        for node_id, entry in report.node_errors.items()
+        for err in entry["errors"]
+        if (node_id, (err.get("extra_info") or {}).get("input_name")) not in supplied
+    ]
+    if report.error is not None and not report.node_errors:
+        missing = report.messages()  # no node to blame: the graph itself (no outputs, bad format)
+    return {"available": True} if not missing else {"available": False, "missing": missing}
 
 
 def list_workflows(request: Request) -> JSONResponse:

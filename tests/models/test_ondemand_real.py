@@ -137,3 +137,27 @@ def test_txt2img_with_checkpoint_and_lora_by_url_fetches_once(
     assert plain.status_code == 200, plain.text[:3000]
     assert pixels(plain.json()) != pixels(first_body)  # the LoRA was applied
     assert "lora key not loaded" not in real_service.log()
+
+
+def test_the_lora_template_takes_its_checkpoint_and_lora_by_url(
+    real_service: ServiceProcess, tiny_checkpoint: TinyCheckpoint, model_server: ModelServer, tmp_path: Path
+) -> None:
+    """`sd15-lora-txt2img`: template parameters that land in loader inputs take model URLs."""
+    model_server.files[NAME] = tiny_checkpoint.path
+    assert make_lora(tiny_checkpoint.path, tmp_path / "lora.safetensors") > 0
+    model_server.files["tiny-lora.safetensors"] = (tmp_path / "lora.safetensors").read_bytes()
+    common = {"prompt": "a lighthouse", "checkpoint": model_server.url("plain", NAME), "width": SIZE, "height": SIZE}
+    common |= {"steps": 2, "seed": 7, "sampler": "euler"}
+    with_lora = real_service.post(
+        "/predict",
+        json={
+            "workflow_id": "sd15-lora-txt2img",
+            "params": {**common, "lora": model_server.url("plain", "tiny-lora.safetensors"), "lora_strength": 1.0},
+        },
+    )
+    assert with_lora.status_code == 200, with_lora.text[:3000]
+    assert {m["input"] for m in with_lora.json()["models"]} == {"ckpt_name", "lora_name"}
+    without = real_service.post("/predict", json={"workflow_id": "sd15-txt2img", "params": common})
+    assert without.status_code == 200, without.text[:3000]
+    assert pixels(with_lora.json()) != pixels(without.json())  # the LoRA was applied
+    assert model_server.requests[f"/plain/{NAME}"] == 1  # the second run took the cached checkpoint

@@ -290,6 +290,8 @@ def test_e2e_shipped_templates_lack_nothing_but_model_files(shipped_service, wor
     params = {"prompt": "a lighthouse"}
     if workflow_id.endswith("img2img"):
         params["image"] = base64.b64encode((ROOT / "test_resources" / "comfy" / "test_input.png").read_bytes()).decode()
+    if "lora" in workflow_id:
+        params["lora"] = "style.safetensors"
     response = shipped_service.post("/predict", json={"workflow_id": workflow_id, "params": params})
     assert response.status_code == 400, response.text
     node_errors = response.json()["error"]["node_errors"]
@@ -301,7 +303,7 @@ def test_e2e_shipped_templates_lack_nothing_but_model_files(shipped_service, wor
     )
 
 
-MODEL_INPUT_NAMES = {"ckpt_name", "unet_name", "clip_name1", "clip_name2", "vae_name"}
+MODEL_INPUT_NAMES = {"ckpt_name", "unet_name", "clip_name1", "clip_name2", "vae_name", "lora_name"}
 
 
 def test_e2e_async_template_job(template_service):

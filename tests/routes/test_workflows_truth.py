@@ -78,6 +78,8 @@ def test_availability_is_what_comfyui_has_not_the_model_type(standin_service):
     assert sd15["model_type"] == "sd15"  # this service's MODEL_TYPE, and still:
     assert sd15["available"] is False
     assert any("v1-5-pruned-emaonly.safetensors" in line for line in sd15["missing"]), sd15
+    lora = listed["sd15-lora-txt2img"]  # its checkpoint is missing; its LoRA is the caller's to name
+    assert lora["available"] is False and lora["missing"] == sd15["missing"], lora
     flux = listed["flux1-schnell-txt2img"]
     assert flux["available"] is False and any("unet_name" in line for line in flux["missing"]), flux
     only = listing(standin_service, "?available=true")
@@ -141,6 +143,8 @@ def real_service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 def test_real_comfyui_runs_the_sd15_template_whatever_the_model_type(real_service):
     listed = wait_for_catalogue(real_service)
     assert listed["sd15-txt2img"]["available"] is True, listed["sd15-txt2img"]
+    # no LoRA installed: the caller names one (a file or a URL), so the template runs all the same
+    assert listed["sd15-lora-txt2img"]["available"] is True, listed["sd15-lora-txt2img"]
     assert listed["flux1-dev-txt2img"]["available"] is False  # the service's MODEL_TYPE, without its files
     assert "sd15-txt2img" in listing(real_service, "?available=true")
 
