@@ -135,6 +135,8 @@ def test_a_raw_answer_with_several_outputs_is_406_and_leaves_no_files(service: S
 
 
 def test_a_wrong_accept_is_406_before_anything_runs(service: ServiceProcess):
+    # an earlier test's run may still be removing its files (that happens after its answer)
+    wait_until(lambda: not leftovers(service, "deliver"), message="earlier runs' files removed")
     response = service.post("/predict", json={"workflow": empty_save()}, headers={"Accept": "text/html"})
     assert response.status_code == 406
     assert response.json()["error"]["code"] == "not_acceptable"
