@@ -58,7 +58,13 @@ def big_noise() -> dict:
 def leftovers(service: ServiceProcess, *names: str) -> list[Path]:
     """Files of the service's ComfyUI folders whose path mentions one of `names`."""
     base = service.state_dir / "comfyui"
-    return [p for p in base.rglob("*") if p.is_file() and any(name in str(p) for name in names)]
+    # os.walk, not rglob: a run's folder may be removed while it is walked (rglob raises then)
+    return [
+        Path(folder, file)
+        for folder, _, files in os.walk(base)
+        for file in files
+        if any(name in os.path.join(folder, file) for name in names)
+    ]
 
 
 # --- negotiation (no servers) ----------------------------------------------------------------
