@@ -15,7 +15,6 @@ import io
 import os
 import re
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,7 +24,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess, free_port, start_service
+from tests.fixtures.attached import attached_comfyui
+from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess, start_service
 
 FOLDER_NAME = re.compile(r"r[0-9a-f]{32}")
 
@@ -319,40 +319,8 @@ def files_under(folder: Path) -> list[str]:
 def remote(comfy_target: ComfyTarget, tmp_path: Path) -> Iterator[tuple[ServiceProcess, Path]]:
     """A ComfyUI with the isolation extension installed by its operator, on "another machine":
     the service gets only its URL (uploads through /upload/image, outputs through /view)."""
-    from handler.comfyui.supervisor import extension_config
-
-    base = tmp_path / "comfy"
-    for name in ("input", "output", "temp", "user"):
-        (base / name).mkdir(parents=True)
-    port = free_port()
-    args = [comfy_target.python, "main.py", "--listen", "127.0.0.1", "--port", str(port)]
-    args += ["--input-directory", str(base / "input"), "--output-directory", str(base / "output")]
-    args += ["--temp-directory", str(base / "temp"), "--disable-auto-launch", *comfy_target.args.split()]
-    args += ["--extra-model-paths-config", str(extension_config(base))]
-    if comfy_target.is_real:
-        args += ["--user-directory", str(base / "user"), "--database-url", "sqlite:///:memory:"]
-    with open(tmp_path / "comfy.log", "wb") as log:
-        comfy = subprocess.Popen(
-            args,
-            cwd=comfy_target.path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            requests.get(f"http://127.0.0.1:{port}/system_stats", timeout=1)
-            break
-        except requests.RequestException:
-            assert comfy.poll() is None and time.monotonic() < deadline, (tmp_path / "comfy.log").read_text()[-3000:]
-            time.sleep(0.1)
-    env = {"COMFYUI_URL": f"http://127.0.0.1:{port}", "COMFYUI_PATH": ""}
-    service = ServiceProcess(comfy_target, tmp_path / "service", env=env).start().wait_ready()
-    yield service, base
-    service.stop()
-    comfy.terminate()
-    comfy.wait(10)
+    with attached_comfyui(comfy_target, tmp_path, extension=True) as attached:
+        yield attached
 
 
 def test_a_remote_comfyui_keeps_no_files_of_a_request(remote: tuple[ServiceProcess, Path]) -> None:

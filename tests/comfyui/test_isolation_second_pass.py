@@ -19,7 +19,6 @@ import json
 import os
 import re
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.fixtures.comfy import ComfyTarget, ServiceProcess, free_port, start_service
+from tests.fixtures.attached import attached_comfyui
+from tests.fixtures.comfy import ComfyTarget, ServiceProcess, start_service
 
 SHARED_COLOUR = (1, 2, 3)
 FOLDER_NAME = re.compile(r"r[0-9a-f]{32}")
@@ -70,38 +70,8 @@ def without_extension(
 ) -> Iterator[tuple[ServiceProcess, Path]]:
     """A ComfyUI attached by URL whose operator did not install the isolation extension: the
     service falls back to rewriting names (docs/security.md, layer 1's fallback)."""
-    tmp_path = tmp_path_factory.mktemp("without-extension")
-    base = tmp_path / "comfy"
-    for name in ("input", "output", "temp", "user"):
-        (base / name).mkdir(parents=True)
-    port = free_port()
-    args = [comfy_target.python, "main.py", "--listen", "127.0.0.1", "--port", str(port)]
-    args += ["--input-directory", str(base / "input"), "--output-directory", str(base / "output")]
-    args += ["--temp-directory", str(base / "temp"), "--disable-auto-launch", *comfy_target.args.split()]
-    if comfy_target.is_real:
-        args += ["--user-directory", str(base / "user"), "--database-url", "sqlite:///:memory:"]
-    with open(tmp_path / "comfy.log", "wb") as log:
-        comfy = subprocess.Popen(
-            args,
-            cwd=comfy_target.path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            requests.get(f"http://127.0.0.1:{port}/system_stats", timeout=1)
-            break
-        except requests.RequestException:
-            assert comfy.poll() is None and time.monotonic() < deadline, (tmp_path / "comfy.log").read_text()[-3000:]
-            time.sleep(0.1)
-    env = {"COMFYUI_URL": f"http://127.0.0.1:{port}", "COMFYUI_PATH": ""}
-    service = ServiceProcess(comfy_target, tmp_path / "service", env=env).start().wait_ready()
-    yield service, base
-    service.stop()
-    comfy.terminate()
-    comfy.wait(10)
+    with attached_comfyui(comfy_target, tmp_path_factory.mktemp("without-extension"), extension=False) as attached:
+        yield attached
 
 
 def test_load3d_reads_no_shared_output_without_the_extension(without_extension: tuple[ServiceProcess, Path]) -> None:
