@@ -5,6 +5,7 @@ a pip the image's lock pins and a ComfyUI commit other than the image's are repo
 from __future__ import annotations
 
 import json
+import secrets
 
 from tests.image.conftest import Images
 from tests.image.harness import NODE_NAME, build_context
@@ -12,12 +13,15 @@ from tests.image.harness import NODE_NAME, build_context
 
 def test_a_snapshot_installs_its_git_node_at_the_snapshots_commit(images: Images):
     other_comfyui = "0123456789abcdef0123456789abcdef01234567"
+    # A name of its own each run: a snapshot equal to an earlier build's would be a cached layer,
+    # whose installer prints nothing to check.
+    disabled = f"ComfyUI-Disabled-{secrets.token_hex(4)}"
     snapshot = {
         "comfyui": other_comfyui,
         "git_custom_nodes": {
             images.node_url: {"hash": images.node_pinned, "disabled": False},
             # Nothing listens here: the build would fail if a disabled node were fetched.
-            "git://127.0.0.1:9/ComfyUI-Disabled": {"hash": "a" * 40, "disabled": True},
+            f"git://127.0.0.1:9/{disabled}": {"hash": "a" * 40, "disabled": True},
         },
         "cnr_custom_nodes": {},
         "file_custom_nodes": [{"filename": "single.py", "disabled": False}],
@@ -31,10 +35,10 @@ def test_a_snapshot_installs_its_git_node_at_the_snapshots_commit(images: Images
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert f"the snapshot was taken on ComfyUI {other_comfyui}" in out
-    assert "ComfyUI-Disabled is disabled in the snapshot: not installed" in out
+    assert f"{disabled} is disabled in the snapshot: not installed" in out
     assert "the image pins torch==" in out and "single.py cannot be restored" in out
     folder = f"/comfyui/custom_nodes/{NODE_NAME}"
     shown = images.docker.sh(tag, f"cat {folder}/__init__.py; ls -a /comfyui/custom_nodes {folder}")
     assert shown.returncode == 0, shown.stderr
     assert 'PINNED = "pinned"' in shown.stdout  # the snapshot's commit, not the branch head ("head")
-    assert "ComfyUI-Disabled" not in shown.stdout and ".git" not in shown.stdout.split()
+    assert disabled not in shown.stdout and ".git" not in shown.stdout.split()
