@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,24 +18,12 @@ import pytest
 import requests
 
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess
+from tests.fixtures.keys import make_key
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN_TARGET = ComfyTarget("standin", STANDIN, sys.executable, "")
 FINAL = {"succeeded", "failed", "cancelled"}
 NAMED = {"workflow_id": "solid-blur", "params": {"width": 32, "height": 32, "blur_radius": 2}}
-
-
-def make_key(keys_file: Path, *args: str) -> str:
-    made = subprocess.run(
-        [sys.executable, "-m", "handler.access.cli", "create", "--file", str(keys_file), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    secret = made.stdout.strip()
-    assert secret.startswith("crk_") and len(secret.splitlines()) == 1, made.stdout
-    return secret
 
 
 @dataclass

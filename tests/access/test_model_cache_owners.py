@@ -13,8 +13,6 @@ name succeeded.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,21 +22,11 @@ import pytest
 import requests
 
 from tests.fixtures.comfy import ComfyTarget, ServiceProcess
+from tests.fixtures.keys import make_key
 from tests.fixtures.modelserver import ModelServer
 from tests.fixtures.tiny_model import NAME, build_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def make_key(keys_file: Path, *args: str) -> str:
-    made = subprocess.run(
-        [sys.executable, "-m", "handler.access.cli", "create", "--file", str(keys_file), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return made.stdout.strip()
 
 
 def txt2img(checkpoint: object) -> dict[str, Any]:
