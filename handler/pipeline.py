@@ -41,6 +41,7 @@ from handler.comfyui.supervisor import private_paths
 from handler.errors import (
     Cancelled,
     ComfyUnavailable,
+    Forbidden,
     QueueTimeout,
     ServiceError,
     Timeout,
@@ -56,6 +57,11 @@ from handler.runtime import Runtime, Trigger, link
 from handler.taskqueue.base import PRIORITIES
 
 log = logging.getLogger("handler.pipeline")
+
+NOT_CONFINED = (
+    "this ComfyUI runs without comfyrun's isolation extension, so only admin keys may send raw workflows "
+    "here: send workflow_id and params, or ask the operator to install the extension (docs/security.md)"
+)
 
 # How long an interrupted prompt gets to stop before its files are removed under it.
 INTERRUPT_GRACE_S = 15.0
@@ -191,7 +197,7 @@ class Pipeline:
         (a plain Event is polled)."""
         if self.runtime.stopping.is_set():
             raise ComfyUnavailable("the service is shutting down; retry", retry_after_s=1)
-        self.comfy.require_ready()
+        self.admit(request)
         # Before anything is staged: a graph the node policy refuses never reaches ComfyUI.
         policy.check(request.workflow, self.comfy.object_info, self._folder_nodes())
         benchtrace.mark("pipeline")
@@ -199,9 +205,24 @@ class Pipeline:
         benchtrace.mark("pipeline_end", timings=result.timings)  # after the cleanup in its `finally`
         return result
 
-    def preflight(self, workflow: dict[str, Any]) -> None:
+    def admit(self, request: PredictRequest) -> None:
+        """Whether this instance runs `request` now: ComfyUI is ready and, for a confined
+        request, keeps each prompt in its own folders (known once it is ready)."""
+        self.comfy.require_ready()
+        self._check_confinement(request)
+
+    def _check_confinement(self, request: PredictRequest) -> None:
+        # Without the extension, nodes that node expansion creates see the shared folders and no
+        # policy sees them (docs/security.md): such graphs are an admin's to send.
+        if request.confined and not self.comfy.isolated:
+            raise Forbidden(NOT_CONFINED)
+
+    def preflight(self, request: PredictRequest) -> None:
         """Refuse now what ComfyUI would refuse later: async jobs are accepted only if they can run."""
+        workflow = request.workflow
         object_info = self.comfy.object_info  # waits while the catalogue is loading
+        if self.comfy.ready:  # otherwise the run decides, once ComfyUI has said what it runs
+            self._check_confinement(request)
         policy.check(workflow, object_info, self._folder_nodes())
         if object_info:
             graph.check(workflow, object_info).raise_for_errors()

@@ -59,6 +59,9 @@ class PredictRequest:
     priority: str = "normal"
     # Sampler previews as `preview` events of a streamed (text/event-stream) answer.
     previews: bool = False
+    # Runs only where ComfyUI keeps each prompt in its own folders (the isolation extension):
+    # a raw graph from a caller who is not an admin (`Caller.confine`).
+    confined: bool = False
 
 
 def check_workflow(workflow: Any) -> dict[str, Any]:

@@ -45,6 +45,12 @@ class Caller:
         """Whether a job marked `owner` is this caller's to see and cancel."""
         return self.admin or (self.owner is not None and owner == self.owner)
 
+    def confine(self, workflow_id: str | None) -> bool:
+        """Whether a graph this caller sends may run only where ComfyUI confines each prompt
+        to its own folders: a raw one from anyone but an admin (named workflows are the
+        operator's). Without that, nodes made while a graph runs escape the node policy."""
+        return not self.admin and workflow_id is None
+
     def require_admin(self) -> None:
         if not self.admin:
             raise Forbidden("this needs an admin key")

@@ -343,7 +343,8 @@ class Comfy:
         if not isolated:
             log.warning(
                 "ComfyUI runs without comfyrun's isolation extension: each prompt sees the shared input, "
-                "output and temp folders (only the node policy and name rewriting keep requests apart)%s",
+                "output and temp folders (only the node policy and name rewriting keep requests apart), "
+                "so only admins may send raw workflows%s",
                 "" if self.supervisor else "; files uploaded to it are not deleted",
             )
         return isolated

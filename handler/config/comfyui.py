@@ -70,7 +70,8 @@ class ComfyUISettings(Section):
         parse=url,
         help="attach to a running ComfyUI instead of booting one (with `COMFYUI_INPUT_DIR` and "
         "`COMFYUI_OUTPUT_DIR` if this machine sees its folders; otherwise files go over HTTP); install "
-        "`handler/comfyui/extension/` into its custom nodes for per-request folders (docs/security.md)",
+        "`handler/comfyui/extension/` into its custom nodes for per-request folders (docs/security.md); "
+        "without it, only admins may send raw workflows",
     )
     comfyui_input_dir: Path | None = setting(
         env="COMFYUI_INPUT_DIR", default=None, help="with `COMFYUI_URL`: that ComfyUI's input folder, seen from here"

@@ -96,6 +96,7 @@ class Job:
     task: str | None = None  # that task's queue/name
     # Whose job it is (handler/access/): "key:<id>", "iam:<email>"; None: an admin's only.
     caller: str | None = None
+    confined: bool = False  # PredictRequest.confined: its caller's raw graph
     base_url: str | None = None  # how the submitter reached us: for links in webhooks
     inline: bool = False
     timeout_s: float | None = None

@@ -272,6 +272,7 @@ class Runner:
                     templates=self.templates,
                 )
             request.priority = job.priority
+            request.confined = job.confined
             # Progress for /status on any instance: in the store, at most once a second; and
             # `running` once ComfyUI starts the prompt (placed until then).
             progress = OnStart(

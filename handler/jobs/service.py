@@ -36,7 +36,7 @@ from handler.jobs.runner import Runner
 from handler.jobs.views import JobViews
 from handler.jobs.worker import LocalWorker
 from handler.net import urlguard, webhooks
-from handler.predict_request import parse_predict_body
+from handler.predict_request import PredictRequest, parse_predict_body
 from handler.storage import PreconditionFailed, Store
 from handler.taskqueue import PRIORITIES, TaskQueue
 from handler.templates.registry import Templates
@@ -50,7 +50,7 @@ SECRET_KEY = "meta/job-id-secret"
 
 
 class Preflight(Protocol):
-    def preflight(self, workflow: dict[str, Any]) -> None: ...
+    def preflight(self, request: PredictRequest) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,10 @@ class JobService:
         job_id: str | None = None,
         source: str = "api",
         task: str | None = None,
-        caller: str | None = None,
+        caller: Caller | None = None,
     ) -> Job:
-        """Validate, store and queue a job. Raises ServiceError (4xx) when it could not run."""
+        """Validate, store and queue a job. Raises ServiceError (4xx) when it could not run.
+        `caller`: who submits (None: a client-made task, which its token vouches for)."""
         if not isinstance(body, dict):
             raise errors.BadRequest("the request body must be a JSON object")
         options, rest = AsyncOptions.split(body, urls=self.urls, cloud=self.cloud)
@@ -145,13 +146,15 @@ class JobService:
                 f"timeout may be at most {limit:g} seconds for async jobs: Cloud Tasks ends a dispatch "
                 f"after {self.job_settings.tasks_dispatch_deadline_s} s"
             )
-        self.checks.preflight(request.workflow)
+        request.confined = caller is not None and caller.confine(request.workflow_id)
+        self.checks.preflight(request)
         job = Job(
             job_id=job_id or uuid.uuid4().hex,
             priority=options.priority,
             source=source,
             task=task,
-            caller=caller,
+            caller=caller.owner if caller is not None else None,
+            confined=request.confined,
             base_url=base_url,
             inline=options.inline,
             timeout_s=request.timeout_s,

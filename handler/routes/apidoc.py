@@ -103,7 +103,7 @@ METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options"}
 # Operations no caller needs to be identified for (Cloud Run's probes).
 OPEN = frozenset({("/healthz", "get")})
 # Operations where a role decides: admin-only routes, and /predict (raw workflows need a key
-# allowed to send them).
+# allowed to send them, and, but for admins, a ComfyUI that runs the isolation extension).
 ROLE_CHECKED = frozenset(
     {
         ("/dashboard", "get"),
@@ -127,7 +127,10 @@ def access_answers(path: str, method: str) -> dict[str, Any]:
     if (path, method) not in OPEN:
         answers["401"] = error_response("No caller: an API key (X-API-Key or Authorization: Bearer) is needed.")
     if (path, method) in ROLE_CHECKED:
-        answers["403"] = error_response("The caller's role does not allow this (an admin route, or a raw workflow).")
+        answers["403"] = error_response(
+            "The caller's role does not allow this: an admin route, or a raw workflow from a key not allowed to send "
+            "them, or from any caller but an admin where ComfyUI runs without the isolation extension."
+        )
     if (path, method) in LIMITED:
         answers["429"] = {
             **error_response("The key's rate or its runs at once are used up."),

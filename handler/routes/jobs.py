@@ -71,7 +71,7 @@ async def accept(services: Services, body: Any, request: Request, caller: Caller
         raise errors.BadRequest("this is a worker: submit async jobs to the api service", api_url=settings.api_url)
     assert caller is not None  # the gate put one on every request but task deliveries
     with services.access.limits.running(caller.key, jobs.service.still_open) as keep:
-        job = await run_in_threadpool(jobs.service.submit, body, base_url=base, caller=caller.owner)
+        job = await run_in_threadpool(jobs.service.submit, body, base_url=base, caller=caller)
         keep(job.job_id)
     status_url = f"{base}/status/{job.job_id}"
     return JSONResponse(

@@ -207,6 +207,7 @@ def system_document(services: Services) -> dict[str, Any]:
     if comfy is not None:
         info: dict[str, Any] = {"state": comfy.state.value, "ready": comfy.ready, "version": comfy.version}
         if comfy.ready:
+            info["isolated"] = comfy.isolated  # runs the isolation extension (docs/security.md)
             info["system_stats"] = scrub(redact(comfy.client.get_json("/system_stats", timeout_s=5)))
             info["queue"] = comfy_queue(comfy)
         document["comfyui"] = info
@@ -254,8 +255,10 @@ OPERATIONS: PathItems = {
                             "settings": {"type": "object", "description": "The settings, secrets masked."},
                             "comfyui": {
                                 "type": ["object", "null"],
-                                "description": "State, readiness, version; when ready, its /system_stats and "
-                                "its queue as prompt ids only. Null where this role runs no ComfyUI.",
+                                "description": "State, readiness, version; when ready, whether it runs comfyrun's "
+                                "isolation extension (`isolated`: callers' raw workflows need it), its "
+                                "/system_stats and its queue as prompt ids only. Null where this role runs "
+                                "no ComfyUI.",
                             },
                         },
                     },

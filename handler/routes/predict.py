@@ -25,7 +25,7 @@ from handler.predict_request import PredictRequest, parse_predict_body
 from handler.routes import delivery, sse
 from handler.routes import jobs as job_routes
 from handler.routes.apidoc import JSON, PathItems, error_response, json_response, ref
-from handler.routes.common import Services, base_url, caller_of, read_json, services_of
+from handler.routes.common import Caller, Services, base_url, caller_of, read_json, services_of
 from handler.routes.delivery import AcceptedAnswer, AnswerForm, DeliveryContext
 from handler.runtime import Trigger
 
@@ -68,7 +68,7 @@ def comfy_of(services: Services) -> Comfy:
     return services.comfy
 
 
-def parse_sync(services: Services, body: Any, accepted: AcceptedAnswer) -> PredictRequest:
+def parse_sync(services: Services, body: Any, accepted: AcceptedAnswer, caller: Caller) -> PredictRequest:
     settings = services.settings
     predict_request = parse_predict_body(
         body,
@@ -80,6 +80,7 @@ def parse_sync(services: Services, body: Any, accepted: AcceptedAnswer) -> Predi
     )
     # A caller holds a connection: its prompt goes ahead of queued normal and low jobs.
     predict_request.priority = SYNC_PRIORITY
+    predict_request.confined = caller.confine(predict_request.workflow_id)
     accepted.check(predict_request.output)
     return predict_request
 
@@ -91,11 +92,11 @@ def delivery_context(services: Services, base: str) -> DeliveryContext:
 
 
 def run_sync(
-    services: Services, body: Any, accepted: AcceptedAnswer, base: str, cancel: Trigger | None = None
+    services: Services, body: Any, caller: Caller, accepted: AcceptedAnswer, base: str, cancel: Trigger | None = None
 ) -> Response:
     """Parse, run and render in a worker thread: the event loop stays free for /healthz.
     `cancel`: set when the caller has gone away (the run is interrupted)."""
-    predict_request = parse_sync(services, body, accepted)
+    predict_request = parse_sync(services, body, accepted, caller)
     assert services.pipeline is not None  # predict() sends sync runs only where there is one
     result = services.pipeline.run(predict_request, cancel, defer_cleanup=True)
     services.metrics.sync_timings(result.timings)
@@ -124,30 +125,29 @@ async def predict(request: Request) -> Response:
         )
     accepted = delivery.negotiate(request.headers.get("accept"))  # 406 before any work
     base = base_url(request, cloud=services.settings.cloud)
+    assert caller is not None  # a task is always async
+    pipeline = services.pipeline
     if accepted.form is AnswerForm.EVENTS:
-        comfy = comfy_of(services)
 
         def prepare() -> PredictRequest:
-            # A bad body or a ComfyUI that is not ready is a plain HTTP error, before the stream starts.
-            predict_request = parse_sync(services, body, accepted)
-            comfy.require_ready()
+            # A bad body, or a ComfyUI that cannot take it now, is a plain HTTP error before the stream.
+            predict_request = parse_sync(services, body, accepted, caller)
+            pipeline.admit(predict_request)
             return predict_request
 
-        assert caller is not None  # a task is always async
         held = contextlib.ExitStack()  # the run holds its place under the key's cap while it streams
         held.enter_context(services.access.limits.running(caller.key, services.jobs.service.still_open))
         try:
             context = delivery_context(services, base)
-            return await sse.stream(prepare, services.pipeline, services.runtime, context, held.close)
+            return await sse.stream(prepare, pipeline, services.runtime, context, held.close)
         except BaseException:
             held.close()
             raise
-    assert caller is not None  # a task is always async
     gone = Trigger()
     watcher = asyncio.ensure_future(until_disconnect(request, gone))
     try:
         with services.access.limits.running(caller.key, services.jobs.service.still_open):
-            response = await services.runtime.run_long(run_sync, services, body, accepted, base, gone)
+            response = await services.runtime.run_long(run_sync, services, body, caller, accepted, base, gone)
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

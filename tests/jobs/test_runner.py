@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from handler.access import Caller, Role
 from handler.jobs import Job, JobState, Outcome
 from handler.jobs.model import Lease
 from tests.fixtures.jobharness import WORKFLOW, ScriptedPipeline, service
@@ -29,6 +30,24 @@ def test_a_run_succeeds_once_and_a_second_delivery_does_nothing(store):
     assert file["base64"] and store.get_bytes(
         file["uri"].split("/", 3)[3] if file["uri"].startswith("gs://") else file["uri"].removeprefix("local://")
     ).startswith(b"\x89PNG")
+
+
+def test_a_callers_raw_graph_is_run_confined_from_its_stored_job(store):
+    """Whether ComfyUI keeps prompts apart is known where the job runs, not where it was
+    submitted (the api role): the job carries the fact to the run, which reads the stored body."""
+    pipeline = ScriptedPipeline()
+    svc = service(store, pipeline)
+    caller = Caller(owner="key:abc", role=Role.CALLER, workflows=True)
+    admin = Caller(owner="key:ops", role=Role.ADMIN, workflows=True)
+    jobs = [
+        svc.submit({"workflow": WORKFLOW}, caller=caller),
+        svc.submit({"workflow": WORKFLOW}, caller=admin),
+        svc.submit({"workflow": WORKFLOW}),  # a client-made task's: its token vouches for it
+    ]
+    assert [job.caller for job in jobs] == ["key:abc", "key:ops", None]
+    for job in jobs:
+        assert svc.run(job.job_id).job.state is JobState.SUCCEEDED
+    assert [request.confined for request in pipeline.requests] == [True, False, False]
 
 
 def test_an_expired_lease_is_taken_over(store):
