@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 
 import pytest
@@ -137,11 +138,12 @@ def test_a_store_says_whether_it_serves_its_files_from_this_disk(store):
         store.local_file("../escape")
 
 
-def test_gcs_signed_urls_with_signing_credentials(fake_gcs):
-    # A service-account key signs locally (no network): the URL is a V4 one for the bucket.
+def signing_store(fake_gcs):
+    """A GCSStore whose service-account key signs locally (no network), and that key."""
     pytest.importorskip("cryptography")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
+    from google.cloud import storage as gcs
     from google.oauth2 import service_account
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -157,13 +159,74 @@ def test_gcs_signed_urls_with_signing_credentials(fake_gcs):
             "token_uri": "https://oauth2.googleapis.com/token",
         }
     )
-    from google.cloud import storage as gcs
-
     client = gcs.Client(project="demo", credentials=creds, client_options={"api_endpoint": fake_gcs.url})
-    store = GCSStore("results", client=client)
+    return GCSStore("results", client=client), key.public_key()
+
+
+def grants(url: str, public_key, method: str = "GET") -> bool:
+    """Whether Cloud Storage would honour `url` for `method`: its V4 signature checked over the
+    canonical request the URL stands for (Google's "Signature V4 signing process"). This is
+    the check a caller cannot get past: any change to the path, the query or the method
+    changes the canonical request."""
+    from urllib.parse import parse_qsl, quote, urlsplit
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    signature = bytes.fromhex(query.pop("X-Goog-Signature"))
+    canonical_query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items()))
+    signed = query["X-Goog-SignedHeaders"]
+    headers = {"host": parts.netloc}
+    canonical = "\n".join(
+        [
+            method,
+            parts.path,
+            canonical_query,
+            "".join(f"{name}:{headers[name]}\n" for name in signed.split(";")),
+            signed,
+            "UNSIGNED-PAYLOAD",
+        ]
+    )
+    scope = query["X-Goog-Credential"].split("/", 1)[1]
+    to_sign = "\n".join(
+        ["GOOG4-RSA-SHA256", query["X-Goog-Date"], scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    try:
+        public_key.verify(signature, to_sign.encode(), padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        return False
+    return True
+
+
+def test_gcs_signed_urls_with_signing_credentials(fake_gcs):
+    store, _ = signing_store(fake_gcs)
     url = store.signed_url("outputs/j/img.png", 600)
     assert url and "X-Goog-Algorithm=GOOG4-RSA-SHA256" in url and "X-Goog-Expires=600" in url
     assert "/results/outputs/j/img.png" in url
+
+
+def test_a_signed_url_grants_one_read_of_one_object_for_a_bounded_time(fake_gcs):
+    """Issue 20's second pass on signed URLs: what a caller holding one of its outputs' links
+    could make of it. Checked against the signature, as Cloud Storage checks it."""
+    store, public_key = signing_store(fake_gcs)
+    url = store.signed_url("outputs/job-a/run-a/img.png", 3600)
+    assert url is not None and grants(url, public_key)
+    assert "X-Goog-SignedHeaders=host&" in url or url.endswith("X-Goog-SignedHeaders=host")
+    for changed in (
+        url.replace("/job-a/run-a/", "/job-b/run-b/"),  # another caller's object
+        url.replace("/run-a/img.png", "/run-a/../../job-b/run-b/img.png"),
+        url.replace("/results/", "/other-bucket/"),
+        url.replace("X-Goog-Expires=3600", "X-Goog-Expires=604800"),  # a longer life
+    ):
+        assert not grants(changed, public_key), changed
+    for method in ("PUT", "DELETE", "POST"):
+        assert not grants(url, public_key, method)  # reading only: no overwrite, no delete
+    # However long the caller asks links to live, V4's seven days at most.
+    longest = store.signed_url("outputs/job-a/run-a/img.png", 10 * 365 * 24 * 3600)
+    assert longest is not None and "X-Goog-Expires=604800" in longest and grants(longest, public_key)
 
 
 def test_from_settings_picks_the_backend(tmp_path, fake_gcs):
