@@ -9,6 +9,9 @@ when one is given, real ComfyUI."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -18,13 +21,16 @@ from typing import Any
 
 import pytest
 import requests
+from PIL import Image
 
 from tests.fixtures.attached import attached_comfyui
 from tests.fixtures.comfy import ComfyTarget, ServiceProcess
+from tests.fixtures.expander import expand, expander_args
 from tests.fixtures.keys import make_key
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMED = {"workflow_id": "solid-blur", "params": {"width": 32, "height": 32, "blur_radius": 2}}
+SHARED_COLOUR = (1, 2, 3)
 RAW = json.loads((ROOT / "test_resources/comfy/workflows/empty_save.json").read_text())
 
 
@@ -32,6 +38,7 @@ RAW = json.loads((ROOT / "test_resources/comfy/workflows/empty_save.json").read_
 class Attached:
     service: ServiceProcess
     comfyui_url: str
+    base: Path  # the attached ComfyUI's folders (input, output, temp)
     admin: str
     raw: str  # a caller key that may send raw workflows
 
@@ -56,8 +63,8 @@ def attach(comfy_target: ComfyTarget, root: Path, *, extension: bool) -> Iterato
     admin = make_key(keys, "--role", "admin")
     raw = make_key(keys, "--role", "caller", "--workflows")
     env = {"API_KEYS_FILE": str(keys), "WORKFLOWS_DIR": str(ROOT / "test_resources" / "templates")}
-    with attached_comfyui(comfy_target, root, extension=extension, env=env) as (service, _):
-        yield Attached(service, service.env["COMFYUI_URL"], admin, raw)
+    with attached_comfyui(comfy_target, root, extension=extension, env=env) as (service, base):
+        yield Attached(service, service.env["COMFYUI_URL"], base, admin, raw)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +109,38 @@ def test_the_same_key_sends_raw_workflows_where_the_extension_runs(isolated: Att
     assert isolated.isolated()
     answer = isolated.post(isolated.raw, {"workflow": RAW})
     assert answer.status_code == 200 and answer.json()["images"], answer.text[:400]
+
+
+@pytest.fixture(scope="module")
+def unisolated_expanding(comfy_target: ComfyTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attached]:
+    if not comfy_target.is_real:
+        pytest.skip("the stand-in does not expand nodes")
+    root = tmp_path_factory.mktemp("unisolated-expanding")
+    target = dataclasses.replace(comfy_target, args=f"{comfy_target.args} {expander_args(root)}")
+    yield from attach(target, root, extension=False)
+
+
+def test_node_expansion_reads_shared_files_there_so_only_admins_may(unisolated_expanding: Attached) -> None:
+    """The way around the node policy itself, on the real ComfyUI without the extension: a
+    `LoadImage` that a node creates while the graph runs is judged by no policy and opens
+    ComfyUI's shared output folder. An admin (trusted with every caller's files) still can;
+    a caller whose key allows raw workflows got the file before this and is refused now."""
+    attached = unisolated_expanding
+    (attached.base / "output" / "someone-elses.png").write_bytes(png_bytes(SHARED_COLOUR))
+    read = expand([{"id": "a", "class_type": "LoadImage", "inputs": {"image": "someone-elses.png [output]"}}], "a")
+    admin = attached.post(attached.admin, {"workflow": read})
+    assert admin.status_code == 200, admin.text[:400]
+    assert colour_of(admin) == SHARED_COLOUR  # the escape is real: no policy saw the LoadImage
+    assert_refused_for_isolation(attached.post(attached.raw, {"workflow": read}))
+
+
+def png_bytes(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def colour_of(response: requests.Response) -> tuple[int, int, int]:
+    (image,) = response.json()["images"]
+    with Image.open(io.BytesIO(base64.b64decode(image["image"]))) as loaded:
+        return loaded.convert("RGB").getpixel((0, 0))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import re
 import secrets
@@ -29,6 +28,7 @@ from PIL import Image
 
 from tests.fixtures.attached import attached_comfyui
 from tests.fixtures.comfy import ComfyTarget, ServiceProcess, start_service
+from tests.fixtures.expander import expand, expander_args
 
 SHARED_COLOUR = (1, 2, 3)
 FOLDER_NAME = re.compile(r"r[0-9a-f]{32}")
@@ -92,59 +92,16 @@ def test_load3d_reads_no_shared_output_without_the_extension(without_extension: 
 
 # --- node expansion: nodes a graph creates while it runs ------------------------------------------
 
-# A custom node that expands into whatever sub-graph its `spec` (JSON) names, as a node pack's
-# "run a graph" node could: the nodes it creates are in no graph the node policy judged.
-EXPANDER = """
-import json
-from comfy_execution.graph_utils import GraphBuilder
-
-
-class ComfyrunTestExpander:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"spec": ("STRING", {"default": "{}"})}}
-
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "expand"
-    CATEGORY = "testing"
-
-    def expand(self, spec):
-        spec = json.loads(spec)
-        graph, made = GraphBuilder(), {}
-        for node in spec["nodes"]:
-            inputs = {
-                name: made[value[0]].out(value[1]) if isinstance(value, list) else value
-                for name, value in node["inputs"].items()
-            }
-            made[node["id"]] = graph.node(node["class_type"], **inputs)
-        return {"result": (made[spec["result"]].out(0),), "expand": graph.finalize()}
-
-
-NODE_CLASS_MAPPINGS = {"ComfyrunTestExpander": ComfyrunTestExpander}
-"""
-
 
 @pytest.fixture(scope="module")
 def expanding(comfy_target: ComfyTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     if not comfy_target.is_real:
         pytest.skip("the stand-in does not expand nodes")
     root = tmp_path_factory.mktemp("expander")
-    (root / "nodes" / "comfyrun_test_expander").mkdir(parents=True)
-    (root / "nodes" / "comfyrun_test_expander" / "__init__.py").write_text(EXPANDER)
-    paths = root / "expander.yaml"
-    paths.write_text(f"expander:\n  custom_nodes: {json.dumps(str(root / 'nodes'))}\n")
-    args = f"{comfy_target.args} --extra-model-paths-config {paths}"
+    args = f"{comfy_target.args} {expander_args(root)}"
     service = ServiceProcess(comfy_target, root / "service", env={"COMFYUI_ARGS": args}).start().wait_ready()
     yield service
     service.stop()
-
-
-def expand(nodes: list[dict], result: str) -> dict:
-    spec = json.dumps({"nodes": nodes, "result": result})
-    return {
-        "1": {"class_type": "ComfyrunTestExpander", "inputs": {"spec": spec}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "expanded"}},
-    }
 
 
 def colours(response: requests.Response) -> set[tuple[int, int, int]]:
