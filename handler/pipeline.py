@@ -59,7 +59,7 @@ from handler.taskqueue.base import PRIORITIES
 log = logging.getLogger("handler.pipeline")
 
 NOT_CONFINED = (
-    "this ComfyUI runs without comfyrun's isolation extension, so only admin keys may send raw workflows "
+    "this ComfyUI runs without comfyrun's isolation extension, so only admins may send raw workflows "
     "here: send workflow_id and params, or ask the operator to install the extension (docs/security.md)"
 )
 
@@ -206,8 +206,9 @@ class Pipeline:
         return result
 
     def admit(self, request: PredictRequest) -> None:
-        """Whether this instance runs `request` now: ComfyUI is ready and, for a confined
-        request, keeps each prompt in its own folders (known once it is ready)."""
+        """Refuse what this instance cannot run now: anything while ComfyUI is not ready (503),
+        a confined request where ComfyUI does not keep each prompt in its own folders (403;
+        known once it is ready)."""
         self.comfy.require_ready()
         self._check_confinement(request)
 
