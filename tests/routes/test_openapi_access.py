@@ -7,7 +7,6 @@ caller key on an admin route, is among its declared answers.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from openapi_spec_validator import validate
 
 from handler.routes import openapi
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess
+from tests.fixtures.keys import make_key
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = {"get", "post", "put", "delete", "patch"}
@@ -46,17 +46,6 @@ def test_every_operation_declares_the_access_answers_that_apply() -> None:
         assert ("429" in answers) == (path == "/predict"), (path, method)
     assert "Retry-After" in ops[("/predict", "post")]["responses"]["429"]["headers"]
     assert ops[("/predict", "post")]["responses"]["200"]  # what the route declared itself is kept
-
-
-def make_key(keys_file: Path, *args: str) -> str:
-    made = subprocess.run(
-        [sys.executable, "-m", "handler.access.cli", "create", "--file", str(keys_file), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return made.stdout.strip()
 
 
 def test_what_the_service_answers_for_access_is_declared(tmp_path: Path) -> None:
