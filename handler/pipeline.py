@@ -41,7 +41,6 @@ from handler.comfyui.supervisor import private_paths
 from handler.errors import (
     Cancelled,
     ComfyUnavailable,
-    Forbidden,
     QueueTimeout,
     ServiceError,
     Timeout,
@@ -57,11 +56,6 @@ from handler.runtime import Runtime, Trigger, link
 from handler.taskqueue.base import PRIORITIES
 
 log = logging.getLogger("handler.pipeline")
-
-NOT_CONFINED = (
-    "this ComfyUI runs without comfyrun's isolation extension, so only admins may send raw workflows "
-    "here: send workflow_id and params, or ask the operator to install the extension (docs/security.md)"
-)
 
 # How long an interrupted prompt gets to stop before its files are removed under it.
 INTERRUPT_GRACE_S = 15.0
@@ -210,20 +204,13 @@ class Pipeline:
         a confined request where ComfyUI does not keep each prompt in its own folders (403;
         known once it is ready)."""
         self.comfy.require_ready()
-        self._check_confinement(request)
+        policy.check_confinement(request.confined, self.comfy.isolated)
 
-    def _check_confinement(self, request: PredictRequest) -> None:
-        # Without the extension, nodes that node expansion creates see the shared folders and no
-        # policy sees them (docs/security.md): such graphs are an admin's to send.
-        if request.confined and not self.comfy.isolated:
-            raise Forbidden(NOT_CONFINED)
-
-    def preflight(self, request: PredictRequest) -> None:
+    def preflight(self, workflow: dict[str, Any], *, confined: bool) -> None:
         """Refuse now what ComfyUI would refuse later: async jobs are accepted only if they can run."""
-        workflow = request.workflow
         object_info = self.comfy.object_info  # waits while the catalogue is loading
         if self.comfy.ready:  # otherwise the run decides, once ComfyUI has said what it runs
-            self._check_confinement(request)
+            policy.check_confinement(confined, self.comfy.isolated)
         policy.check(workflow, object_info, self._folder_nodes())
         if object_info:
             graph.check(workflow, object_info).raise_for_errors()

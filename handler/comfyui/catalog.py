@@ -25,7 +25,6 @@ from typing import Any
 
 from handler.comfyui import graph, policy
 from handler.errors import ComfyUnavailable
-from handler.predict_request import PredictRequest
 from handler.storage import Store
 
 log = logging.getLogger("handler.comfyui.catalog")
@@ -112,10 +111,10 @@ class StoreCatalog:
                 self._cached = (time.monotonic(), info)
         return info
 
-    def preflight(self, request: PredictRequest) -> None:
-        """The graph checks; whether a confined request may run is the worker's to say (it
-        knows whether its ComfyUI runs the isolation extension)."""
+    def preflight(self, workflow: dict[str, Any], *, confined: bool) -> None:
+        """The graph checks. Whether a `confined` graph may run is for the worker that runs it
+        to say: only it knows whether its ComfyUI runs the isolation extension."""
         info = self.object_info()
-        policy.check(request.workflow, info, self.allow_folder_nodes)
+        policy.check(workflow, info, self.allow_folder_nodes)
         if info:
-            graph.check(request.workflow, info).raise_for_errors()
+            graph.check(workflow, info).raise_for_errors()

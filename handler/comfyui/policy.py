@@ -16,6 +16,10 @@ node's prefix or a folder node unchecked. So, before anything runs:
   isolation extension: without it, the folders they name are shared by every request. Those whose
   folder the extension does not scope (Load/SaveTrainingDataset: ComfyUI's `datasets` folder) are
   refused even then.
+* **Confined graphs**: a raw graph from a caller who is not an admin runs only where ComfyUI
+  runs the isolation extension (`check_confinement`): nodes that node expansion creates while a
+  graph runs are in no graph this policy judges, and without the extension they see the shared
+  folders.
 
 The rules come from the catalogue (`object_info`) where it has the node, and from the names in
 this module otherwise, so a graph is judged the same with or without a catalogue for the nodes
@@ -30,7 +34,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from handler.comfyui.graphshape import is_link
-from handler.errors import BadRequest
+from handler.errors import BadRequest, Forbidden
+
+NOT_CONFINED = (
+    "this ComfyUI runs without comfyrun's isolation extension, so only admins may send raw workflows "
+    "here: send workflow_id and params, or ask the operator to install the extension (docs/security.md)"
+)
 
 # Nodes of ComfyUI 0.33.0 that list or write a folder named by a value, or read the shared output
 # folder. Any other node with a folder input (FOLDER_INPUT) counts too.
@@ -186,3 +195,9 @@ def check(
                     "choice from a list: it takes a literal value, not a link (a value computed inside the "
                     "graph would skip the checks that keep requests apart)"
                 )
+
+
+def check_confinement(confined: bool, isolated: bool) -> None:
+    """A confined graph (`PredictRequest.confined`) only where ComfyUI is `isolated`; 403 elsewhere."""
+    if confined and not isolated:
+        raise Forbidden(NOT_CONFINED)

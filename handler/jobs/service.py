@@ -36,7 +36,7 @@ from handler.jobs.runner import Runner
 from handler.jobs.views import JobViews
 from handler.jobs.worker import LocalWorker
 from handler.net import urlguard, webhooks
-from handler.predict_request import PredictRequest, parse_predict_body
+from handler.predict_request import parse_predict_body
 from handler.storage import PreconditionFailed, Store
 from handler.taskqueue import PRIORITIES, TaskQueue
 from handler.templates.registry import Templates
@@ -50,7 +50,7 @@ SECRET_KEY = "meta/job-id-secret"
 
 
 class Preflight(Protocol):
-    def preflight(self, request: PredictRequest) -> None: ...
+    def preflight(self, workflow: dict[str, Any], *, confined: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class JobService:
                 f"after {self.job_settings.tasks_dispatch_deadline_s} s"
             )
         request.confined = caller is not None and caller.confine(request.workflow_id)
-        self.checks.preflight(request)
+        self.checks.preflight(request.workflow, confined=request.confined)
         job = Job(
             job_id=job_id or uuid.uuid4().hex,
             priority=options.priority,
