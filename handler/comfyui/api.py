@@ -107,6 +107,21 @@ class ComfyAPI:
         isolation extension: how files go from a ComfyUI on another machine. False without it."""
         return self._request("DELETE", f"/comfyrun/folders/{folder}", timeout=timeout_s).status_code == 204
 
+    def empty_file(self, kind: str, subfolder: str, filename: str, timeout_s: float = 30.0) -> bool:
+        """Overwrite a file of ComfyUI's input, output or temp folder (`kind`) with nothing,
+        through its upload route: how a run's files lose their bytes on a ComfyUI without the
+        isolation extension, whose API deletes nothing (the empty file keeps its name)."""
+        try:
+            response = self.http.post(
+                f"{self.base_url}/upload/image",
+                files={"image": (filename, b"")},
+                data={"subfolder": subfolder, "type": kind, "overwrite": "true"},
+                timeout=timeout_s,
+            )
+        except requests.RequestException as exc:
+            raise ComfyUnavailable(f"cannot reach ComfyUI ({type(exc).__name__})") from None
+        return response.status_code == 200
+
     def get_json(self, path: str, timeout_s: float = 30.0) -> Any:
         response = self._request("GET", path, timeout=timeout_s)
         if response.status_code != 200:

@@ -22,8 +22,10 @@ import logging
 import re
 import shutil
 import struct
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -242,12 +244,16 @@ class FolderInputs:
 
 
 class UploadedInputs:
-    """ComfyUI runs elsewhere: upload through its API. ComfyUI offers no way to delete files:
-    the isolation extension does (`discard`), and a ComfyUI without it keeps them."""
+    """ComfyUI runs elsewhere: upload through its API. ComfyUI's API deletes nothing: where it
+    runs the isolation extension (`isolated()`), that removes the request's folders; elsewhere
+    each uploaded file is emptied in place (its name stays, its bytes go)."""
 
-    def __init__(self, client: ComfyClient, *, sources: Sources):
+    def __init__(self, client: ComfyClient, *, sources: Sources, isolated: Callable[[], bool]):
         self.client = client
         self.sources = sources
+        self.isolated = isolated
+        self._uploaded: dict[str, list[tuple[str, str]]] = {}  # by request folder: (subfolder, name)
+        self._lock = threading.Lock()
 
     def stage(self, request_id: str, images: list[InputImage], deadline: float | None = None) -> dict[str, str]:
         renames = {}
@@ -263,12 +269,23 @@ class UploadedInputs:
             if response.status_code != 200:
                 raise ServiceError(f"ComfyUI refused the input image {image.name!r} ({response.status_code})")
             stored = response.json()
-            renames[image.name] = f"{stored.get('subfolder') or subfolder}/{stored.get('name') or filename}"
+            place = (str(stored.get("subfolder") or subfolder), str(stored.get("name") or filename))
+            with self._lock:
+                self._uploaded.setdefault(request_id, []).append(place)
+            renames[image.name] = "/".join(place)
         return renames
 
     def discard(self, request_id: str) -> None:
-        """The request's folders under ComfyUI's input, output and temp, outputs included."""
+        """With the extension: the request's folders under ComfyUI's input, output and temp,
+        outputs included. Without: its uploaded files, emptied (outputs: `ViewOutputs`)."""
+        with self._lock:
+            uploaded = self._uploaded.pop(request_id, [])
         try:
-            self.client.remove_folder(request_id)
+            if self.isolated():
+                self.client.remove_folder(request_id)
+                return
+            for subfolder, name in uploaded:
+                if not self.client.empty_file("input", subfolder, name):
+                    log.warning("ComfyUI did not empty an uploaded input of a finished request")
         except ServiceError as exc:
             log.warning("could not remove a request's files from ComfyUI: %s", exc.message)

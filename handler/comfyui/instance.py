@@ -113,8 +113,8 @@ class Comfy:
             )
             client = own
             if folders is None:
-                self.inputs = UploadedInputs(own, sources=sources)
-                self.outputs = ViewOutputs(own)
+                self.inputs = UploadedInputs(own, sources=sources, isolated=self._runs_isolated)
+                self.outputs = ViewOutputs(own, isolated=self._runs_isolated)
         self.client: ComfyConnection = client
         if folders:
             self.inputs = FolderInputs(folders.input, sources=sources)
@@ -332,6 +332,9 @@ class Comfy:
             self.supervisor.stop()
             os._exit(3)
 
+    def _runs_isolated(self) -> bool:  # read at each cleanup: a reattached ComfyUI may differ
+        return self.isolated
+
     def _has_isolation(self) -> bool:
         """Whether this ComfyUI runs the isolation extension (docs/security.md); the supervisor
         installs it, an attached ComfyUI has it if its operator installed it."""
@@ -345,7 +348,7 @@ class Comfy:
                 "ComfyUI runs without comfyrun's isolation extension: each prompt sees the shared input, "
                 "output and temp folders (only the node policy and name rewriting keep requests apart), "
                 "so only admins may send raw workflows%s",
-                "" if self.supervisor else "; files uploaded to it are not deleted",
+                "" if self.supervisor else "; the files of its runs are emptied, not deleted",
             )
         return isolated
 

@@ -9,18 +9,21 @@ only when ComfyUI runs elsewhere).
 from __future__ import annotations
 
 import io
+import logging
 import mimetypes
 import os
 import shutil
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from handler.comfyui.client import BinaryImage, ComfyClient
 from handler.errors import BadRequest, OutputMissing, ServiceError
+
+log = logging.getLogger("handler.comfyui.outputs")
 
 EXTRA_TYPES = {
     ".latent": "application/octet-stream",
@@ -223,10 +226,14 @@ class FolderOutputs:
 
 
 class ViewOutputs:
-    """ComfyUI runs elsewhere: fetch outputs through /view (and leave them there)."""
+    """ComfyUI runs elsewhere: fetch outputs through /view. Where it runs the isolation
+    extension (`isolated()`), the inputs' discard removes the request's folders, outputs
+    included; elsewhere each of the run's files is emptied in place (ComfyUI's API deletes
+    nothing: the name stays, its bytes go)."""
 
-    def __init__(self, client: ComfyClient):
+    def __init__(self, client: ComfyClient, *, isolated: Callable[[], bool]):
         self.client = client
+        self.isolated = isolated
 
     def read(self, ref: dict[str, Any]) -> bytes:
         params = {
@@ -243,7 +250,16 @@ class ViewOutputs:
         return content
 
     def discard(self, request_id: str, refs: list[dict[str, Any]]) -> None:
-        pass
+        """`refs`: the run's own files (`is_own_file`), never another's."""
+        if self.isolated():
+            return
+        try:
+            for ref in refs:
+                kind, subfolder = str(ref.get("type") or "output"), str(ref.get("subfolder") or "")
+                if not self.client.empty_file(kind, subfolder, str(ref["filename"])):
+                    log.warning("ComfyUI did not empty an output of a finished request")
+        except ServiceError as exc:
+            log.warning("could not empty a request's outputs on ComfyUI: %s", exc.message)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -323,7 +323,7 @@ def test_an_echoed_reference_reads_nothing_of_anothers_without_the_extension(
         assert response.status_code == 200, response.text[:400]
         assert response.json()["images"] == []
     time.sleep(0.5)
-    assert all(victim.exists() for victim in victims)
+    assert all(victim.read_bytes() == png_bytes(SHARED_COLOUR) for victim in victims)  # neither removed nor emptied
 
 
 @pytest.mark.parametrize("kind", ["output", "temp"])
