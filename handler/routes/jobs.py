@@ -13,6 +13,7 @@ only with a verified task token; without token checking configured they are igno
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any
@@ -29,8 +30,10 @@ from handler.config.cloud import CloudSettings
 from handler.jobs import JobState, Outcome, RunOutcome, Sent
 from handler.jobs.repo import check_job_id
 from handler.models.progress import SCHEMA as DOWNLOAD_SCHEMA
-from handler.routes.apidoc import PathItems, error_response, json_response, path_param, ref
+from handler.routes import follow
+from handler.routes.apidoc import JSON, PathItems, error_response, json_response, path_param, ref
 from handler.routes.common import Caller, Services, base_url, caller_of, query_flag, services_of
+from handler.routes.delivery import EVENT_STREAM
 
 log = logging.getLogger("handler.routes.jobs")
 
@@ -147,14 +150,16 @@ def _outcome(services: Services, outcome: RunOutcome, base: str) -> JSONResponse
 
 async def status(request: Request) -> Response:
     services = services_of(request)
-    view = await run_in_threadpool(
+    read = functools.partial(
         services.jobs.service.status,
         request.path_params["job_id"],
         base_url=base_url(request, cloud=services.settings.cloud),
         inline=query_flag(request, "inline"),
         caller=caller_of(request),
     )
-    return JSONResponse(view)
+    if EVENT_STREAM in request.headers.get("accept", ""):
+        return await follow.stream(read)  # the job live, until it is final
+    return JSONResponse(await run_in_threadpool(read))
 
 
 async def cancel(request: Request) -> Response:
@@ -308,7 +313,16 @@ OPERATIONS: PathItems = {
                     "description": "Embed the outputs as base64 (default: what the job asked for).",
                 },
             ],
-            "responses": {"200": json_response(ref("Job"), "The job."), "404": error_response("No such job.")},
+            "responses": {
+                "200": {
+                    "description": "The job, or with `Accept: text/event-stream` the job followed live.",
+                    "content": {
+                        JSON: {"schema": ref("Job")},
+                        EVENT_STREAM: {"schema": {"type": "string", "description": follow.EVENTS_DESCRIPTION}},
+                    },
+                },
+                "404": error_response("No such job."),
+            },
         }
     },
     "/cancel/{job_id}": {

@@ -34,8 +34,8 @@ class As:
         self.url = ingress.url
         self.headers = {"X-Serverless-Authorization": "Bearer " + stripped_token(ingress.url, email)}
 
-    def get(self, path: str) -> requests.Response:
-        return requests.get(self.url + path, headers=self.headers, timeout=30)
+    def get(self, path: str, **headers: str) -> requests.Response:
+        return requests.get(self.url + path, headers={**self.headers, **headers}, timeout=30)
 
     def post(self, path: str, body: Any = None) -> requests.Response:
         return requests.post(self.url + path, json=body, headers=self.headers, timeout=60)
@@ -98,7 +98,13 @@ def test_another_callers_job_is_no_job_at_all(iam):
     (file,) = view["result"]["files"]
     output = file["url"].split("/outputs/", 1)[1]
     assert alice.get(f"/outputs/{output}").content.startswith(b"\x89PNG")
-    for answer in (bob.get(f"/status/{job_id}"), bob.get(f"/outputs/{output}"), bob.post(f"/cancel/{job_id}")):
+    followed = bob.get(f"/status/{job_id}", Accept="text/event-stream")  # followed live: no stream either
+    for answer in (
+        bob.get(f"/status/{job_id}"),
+        followed,
+        bob.get(f"/outputs/{output}"),
+        bob.post(f"/cancel/{job_id}"),
+    ):
         assert answer.status_code == 404, answer.text
         assert answer.json()["error"]["message"] in ("no such job", "no such output")
     assert admin.get(f"/status/{job_id}").status_code == 200  # an admin sees every job
