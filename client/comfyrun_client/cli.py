@@ -112,8 +112,9 @@ _STATE_NOTES = {"placed": " (in ComfyUI's queue, not executing yet)"}
 
 
 class JobFollower:
-    """An async job's status, polled, drawn for a person: a line at each change of state, and
-    while it runs the progress bar the SSE mode draws (from the status's `progress`)."""
+    """An async job's status as `Client.wait` reads it (streamed, or polled), drawn for a person:
+    a line at each change of state, and while it runs the progress bar the SSE mode draws (from
+    the status's `progress`)."""
 
     def __init__(self, job_id: str, bar: ProgressBar):
         self.job_id = job_id

@@ -34,6 +34,7 @@ from urllib.parse import unquote
 import requests
 
 FINAL = ("succeeded", "failed", "cancelled")
+EVENT_STREAM = "text/event-stream"
 
 
 @dataclass(frozen=True)
@@ -208,22 +209,17 @@ class Client:
         body = self._with_delivery(self.body(workflow, **kwargs), delivery)
         if previews:
             body["previews"] = True
-        response = self._send(json=body, headers={"Accept": "text/event-stream"}, stream=True)
-        kind = None
+        response = self._send(json=body, headers={"Accept": EVENT_STREAM}, stream=True)
         with response:
-            for line in response.iter_lines():
-                if line.startswith(b"event: "):
-                    kind = line[7:].decode()
-                elif line.startswith(b"data: ") and kind:
-                    data = json.loads(line[6:])
-                    if kind == "error":
-                        error = data.get("body", {}).get("error") or {}
-                        raise ClientError(
-                            f"HTTP {data.get('status_code')}: {error.get('message')}", data.get("status_code"), error
-                        )
-                    yield kind, data
-                    if kind == "result":
-                        return
+            for kind, data in _events(response):
+                if kind == "error":
+                    error = data.get("body", {}).get("error") or {}
+                    raise ClientError(
+                        f"HTTP {data.get('status_code')}: {error.get('message')}", data.get("status_code"), error
+                    )
+                yield kind, data
+                if kind == "result":
+                    return
         raise ClientError("the event stream ended without a result")
 
     def predict_stream(
@@ -293,9 +289,14 @@ class Client:
         poll_s: float = 1.0,
         on_status: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the job is final; backs off from 0.2 s to `poll_s`. `on_status` sees every
-        status read, the final one included (the `comfyrun` command draws them)."""
+        """Follow the job until it is final: through the service's event stream of its status,
+        or, where the service does not stream it or the stream breaks, by polling (backing off
+        from 0.2 s to `poll_s`). `on_status` sees every status read, the final one included
+        (the `comfyrun` command draws them)."""
         deadline = time.monotonic() + timeout_s
+        followed = self._follow(job_id, deadline, timeout_s, on_status)
+        if followed is not None:
+            return followed
         delay = 0.2
         while True:
             current = self.status(job_id)
@@ -307,6 +308,37 @@ class Client:
                 raise ClientError(f"job {job_id} is still {current['state']} after {timeout_s:g} s")
             time.sleep(delay)
             delay = min(poll_s, delay * 1.5)
+
+    def _follow(
+        self,
+        job_id: str,
+        deadline: float,
+        timeout_s: float,
+        on_status: Callable[[dict[str, Any]], None] | None,
+    ) -> dict[str, Any] | None:
+        """The job's final status through `GET /status/{id}` as events; None where the service
+        answers otherwise (an older one, an error: polling says what it is) or the stream broke."""
+        url = f"{self.base_url}/status/{job_id}"
+        try:
+            # The read timeout outlasts the service's 15 s keep-alive comments.
+            with self.http.get(url, headers={"Accept": EVENT_STREAM}, stream=True, timeout=(30, 60)) as response:
+                if response.status_code != 200 or not response.headers.get("Content-Type", "").startswith(EVENT_STREAM):
+                    return None
+                for kind, current in _events(response, on_line=lambda: self._check(job_id, deadline, timeout_s)):
+                    if kind != "status":
+                        continue
+                    if on_status is not None:
+                        on_status(current)
+                    if current.get("state") in FINAL:
+                        return current
+        except requests.RequestException:
+            return None
+        return None
+
+    @staticmethod
+    def _check(job_id: str, deadline: float, timeout_s: float) -> None:
+        if time.monotonic() > deadline:
+            raise ClientError(f"job {job_id} is not final after {timeout_s:g} s")
 
     # --- outputs
 
@@ -360,3 +392,17 @@ def write_new(path: Path, data: bytes) -> Path:
         except FileExistsError:
             number += 1
             candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+
+
+def _events(response: requests.Response, on_line: Callable[[], None] | None = None) -> Iterator[tuple[str, Any]]:
+    """(event, data) from a Server-Sent Events answer: `event:` then one `data:` line of JSON.
+    `on_line`: called for every line, keep-alive comments included."""
+    kind = None
+    for line in response.iter_lines():
+        if on_line is not None:
+            on_line()
+        if line.startswith(b"event: "):
+            kind = line[7:].decode()
+        elif line.startswith(b"data: ") and kind:
+            yield kind, json.loads(line[6:])
+            kind = None

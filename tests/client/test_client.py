@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
 from comfyrun_client import Client, ClientError, image_entry
 from comfyrun_client.cli import _param, main
 from tests.fixtures.asyncjobs import BASE_ENV, STANDIN_TARGET, failing, quick, slow
-from tests.fixtures.comfy import ServiceProcess
+from tests.fixtures.comfy import Gate, ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_INVERT = ROOT / "test_resources" / "comfy" / "workflows" / "loadimage_invert_save.json"
@@ -112,3 +117,51 @@ def test_argument_helpers(tmp_path):
     }
     with pytest.raises(SystemExit):
         main(["http://127.0.0.1:9"])  # neither a workflow nor --workflow-id
+
+
+def test_wait_follows_the_jobs_event_stream_in_one_request(svc):
+    """One `GET /status` held open, not a poll a second: every state comes as the service sees it."""
+    seen: list[str] = []
+    session = requests.Session()
+    session.hooks["response"].append(lambda response, **_: seen.append(response.request.path_url))
+    client = Client(svc.url, session=session)
+    gate = Gate(svc.comfy_url)
+    job_id = client.submit(gate.workflow("client/held"))
+    states: list[str] = []
+    with ThreadPoolExecutor(1) as pool:
+        waited = pool.submit(client.wait, job_id, timeout_s=60, on_status=lambda view: states.append(view["state"]))
+        gate.wait_entered()
+        time.sleep(0.3)
+        gate.release()
+        assert waited.result(timeout=60)["state"] == "succeeded"
+    assert seen.count(f"/status/{job_id}") == 1, seen
+    assert states[-1] == "succeeded" and states.count("succeeded") == 1, states
+
+
+def test_wait_polls_a_service_that_does_not_stream(tmp_path):
+    """A service from before the stream answers `/status` with JSON whatever the Accept: the
+    client polls it instead, over a real socket."""
+    answers = iter([{"job_id": "j", "state": "running"}, {"job_id": "j", "state": "succeeded"}])
+
+    class OldService(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(next(answers)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OldService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        states: list[str] = []
+        client = Client(f"http://127.0.0.1:{server.server_address[1]}")
+        final = client.wait("j", timeout_s=30, on_status=lambda view: states.append(view["state"]))
+        assert final["state"] == "succeeded" and states == ["succeeded"]  # the first answer went to the stream try
+    finally:
+        server.shutdown()
+        server.server_close()
