@@ -325,7 +325,7 @@ class Client:
                 if response.status_code != 200 or not response.headers.get("Content-Type", "").startswith(EVENT_STREAM):
                     return None
                 for kind, current in _events(response, on_line=lambda: self._check(job_id, deadline, timeout_s)):
-                    if kind != "status":
+                    if kind != "status" or not isinstance(current, dict):
                         continue
                     if on_status is not None:
                         on_status(current)

@@ -13,6 +13,7 @@ serve the stream whichever instance runs the job; a client that goes away ends t
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -24,6 +25,8 @@ from starlette.responses import StreamingResponse
 from handler.jobs import JobState
 from handler.routes.delivery import EVENT_STREAM
 from handler.routes.sse import HEARTBEAT_S
+
+log = logging.getLogger("handler.routes.follow")
 
 POLL_S = 0.5
 STATUS = b"event: status\ndata: "  # then the document's JSON: `sse.frame`'s shape, serialised once
@@ -39,7 +42,8 @@ EVENTS_DESCRIPTION = (
 
 async def stream(read: Callable[[], dict[str, Any]]) -> StreamingResponse:
     """`read`: the job's status document, as a plain call answers it (blocking: the store).
-    Its errors before the first event are the route's own; later ones end the stream."""
+    Its errors before the first event are the route's own; a later one ends the stream quietly
+    (a client polls or follows again: the job is in the store either way)."""
     first = await run_in_threadpool(read)
 
     async def events() -> AsyncIterator[bytes]:
@@ -48,7 +52,11 @@ async def stream(read: Callable[[], dict[str, Any]]) -> StreamingResponse:
         quiet_since = time.monotonic()
         while view.get("state") not in FINAL_STATES:
             await asyncio.sleep(POLL_S)
-            view = await run_in_threadpool(read)
+            try:
+                view = await run_in_threadpool(read)
+            except Exception as exc:  # the store failed once, or the job's retention ended
+                log.warning("stopped following a job: %s", getattr(exc, "message", type(exc).__name__))
+                return
             latest = orjson.dumps(view)
             if latest != sent:
                 sent = latest
