@@ -27,9 +27,21 @@ def _image(text: str) -> dict[str, str]:
     if text.startswith(("http://", "https://")):
         return image_entry(text)
     name, sep, path = text.partition("=")
-    if sep and name and path:
-        return image_entry(path, name)  # --image uploads/in.png=photos/cat.png
-    return image_entry(text)
+    try:
+        if sep and name and path:
+            return image_entry(path, name)  # --image uploads/in.png=photos/cat.png
+        return image_entry(text)
+    except OSError as exc:  # argparse turns this into a usage error naming the option
+        raise argparse.ArgumentTypeError(f"cannot read {exc.filename}: {exc.strerror}") from None
+
+
+def _workflow_file(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read the workflow file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ValueError(f"{path} is not JSON: {exc}") from None
 
 
 def _summary(answer: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if bool(args.workflow) == bool(args.workflow_id):
         parser.error("give a workflow file or --workflow-id (one of them)")
-    workflow = json.loads(Path(args.workflow).read_text()) if args.workflow else None
+    try:
+        workflow = _workflow_file(args.workflow) if args.workflow else None
+    except ValueError as exc:
+        parser.error(str(exc))
     token = args.token or (identity_token(args.url.rstrip("/")) if args.id_token else None)
     client = Client(args.url, token=token, api_key=args.api_key)
     request = dict(workflow_id=args.workflow_id, params=dict(args.param), images=args.image, timeout=args.timeout)

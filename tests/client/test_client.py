@@ -104,6 +104,23 @@ def test_cli_sync_and_failures(svc, tmp_path):
     assert done.returncode == 1 and "no-such-template" in done.stderr
 
 
+def test_the_command_says_what_is_wrong_with_its_files_without_a_traceback(tmp_path):
+    """A newcomer's first typo: a workflow file that is not there, or not JSON, or an input image
+    that is not there, is a one-line usage error (exit 2) before anything is sent."""
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(quick(9300)))
+    for args, said in (
+        ([str(tmp_path / "missing.json")], "missing.json"),
+        ([str(broken)], "broken.json is not JSON"),
+        ([str(workflow), "--image", str(tmp_path / "no-photo.png")], "no-photo.png"),
+    ):
+        done = run_cli("http://127.0.0.1:9", *args)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and said in done.stderr, done.stderr
+
+
 def test_argument_helpers(tmp_path):
     assert _param("steps=20") == ("steps", 20)
     assert _param("prompt=a red fox") == ("prompt", "a red fox")
