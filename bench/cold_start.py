@@ -37,8 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.comfy import ComfyTarget, ServiceProcess  # noqa: E402
-from tests.fixtures.tiny_model import build_tiny_checkpoint  # noqa: E402
-from tests.test_real_model import txt2img  # noqa: E402
+from tests.fixtures.tiny_model import build_tiny_checkpoint, txt2img  # noqa: E402
 
 LISTENING = "To see the GUI go to:"
 # The service's log lines that mark each step (handler/comfyui/supervisor.py, comfy.py, app.py).

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.cold_start import log_times  # noqa: E402
 from tests.fixtures.comfy import free_port  # noqa: E402
+from tests.fixtures.tiny_model import txt2img  # noqa: E402
 from tests.image.harness import Docker  # noqa: E402
-from tests.test_real_model import txt2img  # noqa: E402
 
 CHECKPOINT = "tiny-sd15.safetensors"
 

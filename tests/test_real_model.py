@@ -13,45 +13,17 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.fixtures.comfy import ComfyTarget, ServiceProcess
-from tests.fixtures.tiny_model import NAME, TinyCheckpoint
+from tests.fixtures.comfy import ServiceProcess
+from tests.fixtures.tiny_model import NAME, TinyCheckpoint, real_target, txt2img
 from tests.fixtures.waiting import wait_until
 
 SIZE = 64
-
-
-def txt2img(checkpoint: str = NAME, seed: int = 1, prefix: str = "tiny") -> dict:
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "seed": seed,
-                "steps": 2,
-                "cfg": 7.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "denoise": 1.0,
-            },
-        },
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
-    }
 
 
 def img2img(image: str = "in.png", seed: int = 1) -> dict:
@@ -95,19 +67,12 @@ def only_image(body: dict) -> Image.Image:
     return image
 
 
-def real_target(tiny: TinyCheckpoint, config: pytest.Config) -> ComfyTarget:
-    path = Path(config.getoption("--comfyui-path")).resolve()
-    python = config.getoption("--comfyui-python") or "python3"
-    # COMFYUI_TEST_ARGS="" runs these on a GPU (bench/gpu_check.sh); the default is CPU.
-    return ComfyTarget("real", path, python, os.environ.get("COMFYUI_TEST_ARGS", "--cpu --disable-api-nodes"))
-
-
 @pytest.fixture(scope="module")
 def sd_service(
     tiny_checkpoint: TinyCheckpoint, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """The service on the real ComfyUI, its models folder the tiny checkpoint's (MODELS_DIR)."""
-    target = real_target(tiny_checkpoint, request.config)
+    target = real_target(request.config)
     service = ServiceProcess(
         target, tmp_path_factory.mktemp("real-model"), env={"MODELS_DIR": str(tiny_checkpoint.models_dir)}
     )
@@ -206,7 +171,7 @@ def test_downloaded_from_cloud_storage_with_its_checksum_then_warmed_up(tiny_che
         "STORAGE_EMULATOR_HOST": fake_gcs.url,
         "WARMUP_WORKFLOW": str(warmup),
     }
-    service = ServiceProcess(real_target(tiny_checkpoint, request.config), tmp_path / "state", env=env)
+    service = ServiceProcess(real_target(request.config), tmp_path / "state", env=env)
     try:
         service.start().wait_ready(300)
         log = service.log()
@@ -225,7 +190,7 @@ def test_downloaded_from_cloud_storage_with_its_checksum_then_warmed_up(tiny_che
     # a checksum that does not match: the file is refused and ComfyUI never boots on it
     models_file.write_text(line.replace(tiny_checkpoint.sha256, "0" * 64))
     env["MODELS_DIR"] = str(tmp_path / "models-bad")
-    bad = ServiceProcess(real_target(tiny_checkpoint, request.config), tmp_path / "state-bad", env=env).start()
+    bad = ServiceProcess(real_target(request.config), tmp_path / "state-bad", env=env).start()
     try:
         deadline = time.monotonic() + 120
         while "cannot fetch the models" not in bad.log():

@@ -24,35 +24,9 @@ import requests
 from tests.fixtures.comfy import ComfyTarget, ServiceProcess
 from tests.fixtures.keys import make_key
 from tests.fixtures.modelserver import ModelServer
-from tests.fixtures.tiny_model import NAME, build_tiny_checkpoint
+from tests.fixtures.tiny_model import NAME, build_tiny_checkpoint, txt2img
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def txt2img(checkpoint: object) -> dict[str, Any]:
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "seed": 7,
-                "steps": 1,
-                "cfg": 7.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "denoise": 1.0,
-            },
-        },
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "od"}},
-    }
 
 
 @dataclass
@@ -66,7 +40,10 @@ class Callers:
     def predict(self, key: str, checkpoint: object) -> requests.Response:
         headers = {"X-API-Key": key}
         return requests.post(
-            self.svc.url + "/predict", json={"workflow": txt2img(checkpoint)}, headers=headers, timeout=300
+            self.svc.url + "/predict",
+            json={"workflow": txt2img(checkpoint, seed=7, steps=1, prefix="od")},
+            headers=headers,
+            timeout=300,
         )
 
     def models(self, key: str) -> dict[str, Any]:

@@ -12,12 +12,11 @@ import os
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
+from tests.fixtures.attached import wait_listening
 from tests.fixtures.comfy import RESOURCES, ComfyTarget, ServiceProcess, free_port
 
 
@@ -112,14 +111,7 @@ def attached(comfy_target: ComfyTarget, tmp_path: Path, request: pytest.FixtureR
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "STANDIN_TEST_GATE": "1"},
     )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            requests.get(f"http://127.0.0.1:{port}/system_stats", timeout=1)
-            break
-        except requests.RequestException:
-            assert comfy.poll() is None and time.monotonic() < deadline, (tmp_path / "comfy.log").read_text()[-3000:]
-            time.sleep(0.1)
+    wait_listening(comfy, port, tmp_path / "comfy.log")
     proxy = CuttableProxy(port)
     env = {"COMFYUI_URL": f"http://127.0.0.1:{proxy.port}", "COMFYUI_PATH": ""}
     if not remote:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.fixtures.comfy import ComfyTarget, ServiceProcess
+from tests.fixtures.comfy import ServiceProcess
 from tests.fixtures.modelserver import ModelServer
 from tests.fixtures.tiny_lora import make_lora
-from tests.fixtures.tiny_model import NAME, TinyCheckpoint
+from tests.fixtures.tiny_model import NAME, TinyCheckpoint, real_target
 
 SIZE = 64
 
@@ -72,11 +72,7 @@ def pixels(body: dict) -> bytes:
 def real_service(
     tiny_checkpoint: TinyCheckpoint, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[ServiceProcess]:
-    import os
-
-    path = Path(request.config.getoption("--comfyui-path")).resolve()
-    python = request.config.getoption("--comfyui-python") or "python3"
-    target = ComfyTarget("real", path, python, os.environ.get("COMFYUI_TEST_ARGS", "--cpu --disable-api-nodes"))
+    target = real_target(request.config)
     (tmp_path / "models").mkdir()
     env = {
         "URL_ALLOWLIST": "127.0.0.1",

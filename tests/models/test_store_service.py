@@ -8,7 +8,6 @@ the symlink)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from handler.models.refs import ModelRef
 from handler.models.store import RECORD, Store
 from tests.fixtures.comfy import STANDIN, ComfyTarget, ServiceProcess
 from tests.fixtures.modelserver import ModelServer
-from tests.fixtures.tiny_model import NAME, TinyCheckpoint
+from tests.fixtures.tiny_model import NAME, TinyCheckpoint, real_target, txt2img
 
 KIB = 1024
 
@@ -82,39 +81,11 @@ def test_two_services_share_a_store_through_predict(tmp_path: Path, model_server
 # --- on the real ComfyUI ---------------------------------------------------------------------------
 
 
-def txt2img(checkpoint: object) -> dict:
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "seed": 7,
-                "steps": 2,
-                "cfg": 7.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "denoise": 1.0,
-            },
-        },
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "st"}},
-    }
-
-
 @pytest.fixture
 def real_with_store(
     tiny_checkpoint: TinyCheckpoint, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[ServiceProcess]:
-    path = Path(request.config.getoption("--comfyui-path")).resolve()
-    python = request.config.getoption("--comfyui-python") or "python3"
-    target = ComfyTarget("real", path, python, os.environ.get("COMFYUI_TEST_ARGS", "--cpu --disable-api-nodes"))
+    target = real_target(request.config)
     (tmp_path / "models").mkdir()
     env = {
         "URL_ALLOWLIST": "127.0.0.1",
@@ -145,7 +116,9 @@ def test_a_checkpoint_linked_from_the_store_runs_a_txt2img(
     )
     assert Store(root=tmp_path / "store").put(entry, tiny_checkpoint.path)  # as another instance left it
 
-    answer = real_with_store.post("/predict", json={"workflow": txt2img({"url": url, "sha256": ref.sha256})})
+    answer = real_with_store.post(
+        "/predict", json={"workflow": txt2img({"url": url, "sha256": ref.sha256}, seed=7, prefix="st")}
+    )
     assert answer.status_code == 200, answer.text[:3000]
     (model,) = answer.json()["models"]
     assert model["stored"] and not model["fetched"] and model["sha256"] == tiny_checkpoint.sha256
